@@ -1,0 +1,3 @@
+from tlstrace.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,74 @@
+"""Command line: `tlstrace run`, `tlstrace demo`, `tlstrace hep-listen`."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from tlstrace import __version__
+from tlstrace.config import ConfigError, Overrides, load_config
+
+log = logging.getLogger("tlstrace")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="tlstrace", description=__doc__)
+    p.add_argument("--version", action="version", version=f"tlstrace {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="run the sidecar")
+    run.add_argument("--config", type=Path, help="TOML configuration file")
+    run.add_argument(
+        "--listen", action="append", default=[], metavar="tls:IP:PORT",
+        help="TLS listener (repeatable); replaces the file's listeners",
+    )
+    run.add_argument("--backend", metavar="tcp:HOST:PORT", help="SIP server to relay to")
+    run.add_argument("--cert", type=Path, help="certificate (PEM) of the default domain")
+    run.add_argument("--key", type=Path, help="private key (PEM) of the default domain")
+    run.add_argument("--ca", type=Path, help="CA bundle for client and peer certificates")
+    run.add_argument("--state-dir", type=Path, help="where the generated certificate lives")
+    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+
+    listen = sub.add_parser("hep-listen", help="receive HEP and print each packet as JSON")
+    listen.add_argument("address", metavar="udp:HOST:PORT", help="udp:HOST:PORT or tcp:HOST:PORT")
+    listen.add_argument("--pcap", type=Path, help="also write the payloads to this pcap file")
+
+    sub.add_parser("demo", help="show the whole loop on this machine in a few seconds")
+    return p
+
+
+def setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper()),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "hep-listen":
+        from hep.listen import run as hep_listen
+
+        setup_logging("info")
+        return hep_listen(args.address, args.pcap)
+    if args.command == "demo":
+        from tlstrace.demo import run as demo
+
+        return demo()
+    overrides = Overrides(
+        listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
+        state_dir=args.state_dir, log_level=args.log_level,
+    )
+    try:
+        config = load_config(args.config, overrides)
+    except ConfigError as e:
+        print(f"tlstrace: configuration error: {e}", file=sys.stderr)
+        return 2
+    setup_logging(config.log_level)
+    from tlstrace.app import run_sidecar
+
+    return run_sidecar(config, config_path=args.config, overrides=overrides)

@@ -1,0 +1,233 @@
+"""The one typed configuration model. Every default lives here and nowhere else.
+
+Names follow OpenSIPS (`proto_tls`, `tls_mgm`, core `tcp_*`) where it has one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from tlstrace.config.endpoint import Endpoint, parse_endpoint
+
+TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
+ClientCertMode = Literal["off", "optional", "required"]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+
+def default_state_dir() -> Path:
+    import os
+
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "tlstrace"
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+def _endpoint(value: Any, info: ValidationInfo) -> Any:
+    """Parse endpoint strings; `tls:` ones without a port get `tls_port` (from the context)."""
+    if isinstance(value, str):
+        tls_port = (info.context or {}).get("tls_port", 5061)
+        return parse_endpoint(value, default_port=tls_port if value.startswith("tls:") else 5060)
+    return value
+
+
+EndpointField = Annotated[Endpoint, Field(json_schema_extra={"type": "string"})]
+
+
+class ServerDomain(_Model):
+    """A TLS server identity (OpenSIPS tls_mgm `server_domain`), chosen by SNI."""
+
+    name: str
+    #: SNI globs matched case-insensitively; "*" matches anything (and no SNI), "none" only no SNI.
+    match_sip_domain: list[str] = ["*"]
+    #: PEM certificate (may include the chain). Unset on the default domain: a self-signed
+    #: certificate is generated in state_dir on first run and reused.
+    certificate: Path | None = None
+    private_key: Path | None = None
+    #: Extra PEM chain appended after the certificate.
+    chain: Path | None = None
+    #: CA bundle that client certificates are verified against.
+    ca_list: Path | None = None
+    client_cert: ClientCertMode = "off"
+    min_version: TlsVersionName = "TLSv1.2"
+    max_version: TlsVersionName = "TLSv1.3"
+    #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults). Unset: OpenSSL's.
+    ciphers_list: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ServerDomain:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("private_key: certificate and private_key must be set together")
+        if self.client_cert != "off" and self.ca_list is None:
+            raise ValueError(f"ca_list: client_cert = {self.client_cert!r} needs ca_list")
+        if self.min_version > self.max_version:
+            raise ValueError("min_version: min_version is above max_version")
+        if not self.match_sip_domain:
+            raise ValueError("match_sip_domain: the list is empty")
+        return self
+
+
+class ClientDomain(_Model):
+    """A TLS client identity (OpenSIPS tls_mgm `client_domain`) for outbound connections."""
+
+    name: str
+    certificate: Path | None = None
+    private_key: Path | None = None
+    chain: Path | None = None
+    #: CA bundle the peer is verified against; unset: the system's default CAs.
+    ca_list: Path | None = None
+    verify_cert: bool = True
+    #: SNI sent and host name verified; unset: the peer's host when it is a name.
+    server_name: str | None = None
+    min_version: TlsVersionName = "TLSv1.2"
+    max_version: TlsVersionName = "TLSv1.3"
+    ciphers_list: str | None = None
+
+    @model_validator(mode="after")
+    def _check(self) -> ClientDomain:
+        if (self.certificate is None) != (self.private_key is None):
+            raise ValueError("private_key: certificate and private_key must be set together")
+        if self.min_version > self.max_version:
+            raise ValueError("min_version: min_version is above max_version")
+        return self
+
+
+class Listener(_Model):
+    """A socket tlstrace listens on.
+
+    `tls:` listeners terminate TLS and relay to `backend`; `tcp:` listeners take SIP from the
+    local SIP server and relay it over TLS to `peer`.
+    """
+
+    listen: EndpointField
+    backend: EndpointField | None = None
+    peer: EndpointField | None = None
+    #: Server domains offered on a tls listener (names); empty: all of them.
+    domains: list[str] = []
+    #: Client domain used towards `peer`, or towards a `tls:` backend.
+    client_domain: str | None = None
+    #: Send a PROXY protocol v2 header first on each backend connection.
+    proxy_protocol: bool = False
+
+    @field_validator("listen", "backend", "peer", mode="before")
+    @classmethod
+    def _parse(cls, value: Any, info: ValidationInfo) -> Any:
+        return _endpoint(value, info)
+
+    @model_validator(mode="after")
+    def _check(self) -> Listener:
+        if self.listen.scheme == "tls":
+            if self.peer is not None:
+                raise ValueError("peer: peer is for tcp: listeners; a tls: listener relays to backend")
+        else:
+            if self.peer is None or self.peer.scheme != "tls":
+                raise ValueError("peer: a tcp: listener needs peer = 'tls:HOST:PORT'")
+            if self.backend is not None:
+                raise ValueError("backend: backend is for tls: listeners; a tcp: listener relays to peer")
+            if self.proxy_protocol:
+                raise ValueError("proxy_protocol: applies to the backend of tls: listeners only")
+        return self
+
+
+DEFAULT_LISTENER = {"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}
+
+
+class Config(_Model):
+    """Everything tlstrace reads at start-up. See the README for each key."""
+
+    #: Default port of tls: endpoints written without one.
+    tls_port: int = Field(5061, ge=1, le=65535)
+    #: Answer a CRLFCRLF keep-alive with a CRLF pong.
+    tls_crlf_pingpong: bool = True
+    #: Drop a lone CRLF instead of relaying it.
+    tls_crlf_drop: bool = False
+    #: A message that needs more TLS records than this is an attack: close the connection.
+    tls_max_msg_chunks: int = Field(4, ge=1, le=1024)
+    #: Reuse an outbound TLS connection only when it was opened with the same client domain.
+    cert_check_on_conn_reusage: bool = False
+    #: Milliseconds for a whole TLS handshake (OpenSIPS: 100).
+    tls_handshake_timeout: int = Field(5000, ge=10)
+    #: Milliseconds a peer may leave written data unread before the connection is closed
+    #: (OpenSIPS: 100).
+    tls_send_timeout: int = Field(10000, ge=10)
+    #: Largest SIP message, headers and body, in bytes.
+    max_msg_size: int = Field(65535, ge=1024, le=16 * 1024 * 1024)
+    #: Seconds a partial message may wait for the rest of it (OpenSIPS core tcp_max_msg_time).
+    tcp_max_msg_time: float = Field(4.0, gt=0)
+    #: Seconds without traffic before a connection is closed (OpenSIPS core default 120).
+    tcp_connection_lifetime: float = Field(120.0, gt=0)
+    #: Most client connections open at once; more are refused and counted.
+    tcp_max_connections: int = Field(8192, ge=1)
+    #: Bytes written to a peer and not yet read by it, per connection and direction, above
+    #: which reading from the other side pauses.
+    conn_buffer_limit: int = Field(262144, ge=4096)
+    #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
+    shutdown_timeout: float = Field(5.0, ge=0)
+    #: Where the generated certificate and key live.
+    state_dir: Path = Field(default_factory=default_state_dir)
+    log_level: LogLevel = "info"
+    listener: list[Listener] = Field(default_factory=lambda: [Listener(**DEFAULT_LISTENER)])
+    server_domain: list[ServerDomain] = Field(
+        default_factory=lambda: [ServerDomain(name="default")]
+    )
+    client_domain: list[ClientDomain] = Field(
+        default_factory=lambda: [ClientDomain(name="default")]
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> Config:
+        if not self.listener:
+            raise ValueError("listener: at least one listener is needed")
+        _unique("server_domain", [d.name for d in self.server_domain])
+        _unique("client_domain", [d.name for d in self.client_domain])
+        _unique("listener", [str(li.listen) for li in self.listener])
+        server_names = {d.name for d in self.server_domain}
+        client_names = {d.name for d in self.client_domain}
+        for i, li in enumerate(self.listener):
+            for name in li.domains:
+                if name not in server_names:
+                    raise ValueError(f"listener[{i}].domains: no server_domain named {name!r}")
+            if li.client_domain is not None and li.client_domain not in client_names:
+                raise ValueError(
+                    f"listener[{i}].client_domain: no client_domain named {li.client_domain!r}"
+                )
+        for d in self.server_domain:
+            if d.certificate is None and d.name != "default":
+                i = self.server_domain.index(d)
+                raise ValueError(
+                    f"server_domain[{i}].certificate: domain {d.name!r} needs certificate and "
+                    "private_key (only the domain named 'default' may use the generated one)"
+                )
+        return self
+
+    def server_domains_for(self, listener: Listener) -> list[ServerDomain]:
+        if not listener.domains:
+            return list(self.server_domain)
+        return [d for d in self.server_domain if d.name in listener.domains]
+
+    def client_domain_named(self, name: str | None) -> ClientDomain:
+        wanted = name or "default"
+        for d in self.client_domain:
+            if d.name == wanted:
+                return d
+        return ClientDomain(name=wanted)
+
+
+def _unique(key: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for n in names:
+        if n in seen:
+            raise ValueError(f"{key}: {n!r} appears twice")
+        seen.add(n)

@@ -1,0 +1,1 @@
+"""TLS: contexts per domain, certificates, ClientHello sniffing, the memory-BIO engine, key log."""
