@@ -1,0 +1,1 @@
+"""SIP over a byte stream, sans-IO: framing (`framing`) and cheap header peeks (`peek`)."""

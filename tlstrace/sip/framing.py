@@ -1,0 +1,223 @@
+"""SIP message framing on a stream transport (RFC 3261 §18.3), sans-IO.
+
+`SipFramer.feed(bytes)` returns events; it never touches a socket or a clock. Rules follow
+OpenSIPS's TCP/TLS read path (`tcp_common.h`) where they make sense for a relay:
+
+- Content-Length (or compact `l`) is required; missing, unparsable, negative, conflicting or
+  too large values are framing errors, after which the stream cannot be trusted.
+- A message (headers and body) larger than `max_msg_size` is an error.
+- Between messages, `CRLFCRLF` is a keep-alive ping (RFC 5626) when `pingpong` is on: the
+  caller answers it with a CRLF pong. Other whitespace between messages (a lone CRLF) is
+  relayed as a `KeepAlive`, or dropped when `crlf_drop` is on.
+- A message still incomplete after `max_chunks` fed chunks is an error (fragmentation attack).
+- NUL bytes, bare CR or bare LF in the header section, or a start line that is neither a
+  request nor a status line, are errors.
+
+Bytes are never modified: each `Message.data` is exactly the bytes received.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class FramingErrorKind(StrEnum):
+    MISSING_CONTENT_LENGTH = "missing_content_length"
+    BAD_CONTENT_LENGTH = "bad_content_length"
+    TOO_LARGE = "too_large"
+    TOO_MANY_CHUNKS = "too_many_chunks"
+    BAD_HEADER_BYTES = "bad_header_bytes"
+    BAD_START_LINE = "bad_start_line"
+
+
+@dataclass(slots=True)
+class Message:
+    """One complete SIP message, headers and body, byte for byte. (Not frozen: it is made on
+    the hot path, and a frozen dataclass's __init__ costs twice as much.)"""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Ping:
+    """A CRLFCRLF keep-alive ping; answer it with `PONG`."""
+
+
+@dataclass(frozen=True, slots=True)
+class KeepAlive:
+    """Whitespace between messages (usually a lone CRLF) to relay as it is."""
+
+    data: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Dropped:
+    """Whitespace between messages dropped because `crlf_drop` is on."""
+
+    size: int
+
+
+@dataclass(frozen=True, slots=True)
+class FramingError:
+    """The stream broke a framing rule; nothing after this can be trusted."""
+
+    kind: FramingErrorKind
+    detail: str
+
+
+Event = Message | Ping | KeepAlive | Dropped | FramingError
+
+PONG = b"\r\n"
+PING = Ping()
+_PING_BYTES = b"\r\n\r\n"
+_WHITESPACE = frozenset(b"\r\n \t")
+_CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+_STATUS_PREFIX = b"SIP/2.0 "
+_REQUEST_SUFFIX = b" SIP/2.0"
+
+
+def _is_start_line(line: bytes) -> bool:
+    """Case-insensitive fallback check of a start line (the fast path is exact case)."""
+    return line.startswith(_STATUS_PREFIX) or line.endswith(_REQUEST_SUFFIX)
+
+
+class SipFramer:
+    """Splits one direction of a SIP stream into messages."""
+
+    __slots__ = (
+        "_buf",
+        "_chunks",
+        "_need",
+        "crlf_drop",
+        "max_chunks",
+        "max_msg_size",
+        "pingpong",
+    )
+
+    def __init__(
+        self,
+        *,
+        max_msg_size: int = 65535,
+        pingpong: bool = True,
+        crlf_drop: bool = False,
+        max_chunks: int | None = 4,
+    ) -> None:
+        self.max_msg_size = max_msg_size
+        self.pingpong = pingpong
+        self.crlf_drop = crlf_drop
+        self.max_chunks = max_chunks
+        self._buf = b""
+        self._chunks = 0
+        # total size of the message at the head of the buffer, once its headers are parsed
+        self._need = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes of an incomplete message held back."""
+        return len(self._buf)
+
+    def feed(self, data: bytes) -> list[Event]:
+        """Consume one chunk (one read, one TLS record) and return what it completed."""
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        need = self._need
+        if need and n < need:
+            # the body of a message whose headers are already parsed is still arriving
+            self._buf = buf
+            return self._incomplete([])
+        events: list[Event] = []
+        pos = 0
+        while pos < n:
+            if need:
+                end = pos + need
+                if end > n:
+                    break
+                events.append(Message(buf[pos:end]))
+                pos = end
+                need = 0
+                self._chunks = 0
+                continue
+            if buf[pos] in _WHITESPACE:
+                pos = self._between_messages(buf, pos, events)
+                continue
+            head_end = buf.find(b"\r\n\r\n", pos)
+            if head_end < 0:
+                if n - pos > self.max_msg_size:
+                    return self._error(events, FramingErrorKind.TOO_LARGE,
+                                       f"no end of headers within {self.max_msg_size} bytes")
+                break
+            need_or_error = self._parse_head(buf, pos, head_end)
+            if isinstance(need_or_error, FramingError):
+                events.append(need_or_error)
+                self._reset()
+                return events
+            need = need_or_error
+        self._need = need
+        self._buf = buf[pos:] if pos < n else b""
+        if self._buf:
+            return self._incomplete(events)
+        self._chunks = 0
+        return events
+
+    def _incomplete(self, events: list[Event]) -> list[Event]:
+        self._chunks += 1
+        if self.max_chunks is not None and self._chunks >= self.max_chunks:
+            return self._error(events, FramingErrorKind.TOO_MANY_CHUNKS,
+                               f"message still incomplete after {self._chunks} reads")
+        return events
+
+    def _between_messages(self, buf: bytes, pos: int, events: list[Event]) -> int:
+        end = pos + 1
+        n = len(buf)
+        while end < n and buf[end] in _WHITESPACE:
+            end += 1
+        run = buf[pos:end]
+        if self.pingpong and _PING_BYTES in run:
+            events.extend([PING] * run.count(_PING_BYTES))
+            run = run.replace(_PING_BYTES, b"")
+        if run:
+            events.append(Dropped(len(run)) if self.crlf_drop else KeepAlive(run))
+        return end
+
+    def _parse_head(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
+        """Validate the header section at buf[pos:head_end]; return the message size."""
+        line_end = buf.find(b"\r\n", pos, head_end + 2)
+        if not (
+            buf.startswith(_STATUS_PREFIX, pos)
+            or buf.endswith(_REQUEST_SUFFIX, pos, line_end)
+            or _is_start_line(buf[pos:line_end].upper())
+        ):
+            return FramingError(FramingErrorKind.BAD_START_LINE,
+                                f"not a SIP request or status line: {buf[pos:line_end][:60]!r}")
+        head = buf[pos:head_end]
+        # every CR and LF must belong to a CRLF pair, and there must be no NUL
+        if len(head) - len(head.translate(None, b"\x00\r\n")) != 2 * head.count(b"\r\n"):
+            return FramingError(FramingErrorKind.BAD_HEADER_BYTES,
+                                "NUL byte, bare CR or bare LF in the header section")
+        values = _CONTENT_LENGTH.findall(buf, pos, head_end + 2)
+        if not values:
+            return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
+                                "no Content-Length header (required on stream transports)")
+        text = values[0].strip(b" \t")
+        if not text.isdigit() or len(text) > 10 or (
+            len(values) > 1 and any(v.strip(b" \t") != text for v in values)
+        ):
+            return FramingError(FramingErrorKind.BAD_CONTENT_LENGTH,
+                                f"Content-Length {b', '.join(values)[:40]!r} is not one number")
+        size = head_end + 4 - pos + int(text)
+        if size > self.max_msg_size:
+            return FramingError(FramingErrorKind.TOO_LARGE,
+                                f"message of {size} bytes exceeds max_msg_size {self.max_msg_size}")
+        return size
+
+    def _error(self, events: list[Event], kind: FramingErrorKind, detail: str) -> list[Event]:
+        events.append(FramingError(kind, detail))
+        self._reset()
+        return events
+
+    def _reset(self) -> None:
+        self._buf = b""
+        self._need = 0
+        self._chunks = 0
