@@ -17,7 +17,6 @@ from pydantic import ValidationError
 from tlstrace.config.endpoint import parse_endpoint
 from tlstrace.config.model import DEFAULT_LISTENER, Config
 
-
 _KEY = re.compile(r"[A-Za-z_\[][\w.\[\]]*")
 
 

@@ -104,6 +104,9 @@ class ClientDomain(_Model):
         return self
 
 
+DEFAULT_LISTENER = {"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}
+
+
 class Listener(_Model):
     """A socket tlstrace listens on.
 
@@ -126,22 +129,27 @@ class Listener(_Model):
     def _parse(cls, value: Any, info: ValidationInfo) -> Any:
         return _endpoint(value, info)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _default_backend(cls, data: Any) -> Any:
+        if (isinstance(data, dict) and str(data.get("listen", "")).startswith("tls:")
+                and "backend" not in data):
+            return {**data, "backend": DEFAULT_LISTENER["backend"]}
+        return data
+
     @model_validator(mode="after")
     def _check(self) -> Listener:
         if self.listen.scheme == "tls":
             if self.peer is not None:
-                raise ValueError("peer: peer is for tcp: listeners; a tls: listener relays to backend")
+                raise ValueError("peer: for tcp: listeners; a tls: listener relays to backend")
         else:
             if self.peer is None or self.peer.scheme != "tls":
                 raise ValueError("peer: a tcp: listener needs peer = 'tls:HOST:PORT'")
             if self.backend is not None:
-                raise ValueError("backend: backend is for tls: listeners; a tcp: listener relays to peer")
+                raise ValueError("backend: for tls: listeners; a tcp: listener relays to peer")
             if self.proxy_protocol:
                 raise ValueError("proxy_protocol: applies to the backend of tls: listeners only")
         return self
-
-
-DEFAULT_LISTENER = {"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}
 
 
 class Config(_Model):
@@ -178,7 +186,9 @@ class Config(_Model):
     #: Where the generated certificate and key live.
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: LogLevel = "info"
-    listener: list[Listener] = Field(default_factory=lambda: [Listener(**DEFAULT_LISTENER)])
+    listener: list[Listener] = Field(
+        default_factory=lambda: [Listener.model_validate(DEFAULT_LISTENER)]
+    )
     server_domain: list[ServerDomain] = Field(
         default_factory=lambda: [ServerDomain(name="default")]
     )
@@ -202,6 +212,14 @@ class Config(_Model):
             if li.client_domain is not None and li.client_domain not in client_names:
                 raise ValueError(
                     f"listener[{i}].client_domain: no client_domain named {li.client_domain!r}"
+                )
+        for i, li in enumerate(self.listener):
+            modes = {d.client_cert for d in self.server_domains_for(li)}
+            if li.listen.scheme == "tls" and len(modes) > 1:
+                # OpenSSL keeps the verify mode of the first context when SNI switches domains
+                raise ValueError(
+                    f"listener[{i}].domains: domains sharing a listener must use the same "
+                    f"client_cert mode (found {sorted(modes)})"
                 )
         for d in self.server_domain:
             if d.certificate is None and d.name != "default":

@@ -1,0 +1,151 @@
+"""The sidecar process: listeners, timeouts, signals (SIGTERM/SIGINT stop, SIGHUP reloads)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import resource
+import signal
+from pathlib import Path
+
+import uvloop
+
+from tlstrace.config import Config, ConfigError, Overrides, load_config
+from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.inbound import InboundListener
+from tlstrace.relay.outbound import OutboundListener
+from tlstrace.relay.runtime import Relay
+from tlstrace.relay.sweeper import sweep_forever
+from tlstrace.tls.contexts import ServerContexts, build_server_contexts
+
+log = logging.getLogger("tlstrace")
+
+
+class StartupError(Exception):
+    pass
+
+
+class Sidecar:
+    """Everything one tlstrace process runs."""
+
+    def __init__(self, config: Config, config_path: Path | None = None,
+                 overrides: Overrides | None = None) -> None:
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.source = str(config_path) if config_path else "defaults"
+        self.loop = asyncio.get_running_loop()
+        self.relay = Relay(config, self.loop, source=self.source)
+        self.inbound: list[InboundListener] = []
+        self.outbound: list[OutboundListener] = []
+        self.stopped = asyncio.Event()
+        self._sweeper: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        cfg = self.config
+        for i, li in enumerate(cfg.listener):
+            if li.listen.scheme == "tls":
+                lst = InboundListener(self.relay, li, build_server_contexts(cfg, li, self.source))
+                self.inbound.append(lst)
+                starter = lst.start
+            else:
+                out = OutboundListener(self.relay, li)
+                self.outbound.append(out)
+                starter = out.start
+            try:
+                await starter()
+            except OSError as e:
+                self.close_listeners()
+                raise StartupError(f"{self.source}: listener[{i}].listen: cannot listen on "
+                                   f"{li.listen}: {e.strerror or e}") from None
+        self._sweeper = self.loop.create_task(sweep_forever(self.relay))
+        for lst in self.inbound:
+            idents = lst.contexts.identities
+            log.info("listening on %s: certificate %s (domains %s); relaying to %s%s",
+                     lst.listener.listen, idents[0].cert_file,
+                     ", ".join(i.domain.name for i in idents), lst.listener.backend,
+                     " with PROXY protocol v2" if lst.listener.proxy_protocol else "")
+        for out in self.outbound:
+            log.info("listening on %s: relaying over TLS to %s (client domain %s)",
+                     out.listener.listen, out.listener.peer,
+                     out.listener.client_domain or "default")
+
+    def reload(self) -> tuple[bool, str]:
+        """Re-read the configuration file and the certificates. New connections get the new
+        certificates; open ones keep theirs. On any error nothing changes."""
+        try:
+            config = load_config(self.config_path, self.overrides) if self.config_path \
+                else self.config
+            by_listen = {str(li.listen): li for li in config.listener}
+            replacements: list[tuple[InboundListener, ServerContexts]] = []
+            for lst in self.inbound:
+                li = by_listen.get(str(lst.listener.listen), lst.listener)
+                replacements.append((lst, build_server_contexts(config, li, self.source)))
+        except ConfigError as e:
+            log.error("reload failed, keeping the current configuration and certificates: %s", e)
+            return False, str(e)
+        if [str(li.listen) for li in config.listener] != \
+                [str(li.listen) for li in self.config.listener]:
+            log.warning("reload: listener changes need a restart; kept the current listeners")
+        for lst, contexts in replacements:
+            lst.replace_contexts(contexts)
+        self.config = config
+        self.relay.config = config
+        msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
+        log.info(msg)
+        return True, msg
+
+    def close_listeners(self) -> None:
+        for lst in self.inbound:
+            lst.close()
+        for out in self.outbound:
+            out.close()
+
+    async def shutdown(self) -> None:
+        """Stop accepting, close every connection after flushing what it has, then stop."""
+        relay = self.relay
+        if relay.shutting_down:
+            return
+        relay.shutting_down = True
+        log.info("shutting down: %d connection(s) open", len(relay.connections))
+        self.close_listeners()
+        for leg in list(relay.legs):
+            leg.close(CloseReason.SHUTDOWN)
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        while relay.legs and self.loop.time() < deadline:
+            await asyncio.sleep(0.05)
+        for leg in list(relay.legs):
+            transport = getattr(leg, "transport", None)
+            if transport is not None:
+                transport.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.stopped.set()
+
+
+def raise_fd_limit() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
+    sidecar = Sidecar(config, config_path, overrides)
+    try:
+        await sidecar.start()
+    except (ConfigError, StartupError) as e:
+        log.error("cannot start: %s", e)
+        return 2
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: sidecar.relay.spawn(sidecar.shutdown()))
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
+    await sidecar.stopped.wait()
+    log.info("stopped")
+    return 0
+
+
+def run_sidecar(config: Config, *, config_path: Path | None = None,
+                overrides: Overrides | None = None) -> int:
+    raise_fd_limit()
+    return uvloop.run(serve(config, config_path, overrides))

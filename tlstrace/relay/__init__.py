@@ -1,0 +1,1 @@
+"""The relay: TLS legs, plain TCP legs, inbound and outbound listeners, timeouts."""

@@ -1,0 +1,147 @@
+"""tls: listeners: accept TLS from SIP clients and peers, relay each connection to the backend."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from typing import TYPE_CHECKING, cast
+
+from tlstrace.config import Endpoint, Listener
+from tlstrace.relay import proxy_protocol
+from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.plain_leg import PlainLeg
+from tlstrace.relay.tls_leg import TlsLeg
+from tlstrace.tls.contexts import ServerContexts
+
+if TYPE_CHECKING:
+    from tlstrace.relay.runtime import Relay
+
+log = logging.getLogger("tlstrace.relay")
+
+
+class InboundListener:
+    def __init__(self, relay: Relay, listener: Listener, contexts: ServerContexts) -> None:
+        self.relay = relay
+        self.listener = listener
+        self.contexts = contexts
+        self.server: asyncio.Server | None = None
+        self.refused_logged = 0.0
+        for ident in contexts.identities:
+            relay.prepare_context(ident.context)
+
+    def replace_contexts(self, contexts: ServerContexts) -> None:
+        """New certificates for new connections; open ones keep theirs."""
+        for ident in contexts.identities:
+            self.relay.prepare_context(ident.context)
+        self.contexts = contexts
+
+    async def start(self) -> None:
+        ep = self.listener.listen
+        self.server = await self.relay.loop.create_server(
+            lambda: InboundTls(self.relay, self), ep.host, ep.port, backlog=4096,
+            family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
+            reuse_address=True,
+        )
+
+    def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+class InboundTls(TlsLeg):
+    """A client's TLS connection; its backend connection opens when the handshake completes."""
+
+    def __init__(self, relay: Relay, listener: InboundListener) -> None:
+        conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
+        super().__init__(relay, conn, listener.contexts.initial, server_side=True)
+        self.listener = listener
+        self.refused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        relay = self.relay
+        transport = cast(asyncio.Transport, transport)
+        if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
+            self.refused = self.closed = True
+            relay.stats.refused += 1
+            now = relay.loop.time()
+            if now - self.listener.refused_logged > 10:
+                self.listener.refused_logged = now
+                log.warning("refusing connections on %s: tcp_max_connections (%d) reached",
+                            self.conn.listener, relay.config.tcp_max_connections)
+            transport.abort()
+            return
+        relay.inbound_open += 1
+        relay.stats.accepted += 1
+        self.conn.remote = transport.get_extra_info("peername")[:2]
+        self.conn.local = transport.get_extra_info("sockname")[:2]
+        super().connection_made(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if not self.refused:
+            super().data_received(data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self.refused:
+            super().connection_lost(exc)
+
+    def on_ready(self) -> None:
+        self.relay.spawn(self._connect_backend())
+
+    async def _connect_backend(self) -> None:
+        relay = self.relay
+        lst = self.listener.listener
+        backend = lst.backend
+        assert backend is not None
+        preamble = proxy_protocol.header(self.conn.remote, self.conn.local) \
+            if lst.proxy_protocol else b""
+        timeout = relay.config.tls_handshake_timeout / 1000
+        leg: PlainLeg | BackendTls
+        if backend.scheme == "tcp":
+            leg = PlainLeg(relay, self, name="backend", preamble=preamble)
+        else:
+            leg = BackendTls.make(relay, backend, lst.client_domain, preamble)
+            leg.partner = self
+        try:
+            await asyncio.wait_for(
+                relay.loop.create_connection(lambda: leg, backend.host, backend.port), timeout)
+        except (OSError, TimeoutError) as e:
+            relay.stats.backend_connect_failures += 1
+            why = str(e) or type(e).__name__
+            log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why)
+            self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
+            return
+        if self.closed:
+            leg.close(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF)
+            return
+        self.partner = leg
+        self.flush_pending()
+
+
+class BackendTls(TlsLeg):
+    """A TLS connection to a backend reached as tls:HOST:PORT."""
+
+    relay_direction_in = "from_backend"
+    relay_direction_out = "to_backend"
+
+    @classmethod
+    def make(cls, relay: Relay, backend: Endpoint, client_domain: str | None,
+             preamble: bytes) -> BackendTls:
+        domain = relay.client_contexts.domain(client_domain)
+        ctx = relay.client_contexts.get(client_domain)
+        name = domain.server_name or backend.host
+        conn = Connection("outbound", (backend.host, backend.port), ("", 0), "backend")
+        leg = cls(relay, conn, ctx, server_side=False, server_hostname=name)
+        leg.preamble = preamble
+        return leg
+
+    preamble = b""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.conn.remote = transport.get_extra_info("peername")[:2]
+        self.conn.local = transport.get_extra_info("sockname")[:2]
+        self.relay.stats.outbound_opened += 1
+        if self.preamble:
+            transport.write(self.preamble)
+        super().connection_made(transport)

@@ -1,0 +1,21 @@
+"""The interface between the two legs of a relayed connection."""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+from tlstrace.relay.connection import CloseReason
+
+
+class Partner(Protocol):
+    """The other side of a leg: where its SIP messages go, and who hears about its end."""
+
+    def send(self, chunks: list[bytes], nmsgs: int) -> None:
+        """Write framed SIP messages (and relayed keep-alives), `nmsgs` of them messages."""
+
+    def partner_closed(self, reason: CloseReason, detail: str) -> None:
+        """The other leg ended: flush what is pending, then close."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...

@@ -1,0 +1,133 @@
+"""A plain TCP leg: the backend SIP server (inbound) or the local SIP server (outbound)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import TYPE_CHECKING, cast
+
+from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.partner import Partner
+from tlstrace.sip.framing import FramingError, KeepAlive, Message, SipFramer
+
+if TYPE_CHECKING:
+    from tlstrace.relay.runtime import Relay
+
+log = logging.getLogger("tlstrace.relay")
+
+
+class PlainLeg(asyncio.Protocol):
+    """Frames SIP from a TCP peer and hands it to the partner; writes the partner's SIP."""
+
+    transport: asyncio.Transport
+
+    def __init__(self, relay: Relay, partner: Partner | None, *, name: str,
+                 preamble: bytes = b"") -> None:
+        self.relay = relay
+        self.partner = partner
+        self.name = name  # "backend" or "local", for logs
+        self.preamble = preamble
+        # the SIP server side is trusted with keep-alives: relay them as they are
+        self.framer = SipFramer(max_msg_size=relay.config.max_msg_size, pingpong=False,
+                                crlf_drop=False, max_chunks=None)
+        self.closed = False
+        self.live = False  # a usable transport is attached
+        self.partial_since = 0.0
+        self.blocked_since = 0.0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        self.live = True
+        limit = self.relay.config.conn_buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        if self.preamble:
+            transport.write(self.preamble)
+        self.relay.register(self)
+
+    def data_received(self, data: bytes) -> None:
+        out: list[bytes] = []
+        nmsgs = 0
+        for ev in self.framer.feed(data):
+            cls = ev.__class__
+            if cls is Message:
+                out.append(ev.data)  # type: ignore[union-attr]
+                nmsgs += 1
+            elif cls is KeepAlive:
+                out.append(ev.data)  # type: ignore[union-attr]
+            elif cls is FramingError:
+                assert isinstance(ev, FramingError)
+                if out and self.partner is not None:
+                    self.partner.send(out, nmsgs)
+                self.relay.stats.framing_errors[f"{self.name}_{ev.kind.value}"] += 1
+                self.close(CloseReason.FRAMING_ERROR, f"from {self.name}: {ev.detail}")
+                return
+        if self.framer.buffered:
+            if not self.partial_since:
+                self.partial_since = self.relay.loop.time()
+        else:
+            self.partial_since = 0.0
+        if out and self.partner is not None:
+            self.partner.send(out, nmsgs)
+
+    def eof_received(self) -> bool | None:
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.live = False
+        self.relay.unregister(self)
+        if not self.closed:
+            self.close(CloseReason.BACKEND_GONE,
+                       f"{self.name} closed the connection" + (f": {exc}" if exc else ""))
+
+    def pause_writing(self) -> None:
+        self.blocked_since = self.relay.loop.time()
+        if self.partner is not None:
+            self.partner.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.blocked_since = 0.0
+        if self.partner is not None:
+            self.partner.resume_reading()
+
+    # -- Partner interface ---------------------------------------------------------------------
+
+    def send(self, chunks: list[bytes], nmsgs: int) -> None:
+        if not self.closed:
+            self.transport.write(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+
+    def partner_closed(self, reason: CloseReason, detail: str) -> None:
+        self.partner = None
+        self.close(reason, detail)
+
+    def pause_reading(self) -> None:
+        if self.live:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.live and not self.closed:
+            self.transport.resume_reading()
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, reason: CloseReason, detail: str = "") -> None:
+        """Close after flushing what is written; tell the partner."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.live:
+            self.transport.close()
+        partner, self.partner = self.partner, None
+        if partner is not None:
+            partner.partner_closed(reason, detail)
+
+    def check_timeouts(self, now: float) -> None:
+        cfg = self.relay.config
+        if self.closed:
+            return
+        if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
+            self.close(CloseReason.SEND_TIMEOUT,
+                       f"{self.name} left data unread for over {cfg.tls_send_timeout} ms")
+        elif self.partial_since and now - self.partial_since > cfg.tcp_max_msg_time:
+            self.close(CloseReason.MESSAGE_TIMEOUT,
+                       f"incomplete message from {self.name}")

@@ -1,0 +1,94 @@
+"""The relay's shared state: configuration, contexts, live connections, counters, hooks."""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from typing import TYPE_CHECKING, Protocol
+
+from tlstrace.config import Config
+from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.hooks import ConnectionObserver, NullObserver
+from tlstrace.relay.stats import RelayStats
+from tlstrace.tls.contexts import ClientContexts
+from tlstrace.tls.keylog import KeyLogTap
+
+if TYPE_CHECKING:
+    from tlstrace.relay.outbound import PeerPool
+    from tlstrace.relay.tls_leg import TlsLeg
+
+
+class Leg(Protocol):
+    closed: bool
+
+    def check_timeouts(self, now: float) -> None: ...
+
+    def close(self, reason: CloseReason, detail: str = "") -> None: ...
+
+
+class Relay:
+    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, source: str,
+                 observer: ConnectionObserver | None = None, keys: bool = False) -> None:
+        from tlstrace.relay.outbound import PeerPool
+
+        self.config = config
+        self.loop = loop
+        self.source = source
+        self.stats = RelayStats()
+        self.observer: ConnectionObserver = observer or NullObserver()
+        self.keylog: KeyLogTap | None = KeyLogTap() if keys else None
+        #: open TLS connections by id, with their legs
+        self.connections: dict[int, Connection] = {}
+        self.tls_legs: dict[int, TlsLeg] = {}
+        #: every live leg, for the timeout sweep and shutdown
+        self.legs: set[Leg] = set()
+        self.inbound_open = 0
+        self.client_contexts = ClientContexts(config, source)
+        for ctx in self.client_contexts.contexts():
+            self.prepare_context(ctx)
+        self.pool: PeerPool = PeerPool(self)
+        self.shutting_down = False
+        self.tasks: set[asyncio.Task[None]] = set()
+
+    def prepare_context(self, ctx: ssl.SSLContext) -> None:
+        """Hook a context into key logging, when keys are enabled."""
+        if self.keylog is not None:
+            self.keylog.attach(ctx)
+
+    def spawn(self, coro: object) -> None:
+        """Run a background task and keep a reference to it until it ends."""
+        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    # -- registry ------------------------------------------------------------------------------
+
+    def register(self, leg: Leg) -> None:
+        self.legs.add(leg)
+        from tlstrace.relay.tls_leg import TlsLeg
+
+        if isinstance(leg, TlsLeg):
+            self.connections[leg.conn.id] = leg.conn
+            self.tls_legs[leg.conn.id] = leg
+
+    def unregister(self, leg: Leg) -> None:
+        self.legs.discard(leg)
+
+    def handshake_done(self, leg: TlsLeg, elapsed: float) -> None:
+        conn = leg.conn
+        self.stats.handshakes[conn.direction, "success", conn.tls_version or "",
+                              conn.cipher or ""] += 1
+        self.stats.handshake_seconds.observe(elapsed)
+
+    def connection_closed(self, leg: TlsLeg, reason: CloseReason, was_open: bool) -> None:
+        self.connections.pop(leg.conn.id, None)
+        self.tls_legs.pop(leg.conn.id, None)
+        if leg.conn.direction == "inbound" and leg.server_side:
+            self.inbound_open -= 1
+
+    def close_connection(self, conn_id: int, reason: CloseReason) -> bool:
+        leg = self.tls_legs.get(conn_id)
+        if leg is None:
+            return False
+        leg.close(reason)
+        return True

@@ -1,0 +1,69 @@
+"""Relay counters kept as plain integers on the hot path; the metrics module exports them."""
+
+from __future__ import annotations
+
+import bisect
+from collections import Counter
+from dataclasses import dataclass, field
+
+#: Methods counted by name; anything else is "other" (label sets stay bounded).
+KNOWN_METHODS = frozenset(
+    b"INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
+    b"MESSAGE UPDATE".split()
+)
+
+
+class Histogram:
+    """Cumulative-bucket histogram with Prometheus semantics, cheap to observe."""
+
+    __slots__ = ("bounds", "counts", "sum")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.counts = [0] * (len(bounds) + 1)
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    def cumulative(self) -> list[tuple[float, int]]:
+        out, total = [], 0
+        for bound, n in zip((*self.bounds, float("inf")), self.counts, strict=True):
+            total += n
+            out.append((bound, total))
+        return out
+
+
+@dataclass
+class RelayStats:
+    accepted: int = 0
+    refused: int = 0  # over tcp_max_connections
+    outbound_opened: int = 0
+    closed: Counter[str] = field(default_factory=Counter)  # by CloseReason.label
+    handshakes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
+    # (direction, result, version, cipher); failures also by reason:
+    handshake_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
+    handshake_seconds: Histogram = field(
+        default_factory=lambda: Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+                                           0.5, 1.0, 2.5, 5.0))
+    )
+    # messages by (direction, method or status class); direction: from_client, to_client...
+    messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    bytes: Counter[str] = field(default_factory=Counter)
+    framing_errors: Counter[str] = field(default_factory=Counter)
+    keepalives: Counter[str] = field(default_factory=Counter)  # ping, pong, crlf_relayed, dropped
+    relay_seconds: Histogram = field(
+        default_factory=lambda: Histogram((0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
+                                           0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+    )
+    dropped_messages: Counter[str] = field(default_factory=Counter)
+    backend_connect_failures: int = 0
+
+
+def message_label(data: bytes) -> str:
+    """Method of a request, or status class ("2xx") of a response, for metric labels."""
+    if data.startswith(b"SIP/2.0 "):
+        return f"{data[8:9].decode('ascii', 'replace')}xx"
+    method = data[: data.find(b" ", 0, 20)]
+    return method.decode("ascii") if method in KNOWN_METHODS else "other"

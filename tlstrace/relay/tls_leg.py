@@ -1,0 +1,473 @@
+"""One TLS connection driven through OpenSSL memory BIOs on top of a plain TCP transport.
+
+Using `ssl.SSLObject` directly (instead of asyncio's TLS transport) keeps per-connection memory
+small (asyncio's TLS protocol allocates a 256 KiB read buffer per connection), lets each TLS
+record count as one read for `tls_max_msg_chunks`, lets the first bytes be inspected before
+OpenSSL sees them, and ties OpenSSL's key-log lines to the connection whose handshake runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from typing import TYPE_CHECKING, cast
+
+from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.hooks import MessageTracer
+from tlstrace.relay.partner import Partner
+from tlstrace.relay.stats import message_label
+from tlstrace.sip.framing import (
+    PONG,
+    Dropped,
+    FramingError,
+    KeepAlive,
+    Message,
+    Ping,
+    SipFramer,
+)
+from tlstrace.tls.clienthello import HelloKind, sniff
+from tlstrace.tls.failures import HandshakeFailure, classify
+
+if TYPE_CHECKING:
+    from tlstrace.relay.runtime import Relay
+
+log = logging.getLogger("tlstrace.relay")
+
+_READ_SIZE = 65536
+_QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE,
+                            CloseReason.CLOSED_BY_API})
+
+
+class TlsLeg(asyncio.Protocol):
+    """The TLS side of a relayed connection (server side for clients, client side for peers)."""
+
+    transport: asyncio.Transport
+
+    def __init__(
+        self,
+        relay: Relay,
+        conn: Connection,
+        context: ssl.SSLContext,
+        *,
+        server_side: bool,
+        server_hostname: str | None = None,
+    ) -> None:
+        cfg = relay.config
+        self.relay = relay
+        self.conn = conn
+        self.context = context
+        self.server_side = server_side
+        self.server_hostname = server_hostname
+        self.incoming = ssl.MemoryBIO()
+        self.outgoing = ssl.MemoryBIO()
+        self.obj: ssl.SSLObject | None = None
+        self.framer = SipFramer(
+            max_msg_size=cfg.max_msg_size,
+            pingpong=cfg.tls_crlf_pingpong,
+            crlf_drop=cfg.tls_crlf_drop,
+            max_chunks=cfg.tls_max_msg_chunks,
+        )
+        self.partner: Partner | None = None
+        # messages from the TLS peer waiting for the partner to be ready
+        self.pending: list[bytes] = []
+        self.pending_msgs = 0
+        self.pending_size = 0
+        # messages for the TLS peer waiting for this leg's handshake
+        self.outq: list[bytes] = []
+        self.outq_msgs = 0
+        self.outq_size = 0
+        self.tracer: MessageTracer | None = None
+        self.closed = False
+        self.live = False  # a usable transport is attached
+        self.sniffed = not server_side
+        now = relay.loop.time()
+        self.last_activity = now
+        self.partial_since = 0.0
+        self.blocked_since = 0.0
+        self.handshake_started = time.perf_counter()
+        self.handshake_timer: asyncio.TimerHandle | None = None
+
+    # -- asyncio callbacks -------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.transport = transport
+        if self.closed:  # closed while connecting
+            transport.close()
+            return
+        self.live = True
+        limit = self.relay.config.conn_buffer_limit
+        transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self.relay.register(self)
+        self.obj = self.context.wrap_bio(self.incoming, self.outgoing,
+                                         server_side=self.server_side,
+                                         server_hostname=self.server_hostname)
+        self.handshake_timer = self.relay.loop.call_later(
+            self.relay.config.tls_handshake_timeout / 1000, self._handshake_timed_out)
+        if not self.server_side:
+            self._do_handshake()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.state != "open":
+            self._handshake_data(data)
+            return
+        self.incoming.write(data)
+        self._read()
+
+    def eof_received(self) -> bool | None:
+        return None  # let the transport close; connection_lost reports it
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.live = False
+        if not self.closed:
+            if self.conn.state == "handshake":
+                self._handshake_failed(HandshakeFailure.PEER_CLOSED,
+                                       "connection closed during the handshake")
+            else:
+                self.close(CloseReason.EOF if exc is None else CloseReason.READ_ERROR,
+                           str(exc) if exc else "")
+        self.relay.unregister(self)
+
+    def pause_writing(self) -> None:
+        self.blocked_since = self.relay.loop.time()
+        if self.partner is not None:
+            self.partner.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.blocked_since = 0.0
+        if self.partner is not None:
+            self.partner.resume_reading()
+
+    # -- Partner interface (called by the other leg) -----------------------------------------
+
+    def send(self, chunks: list[bytes], nmsgs: int) -> None:
+        """Encrypt and write messages towards this leg's TLS peer."""
+        if self.closed:
+            return
+        if self.conn.state != "open":
+            self._queue_out(chunks, nmsgs)
+            return
+        obj = self.obj
+        assert obj is not None
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        obj.write(data)
+        self.transport.write(self.outgoing.read())
+        conn = self.conn
+        conn.bytes_out += len(data)
+        conn.msgs_out += nmsgs
+        self.last_activity = self.relay.loop.time()
+        stats = self.relay.stats
+        stats.bytes["to_tls"] += len(data)
+        direction = self.relay_direction_out
+        for chunk in chunks:
+            if chunk[0] not in b"\r\n \t":
+                stats.messages[direction, message_label(chunk)] += 1
+        if self.tracer is not None:
+            now = time.time()
+            for chunk in chunks:
+                if chunk[0] not in b"\r\n \t":
+                    self.tracer.message(chunk, False, now)
+
+    def partner_closed(self, reason: CloseReason, detail: str) -> None:
+        self.close(reason, detail)
+
+    def pause_reading(self) -> None:
+        if self.live:
+            self.transport.pause_reading()
+
+    def resume_reading(self) -> None:
+        if self.live and not self.closed:
+            self.transport.resume_reading()
+
+    # -- handshake -----------------------------------------------------------------------------
+
+    def _handshake_data(self, data: bytes) -> None:
+        if self.closed:
+            return
+        if not self.sniffed:
+            self.sniffed = True
+            hello = sniff(data)
+            if hello.kind is HelloKind.PLAIN_SIP:
+                self._handshake_failed(HandshakeFailure.PLAIN_SIP,
+                                       "plain SIP sent to the TLS port")
+                return
+            if hello.kind is HelloKind.NOT_TLS:
+                self._handshake_failed(HandshakeFailure.NOT_TLS,
+                                       f"not a TLS ClientHello (first bytes {data[:8].hex()})")
+                return
+            if hello.kind is HelloKind.SSLV2:
+                self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
+                                       "SSLv2-style ClientHello")
+                return
+            self.conn.sni = hello.sni
+            self.conn.client_random = hello.client_random
+        self.incoming.write(data)
+        self._do_handshake()
+
+    def _do_handshake(self) -> None:
+        obj = self.obj
+        assert obj is not None
+        tap = self.relay.keylog
+        if tap is not None:
+            tap.current = self.conn.keylog
+        try:
+            obj.do_handshake()
+        except ssl.SSLWantReadError:
+            self._flush()
+            return
+        except (ssl.SSLError, ssl.CertificateError, ValueError) as e:
+            self._flush()  # the alert
+            self._handshake_failed(*classify(e))
+            return
+        finally:
+            if tap is not None:
+                tap.current = None
+        self._flush()
+        self._handshake_complete()
+
+    def _handshake_complete(self) -> None:
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        obj = self.obj
+        assert obj is not None
+        conn = self.conn
+        conn.state = "open"
+        conn.tls_version = obj.version()
+        cipher = obj.cipher()
+        conn.cipher = cipher[0] if cipher else None
+        conn.alpn = obj.selected_alpn_protocol()
+        conn.resumed = obj.session_reused
+        elapsed = time.perf_counter() - self.handshake_started
+        conn.handshake_ms = elapsed * 1000
+        conn.peer_cert_der = obj.getpeercert(binary_form=True)
+        if not self.server_side and conn.sni is None:
+            conn.sni = self.server_hostname
+        self.relay.handshake_done(self, elapsed)
+        if self.closed:
+            return
+        self.tracer = self.relay.observer.handshake_done(conn)
+        conn.traced = self.tracer is not None
+        self.on_ready()
+        if not self.closed:
+            self.flush_outq()
+        if not self.closed and self.incoming.pending:
+            self._read()
+
+    def _handshake_failed(self, kind: HandshakeFailure, message: str) -> None:
+        if self.closed:
+            return
+        conn = self.conn
+        self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
+        self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
+        level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
+        log.log(level, "conn %d %s %s:%d: TLS handshake failed: %s (%s)", conn.id,
+                conn.direction, conn.remote[0], conn.remote[1], kind.value, message)
+        self.relay.observer.handshake_failed(conn, kind, message)
+        self.close(CloseReason.HANDSHAKE_FAILED, kind.value)
+
+    def _handshake_timed_out(self) -> None:
+        self.handshake_timer = None
+        if self.conn.state == "handshake" and not self.closed:
+            self._handshake_failed(
+                HandshakeFailure.HANDSHAKE_TIMEOUT,
+                f"no complete handshake within {self.relay.config.tls_handshake_timeout} ms")
+
+    # -- reading -------------------------------------------------------------------------------
+
+    def _read(self) -> None:
+        obj = self.obj
+        assert obj is not None
+        feed = self.framer.feed
+        out: list[bytes] = []
+        nmsgs = 0
+        stats = self.relay.stats
+        direction = self.relay_direction_in
+        while True:
+            try:
+                chunk = obj.read(_READ_SIZE)
+            except ssl.SSLWantReadError:
+                break
+            except ssl.SSLError as e:
+                self._deliver(out, nmsgs)
+                self.close(CloseReason.READ_ERROR, classify(e)[1])
+                return
+            if not chunk:
+                self._deliver(out, nmsgs)
+                self.close(CloseReason.EOF, "close_notify received")
+                return
+            for ev in feed(chunk):
+                cls = ev.__class__
+                if cls is Message:
+                    data = ev.data  # type: ignore[union-attr]
+                    out.append(data)
+                    nmsgs += 1
+                    stats.messages[direction, message_label(data)] += 1
+                elif cls is Ping:
+                    stats.keepalives["ping"] += 1
+                    obj.write(PONG)
+                elif cls is KeepAlive:
+                    out.append(ev.data)  # type: ignore[union-attr]
+                    stats.keepalives["crlf_relayed"] += 1
+                elif cls is Dropped:
+                    stats.keepalives["crlf_dropped"] += 1
+                else:
+                    assert isinstance(ev, FramingError)
+                    self._deliver(out, nmsgs)
+                    self._framing_error(ev)
+                    return
+        if self.outgoing.pending:
+            self._flush()
+        now = self.relay.loop.time()
+        self.last_activity = now
+        if self.framer.buffered:
+            if not self.partial_since:
+                self.partial_since = now
+        else:
+            self.partial_since = 0.0
+        if out:
+            self._deliver(out, nmsgs)
+
+    def _deliver(self, out: list[bytes], nmsgs: int) -> None:
+        if not out:
+            return
+        conn = self.conn
+        size = sum(map(len, out))
+        conn.bytes_in += size
+        conn.msgs_in += nmsgs
+        self.relay.stats.bytes["from_tls"] += size
+        if self.tracer is not None:
+            now = time.time()
+            for chunk in out:
+                if chunk[0] not in b"\r\n \t":
+                    self.tracer.message(chunk, True, now)
+        partner = self.partner
+        if partner is not None and not self.pending:
+            partner.send(out, nmsgs)
+        else:
+            self._queue(out, nmsgs)
+
+    def _queue(self, chunks: list[bytes], nmsgs: int) -> None:
+        """Hold messages until the partner (or this leg's handshake) is ready; bounded."""
+        self.pending.extend(chunks)
+        self.pending_msgs += nmsgs
+        self.pending_size += sum(map(len, chunks))
+        if self.pending_size > self.relay.config.conn_buffer_limit:
+            self.blocked_since = self.blocked_since or self.relay.loop.time()
+            self.transport.pause_reading()
+
+    def flush_pending(self) -> None:
+        """Hand queued messages to the partner once it is ready."""
+        if not self.pending or self.partner is None:
+            return
+        chunks, nmsgs = self.pending, self.pending_msgs
+        self.pending, self.pending_msgs, self.pending_size = [], 0, 0
+        self.blocked_since = 0.0
+        self.partner.send(chunks, nmsgs)
+        if self.live and not self.closed:
+            self.transport.resume_reading()
+
+    def _queue_out(self, chunks: list[bytes], nmsgs: int) -> None:
+        """Hold the partner's messages until this leg's handshake completes; bounded."""
+        self.outq.extend(chunks)
+        self.outq_msgs += nmsgs
+        self.outq_size += sum(map(len, chunks))
+        if self.outq_size > self.relay.config.conn_buffer_limit and self.partner is not None:
+            self.partner.pause_reading()
+
+    def flush_outq(self) -> None:
+        """Send what the partner queued here while this leg's handshake ran."""
+        if self.outq and self.conn.state == "open":
+            chunks, nmsgs = self.outq, self.outq_msgs
+            self.outq, self.outq_msgs, self.outq_size = [], 0, 0
+            self.send(chunks, nmsgs)
+            if self.partner is not None:
+                self.partner.resume_reading()
+
+    def _framing_error(self, ev: FramingError) -> None:
+        self.relay.stats.framing_errors[ev.kind.value] += 1
+        self.close(CloseReason.FRAMING_ERROR, f"{ev.kind.value}: {ev.detail}")
+
+    def _flush(self) -> None:
+        data = self.outgoing.read()
+        if data and self.live:
+            self.transport.write(data)
+
+    # -- hooks for the roles -------------------------------------------------------------------
+
+    #: stats direction labels, set by the roles
+    relay_direction_in = "from_client"
+    relay_direction_out = "to_client"
+
+    def on_ready(self) -> None:
+        """The handshake completed: start relaying."""
+
+    # -- closing -------------------------------------------------------------------------------
+
+    def close(self, reason: CloseReason, detail: str = "") -> None:
+        """End this connection: send close_notify, flush, close; then end the partner."""
+        if self.closed:
+            return
+        self.closed = True
+        conn = self.conn
+        was_open = conn.state == "open"
+        conn.state = "closed"
+        conn.close_reason = reason
+        if self.handshake_timer is not None:
+            self.handshake_timer.cancel()
+            self.handshake_timer = None
+        if self.outq_msgs or self.pending_msgs:
+            self.relay.stats.dropped_messages[reason.label] += self.outq_msgs + self.pending_msgs
+        if self.live:
+            if was_open and self.obj is not None:
+                # SSLWantReadError: our close_notify is out, theirs need not come
+                with contextlib.suppress(ssl.SSLError):
+                    self.obj.unwrap()
+                self._flush()
+            self.transport.close()
+        self.relay.stats.closed[reason.label] += 1
+        level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
+        if reason is CloseReason.FRAMING_ERROR:
+            level = logging.WARNING
+        if reason is not CloseReason.HANDSHAKE_FAILED or level == logging.DEBUG:
+            log.log(level, "conn %d %s %s:%d closed: %s%s", conn.id, conn.direction,
+                    conn.remote[0], conn.remote[1], reason.value,
+                    f" ({detail})" if detail else "")
+        self.relay.connection_closed(self, reason, was_open)
+        self.relay.observer.closed(conn, reason, self.tracer)
+        partner, self.partner = self.partner, None
+        if partner is not None:
+            partner.partner_closed(self._reason_for_partner(reason), detail)
+        self.on_closed(reason)
+
+    def _reason_for_partner(self, reason: CloseReason) -> CloseReason:
+        """What the other leg reports when this one ends."""
+        if self.server_side:
+            return reason
+        # a backend or peer we connected to went away, or could not be reached over TLS
+        if reason is CloseReason.HANDSHAKE_FAILED:
+            return CloseReason.BACKEND_UNREACHABLE
+        if reason in (CloseReason.EOF, CloseReason.READ_ERROR):
+            return CloseReason.BACKEND_GONE
+        return reason
+
+    def on_closed(self, reason: CloseReason) -> None:
+        """Role-specific clean-up."""
+
+    def check_timeouts(self, now: float) -> None:
+        """Called about once a second by the sweeper."""
+        cfg = self.relay.config
+        if self.closed or self.conn.state != "open":
+            return
+        if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
+            self.close(CloseReason.SEND_TIMEOUT,
+                       f"peer left data unread for over {cfg.tls_send_timeout} ms")
+        elif self.partial_since and now - self.partial_since > cfg.tcp_max_msg_time:
+            self.relay.stats.framing_errors["message_timeout"] += 1
+            self.close(CloseReason.MESSAGE_TIMEOUT,
+                       f"{self.framer.buffered} bytes of an incomplete message")
+        elif now - self.last_activity > cfg.tcp_connection_lifetime:
+            self.close(CloseReason.IDLE_TIMEOUT)
