@@ -183,6 +183,8 @@ class Config(_Model):
     conn_buffer_limit: int = Field(262144, ge=4096)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
+    #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.
+    reuse_port: bool = False
     #: Where the generated certificate and key live.
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: LogLevel = "info"

@@ -41,7 +41,7 @@ class InboundListener:
         self.server = await self.relay.loop.create_server(
             lambda: InboundTls(self.relay, self), ep.host, ep.port, backlog=4096,
             family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
-            reuse_address=True,
+            reuse_address=True, reuse_port=self.relay.config.reuse_port or None,
         )
 
     def close(self) -> None:

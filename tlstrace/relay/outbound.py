@@ -38,6 +38,7 @@ class OutboundListener:
         ep = self.listener.listen
         self.server = await self.relay.loop.create_server(
             self._accept, ep.host, ep.port, backlog=1024, reuse_address=True,
+            reuse_port=self.relay.config.reuse_port or None,
             family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
         )
 
