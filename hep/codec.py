@@ -485,15 +485,19 @@ class PacketTemplate:
 
     def _raise_invalid(self, ts_sec: int, ts_usec: int, payload: bytes,
                        correlation_id: bytes | None) -> None:
+        if correlation_id is not None and len(correlation_id) > MAX_PACKET - self._fixed - 6:
+            raise ValueError(f"a {len(correlation_id)}-byte correlation id does not fit")
+        if len(payload) > self.max_payload(correlation_id):
+            raise ValueError(
+                f"a {len(payload)}-byte payload does not fit: "
+                f"at most {self.max_payload(correlation_id)} bytes with this template"
+            )
         HepPacket(
             src_ip=self._packet.src_ip, dst_ip=self._packet.dst_ip, src_port=0, dst_port=0,
             ts_sec=ts_sec, ts_usec=ts_usec, ip_proto=0, payload=payload,
             correlation_id=correlation_id,
         )
-        raise ValueError(
-            f"a {len(payload)}-byte payload does not fit: "
-            f"at most {self.max_payload(correlation_id)} bytes with this template"
-        )
+        raise ValueError("the values do not fit the packet")  # pragma: no cover
 
     def swapped(self) -> PacketTemplate:
         """The template of the opposite direction (source and destination exchanged)."""
