@@ -1,0 +1,203 @@
+"""A minimal, fast SIP responder over TCP, for the benchmark, the tests and `tlstrace demo`.
+
+`respond(request)` is sans-IO: it turns one complete SIP message into the bytes to send back,
+or None. Requests get a `200 OK` that copies Via (every one, in order), From, To (with a tag
+added when it has none), Call-ID and CSeq, with `Content-Length: 0`. ACK gets nothing, and
+responses received are ignored. Nothing is validated beyond what building the answer needs:
+framing (and its checks) is `SipFramer`'s job.
+
+`serve(host, port)` runs it as an asyncio server (works under uvloop): one `SipFramer` per
+connection, the answers to everything one read completed written at once.
+
+    python -m tlstrace.responder --listen 127.0.0.1:5060
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import signal
+import sys
+import zlib
+from collections.abc import Sequence
+from typing import cast
+
+from tlstrace.sip.framing import FramingError, Message, SipFramer
+
+#: Header names (lower case, compact forms included) copied into the response, mapped to the
+#: name written; Via keeps its order and every occurrence.
+_COPIED = {
+    b"via": b"Via",
+    b"v": b"Via",
+    b"from": b"From",
+    b"f": b"From",
+    b"to": b"To",
+    b"t": b"To",
+    b"call-id": b"Call-ID",
+    b"i": b"Call-ID",
+    b"cseq": b"CSeq",
+}
+_STATUS_LINE = b"SIP/2.0 200 OK\r\n"
+_TRAILER = b"Server: tlstrace-responder\r\nContent-Length: 0\r\n\r\n"
+_TAG_PARAM = b";tag="
+
+
+def to_tag(call_id: bytes) -> bytes:
+    """The To tag given to a dialog: stable for a Call-ID, so retransmissions match."""
+    return b"%08x" % zlib.crc32(call_id)
+
+
+def _has_tag(value: bytes) -> bool:
+    # a tag parameter sits after the name-addr ("<...>") when there is one
+    close = value.rfind(b">")
+    params = value[close + 1 :] if close >= 0 else value
+    return _TAG_PARAM in params.lower().replace(b" ", b"")
+
+
+def respond(request: bytes) -> bytes | None:
+    """The response to one complete SIP message, or None (ACK, a response, not a request)."""
+    if request.startswith(b"SIP/"):
+        return None
+    head_end = request.find(b"\r\n\r\n")
+    if head_end < 0:
+        head_end = len(request)
+    lines = request[:head_end].split(b"\r\n")
+    start = lines[0]
+    method = start[: start.find(b" ")]
+    if not method or method == b"ACK" or not start.endswith(b" SIP/2.0"):
+        return None
+    out = [_STATUS_LINE]
+    call_id = b""
+    to_value: bytes | None = None
+    to_pos = -1
+    last = False  # the previous line was copied: a folded continuation belongs to it
+    for line in lines[1:]:
+        if line[:1] in (b" ", b"\t"):
+            if last:
+                out[-1] = out[-1][:-2] + b" " + line.strip() + b"\r\n"
+                if to_pos == len(out) - 1 and to_value is not None:
+                    to_value += b" " + line.strip()
+            continue
+        colon = line.find(b":")
+        name = _COPIED.get(line[:colon].rstrip(b" \t").lower()) if colon > 0 else None
+        if name is None:
+            last = False
+            continue
+        value = line[colon + 1 :].strip(b" \t")
+        if name == b"To":
+            if to_value is not None:  # a second To: keep the first
+                last = False
+                continue
+            to_value = value
+            to_pos = len(out)
+        elif name == b"Call-ID":
+            call_id = value
+        out.append(name + b": " + value + b"\r\n")
+        last = True
+    if to_value is not None and not _has_tag(to_value):
+        out[to_pos] = b"To: " + to_value + _TAG_PARAM + to_tag(call_id) + b"\r\n"
+    out.append(_TRAILER)
+    return b"".join(out)
+
+
+class ResponderProtocol(asyncio.Protocol):
+    """One TCP connection of the responder."""
+
+    __slots__ = ("framer", "transport")
+
+    def __init__(self) -> None:
+        self.framer = SipFramer(
+            max_msg_size=1 << 20, pingpong=False, crlf_drop=True, max_chunks=None
+        )
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        answers = []
+        for ev in self.framer.feed(data):
+            if ev.__class__ is Message:
+                answer = respond(ev.data)
+                if answer is not None:
+                    answers.append(answer)
+            elif isinstance(ev, FramingError):
+                if answers and self.transport is not None:
+                    self.transport.write(b"".join(answers))
+                if self.transport is not None:
+                    self.transport.close()
+                return
+        if answers and self.transport is not None:
+            self.transport.write(answers[0] if len(answers) == 1 else b"".join(answers))
+
+    def eof_received(self) -> bool | None:
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.transport = None
+
+
+async def serve(
+    host: str, port: int, *, backlog: int = 4096, reuse_port: bool = False
+) -> asyncio.Server:
+    """Start the responder on host:port (port 0: any free port; see `server.sockets`)."""
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(
+        ResponderProtocol,
+        host,
+        port,
+        backlog=backlog,
+        reuse_address=True,
+        reuse_port=reuse_port or None,
+    )
+
+
+def _parse_hostport(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: expected HOST:PORT")
+    return host.strip("[]") or "127.0.0.1", int(port)
+
+
+async def _main(host: str, port: int) -> None:
+    server = await serve(host, port)
+    addr = server.sockets[0].getsockname()
+    print(f"tlstrace responder listening on {addr[0]}:{addr[1]}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        server.close()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    p = argparse.ArgumentParser(
+        prog="python -m tlstrace.responder",
+        description="Answer every SIP request over TCP with 200 OK.",
+    )
+    p.add_argument(
+        "--listen",
+        type=_parse_hostport,
+        default=("127.0.0.1", 5060),
+        metavar="HOST:PORT",
+        help="where to listen (default 127.0.0.1:5060)",
+    )
+    args = p.parse_args(argv)
+    host, port = args.listen
+    try:
+        import uvloop
+
+        uvloop.run(_main(host, port))
+    except OSError as e:
+        print(f"responder: cannot listen on {host}:{port}: {e.strerror or e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
