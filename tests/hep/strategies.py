@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from hypothesis import strategies as st
 
 from hep.codec import CHUNK_NAMES, HepChunk, HepPacket
@@ -14,7 +16,7 @@ octets = st.binary(max_size=48)
 
 @st.composite
 def addresses(draw: st.DrawFn) -> tuple[str, str]:
-    version = draw(st.sampled_from([4, 6]))
+    version: Literal[4, 6] = draw(st.sampled_from([4, 6]))
     a = draw(st.ip_addresses(v=version))
     b = draw(st.ip_addresses(v=version))
     return str(a), str(b)

@@ -1,0 +1,608 @@
+"""Non-blocking HEP senders (asyncio; works under uvloop).
+
+`HepSender.send(data)` is what the relay calls for each encoded packet: synchronous, O(1),
+never blocks, never raises. It returns False when the packet was dropped, and counts it.
+
+- **TCP/TLS**: packets wait in a bounded queue (`queue_size` packets and `queue_bytes` bytes);
+  one task writes them in batches. The transport's write buffer is bounded too: while it is
+  above `write_buffer_limit` nothing more is written, so a collector that accepts and never
+  reads fills the queue and then costs drops, not memory. A connection stuck like that for
+  `stall_timeout` seconds is aborted and opened again. Connecting retries with capped
+  exponential backoff (`backoff_initial` doubling up to `backoff_max`, ±20 % jitter).
+  Packets queued while disconnected are sent once connected; queued packets lost with a
+  connection that drops are not counted again (`sent` counts packets handed to the socket).
+- **UDP**: a connected datagram socket; `send` writes the datagram at once (one syscall).
+  The queue only holds datagrams the kernel refused with EAGAIN until the socket is writable.
+  A collector that is down answers with ICMP port unreachable, which the kernel reports as
+  ECONNREFUSED on a later send: the sender counts a send error and drops everything for a
+  backoff period (doubling like TCP), then tries again. A slow UDP collector loses datagrams
+  in its own receive buffer, which no sender can see.
+
+`HepSenderGroup` holds several named senders.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import logging
+import random
+import socket
+import ssl
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from hep.destination import HepDestination, parse_hep_id
+
+log = logging.getLogger("hep.sender")
+
+_BATCH_BYTES = 65536
+_STABLE_AFTER = 5.0  # seconds a connection must live for the backoff to start again from low
+
+
+@dataclass(frozen=True, slots=True)
+class HepIdentity:
+    """What a destination wants in the packets it gets: capture agent id (0x000c), auth key
+    (0x000e) and node name (0x0013). Packets are encoded once per distinct identity."""
+
+    capture_id: int = 0
+    auth_key: bytes | None = None
+    node_name: bytes | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SenderStats:
+    """A snapshot of one sender's counters."""
+
+    name: str
+    transport: str
+    address: str
+    #: packets handed to the socket (kernel or transport buffer)
+    sent: int
+    #: packets refused by `send` (queue full, disconnected too long, refused, closed)
+    dropped: int
+    #: failed socket sends and connections lost or aborted while sending
+    send_errors: int
+    #: failed connection attempts (refused, timed out, TLS verification failed, ...)
+    connect_errors: int
+    #: connection attempts after a failure or a lost connection
+    reconnects: int
+    bytes_sent: int
+    queue_depth: int
+    queue_bytes: int
+    #: bytes in the transport's write buffer (TCP/TLS)
+    buffered_bytes: int
+    connected: bool
+    #: "stopped", "resolving", "connecting", "connected", "backoff", "refused", "closed"
+    state: str
+    last_error: str | None
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, ssl.SSLCertVerificationError):
+        return f"TLS certificate verification failed: {exc.verify_message}"
+    if isinstance(exc, TimeoutError):
+        return str(exc) or "timed out"
+    text = str(exc) or type(exc).__name__
+    return f"{type(exc).__name__}: {text}"
+
+
+class _StreamProtocol(asyncio.Protocol):
+    def __init__(self, poke: collections.abc.Callable[[], None]) -> None:
+        self.poke = poke
+        self.paused = False
+        self.lost = False
+        self.exc: BaseException | None = None
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.poke()
+
+    def data_received(self, data: bytes) -> None:
+        pass  # collectors do not answer; ignore anything they send
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = True
+        self.exc = exc
+        self.poke()
+
+
+class HepSender:
+    """Sends encoded HEP packets to one destination. Use from the event loop's thread."""
+
+    def __init__(
+        self,
+        dest: HepDestination | str,
+        *,
+        identity: HepIdentity | None = None,
+        queue_size: int = 4096,
+        queue_bytes: int = 8 * 1024 * 1024,
+        ca_file: str | Path | None = None,
+        verify: bool = True,
+        cert_file: str | Path | None = None,
+        key_file: str | Path | None = None,
+        server_name: str | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        connect_timeout: float = 5.0,
+        backoff_initial: float = 0.5,
+        backoff_max: float = 30.0,
+        write_buffer_limit: int = 256 * 1024,
+        stall_timeout: float = 30.0,
+    ) -> None:
+        self.dest = parse_hep_id(dest) if isinstance(dest, str) else dest
+        self.identity = identity or HepIdentity()
+        if queue_size < 1 or queue_bytes < 1:
+            raise ValueError("queue_size and queue_bytes must be at least 1")
+        self.queue_size = queue_size
+        self.queue_bytes_max = queue_bytes
+        self.connect_timeout = connect_timeout
+        self.backoff_initial = backoff_initial
+        self.backoff_max = max(backoff_max, backoff_initial)
+        self.write_buffer_limit = write_buffer_limit
+        self.stall_timeout = stall_timeout
+        self._ssl: ssl.SSLContext | None = None
+        self._server_name = server_name or self.dest.host
+        if self.dest.transport == "tls":
+            self._ssl = ssl_context or _client_context(ca_file, verify, cert_file, key_file)
+        self._queue: collections.deque[bytes] = collections.deque()
+        self._queued = 0
+        self._sent = self._dropped = self._send_errors = self._connect_errors = 0
+        self._reconnects = self._bytes = 0
+        self._state = "stopped"
+        self._last_error: str | None = None
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._transport: asyncio.Transport | None = None
+        self._sock: socket.socket | None = None
+        self._udp_blocked = False  # refused: drop until the backoff timer ends
+        self._udp_writer = False
+        self._udp_delay = backoff_initial
+        self._udp_ok = 0
+        self._udp_timer: asyncio.TimerHandle | None = None
+
+    # ------------------------------------------------------------------ public
+    @property
+    def name(self) -> str:
+        return self.dest.name
+
+    @property
+    def stats(self) -> SenderStats:
+        t = self._transport
+        buffered = 0
+        if t is not None and not t.is_closing():
+            with contextlib.suppress(Exception):
+                buffered = t.get_write_buffer_size()
+        return SenderStats(
+            name=self.dest.name, transport=self.dest.transport, address=self.dest.address,
+            sent=self._sent, dropped=self._dropped, send_errors=self._send_errors,
+            connect_errors=self._connect_errors, reconnects=self._reconnects,
+            bytes_sent=self._bytes, queue_depth=len(self._queue), queue_bytes=self._queued,
+            buffered_bytes=buffered, connected=self.connected, state=self._state,
+            last_error=self._last_error,
+        )
+
+    @property
+    def connected(self) -> bool:
+        if self.dest.transport == "udp":
+            return self._sock is not None and not self._udp_blocked
+        return self._state == "connected"
+
+    async def start(self) -> None:
+        """Start connecting in the background; returns at once (`wait_connected` waits)."""
+        if self._task is not None or self._closing:
+            return
+        self._loop = asyncio.get_running_loop()
+        run = self._run_udp() if self.dest.transport == "udp" else self._run_stream()
+        self._task = self._loop.create_task(run, name=f"hep-sender-{self.dest.name}")
+
+    async def wait_connected(self, timeout: float) -> bool:
+        """Wait until connected (UDP: the socket exists); False on timeout. For tests/tools."""
+        deadline = time.monotonic() + timeout
+        while not self.connected:
+            if time.monotonic() >= deadline or self._closing:
+                return False
+            await asyncio.sleep(0.01)
+        return True
+
+    def send(self, data: bytes) -> bool:
+        """Queue or send one encoded packet. Never blocks, never raises; False = dropped."""
+        try:
+            if (self._closing or len(self._queue) >= self.queue_size
+                    or self._queued + len(data) > self.queue_bytes_max):
+                self._dropped += 1
+                return False
+            if self._sock is not None:
+                return self._udp_send(data)
+            if self._udp_blocked:
+                self._dropped += 1
+                return False
+            self._queue.append(data)
+            self._queued += len(data)
+            w = self._waiter
+            if w is not None and not w.done():
+                w.set_result(None)
+            return True
+        except Exception as e:  # never into the caller
+            self._dropped += 1
+            self._last_error = _describe(e)
+            return False
+
+    async def aclose(self, timeout: float = 1.0) -> None:
+        """Stop: give queued packets up to `timeout` seconds to go out, then close.
+        Packets still queued are counted as dropped."""
+        if self._closing:
+            return
+        deadline = time.monotonic() + timeout
+        if self.dest.transport != "udp" and self._state == "connected":
+            while (self._queue or self._buffered()) and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+        self._closing = True
+        self._poke()
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        t, self._transport = self._transport, None
+        if t is not None:
+            t.abort()
+        self._close_udp()
+        self._dropped += len(self._queue)
+        self._queue.clear()
+        self._queued = 0
+        self._state = "closed"
+
+    # -------------------------------------------------------------- internals
+    def _buffered(self) -> int:
+        t = self._transport
+        if t is None or t.is_closing():
+            return 0
+        try:
+            return t.get_write_buffer_size()
+        except Exception:
+            return 0
+
+    def _poke(self) -> None:
+        w = self._waiter
+        if w is not None and not w.done():
+            w.set_result(None)
+
+    async def _wait(self, timeout: float | None = None) -> None:
+        assert self._loop is not None
+        self._waiter = w = self._loop.create_future()
+        timer = self._loop.call_later(timeout, self._poke) if timeout is not None else None
+        try:
+            await w
+        finally:
+            self._waiter = None
+            if timer is not None:
+                timer.cancel()
+
+    def _backoff(self, delay: float) -> float:
+        return delay * random.uniform(0.8, 1.2)
+
+    def _fail(self, what: str, exc: BaseException) -> None:
+        first = self._last_error is None or self._state == "connected"
+        self._last_error = _describe(exc)
+        (log.warning if first else log.debug)(
+            "HEP %s %s (%s): %s", self.dest.name, what, self.dest.address, self._last_error
+        )
+
+    # ---------------------------------------------------------------- TCP/TLS
+    async def _run_stream(self) -> None:
+        assert self._loop is not None
+        loop = self._loop
+        delay = self.backoff_initial
+        attempts = 0
+        while not self._closing:
+            if attempts:
+                self._reconnects += 1
+            attempts += 1
+            self._state = "connecting"
+            proto = _StreamProtocol(self._poke)
+            try:
+                transport, _ = await asyncio.wait_for(
+                    loop.create_connection(
+                        lambda p=proto: p, self.dest.host, self.dest.port, ssl=self._ssl,
+                        server_hostname=self._server_name if self._ssl else None,
+                    ),
+                    self.connect_timeout,
+                )
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._connect_errors += 1
+                self._fail("connect failed", e)
+                self._state = "backoff"
+                await asyncio.sleep(self._backoff(delay))
+                delay = min(delay * 2, self.backoff_max)
+                continue
+            transport.set_write_buffer_limits(high=self.write_buffer_limit)
+            self._transport = transport
+            self._state = "connected"
+            log.info("HEP %s connected to %s over %s", self.dest.name, self.dest.address,
+                     self.dest.transport)
+            since = time.monotonic()
+            try:
+                await self._pump(transport, proto)
+            finally:
+                self._transport = None
+                if not transport.is_closing():
+                    transport.abort()
+            if self._closing:
+                return
+            if time.monotonic() - since >= _STABLE_AFTER:
+                delay = self.backoff_initial
+            self._state = "backoff"
+            await asyncio.sleep(self._backoff(delay))
+            delay = min(delay * 2, self.backoff_max)
+
+    async def _pump(self, transport: asyncio.Transport, proto: _StreamProtocol) -> None:
+        queue = self._queue
+        paused_since: float | None = None
+        while True:
+            if proto.lost or self._closing:
+                if proto.lost and not self._closing:
+                    self._send_errors += 1
+                    self._fail("connection lost", proto.exc or ConnectionError("closed by peer"))
+                return
+            if proto.paused:
+                now = time.monotonic()
+                if paused_since is None:
+                    paused_since = now
+                elif now - paused_since >= self.stall_timeout:
+                    self._send_errors += 1
+                    self._fail("stalled", TimeoutError(
+                        f"the collector read nothing for {self.stall_timeout:g} s"))
+                    transport.abort()
+                    return
+                await self._wait(self.stall_timeout - (now - paused_since))
+                continue
+            paused_since = None
+            if not queue:
+                await self._wait()
+                continue
+            batch: list[bytes] = []
+            size = 0
+            while queue and size < _BATCH_BYTES:
+                data = queue.popleft()
+                batch.append(data)
+                size += len(data)
+            self._queued -= size
+            try:
+                transport.write(b"".join(batch))
+            except Exception as e:
+                self._send_errors += 1
+                self._dropped += len(batch)
+                self._fail("write failed", e)
+                transport.abort()
+                return
+            self._sent += len(batch)
+            self._bytes += size
+            await asyncio.sleep(0)  # let the relay run between batches
+
+    # -------------------------------------------------------------------- UDP
+    async def _run_udp(self) -> None:
+        assert self._loop is not None
+        delay = self.backoff_initial
+        while not self._closing:
+            self._state = "resolving"
+            try:
+                infos = await asyncio.wait_for(self._loop.getaddrinfo(
+                    self.dest.host, self.dest.port, type=socket.SOCK_DGRAM,
+                ), self.connect_timeout)
+                family, kind, proto, _, addr = infos[0]
+                sock = socket.socket(family, kind, proto)
+                try:
+                    sock.setblocking(False)
+                    sock.connect(addr)
+                except BaseException:
+                    sock.close()
+                    raise
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                self._connect_errors += 1
+                self._fail("cannot open the UDP socket", e)
+                self._state = "backoff"
+                await asyncio.sleep(self._backoff(delay))
+                delay = min(delay * 2, self.backoff_max)
+                self._reconnects += 1
+                continue
+            self._sock = sock
+            self._state = "connected"
+            pending = list(self._queue)
+            self._queue.clear()
+            self._queued = 0
+            for data in pending:
+                self._udp_send(data)
+            return
+
+    def _udp_send(self, data: bytes) -> bool:
+        sock = self._sock
+        assert sock is not None
+        if self._udp_blocked:
+            self._dropped += 1
+            return False
+        if self._queue:
+            self._queue.append(data)
+            self._queued += len(data)
+            return True
+        try:
+            sock.send(data)
+        except BlockingIOError:
+            self._queue.append(data)
+            self._queued += len(data)
+            self._udp_want_writer()
+            return True
+        except ConnectionRefusedError as e:
+            self._udp_refused(e)
+            self._dropped += 1
+            return False
+        except OSError as e:
+            self._send_errors += 1
+            self._dropped += 1
+            self._fail("send failed", e)
+            return False
+        self._sent += 1
+        self._bytes += len(data)
+        self._udp_ok += 1
+        if self._udp_ok == 2:
+            self._udp_delay = self.backoff_initial
+            if self._state == "refused":
+                self._state = "connected"
+        return True
+
+    def _udp_refused(self, exc: OSError) -> None:
+        self._send_errors += 1
+        self._fail("refused", exc)
+        if self._udp_ok < 2:  # refused again soon after the last refusal
+            self._udp_delay = min(self._udp_delay * 2, self.backoff_max)
+        self._udp_ok = 0
+        self._udp_blocked = True
+        self._state = "refused"
+        assert self._loop is not None
+        delay = self._backoff(self._udp_delay)
+        self._udp_timer = self._loop.call_later(delay, self._udp_unblock)
+
+    def _udp_unblock(self) -> None:
+        self._udp_timer = None
+        if not self._closing:
+            self._udp_blocked = False
+            self._reconnects += 1
+
+    def _udp_want_writer(self) -> None:
+        if not self._udp_writer and self._sock is not None and self._loop is not None:
+            self._loop.add_writer(self._sock, self._udp_flush)
+            self._udp_writer = True
+
+    def _udp_flush(self) -> None:
+        sock = self._sock
+        try:
+            while self._queue and sock is not None:
+                data = self._queue[0]
+                try:
+                    sock.send(data)
+                except BlockingIOError:
+                    return
+                except ConnectionRefusedError as e:
+                    self._udp_refused(e)
+                    self._drop_queue()
+                    break
+                except OSError as e:
+                    self._send_errors += 1
+                    self._dropped += 1
+                    self._fail("send failed", e)
+                else:
+                    self._sent += 1
+                    self._bytes += len(data)
+                self._queue.popleft()
+                self._queued -= len(data)
+        except Exception as e:  # a loop callback must not raise
+            self._fail("flush failed", e)
+        self._udp_stop_writer()
+
+    def _drop_queue(self) -> None:
+        self._dropped += len(self._queue)
+        self._queue.clear()
+        self._queued = 0
+
+    def _udp_stop_writer(self) -> None:
+        if self._udp_writer and self._sock is not None and self._loop is not None:
+            with contextlib.suppress(Exception):
+                self._loop.remove_writer(self._sock)
+        self._udp_writer = False
+
+    def _close_udp(self) -> None:
+        if self._udp_timer is not None:
+            self._udp_timer.cancel()
+            self._udp_timer = None
+        self._udp_stop_writer()
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            sock.close()
+
+
+def _client_context(ca_file: str | Path | None, verify: bool, cert_file: str | Path | None,
+                    key_file: str | Path | None) -> ssl.SSLContext:
+    if verify:
+        ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
+    else:
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if cert_file:
+        ctx.load_cert_chain(str(cert_file), str(key_file) if key_file else None)
+    return ctx
+
+
+class HepSenderGroup:
+    """Several named senders: start, send and close them together."""
+
+    def __init__(self, senders: Iterable[HepSender] = ()) -> None:
+        self._senders: dict[str, HepSender] = {}
+        for s in senders:
+            self.add(s)
+
+    @classmethod
+    def from_ids(cls, hep_ids: Iterable[str | HepDestination], **options: object) -> HepSenderGroup:
+        """One sender per `hep_id` (or destination), all with the same `HepSender` options."""
+        return cls(HepSender(d, **options) for d in hep_ids)  # type: ignore[arg-type]
+
+    def add(self, sender: HepSender) -> None:
+        if sender.name in self._senders:
+            raise ValueError(f"a HEP destination named {sender.name!r} already exists")
+        self._senders[sender.name] = sender
+
+    @property
+    def names(self) -> list[str]:
+        return list(self._senders)
+
+    @property
+    def identities(self) -> list[HepIdentity]:
+        """The distinct identities, in the order of the senders."""
+        return list(dict.fromkeys(s.identity for s in self._senders.values()))
+
+    def __getitem__(self, name: str) -> HepSender:
+        return self._senders[name]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._senders
+
+    def __iter__(self) -> Iterator[HepSender]:
+        return iter(self._senders.values())
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    async def start(self) -> None:
+        for s in self._senders.values():
+            await s.start()
+
+    async def aclose(self, timeout: float = 1.0) -> None:
+        await asyncio.gather(*(s.aclose(timeout) for s in self._senders.values()))
+
+    def send_to(self, name: str, data: bytes) -> bool:
+        """Send to one destination; False when dropped or when there is no such name."""
+        s = self._senders.get(name)
+        return s.send(data) if s is not None else False
+
+    def send_all(self, data: bytes) -> int:
+        """Send the same bytes to every destination; returns how many accepted them."""
+        return sum(s.send(data) for s in self._senders.values())
+
+    def send_identity(self, identity: HepIdentity, data: bytes) -> int:
+        """Send to the destinations with `identity` (encode once per identity)."""
+        return sum(s.send(data) for s in self._senders.values() if s.identity == identity)
+
+    def stats(self) -> dict[str, SenderStats]:
+        return {name: s.stats for name, s in self._senders.items()}

@@ -1,0 +1,387 @@
+"""HEP senders against real loopback collectors: live, down, slow, deaf, TLS; under asyncio
+and uvloop. Counters are asserted; times never are."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
+
+import pytest
+import uvloop
+
+from hep.codec import PacketTemplate, decode
+from hep.destination import HepDestination
+from hep.listen import Collector, serve
+from hep.sender import HepIdentity, HepSender, HepSenderGroup, SenderStats
+from tests.support.hep_collectors import StreamCollector, deaf_tcp_listener
+from tests.support.net import free_port
+from tests.support.pki import Pki
+
+SIP = (b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
+       b"Call-ID: sender-test@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+TEMPLATE = PacketTemplate(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060,
+                          ip_proto=6, capture_id=7)
+FAST: dict[str, Any] = {"backoff_initial": 0.02, "backoff_max": 0.1, "connect_timeout": 2.0}
+
+
+def packet(i: int, size: int = 0) -> bytes:
+    payload = SIP + b"x" * size
+    return TEMPLATE.encode(1700000000, i, payload, str(i).encode())
+
+
+@pytest.fixture(params=["asyncio", "uvloop"])
+def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Awaitable[None]], None]]:
+    """Runs a scenario on a fresh loop of each kind, bounded by 30 s."""
+    factory = uvloop.new_event_loop if request.param == "uvloop" else None
+    with asyncio.Runner(loop_factory=factory) as runner:
+        def go(coro: Awaitable[None]) -> None:
+            async def bounded() -> None:
+                async with asyncio.timeout(30):
+                    await coro
+            runner.run(bounded())
+        yield go
+
+
+async def until(check: Callable[[], bool], what: str, timeout: float = 10.0) -> None:
+    try:
+        async with asyncio.timeout(timeout):
+            while not check():
+                await asyncio.sleep(0.01)
+    except TimeoutError:
+        raise AssertionError(f"never happened: {what}") from None
+
+
+def accounted(s: SenderStats, total: int) -> bool:
+    return s.sent + s.dropped + s.queue_depth == total
+
+
+# ------------------------------------------------------------------- UDP
+@pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
+def test_udp_live_collector_gets_everything(run: Callable[[Awaitable[None]], None],
+                                            host: str) -> None:
+    async def scenario() -> None:
+        col = Collector()
+        h = f"[{host}]" if ":" in host else host
+        server = await serve(f"udp:{h}:0", col.on_packet)
+        sender = HepSender(HepDestination("live", host, server.address.port, "udp"), **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        for i in range(50):
+            assert sender.send(packet(i)) is True
+        got = await col.wait(50)
+        assert [p.ts_usec for p in got] == list(range(50))
+        assert got[0].payload == SIP and got[0].correlation_id == b"0"
+        s = sender.stats
+        assert (s.sent, s.dropped, s.send_errors, s.queue_depth) == (50, 0, 0, 0)
+        assert s.connected and s.state == "connected"
+        await sender.aclose()
+        server.close()
+        await server.wait_closed()
+        assert sender.send(packet(0)) is False  # closed: dropped, counted
+        assert sender.stats.dropped == 1 and sender.stats.state == "closed"
+
+    run(scenario())
+
+
+def test_udp_collector_down_then_back(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+        sender = HepSender(HepDestination("down", "127.0.0.1", port, "udp"),
+                           backoff_initial=0.05, backoff_max=0.2)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        results = []
+        for i in range(200):
+            results.append(sender.send(packet(i)))
+        s = sender.stats
+        # the first datagram goes out; its ICMP "port unreachable" comes back as ECONNREFUSED on
+        # the next send, and from then on everything is dropped without a syscall
+        assert s.send_errors >= 1 and s.state == "refused" and not s.connected
+        assert s.dropped >= 190 and s.dropped == results.count(False)
+        assert accounted(s, 200)
+        assert "ConnectionRefused" in (s.last_error or "")
+
+        col = Collector()
+        server = await serve(f"udp:127.0.0.1:{port}", col.on_packet)
+        i = 1000
+
+        def delivered() -> bool:
+            nonlocal i
+            sender.send(packet(i % 1_000_000))
+            i += 1
+            return len(col.packets) >= 3
+
+        await until(delivered, "the sender sends again once the collector is back")
+        assert sender.stats.reconnects >= 1
+        server.close()
+        await sender.aclose()
+
+    run(scenario())
+
+
+def test_udp_oversized_datagram_is_a_counted_send_error(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        col = Collector()
+        server = await serve("udp:127.0.0.1:0", col.on_packet)
+        sender = HepSender(HepDestination("big", "127.0.0.1", server.address.port, "udp"))
+        await sender.start()
+        assert await sender.wait_connected(5)
+        big = TEMPLATE.encode(1, 1, b"x" * TEMPLATE.max_payload())  # 65535 > 65507 for UDP/IPv4
+        assert sender.send(big) is False
+        assert sender.send(packet(1)) is True
+        await col.wait(1)
+        s = sender.stats
+        assert (s.sent, s.dropped, s.send_errors) == (1, 1, 1)
+        assert "Message too long" in (s.last_error or "")
+        server.close()
+        await sender.aclose()
+
+    run(scenario())
+
+
+# ------------------------------------------------------------------- TCP
+def test_tcp_collector_down_queues_then_drops_then_delivers(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        port = free_port()
+        sender = HepSender(HepDestination("tcp", "127.0.0.1", port, "tcp"), queue_size=20, **FAST)
+        await sender.start()
+        accepted = [sender.send(packet(i)) for i in range(50)]
+        assert accepted == [True] * 20 + [False] * 30  # the queue holds 20; the rest is dropped
+        await until(lambda: sender.stats.connect_errors >= 3, "connection attempts fail")
+        s = sender.stats
+        assert (s.sent, s.dropped, s.queue_depth, s.connected) == (0, 30, 20, False)
+        assert s.reconnects >= 2 and "refused" in (s.last_error or "").lower()
+
+        col = await StreamCollector("127.0.0.1", port).start()
+        await until(lambda: len(col.packets) == 20, "the queued packets arrive")
+        assert [p.ts_usec for p in col.packets] == list(range(20))
+        s = sender.stats
+        assert (s.sent, s.dropped, s.queue_depth) == (20, 30, 0) and s.connected
+        await sender.aclose()
+        await col.stop()
+
+    run(scenario())
+
+
+def test_tcp_reconnects_after_the_collector_restarts(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        col = await StreamCollector().start()
+        port = col.port
+        sender = HepSender(HepDestination("tcp", "127.0.0.1", port, "tcp"), **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        for i in range(10):
+            sender.send(packet(i))
+        await until(lambda: len(col.packets) == 10, "first batch")
+        await col.stop()
+        await until(lambda: not sender.connected, "the sender sees the connection go")
+        for i in range(10, 15):
+            assert sender.send(packet(i))  # queued while disconnected
+        col2 = await StreamCollector("127.0.0.1", port).start()
+        await until(lambda: len(col2.packets) == 5, "queued packets after the restart")
+        assert [p.ts_usec for p in col2.packets] == list(range(10, 15))
+        s = sender.stats
+        assert s.sent == 15 and s.dropped == 0 and s.reconnects >= 1 and s.send_errors >= 1
+        await sender.aclose()
+        await col2.stop()
+
+    run(scenario())
+
+
+def test_tcp_collector_that_never_reads_ends_in_drops_not_memory(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        with deaf_tcp_listener() as port:
+            sender = HepSender(HepDestination("deaf", "127.0.0.1", port, "tcp"), queue_size=100,
+                               write_buffer_limit=64 * 1024, stall_timeout=3600, **FAST)
+            await sender.start()
+            assert await sender.wait_connected(5)
+            total = 0
+            while sender.stats.dropped < 1000:
+                for _ in range(200):
+                    sender.send(packet(total % 1_000_000, size=1000))
+                    total += 1
+                await asyncio.sleep(0.002)
+                assert total < 200_000, "the kernel buffers should be full long before"
+            s = sender.stats
+            assert s.connected and s.queue_depth <= 100
+            assert s.buffered_bytes <= 64 * 1024 + 65536 + 2048  # limit + one batch
+            assert accounted(s, total)
+            assert s.send_errors == 0
+            await sender.aclose(timeout=0.2)
+            s = sender.stats
+            assert s.queue_depth == 0 and s.sent + s.dropped == total
+
+    run(scenario())
+
+
+def test_tcp_stalled_connection_is_aborted_and_reopened(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        with deaf_tcp_listener() as port:
+            sender = HepSender(HepDestination("deaf", "127.0.0.1", port, "tcp"), queue_size=50,
+                               write_buffer_limit=16 * 1024, stall_timeout=0.3, **FAST)
+            await sender.start()
+            assert await sender.wait_connected(5)
+
+            def flood() -> bool:
+                for _ in range(100):
+                    sender.send(packet(1, size=1000))
+                return sender.stats.reconnects >= 1
+
+            await until(flood, "a stalled connection is replaced")
+            s = sender.stats
+            assert s.send_errors >= 1 and "stalled" not in (s.state or "")
+            assert "read nothing" in (s.last_error or "")
+            await sender.aclose(timeout=0.1)
+
+    run(scenario())
+
+
+def test_slow_tcp_collector_gets_every_packet_sent_and_whole(
+        run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        col = await StreamCollector(read_delay=0.002, read_size=4096).start()
+        sender = HepSender(HepDestination("slow", "127.0.0.1", col.port, "tcp"), queue_size=50,
+                           write_buffer_limit=16 * 1024, **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        total = 0
+        for _ in range(40):
+            for _ in range(100):
+                sender.send(packet(total, size=500))
+                total += 1
+            await asyncio.sleep(0.001)
+        await until(lambda: sender.stats.queue_depth == 0 and sender.stats.buffered_bytes == 0,
+                    "the queue drains")
+        s = sender.stats
+        assert s.dropped > 0 and accounted(s, total)
+        await until(lambda: len(col.packets) == s.sent, "everything sent is received")
+        assert not col.errors  # no torn frames
+        usecs = [p.ts_usec for p in col.packets]
+        assert usecs == sorted(usecs)  # in order, gaps only where packets were dropped
+        await sender.aclose()
+        await col.stop()
+
+    run(scenario())
+
+
+# ------------------------------------------------------------------- TLS
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    return Pki(tmp_path_factory.mktemp("hep-pki"))
+
+
+@pytest.mark.parametrize(("untrusted", "verify", "delivered"), [
+    (False, True, True),
+    (True, True, False),
+    (True, False, True),
+])
+def test_tls_verification(run: Callable[[Awaitable[None]], None], pki: Pki, untrusted: bool,
+                          verify: bool, delivered: bool) -> None:
+    leaf = pki.leaf("127.0.0.1", names=["127.0.0.1", "::1"], untrusted=untrusted,
+                    tag=f"collector-{untrusted}")
+
+    async def scenario() -> None:
+        col = await StreamCollector(cert=leaf.cert, key=leaf.key).start()
+        sender = HepSender(HepDestination("tls", "127.0.0.1", col.port, "tls"),
+                           ca_file=pki.ca_file, verify=verify, **FAST)
+        await sender.start()
+        for i in range(5):
+            assert sender.send(packet(i))
+        if delivered:
+            await until(lambda: len(col.packets) == 5, "packets over TLS")
+            assert sender.stats.connected and sender.stats.sent == 5
+            assert col.packets[0] == decode(packet(0))
+        else:
+            await until(lambda: sender.stats.connect_errors >= 2, "verification fails")
+            s = sender.stats
+            assert not s.connected and s.sent == 0 and s.queue_depth == 5
+            assert "certificate verification failed" in (s.last_error or "")
+            assert not col.packets
+        await sender.aclose()
+        await col.stop()
+
+    run(scenario())
+
+
+def test_tls_over_ipv6(run: Callable[[Awaitable[None]], None], pki: Pki) -> None:
+    leaf = pki.leaf("::1", names=["::1"], tag="collector-v6")
+
+    async def scenario() -> None:
+        col = await StreamCollector("::1", cert=leaf.cert, key=leaf.key).start()
+        sender = HepSender(f"[v6][::1]:{col.port};transport=tls", ca_file=pki.ca_file, **FAST)
+        await sender.start()
+        sender.send(packet(1))
+        await until(lambda: len(col.packets) == 1, "a packet over TLS on ::1")
+        await sender.aclose()
+        await col.stop()
+
+    run(scenario())
+
+
+# ------------------------------------------------------------- never raise
+def test_send_never_raises(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        sender = HepSender(HepDestination("x", "127.0.0.1", free_port(), "tcp"), **FAST)
+        assert sender.send(None) is False  # type: ignore[arg-type]
+        assert sender.send(object()) is False  # type: ignore[arg-type]
+        assert sender.stats.dropped == 2
+        assert sender.send(packet(1)) is True  # before start(): queued
+        await sender.start()
+        await sender.aclose()
+        assert sender.stats.dropped == 3 and sender.stats.state == "closed"
+
+    run(scenario())
+
+
+def test_unresolvable_udp_host_counts_and_drops(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        sender = HepSender(HepDestination("nx", "no-such-host.invalid", 9060, "udp"),
+                           queue_size=3, **FAST)
+        await sender.start()
+        results = [sender.send(packet(i)) for i in range(5)]
+        assert results == [True, True, True, False, False]
+        await until(lambda: sender.stats.connect_errors >= 1, "resolution fails")
+        assert not sender.stats.connected
+        await sender.aclose()
+        assert sender.stats.dropped == 5
+
+    run(scenario())
+
+
+# ----------------------------------------------------------------- groups
+def test_group_sends_by_name_and_identity(run: Callable[[Awaitable[None]], None]) -> None:
+    async def scenario() -> None:
+        col = Collector()
+        server = await serve("udp:127.0.0.1:0", col.on_packet)
+        ident = HepIdentity(capture_id=9, auth_key=b"k")
+        group = HepSenderGroup([
+            HepSender(f"[homer]127.0.0.1:{server.address.port}", identity=ident),
+            HepSender(f"[down]127.0.0.1:{free_port()};transport=tcp", queue_size=1, **FAST),
+        ])
+        with pytest.raises(ValueError, match="already exists"):
+            group.add(HepSender("[homer]127.0.0.1"))
+        assert group.names == ["homer", "down"] and len(group) == 2 and "down" in group
+        assert group.identities == [ident, HepIdentity()]
+        await group.start()
+        assert await group["homer"].wait_connected(5)
+        assert group.send_all(packet(1)) == 2  # udp sent, tcp queued
+        assert group.send_all(packet(2)) == 1  # tcp queue (1) full
+        assert group.send_identity(ident, packet(3)) == 1
+        assert group.send_to("homer", packet(4)) is True
+        assert group.send_to("nobody", packet(5)) is False
+        await col.wait(4)
+        stats = group.stats()
+        assert stats["homer"].sent == 4 and stats["down"].dropped == 1
+        await group.aclose()
+        server.close()
+        assert group.stats()["down"].dropped == 2  # the queued one, at close
+
+    run(scenario())
+
