@@ -56,7 +56,8 @@ class Sidecar:
                 await starter()
             except OSError as e:
                 self.close_listeners()
-                raise StartupError(f"{self.source}: listener[{i}].listen: cannot listen on "
+                where = "--listen" if self.overrides and self.overrides.listen else self.source
+                raise StartupError(f"{where}: listener[{i}].listen: cannot listen on "
                                    f"{li.listen}: {e.strerror or e}") from None
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         for lst in self.inbound:

@@ -111,6 +111,8 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
                 ep = parse_endpoint(text, default_port=tls_port)
             except ValueError as e:
                 raise ConfigError("--listen", "listener", str(e)) from None
+            if not ep.is_ip:
+                raise ConfigError("--listen", "listener", f"{text!r}: not an IP address")
             if ep.scheme != "tls":
                 raise ConfigError(
                     "--listen",

@@ -139,6 +139,8 @@ class Listener(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> Listener:
+        if not self.listen.is_ip:
+            raise ValueError(f"listen: {self.listen.host!r} is not an IP address to listen on")
         if self.listen.scheme == "tls":
             if self.peer is not None:
                 raise ValueError("peer: for tcp: listeners; a tls: listener relays to backend")

@@ -96,7 +96,8 @@ class PeerLink:
         tls.send(chunks, nmsgs)
 
     def attach(self, local: PlainLeg) -> None:
-        self.locals.append(local)
+        # a new connection has sent nothing yet: it goes first, the most recent sender stays last
+        self.locals.insert(0, local)
 
     def detach(self, local: PlainLeg) -> None:
         if local in self.locals:

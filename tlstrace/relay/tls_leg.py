@@ -307,8 +307,11 @@ class TlsLeg(asyncio.Protocol):
                     nmsgs += 1
                     stats.messages[direction, message_label(data)] += 1
                 elif cls is Ping:
+                    # pong here; a single CRLF goes on, so the backend's connection does not
+                    # idle out while the client only sends keep-alives
                     stats.keepalives["ping"] += 1
                     obj.write(PONG)
+                    out.append(PONG)
                 elif cls is KeepAlive:
                     out.append(ev.data)  # type: ignore[union-attr]
                     stats.keepalives["crlf_relayed"] += 1
