@@ -1,0 +1,121 @@
+"""The backend side: PROXY protocol v2, IPv6, a backend over TLS, an unreachable backend,
+backpressure from a backend that does not read, and the connection limit."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import ssl
+import time
+from collections.abc import Callable
+
+from tests.support.backend import SipBackend
+from tests.support.net import free_port
+from tests.support.pki import Pki
+from tests.support.relay import RelayProcess
+from tests.support.sip import TlsClient, request, response_to
+
+Factory = Callable[..., RelayProcess]
+
+
+def test_proxy_protocol_v2_carries_the_client_address(relay_factory: Factory) -> None:
+    with SipBackend(expect_proxy=True) as backend:
+        relay = relay_factory({"listener": [RelayProcess.tls_listener(
+            backend.port, proxy_protocol=True)]})
+        with TlsClient(relay.port()) as client:
+            client.send(request())
+            assert client.recv_messages(1) == [response_to(request())]
+            conn = backend.wait_conns(1)[0]
+            assert conn.proxy == (("127.0.0.1", client.local_port), ("127.0.0.1", relay.port()))
+            assert conn.messages == [request()]
+
+
+def test_ipv6_listener_and_backend(relay_factory: Factory) -> None:
+    with SipBackend("::1") as backend:
+        port = free_port(socket.AF_INET6)
+        relay = relay_factory({"listener": [{"listen": f"tls:[::1]:{port}",
+                                             "backend": f"tcp:[::1]:{backend.port}"}]})
+        with TlsClient(port, "::1") as client:
+            client.send(request())
+            client.recv_messages(1)
+        assert backend.conns[0].peer[0] == "::1"
+        assert relay.proc.poll() is None
+
+
+def test_backend_over_tls(relay_factory: Factory, pki: Pki) -> None:
+    files = pki.leaf("backend.example", names=["backend.example"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.cert, files.key)
+    with SipBackend(ssl_context=ctx) as backend:
+        relay = relay_factory({
+            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
+                               "server_name": "backend.example"}],
+            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
+                          "backend": f"tls:127.0.0.1:{backend.port}"}],
+        })
+        with TlsClient(relay.port()) as client:
+            reqs = [request("MESSAGE", f"tb{i}@t", i + 1, b"z" * 500) for i in range(20)]
+            client.send(b"".join(reqs))
+            assert client.recv_messages(20) == [response_to(r) for r in reqs]
+        assert backend.wait_messages(20) == reqs
+
+
+def test_unreachable_backend_closes_the_client_and_is_logged(relay_factory: Factory) -> None:
+    dead = free_port()
+    relay = relay_factory({"listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
+                                         "backend": f"tcp:127.0.0.1:{dead}"}]})
+    with TlsClient(relay.port()) as client:
+        client.send(request())
+        assert client.wait_closed()
+    relay.wait_log(f"backend tcp:127.0.0.1:{dead} unreachable")
+    relay.wait_log("closed: Backend unreachable")
+
+
+def test_backend_that_never_reads_is_bounded(relay_factory: Factory) -> None:
+    """The relay buffers at most about conn_buffer_limit, then stops reading from the client;
+    past tls_send_timeout it gives up on that connection. Others carry on."""
+    with SipBackend() as backend:
+        relay = relay_factory({"conn_buffer_limit": 65536, "tls_send_timeout": 1500,
+                               "listener": [RelayProcess.tls_listener(backend.port)]})
+        good = TlsClient(relay.port())
+        good.send(request(call_id="good@t"))
+        good.recv_messages(1)
+        backend.pause_all()
+        stuck = TlsClient(relay.port(), timeout=2)
+        big = request("MESSAGE", "big@t", body=b"b" * 60000)
+        sent = 0
+        deadline = time.monotonic() + 20
+        try:
+            while time.monotonic() < deadline:
+                stuck.send(big)
+                sent += 1
+        except (TimeoutError, OSError, ssl.SSLError):
+            pass  # the relay stopped reading: our socket buffers filled, or it closed us
+        # far less than everything we tried to push was accepted into the relay
+        assert sent < 300
+        assert stuck.wait_closed(timeout=15)
+        relay.wait_log("closed: Send timeout")
+
+
+def test_connection_limit(relay_factory: Factory) -> None:
+    with SipBackend() as backend:
+        relay = relay_factory({"tcp_max_connections": 3,
+                               "listener": [RelayProcess.tls_listener(backend.port)]})
+        held = [TlsClient(relay.port()) for _ in range(3)]
+        for i, c in enumerate(held):
+            c.send(request(call_id=f"held{i}@t"))
+            c.recv_messages(1)
+        refused = socket.create_connection(("127.0.0.1", relay.port()), timeout=5)
+        refused.sendall(b"\x16\x03\x01\x00\x05hello")
+        with contextlib.suppress(ConnectionResetError):
+            assert refused.recv(10) == b""
+        relay.wait_log("tcp_max_connections (3) reached")
+        held[0].close_notify()
+        time.sleep(0.3)
+        with TlsClient(relay.port()) as again:
+            again.send(request(call_id="again@t"))
+            again.recv_messages(1)
+        for c in held[1:]:
+            c.send(request(call_id="still@t", cseq=2))
+            c.recv_messages(1)
+            c.close()

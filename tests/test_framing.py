@@ -1,0 +1,177 @@
+"""SIP stream framing, sans-IO: no sockets, just bytes in and events out."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.support.sip import request, response_to
+from tlstrace.sip.framing import (
+    PING,
+    Dropped,
+    Event,
+    FramingError,
+    FramingErrorKind,
+    KeepAlive,
+    Message,
+    SipFramer,
+)
+
+
+def feed_all(framer: SipFramer, *chunks: bytes) -> list[Event]:
+    events: list[Event] = []
+    for c in chunks:
+        events.extend(framer.feed(c))
+    return events
+
+
+def messages(events: list[Event]) -> list[bytes]:
+    return [e.data for e in events if isinstance(e, Message)]
+
+
+def errors(events: list[Event]) -> list[FramingErrorKind]:
+    return [e.kind for e in events if isinstance(e, FramingError)]
+
+
+def test_one_message_one_event_bytes_unchanged() -> None:
+    msg = request("INVITE", body=b"v=0\r\n")
+    assert SipFramer().feed(msg) == [Message(msg)]
+
+
+def test_coalesced_messages_and_response() -> None:
+    a, b = request("INVITE", "a"), request("BYE", "b", body=b"xyz")
+    r = response_to(a)
+    assert messages(SipFramer().feed(a + r + b)) == [a, r, b]
+
+
+def test_compact_content_length_and_case_insensitive_names() -> None:
+    m1 = request("MESSAGE", body=b"hello", compact=True)
+    m2 = b"MESSAGE sip:x SIP/2.0\r\ncontent-LENGTH :  3\r\nCall-ID: z\r\n\r\nabc"
+    assert messages(SipFramer().feed(m1 + m2)) == [m1, m2]
+
+
+def test_body_may_contain_crlfcrlf_and_binary() -> None:
+    body = b"\r\n\r\n\x00\xff" * 10
+    msg = request("MESSAGE", body=body)
+    assert messages(SipFramer().feed(msg)) == [msg]
+
+
+def test_missing_content_length_is_an_error() -> None:
+    msg = b"OPTIONS sip:x SIP/2.0\r\nCall-ID: a\r\n\r\n"
+    assert errors(SipFramer().feed(msg)) == [FramingErrorKind.MISSING_CONTENT_LENGTH]
+
+
+def test_bad_content_lengths_are_errors() -> None:
+    for value in (b"-1", b"abc", b"", b"1e3", b"99999999999", b"4 5", b"0x10"):
+        msg = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: " + value + b"\r\n\r\n"
+        assert errors(SipFramer().feed(msg)) == [FramingErrorKind.BAD_CONTENT_LENGTH], value
+
+
+def test_conflicting_content_lengths_are_an_error() -> None:
+    msg = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\nl: 5\r\n\r\nhello"
+    assert errors(SipFramer().feed(msg)) == [FramingErrorKind.BAD_CONTENT_LENGTH]
+    same = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 5\r\nl: 5\r\n\r\nhello"
+    assert messages(SipFramer().feed(same)) == [same]
+
+
+def test_too_large_declared_and_too_large_headers() -> None:
+    framer = SipFramer(max_msg_size=2000)
+    assert errors(framer.feed(request("MESSAGE", body=b"x" * 2000))) == [
+        FramingErrorKind.TOO_LARGE]
+    endless = b"OPTIONS sip:x SIP/2.0\r\n" + b"X-Pad: yyyyyyyyyy\r\n" * 200
+    assert errors(SipFramer(max_msg_size=2000).feed(endless)) == [FramingErrorKind.TOO_LARGE]
+
+
+def test_exactly_max_size_passes() -> None:
+    msg = request("MESSAGE", body=b"")
+    msg = request("MESSAGE", body=b"x" * (3000 - len(msg) - 2))
+    assert len(msg) in (2999, 3000, 3001)
+    framer = SipFramer(max_msg_size=len(msg))
+    assert messages(framer.feed(msg)) == [msg]
+
+
+def test_ping_pong_and_lone_crlf() -> None:
+    msg = request()
+    events = SipFramer().feed(b"\r\n\r\n" + msg + b"\r\n")
+    assert events == [PING, Message(msg), KeepAlive(b"\r\n")]
+
+
+def test_crlf_drop() -> None:
+    events = SipFramer(crlf_drop=True).feed(b"\r\n")
+    assert events == [Dropped(2)]
+    assert SipFramer(crlf_drop=True).feed(b"\r\n\r\n") == [PING]
+
+
+def test_pingpong_off_relays_crlfcrlf() -> None:
+    assert SipFramer(pingpong=False).feed(b"\r\n\r\n") == [KeepAlive(b"\r\n\r\n")]
+
+
+def test_chunk_limit() -> None:
+    msg = request("INVITE", body=b"v=0\r\n" * 40)
+    framer = SipFramer(max_chunks=4)
+    quarter = len(msg) // 4
+    parts = [msg[:quarter], msg[quarter : 2 * quarter], msg[2 * quarter : 3 * quarter],
+             msg[3 * quarter :]]
+    assert messages(feed_all(framer, *parts)) == [msg]  # 3 incomplete reads: fine
+    five = [msg[i * len(msg) // 5 : (i + 1) * len(msg) // 5] for i in range(5)]
+    assert errors(feed_all(SipFramer(max_chunks=4), *five)) == [FramingErrorKind.TOO_MANY_CHUNKS]
+
+
+def test_chunk_count_restarts_with_each_message() -> None:
+    framer = SipFramer(max_chunks=2)
+    a, b = request(call_id="a"), request(call_id="b")
+    events = feed_all(framer, a[:10], a[10:] + b[:10], b[10:])
+    assert messages(events) == [a, b]
+
+
+def test_nul_bare_cr_and_bare_lf_in_headers() -> None:
+    for bad in (b"X-A: a\x00b\r\n", b"X-A: a\rb\r\n", b"X-A: a\nb\r\n"):
+        msg = b"OPTIONS sip:x SIP/2.0\r\n" + bad + b"Content-Length: 0\r\n\r\n"
+        assert errors(SipFramer().feed(msg)) == [FramingErrorKind.BAD_HEADER_BYTES], bad
+
+
+def test_start_line_must_be_sip() -> None:
+    for bad in (b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n", b"\x16\x03\x01garbage\r\n\r\n"):
+        assert errors(SipFramer().feed(bad)) == [FramingErrorKind.BAD_START_LINE]
+    ok = b"invite sip:x sip/2.0\r\nContent-Length: 0\r\n\r\n"
+    assert messages(SipFramer().feed(ok)) == [ok]
+
+
+def test_state_resets_after_error() -> None:
+    framer = SipFramer()
+    assert errors(framer.feed(b"GET / HTTP/1.1\r\n\r\n"))
+    assert framer.buffered == 0
+
+
+sip_messages = st.lists(
+    st.builds(
+        lambda method, n, body, compact: request(method, f"c{n}", n, body, compact=compact),
+        st.sampled_from(["INVITE", "ACK", "BYE", "MESSAGE", "OPTIONS"]),
+        st.integers(1, 10_000),
+        st.binary(max_size=3000),
+        st.booleans(),
+    ),
+    min_size=1,
+    max_size=12,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(sip_messages, st.data())
+def test_any_split_gives_the_same_messages(msgs: list[bytes], data: st.DataObject) -> None:
+    """However the stream is cut into chunks, the same messages come out, byte for byte."""
+    stream = b"".join(msgs)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=30)))
+    chunks = [stream[a:b] for a, b in zip([0, *cuts], [*cuts, len(stream)], strict=True)]
+    framer = SipFramer(max_msg_size=1 << 20, max_chunks=None)
+    assert messages(feed_all(framer, *chunks)) == msgs
+    assert framer.buffered == 0
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=4000), st.integers(1, 64))
+def test_garbage_never_raises(data: bytes, step: int) -> None:
+    framer = SipFramer(max_msg_size=2048, max_chunks=8)
+    for i in range(0, len(data), step):
+        for ev in framer.feed(data[i : i + step]):
+            assert isinstance(ev, Message | KeepAlive | Dropped | FramingError) or ev is PING

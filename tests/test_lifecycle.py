@@ -1,0 +1,111 @@
+"""Start-up, graceful shutdown on SIGTERM/SIGINT, certificate reload on SIGHUP."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from tests.support.backend import SipBackend
+from tests.support.pki import Pki
+from tests.support.relay import RelayProcess
+from tests.support.sip import TlsClient, request
+from tests.test_tls_server import peer_cn
+
+Factory = Callable[..., RelayProcess]
+
+
+def test_startup_log_says_what_and_where(relay: RelayProcess, backend: SipBackend) -> None:
+    log = relay.wait_log("listening on")
+    assert f"listening on tls:127.0.0.1:{relay.port()}" in log
+    assert "default-cert.pem" in log
+    assert f"relaying to tcp:127.0.0.1:{backend.port}" in log
+
+
+def test_generated_certificate_is_kept_and_reused(relay_factory: Factory, backend: SipBackend,
+                                                  tmp_path: Path) -> None:
+    state = tmp_path / "state"
+    cfg = {"state_dir": str(state), "listener": [RelayProcess.tls_listener(backend.port)]}
+    first = relay_factory(cfg)
+    first.wait_log("generated a self-signed certificate")
+    cert = (state / "default-cert.pem").read_bytes()
+    assert (state / "default-key.pem").stat().st_mode & 0o077 == 0
+    first.stop()
+    second = relay_factory(cfg)
+    second.wait_log("listening on")
+    assert "generated a self-signed" not in second.log
+    assert (state / "default-cert.pem").read_bytes() == cert
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_graceful_shutdown_flushes_in_flight_messages(relay: RelayProcess, backend: SipBackend,
+                                                      sig: signal.Signals) -> None:
+    backend.answer = False
+    client = TlsClient(relay.port())
+    msgs = [request("MESSAGE", f"m{i}@t", i + 1, b"x" * 2000) for i in range(200)]
+    client.send(b"".join(msgs))
+    backend.wait_messages(1)
+    relay.signal(sig)
+    assert relay.proc.wait(15) == 0
+    assert backend.wait_messages(200) == msgs
+    assert client.wait_closed()
+    assert "shutting down" in relay.log
+
+
+def test_shutdown_is_bounded(relay_factory: Factory, backend: SipBackend) -> None:
+    """A client that reads nothing cannot hold the process past shutdown_timeout."""
+    relay = relay_factory({"shutdown_timeout": 1.0,
+                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    with TlsClient(relay.port()) as client:
+        client.send(request())
+        backend.wait_messages(1)
+        for i in range(20):
+            backend.send(0, request("MESSAGE", f"flood{i}@t", body=b"y" * 60000))
+        time.sleep(0.5)
+        started = time.monotonic()
+        relay.signal(signal.SIGTERM)
+        assert relay.proc.wait(15) == 0
+        assert time.monotonic() - started < 10
+
+
+def test_reload_swaps_certificates_for_new_connections(relay_factory: Factory,
+                                                       backend: SipBackend, pki: Pki,
+                                                       tmp_path: Path) -> None:
+    first = pki.leaf("first.example")
+    second = pki.leaf("second.example")
+    cert, key = tmp_path / "live.crt", tmp_path / "live.key"
+    shutil.copy(first.cert, cert)
+    shutil.copy(first.key, key)
+    relay = relay_factory({
+        "server_domain": [{"name": "default", "certificate": str(cert),
+                           "private_key": str(key)}],
+        "listener": [RelayProcess.tls_listener(backend.port)],
+    })
+    old = TlsClient(relay.port())
+    assert peer_cn(old) == "first.example"
+    old.send(request(call_id="old1"))
+    old.recv_messages(1)
+
+    shutil.copy(second.cert, cert)
+    shutil.copy(second.key, key)
+    relay.signal(signal.SIGHUP)
+    relay.wait_log("reloaded")
+    with TlsClient(relay.port()) as new:
+        assert peer_cn(new) == "second.example"
+    old.send(request(call_id="old2", cseq=2))  # the open connection carries on
+    old.recv_messages(1)
+
+    cert.write_text("not a certificate\n")
+    relay.signal(signal.SIGHUP)
+    log = relay.wait_log("reload failed")
+    assert "server_domain[0]" in log
+    with TlsClient(relay.port()) as after:
+        assert peer_cn(after) == "second.example"
+    old.send(request(call_id="old3", cseq=3))
+    old.recv_messages(1)
+    old.close()
+    assert "BEGIN PRIVATE KEY" not in relay.log
