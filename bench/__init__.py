@@ -1,0 +1,1 @@
+"""Benchmarks: `python -m bench` runs tlstrace against HAProxy and a direct baseline."""

@@ -1,0 +1,211 @@
+"""What the load is driven at: the responder directly, tlstrace, HAProxy.
+
+Each column of the benchmark's tables is a `Variant`. A tlstrace variant may add command-line
+arguments to the relay; "{hep}" in them becomes the address of the benchmark's UDP HEP sink,
+which is started only when a selected variant needs it. Adding a column is one line in
+`VARIANTS`.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bench.procs import Child, ProcessError, Procs, free_port, wait_listening
+
+#: Core of the load generator and the responder; the relays run alone on the other one.
+LOAD_CPU = 0
+RELAY_CPU = 1
+
+SCENARIOS = ("persistent", "handshake", "memory")
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kind: str  # "direct", "tlstrace" or "haproxy"
+    #: extra `tlstrace run` arguments; "{hep}" is replaced by the sink's 'HOST:PORT;transport=udp'
+    relay_args: tuple[str, ...] = ()
+    scenarios: frozenset[str] = frozenset(SCENARIOS)
+
+    @property
+    def needs_hep(self) -> bool:
+        return any("{hep}" in a for a in self.relay_args)
+
+    @property
+    def tls(self) -> bool:
+        return self.kind != "direct"
+
+
+VARIANTS: list[Variant] = [
+    Variant("direct", "direct"),
+    Variant("tlstrace", "tlstrace"),
+    # Variant("tlstrace+trace", "tlstrace", ("--trace", "--hep", "{hep}"), frozenset({"persistent"})),  # noqa: E501
+    Variant("haproxy", "haproxy"),
+]
+
+
+def haproxy_path() -> str | None:
+    return shutil.which("haproxy") or (
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+
+
+@dataclass
+class Target:
+    """A started variant: where to connect, and the processes whose CPU and memory count."""
+
+    variant: Variant
+    scheme: str
+    port: int
+    children: list[Child] = field(default_factory=list)
+
+    @property
+    def address(self) -> str:
+        return f"{self.scheme}:127.0.0.1:{self.port}"
+
+    @property
+    def pids(self) -> list[int]:
+        return [c.pid for c in self.children]
+
+
+@dataclass(frozen=True)
+class Pki:
+    cert: Path
+    key: Path
+    combined: Path  # certificate then key, for HAProxy's `crt`
+
+
+def make_pki(workdir: Path) -> Pki:
+    from tlstrace.tls.certgen import issue
+
+    issued = issue("localhost", names=["localhost", "127.0.0.1"], kind="ec", days=2)
+    cert, key, combined = workdir / "cert.pem", workdir / "key.pem", workdir / "haproxy.pem"
+    issued.write(cert, key)
+    combined.write_bytes(issued.cert_pem() + issued.key_pem())
+    combined.chmod(0o600)
+    return Pki(cert, key, combined)
+
+
+def tlstrace_config(path: Path, *, port: int, backend_port: int, pki: Pki, state_dir: Path,
+                    processes: int, max_conns: int) -> None:
+    path.write_text(
+        f"""# written by bench: {processes} process(es) sharing the port
+reuse_port = {"true" if processes > 1 else "false"}
+tcp_max_connections = {max_conns}
+tcp_connection_lifetime = 3600.0
+log_level = "warning"
+state_dir = "{state_dir}"
+
+[[listener]]
+listen = "tls:127.0.0.1:{port}"
+backend = "tcp:127.0.0.1:{backend_port}"
+
+[[server_domain]]
+name = "default"
+certificate = "{pki.cert}"
+private_key = "{pki.key}"
+"""
+    )
+
+
+def haproxy_config(path: Path, *, port: int, backend_port: int, pki: Pki, maxconn: int) -> None:
+    # One thread, plain `mode tcp` with TLS terminated on the bind line. HAProxy sets
+    # SO_REUSEPORT on its listeners by default on Linux, so two processes can share the port.
+    path.write_text(
+        f"""# written by bench
+global
+    nbthread 1
+    maxconn {maxconn}
+
+defaults
+    mode tcp
+    timeout connect 5s
+    timeout client 1h
+    timeout server 1h
+
+frontend tls_in
+    bind 127.0.0.1:{port} ssl crt {pki.combined}
+    default_backend responder
+
+backend responder
+    server responder 127.0.0.1:{backend_port}
+"""
+    )
+
+
+def start_target(variant: Variant, procs: Procs, workdir: Path, pki: Pki, *, backend_port: int,
+                 processes: int = 1, hep: str | None = None, tag: str = "") -> Target:
+    """Start `processes` relay processes of `variant` sharing one port, pinned to RELAY_CPU."""
+    if variant.kind == "direct":
+        return Target(variant, "tcp", backend_port)
+    port = free_port()
+    target = Target(variant, "tls", port)
+    name = f"{variant.name}{tag}"
+    per_process = 9990 if processes > 1 else 8192  # the fd limit is 20,000, 2 fds a connection
+    try:
+        if variant.kind == "tlstrace":
+            cfg = workdir / f"{name}.toml"
+            tlstrace_config(cfg, port=port, backend_port=backend_port, pki=pki,
+                            state_dir=workdir / "state", processes=processes,
+                            max_conns=per_process)
+            extra = [a.replace("{hep}", hep or "") for a in variant.relay_args]
+            if variant.needs_hep and hep is None:
+                raise ProcessError(f"{variant.name} needs the HEP sink")
+            argv = [sys.executable, "-m", "tlstrace", "run", "--config", str(cfg), *extra]
+        elif variant.kind == "haproxy":
+            exe = haproxy_path()
+            if exe is None:
+                raise ProcessError("haproxy is not installed")
+            cfg = workdir / f"{name}.cfg"
+            haproxy_config(cfg, port=port, backend_port=backend_port, pki=pki,
+                           maxconn=9000 if processes > 1 else 8192)
+            argv = [exe, "-db", "-f", str(cfg)]
+        else:
+            raise ValueError(variant.kind)
+        for i in range(processes):
+            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU}))
+            # the first must bind before the second, or both race on SO_REUSEPORT checks
+            wait_listening(port, target.children, count=i + 1)
+        if processes > 1:
+            time.sleep(0.5)
+            for c in target.children:
+                if not c.alive():
+                    raise ProcessError(f"{c.name} exited: {c.log_tail()}")
+    except BaseException:
+        for c in target.children:
+            procs.stop(c)
+        raise
+    return target
+
+
+def stop_target(target: Target, procs: Procs) -> None:
+    for c in target.children:
+        procs.stop(c)
+    target.children.clear()
+
+
+def start_responder(procs: Procs, tag: str = "") -> tuple[Child, int]:
+    port = free_port()
+    child = procs.start(f"responder{tag}", [sys.executable, "-m", "tlstrace.responder",
+                                             "--listen", f"127.0.0.1:{port}"], cpus={LOAD_CPU})
+    wait_listening(port, [child])
+    return child, port
+
+
+def start_sink(procs: Procs) -> tuple[Child, str]:
+    import subprocess
+
+    port = free_port()
+    child = procs.start("hep-sink", [sys.executable, "-m", "bench.sink", "--listen",
+                                     f"127.0.0.1:{port}"], cpus={LOAD_CPU},
+                        stdin=subprocess.PIPE)
+    return child, f"127.0.0.1:{port};transport=udp"
+
+
+def selected(variants: Sequence[Variant], scenario: str, with_haproxy: bool) -> list[Variant]:
+    return [v for v in variants if scenario in v.scenarios
+            and (v.kind != "haproxy" or with_haproxy)]
