@@ -241,9 +241,9 @@ class HepSender:
         if self._closing:
             return
         deadline = time.monotonic() + timeout
-        if self.dest.transport != "udp" and self._state == "connected":
-            while (self._queue or self._buffered()) and time.monotonic() < deadline:
-                await asyncio.sleep(0.01)
+        while ((self._queue or self._buffered()) and time.monotonic() < deadline
+               and self._task is not None and not (self._task.done() and self._sock is None)):
+            await asyncio.sleep(0.01)
         self._closing = True
         self._poke()
         task, self._task = self._task, None
