@@ -16,8 +16,10 @@ vendor chunk nor 0x0010 (compressed payload, which no receiver decompresses).
 
 from __future__ import annotations
 
-import ipaddress
 import struct
+from socket import AF_INET as _AF4
+from socket import AF_INET6 as _AF6
+from socket import inet_ntop, inet_pton
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -123,16 +125,24 @@ def _check_octets(name: str, value: object, chunk: int, *, optional: bool = True
     return 6 + len(value)
 
 
-def _parse_ip(name: str, text: object) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+def _parse_ip(name: str, text: object) -> tuple[int, bytes]:
+    """(4 or 6, packed address) of an IP address in text."""
     if not isinstance(text, str):
         raise TypeError(f"{name} must be an IP address as text, not {type(text).__name__}")
     try:
-        addr = ipaddress.ip_address(text)
-    except ValueError:
-        raise ValueError(f"{name} = {text!r} is not an IPv4 or IPv6 address") from None
-    if isinstance(addr, ipaddress.IPv6Address) and addr.scope_id:
+        return 4, inet_pton(_AF4, text)
+    except OSError:
+        pass
+    if "%" in text:
         raise ValueError(f"{name} = {text!r}: HEP cannot carry an IPv6 scope id")
-    return addr
+    try:
+        return 6, inet_pton(_AF6, text)
+    except (OSError, ValueError):
+        raise ValueError(f"{name} = {text!r} is not an IPv4 or IPv6 address") from None
+
+
+def _ip_text(packed: bytes) -> str:
+    return inet_ntop(_AF4 if len(packed) == 4 else _AF6, packed)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -166,22 +176,22 @@ class HepPacket:
     unknown: tuple[HepChunk, ...] = field(default=())
 
     def __post_init__(self) -> None:
-        src = _parse_ip("src_ip", self.src_ip)
-        dst = _parse_ip("dst_ip", self.dst_ip)
-        if src.version != dst.version:
+        version, src = _parse_ip("src_ip", self.src_ip)
+        dst_version, dst = _parse_ip("dst_ip", self.dst_ip)
+        if version != dst_version:
             raise ValueError(
                 f"src_ip {self.src_ip!r} and dst_ip {self.dst_ip!r} are of different IP versions"
             )
-        expected = AF_INET if src.version == 4 else AF_INET6
+        expected = AF_INET if version == 4 else AF_INET6
         if self.family == 0:
             object.__setattr__(self, "family", expected)
         elif self.family != expected:
             raise ValueError(
-                f"family = {self.family!r} does not match IPv{src.version} addresses "
+                f"family = {self.family!r} does not match IPv{version} addresses "
                 f"(expected {expected})"
             )
-        object.__setattr__(self, "src_ip", str(src))
-        object.__setattr__(self, "dst_ip", str(dst))
+        object.__setattr__(self, "src_ip", _ip_text(src))
+        object.__setattr__(self, "dst_ip", _ip_text(dst))
         _check_uint("ip_proto", self.ip_proto, 8, 0x02)
         _check_uint("src_port", self.src_port, 16, 0x07)
         _check_uint("dst_port", self.dst_port, 16, 0x08)
@@ -191,7 +201,7 @@ class HepPacket:
             raise ValueError(f"ts_usec = {self.ts_usec} is not a microsecond offset (0..999999)")
         _check_uint("proto_type", self.proto_type, 8, 0x0B)
         _check_uint("capture_id", self.capture_id, 32, 0x0C)
-        size = 6 + 7 + 7 + (10 + 10 if src.version == 4 else 22 + 22) + 8 + 8 + 10 + 10 + 7 + 10
+        size = 6 + 7 + 7 + (10 + 10 if version == 4 else 22 + 22) + 8 + 8 + 10 + 10 + 7 + 10
         if self.keep_alive is not None:
             _check_uint("keep_alive", self.keep_alive, 16, 0x0D)
             size += 8
@@ -230,11 +240,11 @@ def encode(packet: HepPacket) -> bytes:
     """The wire bytes of `packet` (chunk order in the module docstring)."""
     p = packet
     if p.family == AF_INET:
-        src = _octets(0x03, ipaddress.IPv4Address(p.src_ip).packed)
-        dst = _octets(0x04, ipaddress.IPv4Address(p.dst_ip).packed)
+        src = _octets(0x03, inet_pton(_AF4, p.src_ip))
+        dst = _octets(0x04, inet_pton(_AF4, p.dst_ip))
     else:
-        src = _octets(0x05, ipaddress.IPv6Address(p.src_ip).packed)
-        dst = _octets(0x06, ipaddress.IPv6Address(p.dst_ip).packed)
+        src = _octets(0x05, inet_pton(_AF6, p.src_ip))
+        dst = _octets(0x06, inet_pton(_AF6, p.dst_ip))
     chunks = [
         _U8.pack(0, 0x01, 7, p.family),
         _U8.pack(0, 0x02, 7, p.ip_proto),
@@ -362,7 +372,6 @@ def _build(found: dict[int, bytes], unknown: tuple[HepChunk, ...]) -> HepPacket:
         raise HepDecodeError(
             f"{_cname(0x0A)} is {usec}: not a microsecond offset (0..999999)", chunk_type=0x0A
         )
-    ip_cls = ipaddress.IPv4Address if v4 else ipaddress.IPv6Address
 
     def u(ctype: int) -> int | None:
         body = found.get(ctype)
@@ -372,8 +381,8 @@ def _build(found: dict[int, bytes], unknown: tuple[HepChunk, ...]) -> HepPacket:
         return HepPacket(
             family=family,
             ip_proto=found[0x02][0],
-            src_ip=str(ip_cls(found[s_type])),
-            dst_ip=str(ip_cls(found[d_type])),
+            src_ip=_ip_text(found[s_type]),
+            dst_ip=_ip_text(found[d_type]),
             src_port=int.from_bytes(found[0x07], "big"),
             dst_port=int.from_bytes(found[0x08], "big"),
             ts_sec=int.from_bytes(found[0x09], "big"),
