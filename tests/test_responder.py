@@ -175,3 +175,16 @@ def test_cli_rejects_a_bad_listen_address(capsys: pytest.CaptureFixture[str]) ->
     with pytest.raises(SystemExit):
         main(["--listen", "nope"])
     assert "HOST:PORT" in capsys.readouterr().err
+
+
+def test_cached_answers_match_and_the_memo_stays_bounded() -> None:
+    from tlstrace import responder
+
+    assert responder.respond_cached(INVITE) == respond(INVITE)
+    assert responder.respond_cached(INVITE) == respond(INVITE)
+    ack = INVITE.replace(b"INVITE sip:bob@example.com", b"ACK sip:bob@example.com")
+    assert responder.respond_cached(ack) is None
+    for i in range(responder._MEMO_MAX + 10):
+        req = INVITE.replace(b"call-1@", f"call-{i}@".encode())
+        assert responder.respond_cached(req) == respond(req)
+    assert len(responder._MEMO) <= responder._MEMO_MAX
