@@ -10,6 +10,8 @@ from pathlib import Path
 
 import uvloop
 
+from hep.destination import parse_hep_ids
+from hep.sender import HepSender, HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
@@ -17,6 +19,7 @@ from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import sweep_forever
 from tlstrace.tls.contexts import ServerContexts, build_server_contexts
+from tlstrace.trace.tracer import TraceManager
 
 log = logging.getLogger("tlstrace")
 
@@ -36,6 +39,9 @@ class Sidecar:
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
         self.relay = Relay(config, self.loop, source=self.source)
+        self.senders = build_senders(config)
+        self.tracing = TraceManager(config, list(self.senders), self.relay)
+        self.relay.observer = self.tracing
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
         self.stopped = asyncio.Event()
@@ -60,6 +66,17 @@ class Sidecar:
                 raise StartupError(f"{where}: listener[{i}].listen: cannot listen on "
                                    f"{li.listen}: {e.strerror or e}") from None
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
+        await self.senders.start()
+        for sender in self.senders:
+            log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
+                     else "tracing is off")
+        if self.config.trace_on and not len(self.senders):
+            log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        if self.config.keys_wanted:
+            log.warning("TLS session keys are collected%s%s",
+                        " and sent in traces" if self.config.trace_keys else "",
+                        f"; appended to {self.config.keylog_file}"
+                        if self.config.keylog_file else "")
         for lst in self.inbound:
             idents = lst.contexts.identities
             log.info("listening on %s: certificate %s (domains %s); relaying to %s%s",
@@ -90,8 +107,11 @@ class Sidecar:
             log.warning("reload: listener changes need a restart; kept the current listeners")
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
+        if config.hep_id != self.config.hep_id:
+            log.warning("reload: hep_id changes need a restart; kept the current destinations")
         self.config = config
         self.relay.config = config
+        self.tracing.apply_config(config)
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         log.info(msg)
         return True, msg
@@ -121,7 +141,18 @@ class Sidecar:
                 transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        await self.senders.aclose()
         self.stopped.set()
+
+
+def build_senders(config: Config) -> HepSenderGroup:
+    """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
+    dests = parse_hep_ids(config.hep_id)
+    wanted = set(config.trace_destination) or {d.name for d in dests}
+    return HepSenderGroup(
+        HepSender(d, ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+        for d in dests if d.name in wanted
+    )
 
 
 def raise_fd_limit() -> None:

@@ -31,6 +31,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ca", type=Path, help="CA bundle for client and peer certificates")
     run.add_argument("--state-dir", type=Path, help="where the generated certificate lives")
     run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--hep", action="append", default=[], metavar="DEST",
+        help="HEP destination '[name]HOST:PORT;transport=udp|tcp|tls' (repeatable)",
+    )
+    run.add_argument("--trace", action="store_true", help="start with tracing on")
+    run.add_argument(
+        "--trace-keys", action="store_true",
+        help="put the TLS session keys in the traced events (secrets leave the process)",
+    )
 
     listen = sub.add_parser("hep-listen", help="receive HEP and print each packet as JSON")
     listen.add_argument("address", metavar="udp:HOST:PORT", help="udp:HOST:PORT or tcp:HOST:PORT")
@@ -61,7 +70,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo()
     overrides = Overrides(
         listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
-        state_dir=args.state_dir, log_level=args.log_level,
+        state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
+        trace_keys=args.trace_keys,
     )
     try:
         config = load_config(args.config, overrides)

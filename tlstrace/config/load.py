@@ -41,6 +41,9 @@ class Overrides:
     ca: Path | None = None
     state_dir: Path | None = None
     log_level: str | None = None
+    hep: Sequence[str] = ()
+    trace: bool = False
+    trace_keys: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -145,12 +148,50 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
                 d.setdefault("ca_list", str(o.ca))
             data["client_domain"] = clients
         data["server_domain"] = domains
+    if o.hep:
+        data["hep_id"] = [*data.get("hep_id", []), *_hep_flags(o.hep, data.get("hep_id", []))]
+    if o.trace:
+        data["trace_on"] = True
+    if o.trace_keys:
+        data["trace_keys"] = True
     if o.state_dir is not None:
         data["state_dir"] = str(o.state_dir)
     if o.log_level is not None:
         data["log_level"] = o.log_level
     data.update(o.extra)
     return data
+
+
+def _hep_flags(flags: Sequence[str], existing: Any) -> list[str]:
+    """`--hep` values; the `[name]` part is optional there (names hep1, hep2, ... are given)."""
+    import ipaddress
+
+    from hep.destination import parse_hep_id
+
+    taken = {str(e)[1:].split("]", 1)[0] for e in existing if isinstance(e, str)} \
+        if isinstance(existing, list) else set()
+    out = []
+    for text in flags:
+        named = text.startswith("[")
+        if named:
+            inside = text[1:].split("]", 1)[0]
+            try:
+                ipaddress.IPv6Address(inside)
+                named = False  # "[::1]:9060": an unnamed IPv6 destination
+            except ValueError:
+                pass
+        if not named:
+            n = len(taken) + 1
+            while f"hep{n}" in taken:
+                n += 1
+            text = f"[hep{n}]{text}"
+        try:
+            dest = parse_hep_id(text)
+        except ValueError as e:
+            raise ConfigError("--hep", "hep_id", str(e)) from None
+        taken.add(dest.name)
+        out.append(text)
+    return out
 
 
 def _is_tls_listener(li: Any, tls_port: int) -> bool:

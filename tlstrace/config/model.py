@@ -104,6 +104,33 @@ class ClientDomain(_Model):
         return self
 
 
+class TraceRule(_Model):
+    """One trace filter rule; the first rule whose given fields all match decides."""
+
+    action: Literal["allow", "deny"]
+    #: remote address or network (CIDR) of the connection's peer
+    remote: str | None = None
+    remote_port: int | None = Field(None, ge=1, le=65535)
+    #: tlstrace's own address (listener, or the local side of an outbound connection)
+    local: str | None = None
+    local_port: int | None = Field(None, ge=1, le=65535)
+    #: SNI glob, case-insensitive; "none" matches connections without SNI
+    sni: str | None = None
+    direction: Literal["inbound", "outbound"] | None = None
+
+    @field_validator("remote", "local")
+    @classmethod
+    def _network(cls, value: str | None) -> str | None:
+        if value is not None:
+            import ipaddress
+
+            try:
+                ipaddress.ip_network(value, strict=False)
+            except ValueError:
+                raise ValueError(f"{value!r} is not an IP address or network") from None
+        return value
+
+
 DEFAULT_LISTENER = {"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}
 
 
@@ -190,6 +217,40 @@ class Config(_Model):
     #: Where the generated certificate and key live.
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: LogLevel = "info"
+    # -- tracing (OpenSIPS proto_tls / proto_hep names) ------------------------------------
+    #: Trace when the sidecar starts; switch at run time with the API.
+    trace_on: bool = False
+    #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp).
+    hep_id: list[str] = []
+    #: Names of the hep_id destinations to trace to; empty: all of them.
+    trace_destination: list[str] = []
+    #: Capture agent id (HEP chunk 0x000c).
+    hep_capture_id: int = Field(1, ge=0, le=0xFFFFFFFF)
+    #: Authentication key sent in every packet (HEP chunk 0x000e); unset: none.
+    hep_auth_key: str | None = None
+    #: Capture node name (HEP chunk 0x0013); unset: none.
+    hep_node_name: str | None = None
+    #: CA bundle for tls collectors; unset: the system's. hep_verify_cert = false skips checks.
+    hep_ca_list: Path | None = None
+    hep_verify_cert: bool = True
+    #: IP protocol written in SIP and event packets: 6 (TCP, standard), or 22 as OpenSIPS and
+    #: Kamailio do for TLS (Homer shows it as "tls"; Kamailio's sipcapture stores proto 0).
+    trace_ip_proto: Literal[6, 22] = 6
+    #: Also trace the plain TCP leg between tlstrace and the backend.
+    trace_backend: bool = False
+    #: Payload of connection events (HEP type 89): OpenSIPS's cJSON layout, or homer5 values.
+    trace_event_format: Literal["json", "homer5"] = "json"
+    homer5_delim: str = ":"
+    #: Send one type-100 record per Call-ID describing the TLS session (Homer's Logs tab).
+    trace_sessions: bool = True
+    #: Put the session keys (NSS key-log lines) in the traced events. Never on by default.
+    trace_keys: bool = False
+    #: Append the session keys to this file (created 0600); unset: no file.
+    keylog_file: Path | None = None
+    #: Ordered allow/deny rules, evaluated once per connection when its handshake ends.
+    trace_filter: list[TraceRule] = []
+    #: What happens to a connection no rule matches.
+    trace_filter_default: Literal["allow", "deny"] = "allow"
     listener: list[Listener] = Field(
         default_factory=lambda: [Listener.model_validate(DEFAULT_LISTENER)]
     )
@@ -225,6 +286,7 @@ class Config(_Model):
                     f"listener[{i}].domains: domains sharing a listener must use the same "
                     f"client_cert mode (found {sorted(modes)})"
                 )
+        self._check_tracing()
         for d in self.server_domain:
             if d.certificate is None and d.name != "default":
                 i = self.server_domain.index(d)
@@ -233,6 +295,22 @@ class Config(_Model):
                     "private_key (only the domain named 'default' may use the generated one)"
                 )
         return self
+
+    def _check_tracing(self) -> None:
+        from hep.destination import parse_hep_ids
+
+        try:
+            names = [d.name for d in parse_hep_ids(self.hep_id)]
+        except ValueError as e:
+            raise ValueError(f"hep_id: {e}") from None
+        for i, name in enumerate(self.trace_destination):
+            if name not in names:
+                raise ValueError(f"trace_destination[{i}]: no hep_id named {name!r}")
+
+    @property
+    def keys_wanted(self) -> bool:
+        """Whether session keys are collected at all (explicit settings only)."""
+        return self.trace_keys or self.keylog_file is not None
 
     def server_domains_for(self, listener: Listener) -> list[ServerDomain]:
         if not listener.domains:

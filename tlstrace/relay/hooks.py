@@ -17,6 +17,9 @@ class MessageTracer(Protocol):
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         """One SIP message: `received` from the TLS peer, or sent to it."""
 
+    def backend_connected(self, local: tuple[str, int], remote: tuple[str, int]) -> None:
+        """The plain TCP leg to the backend is up."""
+
 
 class ConnectionObserver(Protocol):
     def handshake_done(self, conn: Connection) -> MessageTracer | None: ...

@@ -12,6 +12,7 @@ from tlstrace.relay import proxy_protocol
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
+from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.contexts import ServerContexts
 
 if TYPE_CHECKING:
@@ -57,6 +58,8 @@ class InboundTls(TlsLeg):
         super().__init__(relay, conn, listener.contexts.initial, server_side=True)
         self.listener = listener
         self.refused = False
+        #: (local, remote) of the backend connection once it is up
+        self.backend_addrs: tuple[tuple[str, int], tuple[str, int]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
@@ -88,6 +91,10 @@ class InboundTls(TlsLeg):
     def on_ready(self) -> None:
         self.relay.spawn(self._connect_backend())
 
+    def local_cert(self) -> CertInfo | None:
+        ident = self.listener.contexts.identity_of(self.obj.context if self.obj else self.context)
+        return ident.cert if ident is not None else None
+
     async def _connect_backend(self) -> None:
         relay = self.relay
         lst = self.listener.listener
@@ -115,6 +122,12 @@ class InboundTls(TlsLeg):
             leg.close(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF)
             return
         self.partner = leg
+        if isinstance(leg, PlainLeg):
+            t = leg.transport
+            self.backend_addrs = (t.get_extra_info("sockname")[:2],
+                                  t.get_extra_info("peername")[:2])
+            if self.tracer is not None:
+                self.tracer.backend_connected(*self.backend_addrs)
         self.flush_pending()
 
 
@@ -133,9 +146,14 @@ class BackendTls(TlsLeg):
         conn = Connection("outbound", (backend.host, backend.port), ("", 0), "backend")
         leg = cls(relay, conn, ctx, server_side=False, server_hostname=name)
         leg.preamble = preamble
+        leg.client_domain = client_domain
         return leg
 
     preamble = b""
+    client_domain: str | None = None
+
+    def local_cert(self) -> CertInfo | None:
+        return self.relay.client_contexts.cert_info(self.client_domain)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)

@@ -18,6 +18,7 @@ from tlstrace.config import Endpoint, Listener
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
+from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.failures import HandshakeFailure
 
 if TYPE_CHECKING:
@@ -110,6 +111,7 @@ class PeerLink:
         name = domain.server_name or self.peer.host
         conn = Connection("outbound", (self.peer.host, self.peer.port), ("", 0), self.listener)
         leg = PeerTls(relay, conn, ctx, server_side=False, server_hostname=name)
+        leg.client_domain = self.domain
         leg.partner = self
         self.tls = leg
         relay.spawn(self._connect(leg))
@@ -128,6 +130,7 @@ class PeerLink:
             relay.stats.dropped_messages["peer_unreachable"] += dropped
             relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
+            relay.observer.closed(leg.conn, CloseReason.CONNECT_FAILED, None)
             leg.outq.clear()
             leg.closed = True
             if self.tls is leg:
@@ -183,6 +186,10 @@ class PeerTls(TlsLeg):
 
     relay_direction_in = "from_peer"
     relay_direction_out = "to_peer"
+    client_domain: str | None = None
+
+    def local_cert(self) -> CertInfo | None:
+        return self.relay.client_contexts.cert_info(self.client_domain)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)

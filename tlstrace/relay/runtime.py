@@ -36,7 +36,7 @@ class Relay:
         self.source = source
         self.stats = RelayStats()
         self.observer: ConnectionObserver = observer or NullObserver()
-        self.keylog: KeyLogTap | None = KeyLogTap() if keys else None
+        self.keylog: KeyLogTap | None = KeyLogTap() if keys or config.keys_wanted else None
         #: open TLS connections by id, with their legs
         self.connections: dict[int, Connection] = {}
         self.tls_legs: dict[int, TlsLeg] = {}

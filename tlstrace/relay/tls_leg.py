@@ -28,6 +28,7 @@ from tlstrace.sip.framing import (
     Ping,
     SipFramer,
 )
+from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.clienthello import HelloKind, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
 
@@ -123,7 +124,11 @@ class TlsLeg(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.live = False
         if not self.closed:
-            if self.conn.state == "handshake":
+            if self.conn.state == "handshake" and self.server_side and not self.sniffed:
+                # closed before sending a byte (a port probe, a TCP health check): no
+                # handshake was attempted, so there is no failure to report
+                self.close(CloseReason.EOF, "closed before the handshake began")
+            elif self.conn.state == "handshake":
                 self._handshake_failed(HandshakeFailure.PEER_CLOSED,
                                        "connection closed during the handshake")
             else:
@@ -244,6 +249,7 @@ class TlsLeg(asyncio.Protocol):
         elapsed = time.perf_counter() - self.handshake_started
         conn.handshake_ms = elapsed * 1000
         conn.peer_cert_der = obj.getpeercert(binary_form=True)
+        conn.local_cert = self.local_cert()
         if not self.server_side and conn.sni is None:
             conn.sni = self.server_hostname
         self.relay.handshake_done(self, elapsed)
@@ -261,6 +267,7 @@ class TlsLeg(asyncio.Protocol):
         if self.closed:
             return
         conn = self.conn
+        conn.local_cert = self.local_cert()
         self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
         self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
@@ -407,6 +414,10 @@ class TlsLeg(asyncio.Protocol):
 
     def on_ready(self) -> None:
         """The handshake completed: start relaying."""
+
+    def local_cert(self) -> CertInfo | None:
+        """The certificate this side presented."""
+        return None
 
     # -- closing -------------------------------------------------------------------------------
 

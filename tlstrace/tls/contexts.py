@@ -81,6 +81,7 @@ class ClientContexts:
         self._config = config
         self._source = source
         self._cache: dict[str, ssl.SSLContext] = {}
+        self._certs: dict[str, certinfo.CertInfo | None] = {}
         # build every configured one now, so a bad file stops start-up
         for i, domain in enumerate(config.client_domain):
             self._cache[domain.name] = build_client_context(domain, f"client_domain[{i}]", source)
@@ -95,6 +96,14 @@ class ClientContexts:
 
     def domain(self, name: str | None) -> ClientDomain:
         return self._config.client_domain_named(name)
+
+    def cert_info(self, name: str | None) -> certinfo.CertInfo | None:
+        """Our client certificate in this domain, if it has one."""
+        domain = self.domain(name)
+        if domain.name not in self._certs:
+            self._certs[domain.name] = (certinfo.from_pem_file(str(domain.certificate))
+                                        if domain.certificate else None)
+        return self._certs[domain.name]
 
     def contexts(self) -> list[ssl.SSLContext]:
         return list(self._cache.values())

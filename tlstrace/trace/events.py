@@ -1,0 +1,135 @@
+"""Payloads of traced events, sans-IO.
+
+- Connection events (HEP type 89, "net"), as OpenSIPS's proto_tls builds them
+  (`openssl_trace.h`, `trans_trace.c`): keys Protocol, client-subject, client-issuer,
+  server-subject, server-issuer, master-key, Event, Status, Message, in that order, laid out as
+  `cJSON_Print` does (JSON mode) or as the values joined by `homer5_delim` (homer5 mode).
+  As in OpenSIPS, `client-*` is the peer's certificate and `server-*` our own, whatever the
+  direction. Differences on purpose: `master-key` is hex (OpenSIPS ≥ 1.1 writes raw bytes) and
+  only exists for TLS 1.2; `keylog` (the NSS key-log lines) and `Reason` (a stable failure
+  reason) follow `Message` when present.
+- Per-call TLS session records (HEP type 100, JSON), one per Call-ID, for Homer's Logs tab.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+from tlstrace.relay.connection import Connection
+from tlstrace.tls.certinfo import CertInfo
+
+Format = Literal["json", "homer5"]
+
+SUCCESS_MESSAGE = {"ACCEPTED": "Connection accepted...", "CONNECTED": "Successfully connected..."}
+
+
+def cjson_escape(value: str) -> str:
+    """Escape a string as cJSON's print_string_ptr does (bytes ≥ 0x80 pass through)."""
+    out = []
+    for ch in value:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\b":
+            out.append("\\b")
+        elif ch == "\f":
+            out.append("\\f")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif ch == "\t":
+            out.append("\\t")
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def render(parts: list[tuple[str, str]], fmt: Format, delim: str = ":") -> bytes:
+    if fmt == "homer5":
+        return delim.join(v for _, v in parts).encode()
+    body = ",\n".join(f'\t"{cjson_escape(k)}":\t"{cjson_escape(v)}"' for k, v in parts)
+    return ("{\n" + body + "\n}").encode()
+
+
+def master_key(keylog: list[str]) -> str | None:
+    """The TLS 1.2 master secret (hex) from a CLIENT_RANDOM key-log line."""
+    for line in keylog:
+        fields = line.split()
+        if len(fields) == 3 and fields[0] == "CLIENT_RANDOM":
+            return fields[2].lower()
+    return None
+
+
+def _cert_parts(conn: Connection) -> list[tuple[str, str]]:
+    parts = []
+    peer = conn.peer_cert
+    if peer is not None:
+        parts += [("client-subject", peer.subject), ("client-issuer", peer.issuer)]
+    if conn.local_cert is not None:
+        parts += [("server-subject", conn.local_cert.subject),
+                  ("server-issuer", conn.local_cert.issuer)]
+    return parts
+
+
+def handshake_event(conn: Connection, *, ok: bool, message: str, reason: str | None,
+                    keys: bool) -> list[tuple[str, str]]:
+    event = "ACCEPTED" if conn.direction == "inbound" else "CONNECTED"
+    parts = [("Protocol", "TLS"), *_cert_parts(conn)]
+    mk = master_key(conn.keylog) if keys else None
+    if mk:
+        parts.append(("master-key", mk))
+    parts += [("Event", event), ("Status", "SUCCESS" if ok else "FAILURE"),
+              ("Message", SUCCESS_MESSAGE[event] if ok else message)]
+    if reason:
+        parts.append(("Reason", reason))
+    if keys and conn.keylog:
+        parts.append(("keylog", "\n".join(conn.keylog)))
+    return parts
+
+
+def closed_event(reason: str) -> list[tuple[str, str]]:
+    # OpenSIPS always reports CLOSED with Status SUCCESS; the reason is the Message
+    return [("Protocol", "TLS"), ("Event", "CLOSED"), ("Status", "SUCCESS"), ("Message", reason)]
+
+
+def _cert_json(info: CertInfo | None) -> dict[str, str] | None:
+    return info.as_dict() if info is not None else None
+
+
+def session_record_prefix(conn: Connection, *, keys: bool) -> str:
+    """The per-connection part of the type-100 record, as JSON text without its closing brace;
+    `session_record` adds the Call-ID. Built once per connection."""
+    record: dict[str, Any] = {
+        "type": "tls-session",
+        "connection_id": str(conn.id),
+        "direction": conn.direction,
+        "remote": _addr(conn.remote),
+        "local": _addr(conn.local),
+        "sni": conn.sni,
+        "tls_version": conn.tls_version,
+        "cipher": conn.cipher,
+        "alpn": conn.alpn,
+        "resumed": conn.resumed,
+        "handshake_ms": round(conn.handshake_ms, 3) if conn.handshake_ms is not None else None,
+        "peer_certificate": _cert_json(conn.peer_cert),
+        "local_certificate": _cert_json(conn.local_cert),
+    }
+    if keys:
+        record["keylog"] = list(conn.keylog)
+    return json.dumps(record, separators=(",", ":"))[:-1]
+
+
+def session_record(prefix: str, call_id: bytes) -> bytes:
+    cid = json.dumps(call_id.decode("utf-8", "replace"))
+    return f'{prefix},"call_id":{cid}}}'.encode()
+
+
+def _addr(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"

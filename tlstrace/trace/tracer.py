@@ -1,0 +1,234 @@
+"""Tracing glue: decides per connection whether it is traced, builds its HEP templates once,
+and per message does one encode and one enqueue per destination."""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import time
+from collections import OrderedDict
+from typing import TYPE_CHECKING
+
+from hep.codec import PacketTemplate
+from hep.sender import HepSender
+from tlstrace.config import Config
+from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.hooks import MessageTracer
+from tlstrace.sip.peek import call_id
+from tlstrace.tls.failures import HandshakeFailure
+from tlstrace.trace import events
+from tlstrace.trace.filters import Facts, TraceFilter
+from tlstrace.trace.keyfile import KeyLogFile
+
+if TYPE_CHECKING:
+    from tlstrace.relay.runtime import Relay
+
+log = logging.getLogger("tlstrace.trace")
+
+PROTO_SIP = 1
+PROTO_NET = 89  # OpenSIPS's "net" type for transport events
+PROTO_LOG = 100
+#: Call-IDs remembered per connection for the once-per-call session record
+SEEN_CALL_IDS = 1024
+
+#: messages kept for the backend leg's trace while it connects (a TLS backend never connects
+#: a plain leg: its own TLS connection is traced instead)
+EARLY_MAX = 256
+
+Addr = tuple[str, int]
+
+
+def _hep_ip(host: str, other: str) -> str:
+    """An IP for a HEP address chunk: unknown or unresolved addresses become 0.0.0.0 / ::."""
+    try:
+        addr = ipaddress.ip_address(host.split("%", 1)[0])
+    except ValueError:
+        return "::" if ":" in other else "0.0.0.0"
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        return str(addr.ipv4_mapped)
+    return str(addr)
+
+
+class TraceManager:
+    """The relay's ConnectionObserver when tracing is configured."""
+
+    def __init__(self, config: Config, senders: list[HepSender], relay: Relay | None = None):
+        self.relay = relay
+        self.senders = senders
+        self.enabled = False
+        self.keyfile: KeyLogFile | None = None
+        self.apply_config(config)
+        self.enabled = config.trace_on and bool(senders)
+        self.packets = 0
+        self.too_big = 0
+
+    def apply_config(self, config: Config) -> None:
+        self.config = config
+        self.filter = TraceFilter(config.trace_filter, config.trace_filter_default)
+        if config.keylog_file is not None:
+            if self.keyfile is None or self.keyfile.path != config.keylog_file:
+                if self.keyfile is not None:
+                    self.keyfile.close()
+                self.keyfile = KeyLogFile(config.keylog_file)
+        elif self.keyfile is not None:
+            self.keyfile.close()
+            self.keyfile = None
+        identity_auth = config.hep_auth_key.encode() if config.hep_auth_key else None
+        self.template_options = {
+            "ip_proto": config.trace_ip_proto,
+            "capture_id": config.hep_capture_id,
+            "auth_key": identity_auth,
+            "node_name": config.hep_node_name.encode() if config.hep_node_name else None,
+        }
+
+    # -- switching -----------------------------------------------------------------------------
+
+    def set_enabled(self, on: bool) -> None:
+        """On: connections already open are traced from now on (their handshake event is
+        past). Off: nothing more is sent, for any connection."""
+        if on == self.enabled:
+            return
+        self.enabled = on
+        relay = self.relay
+        if relay is None:
+            return
+        for leg in list(relay.tls_legs.values()):
+            if leg.closed or leg.conn.state != "open":
+                continue
+            if on:
+                leg.tracer = self._tracer_for(leg.conn)
+                if leg.tracer is not None:
+                    backend = getattr(leg, "backend_addrs", None)
+                    if backend is not None:
+                        leg.tracer.backend_connected(*backend)
+            else:
+                leg.tracer = None
+            leg.conn.traced = leg.tracer is not None
+        log.info("tracing switched %s", "on" if on else "off")
+
+    def set_filter(self, rules: TraceFilter) -> None:
+        """New rules; they decide for connections whose handshake ends from now on."""
+        self.filter = rules
+
+    def _facts(self, conn: Connection) -> Facts:
+        return Facts(conn.direction, conn.remote[0], conn.remote[1], conn.local[0],
+                     conn.local[1], conn.sni)
+
+    def _wanted(self, conn: Connection) -> bool:
+        return self.enabled and self.filter.allows(self._facts(conn))
+
+    def _tracer_for(self, conn: Connection) -> ConnectionTracer | None:
+        if not self._wanted(conn):
+            return None
+        return ConnectionTracer(self, conn)
+
+    # -- ConnectionObserver --------------------------------------------------------------------
+
+    def handshake_done(self, conn: Connection) -> MessageTracer | None:
+        if self.keyfile is not None:
+            self.keyfile.write(conn.keylog)
+        tracer = self._tracer_for(conn)
+        if tracer is None:
+            return None
+        self.send_event(conn, events.handshake_event(
+            conn, ok=True, message="", reason=None, keys=self.config.trace_keys))
+        return tracer
+
+    def handshake_failed(self, conn: Connection, reason: HandshakeFailure, message: str) -> None:
+        if self.keyfile is not None:
+            self.keyfile.write(conn.keylog)
+        if not self._wanted(conn):
+            return
+        conn.traced = True  # so that its CLOSED follows: never half-traced
+        self.send_event(conn, events.handshake_event(
+            conn, ok=False, message=message, reason=reason.value, keys=self.config.trace_keys))
+
+    def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
+        if self.enabled and (traced is not None or conn.traced):
+            self.send_event(conn, events.closed_event(reason.value))
+
+    # -- sending -------------------------------------------------------------------------------
+
+    def template(self, src: Addr, dst: Addr, proto_type: int) -> PacketTemplate:
+        return PacketTemplate(
+            src_ip=_hep_ip(src[0], dst[0]), dst_ip=_hep_ip(dst[0], src[0]),
+            src_port=src[1], dst_port=dst[1], proto_type=proto_type,
+            **self.template_options,  # type: ignore[arg-type]
+        )
+
+    def send_event(self, conn: Connection, parts: list[tuple[str, str]]) -> None:
+        payload = events.render(parts, self.config.trace_event_format, self.config.homer5_delim)
+        # OpenSIPS's transport events carry the remote peer as source, the local socket as
+        # destination, whatever the direction
+        tpl = self.template(conn.remote, conn.local, PROTO_NET)
+        now = time.time()
+        sec = int(now)
+        self.send(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode())
+
+    def send(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
+             cid: bytes | None) -> None:
+        try:
+            packet = tpl.encode(sec, usec, payload, cid)
+        except ValueError:
+            self.too_big += 1
+            return
+        self.packets += 1
+        for sender in self.senders:
+            sender.send(packet)
+
+
+class ConnectionTracer:
+    """Traces one connection's SIP messages and per-call session records."""
+
+    __slots__ = ("backend_in", "backend_out", "conn", "early", "manager", "prefix", "seen",
+                 "session_tpl", "tpl_in", "tpl_out")
+
+    def __init__(self, manager: TraceManager, conn: Connection) -> None:
+        self.manager = manager
+        self.conn = conn
+        # packets read from the peer go remote -> local; packets written go local -> remote
+        self.tpl_in = manager.template(conn.remote, conn.local, PROTO_SIP)
+        self.tpl_out = self.tpl_in.swapped()
+        self.backend_in: PacketTemplate | None = None
+        self.backend_out: PacketTemplate | None = None
+        cfg = manager.config
+        # messages read before the backend leg was up, traced on that leg once it is
+        self.early: list[tuple[int, int, bytes, bytes | None]] | None = \
+            [] if cfg.trace_backend else None
+        self.prefix = events.session_record_prefix(conn, keys=cfg.trace_keys) \
+            if cfg.trace_sessions else None
+        self.session_tpl = manager.template(conn.remote, conn.local, PROTO_LOG) \
+            if cfg.trace_sessions else None
+        self.seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def backend_connected(self, local: Addr, remote: Addr) -> None:
+        """The plain backend leg is up (only traced with trace_backend)."""
+        if self.early is not None:
+            self.backend_out = self.manager.template(local, remote, PROTO_SIP)
+            self.backend_in = self.backend_out.swapped()
+            for sec, usec, data, cid in self.early:
+                self.manager.send(self.backend_out, sec, usec, data, cid)
+            self.early = None
+
+    def message(self, data: bytes, received: bool, timestamp: float) -> None:
+        manager = self.manager
+        cid = call_id(data)
+        sec = int(timestamp)
+        usec = int((timestamp - sec) * 1e6)
+        if received:
+            manager.send(self.tpl_in, sec, usec, data, cid)
+            if self.backend_out is not None:
+                manager.send(self.backend_out, sec, usec, data, cid)
+            elif self.early is not None and len(self.early) < EARLY_MAX:
+                self.early.append((sec, usec, data, cid))
+        else:
+            if self.backend_in is not None:
+                manager.send(self.backend_in, sec, usec, data, cid)
+            manager.send(self.tpl_out, sec, usec, data, cid)
+        if cid is not None and self.prefix is not None and cid not in self.seen:
+            self.seen[cid] = None
+            if len(self.seen) > SEEN_CALL_IDS:
+                self.seen.popitem(last=False)
+            assert self.session_tpl is not None
+            manager.send(self.session_tpl, sec, usec, events.session_record(self.prefix, cid),
+                         cid)
