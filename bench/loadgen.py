@@ -98,14 +98,16 @@ def cpu_sample(pids: Sequence[int]) -> float:
 
 
 def core_busy() -> dict[str, float]:
-    """Busy seconds (everything but idle and iowait) of each core, from /proc/stat."""
+    """Seconds each core spent running processes (user, nice, system), from /proc/stat."""
     out = {}
     with open("/proc/stat", "rb") as f:
         for line in f:
             if line.startswith(b"cpu") and line[3:4].isdigit():
                 name, *vals = line.split()
-                ticks = [int(v) for v in vals[:8]]
-                out[name.decode()] = (sum(ticks) - ticks[3] - ticks[4]) / _TICK
+                # user + nice + system: what processes were charged (not idle, iowait,
+                # irq, softirq or steal; softirq time is not in any process's utime+stime)
+                ticks = [int(v) for v in vals[:3]]
+                out[name.decode()] = sum(ticks) / _TICK
     return out
 
 

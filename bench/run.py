@@ -67,8 +67,10 @@ def _busy() -> dict[str, float]:
         for line in f:
             if line.startswith(b"cpu") and line[3:4].isdigit():
                 name, *vals = line.split()
-                ticks = [int(v) for v in vals[:8]]
-                out[name.decode()] = (sum(ticks) - ticks[3] - ticks[4]) / _TICK
+                # user + nice + system: what processes were charged (not idle, iowait,
+                # irq, softirq or steal; softirq time is not in any process's utime+stime)
+                ticks = [int(v) for v in vals[:3]]
+                out[name.decode()] = sum(ticks) / _TICK
     return out
 
 
@@ -371,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=600, help="INVITE size in bytes")
     p.add_argument("--workers", type=int, default=50, help="handshake workers")
     p.add_argument("--no-haproxy", action="store_true", help="skip HAProxy even if installed")
-    p.add_argument("--quiet-wait", type=float, default=10.0,
+    p.add_argument("--quiet-wait", type=float, default=30.0,
                    help="before each run, wait up to this many seconds for other load on the "
                         "machine to drop below 15%% of a core")
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
