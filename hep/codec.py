@@ -17,10 +17,10 @@ vendor chunk nor 0x0010 (compressed payload, which no receiver decompresses).
 from __future__ import annotations
 
 import struct
+from dataclasses import dataclass, field
 from socket import AF_INET as _AF4
 from socket import AF_INET6 as _AF6
 from socket import inet_ntop, inet_pton
-from dataclasses import dataclass, field
 from typing import NamedTuple
 
 __all__ = [

@@ -11,12 +11,14 @@ never blocks, never raises. It returns False when the packet was dropped, and co
   exponential backoff (`backoff_initial` doubling up to `backoff_max`, ±20 % jitter).
   Packets queued while disconnected are sent once connected; queued packets lost with a
   connection that drops are not counted again (`sent` counts packets handed to the socket).
-- **UDP**: a connected datagram socket; `send` writes the datagram at once (one syscall).
-  The queue only holds datagrams the kernel refused with EAGAIN until the socket is writable.
-  A collector that is down answers with ICMP port unreachable, which the kernel reports as
-  ECONNREFUSED on a later send: the sender counts a send error and drops everything for a
-  backoff period (doubling like TCP), then tries again. A slow UDP collector loses datagrams
-  in its own receive buffer, which no sender can see.
+- **UDP**: a connected datagram socket. `send` only queues; the datagrams queued during one
+  event-loop iteration are written right after it by one callback (one `send` syscall each,
+  after the relay's own work for the message). Datagrams the kernel refuses with EAGAIN wait
+  in the same bounded queue until the socket is writable. A collector that is down answers
+  with ICMP port unreachable, which the kernel reports as ECONNREFUSED on a later send: the
+  sender counts a send error, drops what is queued, and drops everything for a backoff period
+  (doubling like TCP), then tries again. A slow UDP collector loses datagrams in its own
+  receive buffer, which no sender can see.
 
 `HepSenderGroup` holds several named senders.
 """
@@ -162,6 +164,9 @@ class HepSender:
         self._waiter: asyncio.Future[None] | None = None
         self._transport: asyncio.Transport | None = None
         self._sock: socket.socket | None = None
+        # True when the writer (TCP/TLS pump, or UDP flush) waits for data: `send` wakes it
+        self._idle = False
+        self._wake: collections.abc.Callable[[], None] = self._poke
         self._udp_blocked = False  # refused: drop until the backoff timer ends
         self._udp_writer = False
         self._udp_delay = backoff_initial
@@ -213,22 +218,17 @@ class HepSender:
         return True
 
     def send(self, data: bytes) -> bool:
-        """Queue or send one encoded packet. Never blocks, never raises; False = dropped."""
+        """Queue one encoded packet. Never blocks, never raises; False = dropped (counted)."""
         try:
-            if (self._closing or len(self._queue) >= self.queue_size
+            if (self._closing or self._udp_blocked or len(self._queue) >= self.queue_size
                     or self._queued + len(data) > self.queue_bytes_max):
-                self._dropped += 1
-                return False
-            if self._sock is not None:
-                return self._udp_send(data)
-            if self._udp_blocked:
                 self._dropped += 1
                 return False
             self._queue.append(data)
             self._queued += len(data)
-            w = self._waiter
-            if w is not None and not w.done():
-                w.set_result(None)
+            if self._idle:
+                self._idle = False
+                self._wake()
             return True
         except Exception as e:  # never into the caller
             self._dropped += 1
@@ -245,6 +245,7 @@ class HepSender:
                and self._task is not None and not (self._task.done() and self._sock is None)):
             await asyncio.sleep(0.01)
         self._closing = True
+        self._idle = False
         self._poke()
         task, self._task = self._task, None
         if task is not None:
@@ -347,6 +348,7 @@ class HepSender:
 
     async def _pump(self, transport: asyncio.Transport, proto: _StreamProtocol) -> None:
         queue = self._queue
+        batch_max = max(_BATCH_BYTES, self.write_buffer_limit)
         paused_since: float | None = None
         while True:
             if proto.lost or self._closing:
@@ -368,11 +370,13 @@ class HepSender:
                 continue
             paused_since = None
             if not queue:
+                self._idle = True
                 await self._wait()
+                self._idle = False
                 continue
             batch: list[bytes] = []
             size = 0
-            while queue and size < _BATCH_BYTES:
+            while queue and size < batch_max:
                 data = queue.popleft()
                 batch.append(data)
                 size += len(data)
@@ -419,83 +423,30 @@ class HepSender:
                 continue
             self._sock = sock
             self._state = "connected"
-            pending = list(self._queue)
-            self._queue.clear()
-            self._queued = 0
-            for data in pending:
-                self._udp_send(data)
+            self._wake = self._udp_schedule
+            self._udp_flush()  # what was queued before the socket existed
             return
 
-    def _udp_send(self, data: bytes) -> bool:
-        sock = self._sock
-        assert sock is not None
-        if self._udp_blocked:
-            self._dropped += 1
-            return False
-        if self._queue:
-            self._queue.append(data)
-            self._queued += len(data)
-            return True
-        try:
-            sock.send(data)
-        except BlockingIOError:
-            self._queue.append(data)
-            self._queued += len(data)
-            self._udp_want_writer()
-            return True
-        except ConnectionRefusedError as e:
-            self._udp_refused(e)
-            self._dropped += 1
-            return False
-        except OSError as e:
-            self._send_errors += 1
-            self._dropped += 1
-            self._fail("send failed", e)
-            return False
-        self._sent += 1
-        self._bytes += len(data)
-        self._udp_ok += 1
-        if self._udp_ok == 2:
-            self._udp_delay = self.backoff_initial
-            if self._state == "refused":
-                self._state = "connected"
-        return True
-
-    def _udp_refused(self, exc: OSError) -> None:
-        self._send_errors += 1
-        self._fail("refused", exc)
-        if self._udp_ok < 2:  # refused again soon after the last refusal
-            self._udp_delay = min(self._udp_delay * 2, self.backoff_max)
-        self._udp_ok = 0
-        self._udp_blocked = True
-        self._state = "refused"
+    def _udp_schedule(self) -> None:
         assert self._loop is not None
-        delay = self._backoff(self._udp_delay)
-        self._udp_timer = self._loop.call_later(delay, self._udp_unblock)
-
-    def _udp_unblock(self) -> None:
-        self._udp_timer = None
-        if not self._closing:
-            self._udp_blocked = False
-            self._reconnects += 1
-
-    def _udp_want_writer(self) -> None:
-        if not self._udp_writer and self._sock is not None and self._loop is not None:
-            self._loop.add_writer(self._sock, self._udp_flush)
-            self._udp_writer = True
+        self._loop.call_soon(self._udp_flush)
 
     def _udp_flush(self) -> None:
+        """Write the queued datagrams; called soon after `send`, or when writable."""
         sock = self._sock
+        queue = self._queue
         try:
-            while self._queue and sock is not None:
-                data = self._queue[0]
+            while queue and sock is not None:
+                data = queue[0]
                 try:
                     sock.send(data)
                 except BlockingIOError:
+                    if not self._udp_writer and self._loop is not None:
+                        self._loop.add_writer(sock, self._udp_flush)
+                        self._udp_writer = True
                     return
                 except ConnectionRefusedError as e:
                     self._udp_refused(e)
-                    self._drop_queue()
                     break
                 except OSError as e:
                     self._send_errors += 1
@@ -504,16 +455,39 @@ class HepSender:
                 else:
                     self._sent += 1
                     self._bytes += len(data)
-                self._queue.popleft()
+                    self._udp_ok += 1
+                    if self._udp_ok == 2:
+                        self._udp_delay = self.backoff_initial
+                        if self._state == "refused":
+                            self._state = "connected"
+                queue.popleft()
                 self._queued -= len(data)
         except Exception as e:  # a loop callback must not raise
             self._fail("flush failed", e)
         self._udp_stop_writer()
+        self._idle = not queue and sock is not None
 
-    def _drop_queue(self) -> None:
+    def _udp_refused(self, exc: OSError) -> None:
+        """The collector's port is closed: drop what is queued, then everything for a while."""
+        self._send_errors += 1
+        self._fail("refused", exc)
         self._dropped += len(self._queue)
         self._queue.clear()
         self._queued = 0
+        if self._udp_ok < 2:  # refused again soon after the last refusal
+            self._udp_delay = min(self._udp_delay * 2, self.backoff_max)
+        self._udp_ok = 0
+        self._udp_blocked = True
+        self._state = "refused"
+        assert self._loop is not None
+        self._udp_timer = self._loop.call_later(self._backoff(self._udp_delay),
+                                                self._udp_unblock)
+
+    def _udp_unblock(self) -> None:
+        self._udp_timer = None
+        if not self._closing:
+            self._udp_blocked = False
+            self._reconnects += 1
 
     def _udp_stop_writer(self) -> None:
         if self._udp_writer and self._sock is not None and self._loop is not None:
@@ -522,6 +496,7 @@ class HepSender:
         self._udp_writer = False
 
     def _close_udp(self) -> None:
+        self._idle = False
         if self._udp_timer is not None:
             self._udp_timer.cancel()
             self._udp_timer = None

@@ -39,7 +39,7 @@ PACKETS = [
               keep_alive=30, vlan=12, payload=SIP.encode()),
     HepPacket(src_ip="127.0.0.1", dst_ip="127.0.0.2", src_port=0, dst_port=65535,
               ts_sec=0xFFFFFFFF, ts_usec=999999, ip_proto=17, proto_type=100,
-              capture_id=0xFFFFFFFF, correlation_id=b"js@x", payload=b'{"event":"closed"}'),
+              capture_id=0xFFFFFFFF, correlation_id=b"js@x", payload='{"event":"closed\u2028"}'.encode()),
     HepPacket(src_ip="2001:db8::1", dst_ip="2001:db8::2", src_port=5061, dst_port=5060,
               ts_sec=1700000000, ts_usec=1, ip_proto=6, capture_id=5, node_name=b"v6",
               payload=SIP.encode()),

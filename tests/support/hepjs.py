@@ -44,7 +44,8 @@ def hepjs_decode(packets: list[bytes], timeout: float = 30.0) -> list[dict[str, 
     )
     if proc.returncode != 0:
         raise RuntimeError(f"node failed ({proc.returncode}): {proc.stderr}")
-    out = [json.loads(line) for line in proc.stdout.splitlines()]
+    # split on "\n" only: JSON.stringify leaves U+2028/U+2029 unescaped, splitlines() cuts there
+    out = [json.loads(line) for line in proc.stdout.split("\n") if line]
     if len(out) != len(packets):
         raise RuntimeError(f"hep-js answered {len(out)} lines for {len(packets)} packets")
     return out
