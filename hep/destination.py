@@ -76,11 +76,11 @@ def parse_hep_id(text: str) -> HepDestination:
         raise ValueError(f"hep_id {text!r}: the destination name is empty")
     addr, *params = rest.split(";")
     addr = addr.strip()
-    if not addr:
+    if not addr or addr.startswith(":"):
         hint = ""
         try:
             ipaddress.IPv6Address(name)
-            hint = f": [{name}] is read as the name; write [name][{name}]:9060"
+            hint = f": [{name}] is read as the name; write [name][{name}]{addr or ':9060'}"
         except ValueError:
             pass
         raise ValueError(f"hep_id {text!r}: the host is missing{hint}")

@@ -37,6 +37,7 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from hep.codec import PacketTemplate
 from hep.destination import HepDestination, parse_hep_id
 
 log = logging.getLogger("hep.sender")
@@ -53,6 +54,15 @@ class HepIdentity:
     capture_id: int = 0
     auth_key: bytes | None = None
     node_name: bytes | None = None
+
+    def template(self, *, src_ip: str, dst_ip: str, src_port: int, dst_port: int,
+                 ip_proto: int, proto_type: int = 1) -> PacketTemplate:
+        """A `PacketTemplate` for one flow, carrying this identity."""
+        return PacketTemplate(
+            src_ip=src_ip, dst_ip=dst_ip, src_port=src_port, dst_port=dst_port,
+            ip_proto=ip_proto, proto_type=proto_type, capture_id=self.capture_id,
+            auth_key=self.auth_key, node_name=self.node_name,
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +91,26 @@ class SenderStats:
     #: "stopped", "resolving", "connecting", "connected", "backoff", "refused", "closed"
     state: str
     last_error: str | None
+
+
+class Backoff:
+    """Capped exponential backoff: `initial`, doubling up to `maximum`, each delay with
+    ±`jitter` (a fraction) so that many senders do not retry in step."""
+
+    def __init__(self, initial: float, maximum: float, jitter: float = 0.2) -> None:
+        self.initial = initial
+        self.maximum = max(maximum, initial)
+        self.jitter = jitter
+        self._next = initial
+
+    def next(self) -> float:
+        """The delay to wait now; the following one doubles (up to the cap)."""
+        delay = self._next
+        self._next = min(delay * 2, self.maximum)
+        return delay * random.uniform(1 - self.jitter, 1 + self.jitter)
+
+    def reset(self) -> None:
+        self._next = self.initial
 
 
 def _describe(exc: BaseException) -> str:
@@ -169,7 +199,7 @@ class HepSender:
         self._wake: collections.abc.Callable[[], None] = self._poke
         self._udp_blocked = False  # refused: drop until the backoff timer ends
         self._udp_writer = False
-        self._udp_delay = backoff_initial
+        self._udp_backoff = Backoff(self.backoff_initial, self.backoff_max)
         self._udp_ok = 0
         self._udp_timer: asyncio.TimerHandle | None = None
 
@@ -287,9 +317,6 @@ class HepSender:
             if timer is not None:
                 timer.cancel()
 
-    def _backoff(self, delay: float) -> float:
-        return delay * random.uniform(0.8, 1.2)
-
     def _fail(self, what: str, exc: BaseException) -> None:
         first = self._last_error is None or self._state == "connected"
         self._last_error = _describe(exc)
@@ -301,7 +328,7 @@ class HepSender:
     async def _run_stream(self) -> None:
         assert self._loop is not None
         loop = self._loop
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         attempts = 0
         while not self._closing:
             if attempts:
@@ -323,8 +350,7 @@ class HepSender:
                 self._connect_errors += 1
                 self._fail("connect failed", e)
                 self._state = "backoff"
-                await asyncio.sleep(self._backoff(delay))
-                delay = min(delay * 2, self.backoff_max)
+                await asyncio.sleep(backoff.next())
                 continue
             transport.set_write_buffer_limits(high=self.write_buffer_limit)
             self._transport = transport
@@ -341,10 +367,9 @@ class HepSender:
             if self._closing:
                 return
             if time.monotonic() - since >= _STABLE_AFTER:
-                delay = self.backoff_initial
+                backoff.reset()
             self._state = "backoff"
-            await asyncio.sleep(self._backoff(delay))
-            delay = min(delay * 2, self.backoff_max)
+            await asyncio.sleep(backoff.next())
 
     async def _pump(self, transport: asyncio.Transport, proto: _StreamProtocol) -> None:
         queue = self._queue
@@ -396,7 +421,7 @@ class HepSender:
     # -------------------------------------------------------------------- UDP
     async def _run_udp(self) -> None:
         assert self._loop is not None
-        delay = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
         while not self._closing:
             self._state = "resolving"
             try:
@@ -417,8 +442,7 @@ class HepSender:
                 self._connect_errors += 1
                 self._fail("cannot open the UDP socket", e)
                 self._state = "backoff"
-                await asyncio.sleep(self._backoff(delay))
-                delay = min(delay * 2, self.backoff_max)
+                await asyncio.sleep(backoff.next())
                 self._reconnects += 1
                 continue
             self._sock = sock
@@ -457,7 +481,7 @@ class HepSender:
                     self._bytes += len(data)
                     self._udp_ok += 1
                     if self._udp_ok == 2:
-                        self._udp_delay = self.backoff_initial
+                        self._udp_backoff.reset()
                         if self._state == "refused":
                             self._state = "connected"
                 queue.popleft()
@@ -474,14 +498,11 @@ class HepSender:
         self._dropped += len(self._queue)
         self._queue.clear()
         self._queued = 0
-        if self._udp_ok < 2:  # refused again soon after the last refusal
-            self._udp_delay = min(self._udp_delay * 2, self.backoff_max)
         self._udp_ok = 0
         self._udp_blocked = True
         self._state = "refused"
         assert self._loop is not None
-        self._udp_timer = self._loop.call_later(self._backoff(self._udp_delay),
-                                                self._udp_unblock)
+        self._udp_timer = self._loop.call_later(self._udp_backoff.next(), self._udp_unblock)
 
     def _udp_unblock(self) -> None:
         self._udp_timer = None

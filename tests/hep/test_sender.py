@@ -14,7 +14,7 @@ import uvloop
 from hep.codec import PacketTemplate, decode
 from hep.destination import HepDestination
 from hep.listen import Collector, serve
-from hep.sender import HepIdentity, HepSender, HepSenderGroup, SenderStats
+from hep.sender import Backoff, HepIdentity, HepSender, HepSenderGroup, SenderStats
 from tests.support.hep_collectors import StreamCollector, deaf_tcp_listener
 from tests.support.net import free_port
 from tests.support.pki import Pki
@@ -385,3 +385,19 @@ def test_group_sends_by_name_and_identity(run: Callable[[Awaitable[None]], None]
 
     run(scenario())
 
+
+
+def test_backoff_doubles_up_to_the_cap_and_resets() -> None:
+    b = Backoff(0.5, 4.0, jitter=0)
+    assert [b.next() for _ in range(6)] == [0.5, 1.0, 2.0, 4.0, 4.0, 4.0]
+    b.reset()
+    assert b.next() == 0.5
+    jittered = Backoff(1.0, 1.0)
+    assert all(0.8 <= jittered.next() <= 1.2 for _ in range(100))
+
+
+def test_identity_builds_templates() -> None:
+    ident = HepIdentity(capture_id=42, auth_key=b"k", node_name=b"n")
+    t = ident.template(src_ip="::1", dst_ip="::2", src_port=1, dst_port=2, ip_proto=6)
+    p = decode(t.encode(1, 2, b"x"))
+    assert (p.capture_id, p.auth_key, p.node_name, p.family) == (42, b"k", b"n", 10)
