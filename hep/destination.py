@@ -76,7 +76,7 @@ def parse_hep_id(text: str) -> HepDestination:
         raise ValueError(f"hep_id {text!r}: the destination name is empty")
     addr, *params = rest.split(";")
     addr = addr.strip()
-    if not addr or addr.startswith(":"):
+    if not addr or (addr.startswith(":") and addr.count(":") == 1):
         hint = ""
         try:
             ipaddress.IPv6Address(name)
