@@ -304,7 +304,7 @@ def test_tls_verification(run: Callable[[Awaitable[None]], None], pki: Pki, untr
             assert not s.connected and s.sent == 0 and s.queue_depth == 5
             assert "certificate verification failed" in (s.last_error or "")
             assert not col.packets
-        await sender.aclose()
+        await sender.aclose(timeout=0 if not delivered else 1)
         await col.stop()
 
     run(scenario())
@@ -334,7 +334,7 @@ def test_send_never_raises(run: Callable[[Awaitable[None]], None]) -> None:
         assert sender.stats.dropped == 2
         assert sender.send(packet(1)) is True  # before start(): queued
         await sender.start()
-        await sender.aclose()
+        await sender.aclose(timeout=0)
         assert sender.stats.dropped == 3 and sender.stats.state == "closed"
 
     run(scenario())
@@ -349,7 +349,7 @@ def test_unresolvable_udp_host_counts_and_drops(run: Callable[[Awaitable[None]],
         assert results == [True, True, True, False, False]
         await until(lambda: sender.stats.connect_errors >= 1, "resolution fails")
         assert not sender.stats.connected
-        await sender.aclose()
+        await sender.aclose(timeout=0)
         assert sender.stats.dropped == 5
 
     run(scenario())
@@ -379,7 +379,7 @@ def test_group_sends_by_name_and_identity(run: Callable[[Awaitable[None]], None]
         await col.wait(4)
         stats = group.stats()
         assert stats["homer"].sent == 4 and stats["down"].dropped == 1
-        await group.aclose()
+        await group.aclose(timeout=0.1)
         server.close()
         assert group.stats()["down"].dropped == 2  # the queued one, at close
 
