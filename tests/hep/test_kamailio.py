@@ -195,3 +195,22 @@ def test_harness_stops_everything(tmp_path: Path) -> None:
     k.stop()
     k.stop()  # idempotent
     assert all(p is not None and p.poll() is not None for p in procs)
+
+
+def test_mark_and_hep_id(kam: KamailioCapture) -> None:
+    mark = kam.mark()
+    hep_id = kam.hep_id("tcp", "::1")
+    assert hep_id == f"[kamailio][::1]:{kam.tcp_port};transport=tcp"
+    p = packets_for(Case("tcp", "::1", 4), 77)[0]
+
+    async def send() -> None:
+        s = HepSender(hep_id)
+        await s.start()
+        s.send(encode(p))
+        await s.aclose(timeout=5)
+        assert s.stats.sent == 1
+
+    asyncio.run(send())
+    rows = kam.wait_rows("sip_capture", 1, since=mark)
+    assert [r["micro_ts"] for r in rows] == [p.ts_sec * 1_000_000 + p.ts_usec]
+    assert kam.rows("sip_capture", "callid = ?", (rows[0]["callid"],))[0]["msg"] == p.payload

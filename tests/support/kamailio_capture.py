@@ -3,6 +3,8 @@
     with KamailioCapture(tmp_path / "kam") as kam:       # UDP, TCP and TLS, IPv4 and IPv6
         send HEP to ("127.0.0.1" or "::1", kam.udp_port / kam.tcp_port / kam.tls_port)
         rows = kam.wait_rows("sip_capture", 2)          # list of dicts, one per stored message
+        kam.hep_id("tls", "::1")   # "[kamailio][::1]:PORT;transport=tls" (CA: kam.ca_file)
+        mark = kam.mark(); ...; kam.wait_rows("sip_capture", 1, since=mark)   # only newer rows
 
 Kamailio 5.6 cannot take HEP over UDP and over TCP in one process: TCP needs the module's
 `nonsip_hook`, and with that hook HEP over UDP ends in "core parsing of SIP message failed"
@@ -347,21 +349,49 @@ class KamailioCapture:
                          for i in self._instances)
 
     # ------------------------------------------------------------------- queries
-    def rows(self, table: str = "sip_capture", where: str = "",
-             params: tuple[Any, ...] = ()) -> list[dict[str, Any]]:
+    def hep_id(self, transport: str = "udp", host: str = "127.0.0.1",
+               name: str = "kamailio") -> str:
+        """An OpenSIPS-style hep_id for one of the listeners, for tlstrace's configuration."""
+        port = {"udp": self.udp_port, "tcp": self.tcp_port, "tls": self.tls_port}[transport]
+        if not port or host not in self.hosts:
+            raise ValueError(f"no {transport} listener on {host}")
+        h = f"[{host}]" if ":" in host else host
+        return f"[{name}]{h}:{port};transport={transport}"
+
+    def mark(self) -> dict[tuple[str, str], int]:
+        """The last row id of every (instance, table): pass it as `since` to see newer rows."""
+        out = {}
+        for inst in self._instances:
+            db = sqlite3.connect(inst.db, timeout=5)
+            try:
+                for table in TABLES:
+                    row = db.execute(f"SELECT COALESCE(MAX(id), 0) FROM {table}").fetchone()
+                    out[(inst.name, table)] = int(row[0])
+            finally:
+                db.close()
+        return out
+
+    def rows(self, table: str = "sip_capture", where: str = "", params: tuple[Any, ...] = (),
+             since: dict[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
         """Rows of `table` from every instance (dicts, with `instance`), by micro_ts then id.
 
-        `where` is an SQL condition ("callid = ?") with `params`. `msg` is bytes.
+        `where` is an SQL condition ("callid = ?") with `params`; `since` (from `mark()`)
+        keeps only newer rows. `msg` is bytes. Empty columns may be NULL or "".
         """
         if table not in TABLES:
             raise ValueError(f"unknown table {table!r}")
         out: list[dict[str, Any]] = []
         for inst in self._instances:
-            db = sqlite3.connect(inst.db, timeout=5)
+            cond = [f"({where})"] if where else []
+            args = list(params)
+            if since is not None:
+                cond.append("id > ?")
+                args.append(since.get((inst.name, table), 0))
+            sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(cond) if cond else "")
+            db = sqlite3.connect(inst.db, timeout=5)  # WAL: reading never blocks Kamailio
             try:
                 db.row_factory = sqlite3.Row
-                sql = f"SELECT * FROM {table}" + (f" WHERE {where}" if where else "")
-                for r in db.execute(sql, params):
+                for r in db.execute(sql, args):
                     row = dict(r)
                     if isinstance(row.get("msg"), str):
                         row["msg"] = row["msg"].encode()
@@ -373,11 +403,12 @@ class KamailioCapture:
         return out
 
     def wait_rows(self, table: str, count: int, *, where: str = "", params: tuple[Any, ...] = (),
+                  since: dict[tuple[str, str], int] | None = None,
                   timeout: float = 10.0) -> list[dict[str, Any]]:
         """Poll until `table` has at least `count` matching rows; return them all."""
         deadline = time.monotonic() + timeout
         while True:
-            rows = self.rows(table, where, params)
+            rows = self.rows(table, where, params, since)
             if len(rows) >= count:
                 return rows
             for inst in self._instances:
