@@ -131,7 +131,7 @@ def _parse_ip(name: str, text: object) -> tuple[int, bytes]:
         raise TypeError(f"{name} must be an IP address as text, not {type(text).__name__}")
     try:
         return 4, inet_pton(_AF4, text)
-    except OSError:
+    except (OSError, ValueError):  # ValueError: an embedded NUL
         pass
     if "%" in text:
         raise ValueError(f"{name} = {text!r}: HEP cannot carry an IPv6 scope id")
