@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import resource
 import signal
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvloop
 
 from hep.destination import parse_hep_ids
 from hep.sender import HepSender, HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
+from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
@@ -20,6 +23,9 @@ from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import sweep_forever
 from tlstrace.tls.contexts import ServerContexts, build_server_contexts
 from tlstrace.trace.tracer import TraceManager
+
+if TYPE_CHECKING:
+    from api.server import ApiServer
 
 log = logging.getLogger("tlstrace")
 
@@ -46,6 +52,9 @@ class Sidecar:
         self.outbound: list[OutboundListener] = []
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self.metrics = make_registry(self)
+        self.api: ApiServer | None = None
+        self._api_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -65,6 +74,7 @@ class Sidecar:
                 where = "--listen" if self.overrides and self.overrides.listen else self.source
                 raise StartupError(f"{where}: listener[{i}].listen: cannot listen on "
                                    f"{li.listen}: {e.strerror or e}") from None
+        await self._start_api()
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         await self.senders.start()
         for sender in self.senders:
@@ -87,6 +97,24 @@ class Sidecar:
             log.info("listening on %s: relaying over TLS to %s (client domain %s)",
                      out.listener.listen, out.listener.peer,
                      out.listener.client_domain or "default")
+
+    async def _start_api(self) -> None:
+        address = self.config.api_address
+        if address is None:
+            return
+        from api.app import create_app
+        from api.server import bind, make_server
+
+        try:
+            sock = bind(*address)
+        except OSError as e:
+            self.close_listeners()
+            raise StartupError(f"{self.source}: api_listen: cannot listen on "
+                               f"{self.config.api_listen}: {e.strerror or e}") from None
+        self.api = make_server(create_app(self))
+        self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
+        log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
+                 "bearer token required" if self.config.api_token else "no token")
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the configuration file and the certificates. New connections get the new
@@ -141,6 +169,10 @@ class Sidecar:
                 transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.api is not None and self._api_task is not None:
+            self.api.should_exit = True
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._api_task, 3)
         await self.senders.aclose()
         self.stopped.set()
 

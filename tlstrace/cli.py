@@ -36,6 +36,8 @@ def build_parser() -> argparse.ArgumentParser:
         help="HEP destination '[name]HOST:PORT;transport=udp|tcp|tls' (repeatable)",
     )
     run.add_argument("--trace", action="store_true", help="start with tracing on")
+    run.add_argument("--api", metavar="HOST:PORT",
+                     help="where the REST API and /metrics listen ('off': nowhere)")
     run.add_argument(
         "--trace-keys", action="store_true",
         help="put the TLS session keys in the traced events (secrets leave the process)",
@@ -71,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     overrides = Overrides(
         listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
         state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
-        trace_keys=args.trace_keys,
+        trace_keys=args.trace_keys, api=args.api,
     )
     try:
         config = load_config(args.config, overrides)

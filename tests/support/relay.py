@@ -55,7 +55,8 @@ class RelayProcess:
                  wait: bool = True, env: dict[str, str] | None = None) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        config = {"state_dir": str(workdir / "state"), **config}
+        config = {"state_dir": str(workdir / "state"),
+                  "api_listen": f"127.0.0.1:{free_port()}", **config}
         self.config = config
         self.config_path = workdir / "tlstrace.toml"
         self.config_path.write_text(to_toml(config))
@@ -74,6 +75,10 @@ class RelayProcess:
         port = free_port()
         return {"listen": f"tls:127.0.0.1:{port}", "backend": f"tcp:127.0.0.1:{backend_port}",
                 **extra}
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self.config['api_listen']}"
 
     def port(self, index: int = 0) -> int:
         return int(str(self.config["listener"][index]["listen"]).rsplit(":", 1)[1])

@@ -5,6 +5,7 @@ Any problem becomes a `ConfigError` naming where (file or flag), which key, and 
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from collections.abc import Sequence
@@ -44,12 +45,14 @@ class Overrides:
     hep: Sequence[str] = ()
     trace: bool = False
     trace_keys: bool = False
+    api: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: Path | None = None, overrides: Overrides | None = None) -> Config:
     source = str(path) if path else "defaults"
     data: dict[str, Any] = {}
+    token = os.environ.get("TLSTRACE_API_TOKEN")
     if path is not None:
         try:
             with open(path, "rb") as f:
@@ -64,6 +67,8 @@ def load_config(path: Path | None = None, overrides: Overrides | None = None) ->
             raise ConfigError(source, "(syntax)", "not UTF-8 text") from None
     if overrides is not None:
         data = _apply_overrides(data, overrides)
+    if token and "api_token" not in data:
+        data = {**data, "api_token": token}
     return validate(data, source)
 
 
@@ -154,6 +159,16 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
         data["trace_on"] = True
     if o.trace_keys:
         data["trace_keys"] = True
+    if o.api is not None:
+        api = "" if o.api == "off" else o.api
+        if api:
+            from tlstrace.config.model import api_address
+
+            try:
+                api_address(api)
+            except ValueError as e:
+                raise ConfigError("--api", "api_listen", str(e)) from None
+        data["api_listen"] = api
     if o.state_dir is not None:
         data["state_dir"] = str(o.state_dir)
     if o.log_level is not None:

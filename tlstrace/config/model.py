@@ -251,6 +251,12 @@ class Config(_Model):
     trace_filter: list[TraceRule] = []
     #: What happens to a connection no rule matches.
     trace_filter_default: Literal["allow", "deny"] = "allow"
+    # -- control API ---------------------------------------------------------------------
+    #: HOST:PORT of the REST API and /metrics ("" turns it off). Loopback by default.
+    api_listen: str = "127.0.0.1:8080"
+    #: Bearer token required on every endpoint but /healthz and /readyz; unset: no token
+    #: (the environment variable TLSTRACE_API_TOKEN sets it too).
+    api_token: str | None = None
     listener: list[Listener] = Field(
         default_factory=lambda: [Listener.model_validate(DEFAULT_LISTENER)]
     )
@@ -296,6 +302,17 @@ class Config(_Model):
                 )
         return self
 
+    @field_validator("api_listen")
+    @classmethod
+    def _api_listen(cls, value: str) -> str:
+        if value:
+            api_address(value)
+        return value
+
+    @property
+    def api_address(self) -> tuple[str, int] | None:
+        return api_address(self.api_listen) if self.api_listen else None
+
     def _check_tracing(self) -> None:
         from hep.destination import parse_hep_ids
 
@@ -323,6 +340,14 @@ class Config(_Model):
             if d.name == wanted:
                 return d
         return ClientDomain(name=wanted)
+
+
+def api_address(text: str) -> tuple[str, int]:
+    """Parse HOST:PORT (IPv6 in brackets) of the API."""
+    ep = parse_endpoint(f"tcp:{text}")
+    if not ep.is_ip:
+        raise ValueError(f"{text!r}: the API listens on an IP address")
+    return ep.host, ep.port
 
 
 def _unique(key: str, names: list[str]) -> None:

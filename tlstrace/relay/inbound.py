@@ -115,9 +115,11 @@ class InboundTls(TlsLeg):
         except (OSError, TimeoutError) as e:
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
+            relay.upstream_result(str(backend), "backend", False, why)
             log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why)
             self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
             return
+        relay.upstream_result(str(backend), "backend", True)
         if self.closed:
             leg.close(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF)
             return

@@ -126,6 +126,7 @@ class PeerLink:
         except (OSError, TimeoutError) as e:
             why = str(e) or type(e).__name__
             log.warning("peer %s unreachable: %s", self.peer, why)
+            relay.upstream_result(str(self.peer), "peer", False, why)
             dropped = leg.outq_msgs
             relay.stats.dropped_messages["peer_unreachable"] += dropped
             relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
@@ -135,6 +136,8 @@ class PeerLink:
             leg.closed = True
             if self.tls is leg:
                 self.tls = None
+            return
+        relay.upstream_result(str(self.peer), "peer", True)
 
     # -- Partner interface for the pooled TLS leg ----------------------------------------------
 

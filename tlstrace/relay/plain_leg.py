@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from typing import TYPE_CHECKING, cast
 
 from tlstrace.relay.connection import CloseReason
@@ -46,6 +47,7 @@ class PlainLeg(asyncio.Protocol):
         self.relay.register(self)
 
     def data_received(self, data: bytes) -> None:
+        started = time.perf_counter()
         out: list[bytes] = []
         nmsgs = 0
         for ev in self.framer.feed(data):
@@ -69,6 +71,7 @@ class PlainLeg(asyncio.Protocol):
             self.partial_since = 0.0
         if out and self.partner is not None:
             self.partner.send(out, nmsgs)
+            self.relay.stats.relay_seconds.observe(time.perf_counter() - started)
 
     def eof_received(self) -> bool | None:
         return None

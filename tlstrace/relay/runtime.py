@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import ssl
+import time
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 from tlstrace.config import Config
@@ -16,6 +18,16 @@ from tlstrace.tls.keylog import KeyLogTap
 if TYPE_CHECKING:
     from tlstrace.relay.outbound import PeerPool
     from tlstrace.relay.tls_leg import TlsLeg
+
+
+@dataclass
+class UpstreamStatus:
+    """The last connection attempt to a backend or peer."""
+
+    role: str  # "backend" or "peer"
+    ok: bool
+    at: float
+    error: str = ""
 
 
 class Leg(Protocol):
@@ -49,6 +61,11 @@ class Relay:
         self.pool: PeerPool = PeerPool(self)
         self.shutting_down = False
         self.tasks: set[asyncio.Task[None]] = set()
+        #: by endpoint text ("tcp:127.0.0.1:5060")
+        self.upstreams: dict[str, UpstreamStatus] = {}
+
+    def upstream_result(self, endpoint: str, role: str, ok: bool, error: str = "") -> None:
+        self.upstreams[endpoint] = UpstreamStatus(role, ok, time.time(), error)
 
     def prepare_context(self, ctx: ssl.SSLContext) -> None:
         """Hook a context into key logging, when keys are enabled."""

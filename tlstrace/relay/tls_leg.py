@@ -286,6 +286,7 @@ class TlsLeg(asyncio.Protocol):
     # -- reading -------------------------------------------------------------------------------
 
     def _read(self) -> None:
+        started = time.perf_counter()
         obj = self.obj
         assert obj is not None
         feed = self.framer.feed
@@ -339,9 +340,9 @@ class TlsLeg(asyncio.Protocol):
         else:
             self.partial_since = 0.0
         if out:
-            self._deliver(out, nmsgs)
+            self._deliver(out, nmsgs, started)
 
-    def _deliver(self, out: list[bytes], nmsgs: int) -> None:
+    def _deliver(self, out: list[bytes], nmsgs: int, started: float = 0.0) -> None:
         if not out:
             return
         conn = self.conn
@@ -357,6 +358,8 @@ class TlsLeg(asyncio.Protocol):
         partner = self.partner
         if partner is not None and not self.pending:
             partner.send(out, nmsgs)
+            if started:
+                self.relay.stats.relay_seconds.observe(time.perf_counter() - started)
         else:
             self._queue(out, nmsgs)
 

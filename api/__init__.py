@@ -1,0 +1,1 @@
+"""The REST API: tracing control, filters, connections, destinations, reload, health, metrics."""

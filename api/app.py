@@ -1,0 +1,212 @@
+"""The FastAPI application; it runs in the sidecar's own event loop (see `api.server`)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from fastapi import FastAPI, HTTPException, Path, Query, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api import models
+from api.auth import token_middleware
+from tlstrace import __version__
+from tlstrace.config import Endpoint
+from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.inbound import InboundListener
+from tlstrace.relay.outbound import OutboundListener
+from tlstrace.trace.filters import TraceFilter
+
+if TYPE_CHECKING:
+    from tlstrace.app import Sidecar
+
+#: a backend connection that worked this recently counts as reachable without a probe
+RECENT = 10.0
+ConnId = Annotated[int, Path(ge=0, le=2**64 - 1, description="connection id")]
+
+
+def _addr(addr: tuple[str, int]) -> str:
+    host, port = addr
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
+    peer = conn.peer_cert
+    fields = {
+        "id": str(conn.id), "direction": conn.direction, "state": conn.state,
+        "listener": conn.listener, "remote": _addr(conn.remote), "local": _addr(conn.local),
+        "sni": conn.sni, "tls_version": conn.tls_version, "cipher": conn.cipher,
+        "alpn": conn.alpn, "resumed": conn.resumed, "handshake_ms": conn.handshake_ms,
+        "peer_subject": peer.subject if peer else None,
+        "age_seconds": round(time.time() - conn.started, 3),
+        "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
+        "messages_in": conn.msgs_in, "messages_out": conn.msgs_out, "traced": conn.traced,
+    }
+    if not detail:
+        return models.ConnectionInfo(**fields)  # type: ignore[arg-type]
+    local = conn.local_cert
+    return models.ConnectionDetail(
+        **fields,  # type: ignore[arg-type]
+        peer_certificate=models.Certificate(**peer.as_dict()) if peer else None,
+        local_certificate=models.Certificate(**local.as_dict()) if local else None,
+    )
+
+
+def create_app(sidecar: Sidecar) -> FastAPI:
+    app = FastAPI(
+        title="tlstrace", version=__version__,
+        description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
+                    "configured, every endpoint but /healthz and /readyz needs "
+                    "`Authorization: Bearer <token>`.",
+        dependencies=[],
+    )
+    app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
+    problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
+                                                 401: {"model": models.Problem}}
+
+    @app.get("/api/trace", response_model=models.TraceState, tags=["tracing"],
+             responses={401: problems[401]})
+    def get_trace() -> models.TraceState:
+        tracing = sidecar.tracing
+        return models.TraceState(
+            tracing="on" if tracing.enabled else "off",
+            destinations=[s.dest.name for s in sidecar.senders],
+            keys=sidecar.config.trace_keys,
+            filter_rules=len(tracing.filter.rules),
+            traced_connections=sum(1 for c in sidecar.relay.connections.values() if c.traced),
+        )
+
+    @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
+             responses={409: {"model": models.Problem}, 401: problems[401]})
+    def put_trace(body: models.TraceSwitch) -> models.TraceState:
+        """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command."""
+        on = body.tracing == "on"
+        if on and not len(sidecar.senders):
+            raise HTTPException(409, "no HEP destination is configured (hep_id)")
+        sidecar.tracing.set_enabled(on)
+        return get_trace()
+
+    @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
+             responses={401: problems[401]})
+    def get_filters() -> models.TraceFilters:
+        f = sidecar.tracing.filter
+        return models.TraceFilters(rules=f.rules, default=f.default)
+
+    @app.put("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
+             responses={401: problems[401]})
+    def put_filters(body: models.TraceFilters) -> models.TraceFilters:
+        """Replace the rules; they decide for connections whose handshake ends from now on.
+        A rule set that does not validate is refused (422) and the old one stays."""
+        sidecar.tracing.set_filter(TraceFilter(body.rules, body.default))
+        return get_filters()
+
+    @app.get("/api/connections", response_model=list[models.ConnectionInfo],
+             tags=["connections"], responses={401: problems[401]})
+    def list_connections(
+        direction: Literal["inbound", "outbound"] | None = None,
+        traced: bool | None = None,
+        limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
+    ) -> list[models.ConnectionInfo]:
+        out = []
+        for conn in list(sidecar.relay.connections.values()):
+            if direction is not None and conn.direction != direction:
+                continue
+            if traced is not None and conn.traced != traced:
+                continue
+            out.append(_info(conn))
+            if len(out) >= limit:
+                break
+        return out
+
+    def _find(conn_id: int) -> Connection:
+        conn = sidecar.relay.connections.get(conn_id)
+        if conn is None:
+            raise HTTPException(404, f"no open connection {conn_id}")
+        return conn
+
+    @app.get("/api/connections/{conn_id}", response_model=models.ConnectionDetail,
+             tags=["connections"], responses=problems)
+    def get_connection(conn_id: ConnId) -> models.ConnectionInfo:
+        return _info(_find(conn_id), detail=True)
+
+    @app.delete("/api/connections/{conn_id}", status_code=204, tags=["connections"],
+                responses=problems)
+    def close_connection(conn_id: ConnId) -> Response:
+        """Close a connection (close_notify, then its backend after pending data)."""
+        _find(conn_id)
+        sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API)
+        return Response(status_code=204)
+
+    @app.get("/api/destinations", response_model=list[models.Destination], tags=["tracing"],
+             responses={401: problems[401]})
+    def destinations() -> list[models.Destination]:
+        return [
+            models.Destination(
+                name=s.name, transport=s.transport, address=s.address, state=s.state,
+                connected=s.connected, sent=s.sent, dropped=s.dropped,
+                send_errors=s.send_errors, connect_errors=s.connect_errors,
+                reconnects=s.reconnects, queue_depth=s.queue_depth, last_error=s.last_error,
+            )
+            for s in sidecar.senders.stats().values()
+        ]
+
+    @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
+              responses={409: {"model": models.ReloadResult}, 401: problems[401]})
+    def reload(response: Response) -> models.ReloadResult:
+        """Re-read the configuration file and the certificates, as SIGHUP does. New
+        connections get the new certificates; open ones keep theirs. On any error nothing
+        changes (409, with the reason)."""
+        ok, message = sidecar.reload()
+        if not ok:
+            response.status_code = 409
+        return models.ReloadResult(reloaded=ok, message=message)
+
+    @app.get("/healthz", response_model=models.Health, tags=["health"])
+    def healthz() -> models.Health:
+        return models.Health(status="ok")
+
+    @app.get("/readyz", response_model=models.Readiness, tags=["health"],
+             responses={503: {"model": models.Readiness}})
+    async def readyz(response: Response) -> models.Readiness:
+        """Ready when every listener is up and every backend accepts TCP connections."""
+        checks: dict[str, str] = {}
+        listeners: list[InboundListener | OutboundListener] = [*sidecar.inbound,
+                                                               *sidecar.outbound]
+        for lst in listeners:
+            up = lst.server is not None and lst.server.is_serving()
+            checks[f"listener {lst.listener.listen}"] = "up" if up else "down"
+        backends = {li.backend for li in sidecar.config.listener if li.backend is not None}
+        results = await asyncio.gather(*(_reachable(sidecar, b) for b in backends))
+        for backend, result in zip(backends, results, strict=True):
+            checks[f"backend {backend}"] = result
+        ready = all(v in ("up", "reachable") for v in checks.values())
+        if not ready:
+            response.status_code = 503
+        return models.Readiness(ready=ready, checks=checks)
+
+    @app.get("/metrics", tags=["health"], response_class=Response,
+             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    def metrics() -> Response:
+        return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+async def _reachable(sidecar: Sidecar, backend: Endpoint) -> str:
+    relay = sidecar.relay
+    status = relay.upstreams.get(str(backend))
+    if status is not None and status.ok and time.time() - status.at < RECENT:
+        return "reachable"
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(backend.host, backend.port),
+                                           1.0)
+    except (OSError, TimeoutError) as e:
+        relay.upstream_result(str(backend), "backend", False, str(e) or type(e).__name__)
+        return f"unreachable: {e or type(e).__name__}"
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    relay.upstream_result(str(backend), "backend", True)
+    return "reachable"
