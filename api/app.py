@@ -7,8 +7,11 @@ import contextlib
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
-from fastapi import FastAPI, HTTPException, Path, Query, Response
+from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
+from fastapi.exception_handlers import http_exception_handler
+from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
 from api.auth import token_middleware
@@ -22,8 +25,6 @@ from tlstrace.trace.filters import TraceFilter
 if TYPE_CHECKING:
     from tlstrace.app import Sidecar
 
-#: a backend connection that worked this recently counts as reachable without a probe
-RECENT = 10.0
 ConnId = Annotated[int, Path(ge=0, le=2**64 - 1, description="connection id")]
 
 
@@ -63,6 +64,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         dependencies=[],
     )
     app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
+    app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
                                                  401: {"model": models.Problem}}
 
@@ -79,7 +81,8 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         )
 
     @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
-             responses={409: {"model": models.Problem}, 401: problems[401]})
+             responses={409: {"model": models.Problem}, 401: problems[401],
+                        400: {"model": models.Problem}})
     def put_trace(body: models.TraceSwitch) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command."""
         on = body.tracing == "on"
@@ -95,7 +98,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         return models.TraceFilters(rules=f.rules, default=f.default)
 
     @app.put("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
-             responses={401: problems[401]})
+             responses={401: problems[401], 400: {"model": models.Problem}})
     def put_filters(body: models.TraceFilters) -> models.TraceFilters:
         """Replace the rules; they decide for connections whose handshake ends from now on.
         A rule set that does not validate is refused (422) and the old one stays."""
@@ -194,11 +197,21 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     return app
 
 
+async def _with_allow_header(request: Request, exc: Exception) -> Response:
+    """Starlette's 405 lacks the Allow header RFC 9110 asks for; add it."""
+    assert isinstance(exc, StarletteHTTPException)
+    response = await http_exception_handler(request, exc)
+    if exc.status_code == 405:
+        allowed: set[str] = set()
+        for route in request.app.routes:
+            if isinstance(route, APIRoute) and route.path_regex.match(request.url.path):
+                allowed |= route.methods or set()
+        response.headers["Allow"] = ", ".join(sorted(allowed))
+    return response
+
+
 async def _reachable(sidecar: Sidecar, backend: Endpoint) -> str:
     relay = sidecar.relay
-    status = relay.upstreams.get(str(backend))
-    if status is not None and status.ok and time.time() - status.at < RECENT:
-        return "reachable"
     try:
         _, writer = await asyncio.wait_for(asyncio.open_connection(backend.host, backend.port),
                                            1.0)

@@ -85,8 +85,11 @@ class RelayProcess:
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
-        for li in self.config.get("listener", []):
-            host, port = str(li["listen"]).split(":", 1)[1].rsplit(":", 1)
+        addresses = [str(li["listen"]) for li in self.config.get("listener", [])]
+        if self.config.get("api_listen"):
+            addresses.append(f"tcp:{self.config['api_listen']}")
+        for address in addresses:
+            host, port = address.split(":", 1)[1].rsplit(":", 1)
             host = host.strip("[]")
             while True:
                 if self.proc.poll() is not None:

@@ -104,15 +104,18 @@ class ClientDomain(_Model):
         return self
 
 
+_NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
+
+
 class TraceRule(_Model):
     """One trace filter rule; the first rule whose given fields all match decides."""
 
     action: Literal["allow", "deny"]
     #: remote address or network (CIDR) of the connection's peer
-    remote: str | None = None
+    remote: str | None = Field(None, pattern=_NETWORK_PATTERN, examples=["10.0.0.0/8"])
     remote_port: int | None = Field(None, ge=1, le=65535)
     #: tlstrace's own address (listener, or the local side of an outbound connection)
-    local: str | None = None
+    local: str | None = Field(None, pattern=_NETWORK_PATTERN, examples=["192.0.2.10"])
     local_port: int | None = Field(None, ge=1, le=65535)
     #: SNI glob, case-insensitive; "none" matches connections without SNI
     sni: str | None = None

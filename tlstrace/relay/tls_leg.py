@@ -38,8 +38,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 _READ_SIZE = 65536
-_QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE,
-                            CloseReason.CLOSED_BY_API})
+_QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE})
 
 
 class TlsLeg(asyncio.Protocol):
