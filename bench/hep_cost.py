@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import socket
 import statistics
 import subprocess
@@ -208,7 +209,8 @@ def main(argv: list[str] | None = None) -> int:
 
     print(f"HEP cost per packet: {len(PAYLOAD)}-byte SIP payload, "
           f"{len(TEMPLATE.encode(0, 0, PAYLOAD, CALL_ID))}-byte HEP packet, "
-          f"Python {sys.version.split()[0]}, {args.loop}")
+          f"Python {sys.version.split()[0]}, {args.loop}, load average "
+          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
     print()
     print(f"{'encode':<32}{'µs/packet':>10}")
     for label, us in bench_encode(args.packets):
