@@ -333,7 +333,9 @@ class TlsLeg(asyncio.Protocol):
             self._flush()
         now = self.relay.loop.time()
         self.last_activity = now
-        if self.framer.buffered:
+        # an incomplete TLS record counts as a partial message too (a slow-loris that drips
+        # one record byte by byte never reaches the framer)
+        if self.framer.buffered or self.incoming.pending:
             if not self.partial_since:
                 self.partial_since = now
         else:
