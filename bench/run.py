@@ -130,7 +130,8 @@ class Bench:
         result: dict[str, Any] = json.loads(lines[-1])
         for c in target.children:
             if not c.alive():
-                raise ProcessError(f"{c.name} died during the run:\n{c.log_tail()}")
+                raise ProcessError(f"{c.name} died during the run ({_exit_text(c)}):\n"
+                                   f"{c.log_tail()}")
         return result
 
     # -- persistent and handshake ----------------------------------------------------------
@@ -254,7 +255,8 @@ class Bench:
             fds = [open_fds(c.pid) for c in measured]
             for c in measured:
                 if not c.alive():
-                    raise ProcessError(f"{c.name} died holding the connections:\n{c.log_tail()}")
+                    raise ProcessError(f"{c.name} died holding the connections "
+                                       f"({_exit_text(c)}):\n{c.log_tail()}")
             held = opened["held"]
             delta = sum(after) - sum(before)
             return {
@@ -276,6 +278,16 @@ class Bench:
             if target is not None:
                 stop_target(target, self.procs)
             self.procs.stop(responder)
+
+
+def _exit_text(c: Child) -> str:
+    rc = c.popen.returncode
+    if rc is not None and rc < 0:
+        try:
+            return f"killed by {signal.Signals(-rc).name}"
+        except ValueError:
+            return f"killed by signal {-rc}"
+    return f"exit status {rc}"
 
 
 def _read_line(child: Child, timeout: float) -> str:

@@ -8,6 +8,7 @@ which is started only when a selected variant needs it. Adding a column is one l
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -92,9 +93,14 @@ def make_pki(workdir: Path) -> Pki:
 
 def tlstrace_config(path: Path, *, port: int, backend_port: int, pki: Pki, state_dir: Path,
                     processes: int, max_conns: int) -> None:
+    # the control API (when this tlstrace has one) gets its own free port in each process
+    from tlstrace.config.model import Config
+
+    api = f'api_listen = "127.0.0.1:{free_port()}"\n' if "api_listen" in Config.model_fields \
+        else ""
     path.write_text(
         f"""# written by bench: {processes} process(es) sharing the port
-reuse_port = {"true" if processes > 1 else "false"}
+{api}reuse_port = {"true" if processes > 1 else "false"}
 tcp_max_connections = {max_conns}
 tcp_connection_lifetime = 3600.0
 log_level = "warning"
@@ -144,18 +150,24 @@ def start_target(variant: Variant, procs: Procs, workdir: Path, pki: Pki, *, bac
         return Target(variant, "tcp", backend_port)
     port = free_port()
     target = Target(variant, "tls", port)
+    # a crash in C code (OpenSSL, uvloop) leaves a stack in the relay's log
+    env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     name = f"{variant.name}{tag}"
     per_process = 9990 if processes > 1 else 8192  # the fd limit is 20,000, 2 fds a connection
     try:
         if variant.kind == "tlstrace":
-            cfg = workdir / f"{name}.toml"
-            tlstrace_config(cfg, port=port, backend_port=backend_port, pki=pki,
-                            state_dir=workdir / "state", processes=processes,
-                            max_conns=per_process)
             extra = [a.replace("{hep}", hep or "") for a in variant.relay_args]
             if variant.needs_hep and hep is None:
                 raise ProcessError(f"{variant.name} needs the HEP sink")
-            argv = [sys.executable, "-m", "tlstrace", "run", "--config", str(cfg), *extra]
+            argvs = []
+            for i in range(processes):
+                # one file per process: each needs its own API port, if the API exists
+                cfg = workdir / f"{name}.{i}.toml"
+                tlstrace_config(cfg, port=port, backend_port=backend_port, pki=pki,
+                                state_dir=workdir / "state", processes=processes,
+                                max_conns=per_process)
+                argvs.append([sys.executable, "-m", "tlstrace", "run", "--config", str(cfg),
+                              *extra])
         elif variant.kind == "haproxy":
             exe = haproxy_path()
             if exe is None:
@@ -163,11 +175,12 @@ def start_target(variant: Variant, procs: Procs, workdir: Path, pki: Pki, *, bac
             cfg = workdir / f"{name}.cfg"
             haproxy_config(cfg, port=port, backend_port=backend_port, pki=pki,
                            maxconn=9000 if processes > 1 else 8192)
-            argv = [exe, "-db", "-f", str(cfg)]
+            argvs = [[exe, "-db", "-f", str(cfg)]] * processes
         else:
             raise ValueError(variant.kind)
-        for i in range(processes):
-            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU}))
+        for i, argv in enumerate(argvs):
+            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU},
+                                               env=env))
             # the first must bind before the second, or both race on SO_REUSEPORT checks
             wait_listening(port, target.children, count=i + 1)
         if processes > 1:
