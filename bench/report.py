@@ -41,7 +41,7 @@ def header(meta: dict[str, Any]) -> None:
     print("tlstrace benchmark")
     print(f"  {meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}; "
           f"Python {meta['python']}, uvloop {meta['uvloop']}, {meta['openssl']}")
-    print(f"  baseline: {meta['haproxy'] or 'HAProxy not installed (no haproxy column)'}")
+    print(f"  baseline: {meta['haproxy'] or 'HAProxy not run (not installed, or --no-haproxy)'}")
     print("  load generator + SIP responder pinned to core 0; the relay alone on core 1;"
           " relay CPU = utime+stime over the window / operations")
     print(f"  load average at start: {' '.join(meta['loadavg'])}")
@@ -175,4 +175,4 @@ def verdicts(scenarios: dict[str, Any], have_haproxy: bool) -> None:
         line("memory per idle TLS connection", get("memory", "tlstrace", "kib_per_conn"),
              KIB_PER_IDLE_CONN_MAX, " KiB")
     if not have_haproxy:
-        print("  (HAProxy not installed: the ratio targets cannot be checked)")
+        print("  (HAProxy not run: the ratio targets cannot be checked)")
