@@ -46,9 +46,12 @@ def test_pingpong_off_passes_the_ping_to_the_backend(relay_factory: Factory,
         client.send(request())
         client.recv_messages(1)
         client.send(b"\r\n\r\n")
+        deadline = time.monotonic() + 5
+        while not backend.conns[0].keepalives and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert backend.conns[0].keepalives == [b"\r\n\r\n"]
         backend.send(0, b"\r\n")  # the backend's own pong comes back through
         assert client.recv_keepalive() == b"\r\n"
-    assert backend.conns[0].keepalives == [b"\r\n\r\n"]
 
 
 @pytest.mark.parametrize("drop", [False, True])

@@ -145,8 +145,12 @@ class SipBackend:
                 c.transport.abort()
             self.loop.stop()
 
+        if self.loop.is_closed():
+            return
         self.loop.call_soon_threadsafe(_stop)
         self.thread.join(10)
+        if not self.thread.is_alive():
+            self.loop.close()
 
     def __enter__(self) -> SipBackend:
         return self

@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.leg import BaseLeg
 from tlstrace.relay.partner import Partner
 from tlstrace.sip.framing import FramingError, KeepAlive, Message, SipFramer
 
@@ -17,31 +18,21 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 
-class PlainLeg(asyncio.Protocol):
+class PlainLeg(BaseLeg):
     """Frames SIP from a TCP peer and hands it to the partner; writes the partner's SIP."""
-
-    transport: asyncio.Transport
 
     def __init__(self, relay: Relay, partner: Partner | None, *, name: str,
                  preamble: bytes = b"") -> None:
-        self.relay = relay
+        super().__init__(relay)
         self.partner = partner
         self.name = name  # "backend" or "local", for logs
         self.preamble = preamble
         # the SIP server side is trusted with keep-alives: relay them as they are
         self.framer = SipFramer(max_msg_size=relay.config.max_msg_size, pingpong=False,
                                 crlf_drop=False, max_chunks=None)
-        self.closed = False
-        self.live = False  # a usable transport is attached
-        self.partial_since = 0.0
-        self.blocked_since = 0.0
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
-        self.live = True
-        limit = self.relay.config.conn_buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        transport = self.attach(transport)
         if self.preamble:
             transport.write(self.preamble)
         self.relay.register(self)
@@ -64,11 +55,7 @@ class PlainLeg(asyncio.Protocol):
                 self.relay.stats.framing_errors[f"{self.name}_{ev.kind.value}"] += 1
                 self.close(CloseReason.FRAMING_ERROR, f"from {self.name}: {ev.detail}")
                 return
-        if self.framer.buffered:
-            if not self.partial_since:
-                self.partial_since = self.relay.loop.time()
-        else:
-            self.partial_since = 0.0
+        self.note_partial(bool(self.framer.buffered))
         if out and self.partner is not None:
             self.partner.send(out, nmsgs)
             self.relay.stats.relay_seconds.observe(time.perf_counter() - started)
@@ -83,16 +70,6 @@ class PlainLeg(asyncio.Protocol):
             self.close(CloseReason.BACKEND_GONE,
                        f"{self.name} closed the connection" + (f": {exc}" if exc else ""))
 
-    def pause_writing(self) -> None:
-        self.blocked_since = self.relay.loop.time()
-        if self.partner is not None:
-            self.partner.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.blocked_since = 0.0
-        if self.partner is not None:
-            self.partner.resume_reading()
-
     # -- Partner interface ---------------------------------------------------------------------
 
     def send(self, chunks: list[bytes], nmsgs: int) -> None:
@@ -102,14 +79,6 @@ class PlainLeg(asyncio.Protocol):
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.partner = None
         self.close(reason, detail)
-
-    def pause_reading(self) -> None:
-        if self.live:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.live and not self.closed:
-            self.transport.resume_reading()
 
     # -- closing -------------------------------------------------------------------------------
 
@@ -123,14 +92,3 @@ class PlainLeg(asyncio.Protocol):
         partner, self.partner = self.partner, None
         if partner is not None:
             partner.partner_closed(reason, detail)
-
-    def check_timeouts(self, now: float) -> None:
-        cfg = self.relay.config
-        if self.closed:
-            return
-        if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
-            self.close(CloseReason.SEND_TIMEOUT,
-                       f"{self.name} left data unread for over {cfg.tls_send_timeout} ms")
-        elif self.partial_since and now - self.partial_since > cfg.tcp_max_msg_time:
-            self.close(CloseReason.MESSAGE_TIMEOUT,
-                       f"incomplete message from {self.name}")

@@ -6,7 +6,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
@@ -16,6 +16,7 @@ from tlstrace.tls.contexts import ClientContexts
 from tlstrace.tls.keylog import KeyLogTap
 
 if TYPE_CHECKING:
+    from tlstrace.relay.leg import BaseLeg
     from tlstrace.relay.outbound import PeerPool
     from tlstrace.relay.tls_leg import TlsLeg
 
@@ -28,14 +29,6 @@ class UpstreamStatus:
     ok: bool
     at: float
     error: str = ""
-
-
-class Leg(Protocol):
-    closed: bool
-
-    def check_timeouts(self, now: float) -> None: ...
-
-    def close(self, reason: CloseReason, detail: str = "") -> None: ...
 
 
 class Relay:
@@ -53,7 +46,7 @@ class Relay:
         self.connections: dict[int, Connection] = {}
         self.tls_legs: dict[int, TlsLeg] = {}
         #: every live leg, for the timeout sweep and shutdown
-        self.legs: set[Leg] = set()
+        self.legs: set[BaseLeg] = set()
         self.inbound_open = 0
         self.client_contexts = ClientContexts(config, source)
         for ctx in self.client_contexts.contexts():
@@ -80,7 +73,7 @@ class Relay:
 
     # -- registry ------------------------------------------------------------------------------
 
-    def register(self, leg: Leg) -> None:
+    def register(self, leg: BaseLeg) -> None:
         self.legs.add(leg)
         from tlstrace.relay.tls_leg import TlsLeg
 
@@ -88,7 +81,7 @@ class Relay:
             self.connections[leg.conn.id] = leg.conn
             self.tls_legs[leg.conn.id] = leg
 
-    def unregister(self, leg: Leg) -> None:
+    def unregister(self, leg: BaseLeg) -> None:
         self.legs.discard(leg)
 
     def handshake_done(self, leg: TlsLeg, elapsed: float) -> None:

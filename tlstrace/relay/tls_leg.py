@@ -13,11 +13,11 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
-from tlstrace.relay.partner import Partner
+from tlstrace.relay.leg import BaseLeg
 from tlstrace.relay.stats import message_label
 from tlstrace.sip.framing import (
     PONG,
@@ -41,10 +41,8 @@ _READ_SIZE = 65536
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE})
 
 
-class TlsLeg(asyncio.Protocol):
+class TlsLeg(BaseLeg):
     """The TLS side of a relayed connection (server side for clients, client side for peers)."""
-
-    transport: asyncio.Transport
 
     def __init__(
         self,
@@ -55,8 +53,8 @@ class TlsLeg(asyncio.Protocol):
         server_side: bool,
         server_hostname: str | None = None,
     ) -> None:
+        super().__init__(relay)
         cfg = relay.config
-        self.relay = relay
         self.conn = conn
         self.context = context
         self.server_side = server_side
@@ -70,7 +68,6 @@ class TlsLeg(asyncio.Protocol):
             crlf_drop=cfg.tls_crlf_drop,
             max_chunks=cfg.tls_max_msg_chunks,
         )
-        self.partner: Partner | None = None
         # messages from the TLS peer waiting for the partner to be ready
         self.pending: list[bytes] = []
         self.pending_msgs = 0
@@ -80,27 +77,18 @@ class TlsLeg(asyncio.Protocol):
         self.outq_msgs = 0
         self.outq_size = 0
         self.tracer: MessageTracer | None = None
-        self.closed = False
-        self.live = False  # a usable transport is attached
         self.sniffed = not server_side
-        now = relay.loop.time()
-        self.last_activity = now
-        self.partial_since = 0.0
-        self.blocked_since = 0.0
+        self.last_activity = relay.loop.time()
         self.handshake_started = time.perf_counter()
         self.handshake_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.transport = transport
         if self.closed:  # closed while connecting
             transport.close()
             return
-        self.live = True
-        limit = self.relay.config.conn_buffer_limit
-        transport.set_write_buffer_limits(high=limit, low=limit // 4)
+        self.attach(transport)
         self.relay.register(self)
         self.obj = self.context.wrap_bio(self.incoming, self.outgoing,
                                          server_side=self.server_side,
@@ -135,16 +123,6 @@ class TlsLeg(asyncio.Protocol):
                            str(exc) if exc else "")
         self.relay.unregister(self)
 
-    def pause_writing(self) -> None:
-        self.blocked_since = self.relay.loop.time()
-        if self.partner is not None:
-            self.partner.pause_reading()
-
-    def resume_writing(self) -> None:
-        self.blocked_since = 0.0
-        if self.partner is not None:
-            self.partner.resume_reading()
-
     # -- Partner interface (called by the other leg) -----------------------------------------
 
     def send(self, chunks: list[bytes], nmsgs: int) -> None:
@@ -177,14 +155,6 @@ class TlsLeg(asyncio.Protocol):
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.close(reason, detail)
-
-    def pause_reading(self) -> None:
-        if self.live:
-            self.transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        if self.live and not self.closed:
-            self.transport.resume_reading()
 
     # -- handshake -----------------------------------------------------------------------------
 
@@ -335,11 +305,7 @@ class TlsLeg(asyncio.Protocol):
         self.last_activity = now
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
         # one record byte by byte never reaches the framer)
-        if self.framer.buffered or self.incoming.pending:
-            if not self.partial_since:
-                self.partial_since = now
-        else:
-            self.partial_since = 0.0
+        self.note_partial(bool(self.framer.buffered or self.incoming.pending))
         if out:
             self._deliver(out, nmsgs, started)
 
@@ -477,15 +443,12 @@ class TlsLeg(asyncio.Protocol):
 
     def check_timeouts(self, now: float) -> None:
         """Called about once a second by the sweeper."""
-        cfg = self.relay.config
         if self.closed or self.conn.state != "open":
             return
-        if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
-            self.close(CloseReason.SEND_TIMEOUT,
-                       f"peer left data unread for over {cfg.tls_send_timeout} ms")
-        elif self.partial_since and now - self.partial_since > cfg.tcp_max_msg_time:
-            self.relay.stats.framing_errors["message_timeout"] += 1
-            self.close(CloseReason.MESSAGE_TIMEOUT,
-                       f"{self.framer.buffered} bytes of an incomplete message")
-        elif now - self.last_activity > cfg.tcp_connection_lifetime:
+        due = self.overdue(now)
+        if due is not None:
+            if due[0] is CloseReason.MESSAGE_TIMEOUT:
+                self.relay.stats.framing_errors["message_timeout"] += 1
+            self.close(*due)
+        elif now - self.last_activity > self.relay.config.tcp_connection_lifetime:
             self.close(CloseReason.IDLE_TIMEOUT)
