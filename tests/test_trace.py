@@ -215,3 +215,32 @@ def test_trace_backend_leg(relay_factory: Factory, backend: SipBackend,
         (backend.port, conn.peer[1], b"SIP/2.0"),  # backend -> tlstrace
         (relay.port(), cport, b"SIP/2.0"),         # tlstrace -> client
     ]
+
+
+@pytest.mark.parametrize("key", ["s3cret", "wrong"])
+def test_auth_key_node_name_and_capture_id(relay_factory: Factory, backend: SipBackend,
+                                           sink: HepSink, tmp_path: Path, key: str) -> None:
+    """sngrep (configured with the key s3cret) keeps what the relay sends with the right key
+    and refuses it with a wrong one; the other identity chunks arrive as configured."""
+    from tests.support.sngrep import SngrepHep
+
+    with SngrepHep(tmp_path / "sngrep", auth_key="s3cret") as sng:
+        relay = traced_relay(relay_factory, backend,
+                             [f"[sngrep]127.0.0.1:{sng.port};transport=udp", sink.hep_id],
+                             hep_auth_key=key, hep_node_name="edge-1", hep_capture_id=2001)
+        with TlsClient(relay.port()) as client:
+            req = request("INVITE", f"auth-{key}@t", body=b"v=0\r\n")
+            client.send(req)
+            client.recv_messages(1)
+            cport = client.local_port
+        sink.wait(2, 1)
+        sng.drain()
+    # sngrep writes every payload it keeps; the SIP ones are what it decapsulated as SIP
+    frames = [f for f in sng.frames() if f.payload.startswith((b"INVITE", b"SIP/2.0"))]
+    for p in sink.packets():
+        assert (p.auth_key, p.node_name, p.capture_id) == (key.encode(), b"edge-1", 2001)
+    if key == "s3cret":
+        assert [(f.src_port, f.dst_port, f.payload) for f in frames] == [
+            (cport, relay.port(), req), (relay.port(), cport, response_to(req))]
+    else:
+        assert sng.frames() == []
