@@ -8,6 +8,7 @@ failures the test caused must make their alerts pending or firing."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -235,7 +236,7 @@ def blackhole() -> tuple[socket.socket, socket.socket]:
     return lsock, filler
 
 
-def drive_traffic(relay: RelayProcess) -> None:
+def drive_traffic(relay: RelayProcess, prom: Prometheus) -> None:
     """Traffic that makes every labelled series appear (see the comments)."""
     good, dead = relay.port(0), relay.port(1)
     with TlsClient(good) as client:  # messages both ways, a keep-alive ping
@@ -253,21 +254,29 @@ def drive_traffic(relay: RelayProcess) -> None:
         broken.send(b"OPTIONS sip:x SIP/2.0\r\nCall-ID: x\r\n\r\n")
         assert broken.wait_closed()
     # A backend that never answers: upstream down, connect failures, and a dropped message.
-    # Twice, more than a scrape apart: a labelled counter is born at its first increment, and
+    # Twice, with a scrape in between: a labelled counter is born at its first increment, and
     # increase() needs a second one to see it grow.
     for attempt in range(2):
         with TlsClient(dead) as stuck:
             stuck.send(request("OPTIONS", f"prom-dead-{attempt}@t"))
             assert stuck.wait_closed()
+        deadline = time.monotonic() + 10
+        while not prom.query(f"tlstrace_messages_dropped_total >= {attempt + 1}"):
+            assert time.monotonic() < deadline, "the dropped message was never scraped"
+            time.sleep(0.2)
 
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     workdir = tmp_path_factory.mktemp("prometheus")
     down_port = free_port(kind=socket.SOCK_DGRAM)
-    with SipBackend() as backend, HepSink() as sink:
+    with contextlib.ExitStack() as cleanup:
+        backend = cleanup.enter_context(SipBackend())
+        sink = cleanup.enter_context(HepSink())
         lsock, filler = blackhole()
-        relay = RelayProcess(workdir / "relay", {
+        cleanup.callback(lsock.close)
+        cleanup.callback(filler.close)
+        relay = cleanup.enter_context(RelayProcess(workdir / "relay", {
             "api_token": TOKEN,
             "trace_on": True,
             # the backend connect timeout, for the black-holed backend
@@ -276,20 +285,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
                        f"[down]127.0.0.1:{down_port};transport=udp"],
             "listener": [RelayProcess.tls_listener(backend.port),
                          RelayProcess.tls_listener(lsock.getsockname()[1])],
-        })
-        prom = None
-        try:
-            instance = str(relay.config["api_listen"])
-            prom = start_prometheus(workdir, instance)
-            wait_scraped(prom)  # counters are seen at 0 before the traffic
-            drive_traffic(relay)
-            yield Stack(relay, prom, instance)
-        finally:
-            if prom is not None:
-                prom.stop()
-            relay.stop()
-            filler.close()
-            lsock.close()
+        }))
+        instance = str(relay.config["api_listen"])
+        prom = start_prometheus(workdir, instance)
+        cleanup.callback(prom.stop)
+        wait_scraped(prom)  # counters are seen at 0 before the traffic
+        drive_traffic(relay, prom)
+        yield Stack(relay, prom, instance)
 
 
 def wait_scraped(prom: Prometheus, timeout: float = 15.0) -> None:
