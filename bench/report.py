@@ -75,7 +75,8 @@ def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, 
         print("   direct = plain TCP straight to the responder (no TLS, no relay);"
               " a round trip = 2 relayed messages")
         headers = ["target", "round trips/s", "p50 ms", "p99 ms", "p99.9 ms",
-                   "CPU us/msg", "CPU us/rt", "relay core", "vs haproxy", "other load"]
+                   "CPU us/msg", "(min-max)", "CPU us/rt", "relay core", "vs haproxy",
+                   "other load"]
         base = hap.get("cpu_us_per_msg")
         rows = []
         for name, s in summary.items():
@@ -83,7 +84,7 @@ def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, 
                 rows.append([name, "error", *["-"] * (len(headers) - 2)])
                 continue
             rows.append([name, _f(s["rate"], thousands=True), _f(s["p50"], 2), _f(s["p99"], 2),
-                         _f(s["p99.9"], 2), _f(s.get("cpu_us_per_msg")),
+                         _f(s["p99.9"], 2), _f(s.get("cpu_us_per_msg")), _range(s, 1),
                          _f(s.get("cpu_us_per_round_trip")),
                          _pct(s.get("relay_core_pct")),
                          _ratio(s.get("cpu_us_per_msg"), base) if name != "haproxy" and
@@ -97,7 +98,7 @@ def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, 
         print("   direct = plain TCP connect + OPTIONS + close to the responder (no TLS);"
               " latency = connect to 200 OK")
         headers = ["target", "handshakes/s", "p50 ms", "p99 ms", "p99.9 ms",
-                   "CPU us/handshake", "relay core", "vs haproxy", "other load"]
+                   "CPU us/handshake", "(min-max)", "relay core", "vs haproxy", "other load"]
         base = hap.get("cpu_us_per_handshake")
         rows = []
         for name, s in summary.items():
@@ -106,6 +107,7 @@ def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, 
                 continue
             rows.append([name, _f(s["rate"], thousands=True), _f(s["p50"], 2), _f(s["p99"], 2),
                          _f(s["p99.9"], 2), _f(s.get("cpu_us_per_handshake"), 0),
+                         _range(s, 0),
                          _pct(s.get("relay_core_pct")),
                          _ratio(s.get("cpu_us_per_handshake"), base) if name != "haproxy" and
                          s.get("cpu_us_per_handshake") else "-",
@@ -133,9 +135,21 @@ def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, 
                          else "-",
                          "/".join(str(x) for x in s["fds"])])
         _print_table(headers, rows)
+    others = [s["other_pct"] for s in summary.values() if s.get("other_pct") is not None]
+    if others and max(others) > 20:
+        print(f"   note: other processes on this machine used up to {max(others):.0f}% of a core"
+              " (median per target, 'other load') during these runs; contention inflates CPU"
+              " per operation")
     for name, errs in errors.items():
         for e in errs[:2]:
             print(f"   ! {name}: {e.splitlines()[0] if e else e}")
+
+
+def _range(s: dict[str, Any], digits: int) -> str:
+    r = s.get("cpu_range")
+    if not r or s.get("runs", 0) < 2:
+        return "-"
+    return f"{r[0]:.{digits}f}-{r[1]:.{digits}f}"
 
 
 def _pct(v: float | None) -> str:
@@ -154,23 +168,34 @@ def verdicts(scenarios: dict[str, Any], have_haproxy: bool) -> None:
         v = s.get(key)
         return float(v) if v is not None else None
 
-    def line(label: str, value: float | None, limit: float, unit: str) -> None:
+    def line(label: str, value: float | None, limit: float, unit: str,
+             pairs: str = "") -> None:
         if value is None:
             print(f"  {label}: not measured")
             return
         ok = "met" if value <= limit else "MISSED"
-        print(f"  {label}: {value:.2f}{unit} (target <= {limit:g}{unit}): {ok}")
+        print(f"  {label}: {value:.2f}{unit} (target <= {limit:g}{unit}): {ok}{pairs}")
+
+    def paired(scn: str) -> str:
+        """tlstrace/HAProxy ratio of each repetition (their runs are next to each other in
+        time, so slow changes in the machine's load cancel out)."""
+        t = scenarios.get(scn, {}).get("summary", {}).get("tlstrace", {}).get("cpu_by_rep", {})
+        h = scenarios.get(scn, {}).get("summary", {}).get("haproxy", {}).get("cpu_by_rep", {})
+        ratios = [t[k] / h[k] for k in sorted(t) if t.get(k) and h.get(k)]
+        if len(ratios) < 2:
+            return ""
+        return "; run by run: " + " ".join(f"{r:.2f}x" for r in ratios)
 
     if "persistent" in scenarios:
         t, h = get("persistent", "tlstrace", "cpu_us_per_msg"), \
             get("persistent", "haproxy", "cpu_us_per_msg")
         line("CPU per relayed message vs HAProxy", t / h if t and h else None,
-             CPU_PER_MSG_MAX_RATIO, "x")
+             CPU_PER_MSG_MAX_RATIO, "x", paired("persistent"))
     if "handshake" in scenarios:
         t, h = get("handshake", "tlstrace", "cpu_us_per_handshake"), \
             get("handshake", "haproxy", "cpu_us_per_handshake")
         line("CPU per new TLS connection vs HAProxy", t / h if t and h else None,
-             CPU_PER_HANDSHAKE_MAX_RATIO, "x")
+             CPU_PER_HANDSHAKE_MAX_RATIO, "x", paired("handshake"))
     if "memory" in scenarios:
         line("memory per idle TLS connection", get("memory", "tlstrace", "kib_per_conn"),
              KIB_PER_IDLE_CONN_MAX, " KiB")

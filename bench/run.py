@@ -164,6 +164,7 @@ class Bench:
                         self.log(f"{scenario} {name} run {rep + 1}: {e}")
                         continue
                     raw["busy_before_run"] = before
+                    raw["rep"] = rep
                     raw.update(summarize(raw))
                     runs[name].append(raw)
                     self.log(f"{scenario} {name} run {rep + 1}/{self.args.repeat}: "
@@ -359,6 +360,12 @@ def summarize(scenario: str, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
                     s[key] = median([r.get(key) for r in runs])
             for q in ("p50", "p99", "p99.9"):
                 s[q] = median([r["latency_ms"][q] for r in runs])
+            key = "cpu_us_per_msg" if scenario == "persistent" else "cpu_us_per_handshake"
+            cpus = [r[key] for r in runs if r.get(key) is not None]
+            if cpus:
+                s["cpu_range"] = [min(cpus), max(cpus)]
+            # per repetition, to pair with the run of another target made right before/after
+            s["cpu_by_rep"] = {str(r["rep"]): r.get(key) for r in runs}
         out[name] = s
     return out
 
