@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from typing import TYPE_CHECKING, Annotated, Any, Literal
 
@@ -20,6 +19,7 @@ from tlstrace.config import Endpoint
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
+from tlstrace.relay.sweeper import probe_backend
 from tlstrace.trace.filters import TraceFilter
 
 if TYPE_CHECKING:
@@ -211,15 +211,8 @@ async def _with_allow_header(request: Request, exc: Exception) -> Response:
 
 
 async def _reachable(sidecar: Sidecar, backend: Endpoint) -> str:
-    relay = sidecar.relay
-    try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(backend.host, backend.port),
-                                           1.0)
-    except (OSError, TimeoutError) as e:
-        relay.upstream_result(str(backend), "backend", False, str(e) or type(e).__name__)
-        return f"unreachable: {e or type(e).__name__}"
-    writer.close()
-    with contextlib.suppress(OSError):
-        await writer.wait_closed()
-    relay.upstream_result(str(backend), "backend", True)
-    return "reachable"
+    ok = await probe_backend(sidecar.relay, backend.host, backend.port, str(backend))
+    if ok:
+        return "reachable"
+    status = sidecar.relay.upstreams[str(backend)]
+    return f"unreachable: {status.error}"

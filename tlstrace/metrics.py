@@ -96,6 +96,9 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_backend_connect_failures_total",
                        "Backend connections that could not be opened", [],
                        [((), st.backend_connect_failures)])
+        yield _counter("tlstrace_reloads_total",
+                       "Configuration and certificate reloads, by result", ["result"],
+                       (((r,), n) for r, n in st.reloads.items()))
         up = GaugeMetricFamily("tlstrace_upstream_up",
                                "1 if the last connection attempt to a backend or peer worked",
                                labels=["upstream", "role"])

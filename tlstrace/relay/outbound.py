@@ -130,6 +130,7 @@ class PeerLink:
             dropped = leg.outq_msgs
             relay.stats.dropped_messages["peer_unreachable"] += dropped
             relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
+            relay.stats.handshakes["outbound", "failure", "", ""] += 1
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             relay.observer.closed(leg.conn, CloseReason.CONNECT_FAILED, None)
             leg.outq.clear()

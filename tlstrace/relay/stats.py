@@ -59,11 +59,42 @@ class RelayStats:
     )
     dropped_messages: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
+    reloads: Counter[str] = field(default_factory=Counter)  # success, failure
+
+    def __post_init__(self) -> None:
+        # every label value known in advance starts at 0, so that rate() and increase() see
+        # the first event (a series that appears at 1 hides it)
+        from tlstrace.relay.connection import CloseReason
+        from tlstrace.sip.framing import FramingErrorKind
+        from tlstrace.tls.failures import HandshakeFailure
+
+        for reason in CloseReason:
+            self.closed[reason.label] += 0
+            self.dropped_messages[reason.label] += 0
+        for name in ("peer_unreachable", "no_local_connection"):
+            self.dropped_messages[name] += 0
+        for direction in ("inbound", "outbound"):
+            self.handshakes[direction, "failure", "", ""] += 0
+            for failure in HandshakeFailure:
+                self.handshake_failures[direction, failure.value] += 0
+        for kind in FramingErrorKind:
+            for prefix in ("", "backend_", "local_"):
+                self.framing_errors[prefix + kind.value] += 0
+        self.framing_errors["message_timeout"] += 0
+        for name in ("ping", "crlf_relayed", "crlf_dropped"):
+            self.keepalives[name] += 0
+        for name in ("from_tls", "to_tls"):
+            self.bytes[name] += 0
+        for name in ("success", "failure"):
+            self.reloads[name] += 0
+
+
+_STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
 
 
 def message_label(data: bytes) -> str:
     """Method of a request, or status class ("2xx") of a response, for metric labels."""
     if data.startswith(b"SIP/2.0 "):
-        return f"{data[8:9].decode('ascii', 'replace')}xx"
+        return _STATUS_CLASSES.get(data[8:9], "other")
     method = data[: data.find(b" ", 0, 20)]
     return method.decode("ascii") if method in KNOWN_METHODS else "other"

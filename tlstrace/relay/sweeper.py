@@ -1,9 +1,11 @@
-"""One periodic pass over all legs for idle, partial-message and send timeouts (cheaper than a
-timer per connection)."""
+"""Periodic work: one pass over all legs for idle, partial-message and send timeouts (cheaper
+than a timer per connection), and a reachability probe of idle backends."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import time
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -22,3 +24,33 @@ async def sweep_forever(relay: Relay) -> None:
         now = relay.loop.time()
         for leg in list(relay.legs):
             leg.check_timeouts(now)
+
+
+#: seconds between probes of a backend that saw no connection attempt meanwhile
+PROBE_INTERVAL = 15.0
+
+
+async def probe_backend(relay: Relay, host: str, port: int, endpoint: str) -> bool:
+    """Open and close a TCP connection to a backend; record the result for metrics."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, TimeoutError) as e:
+        relay.upstream_result(endpoint, "backend", False, str(e) or type(e).__name__)
+        return False
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()
+    relay.upstream_result(endpoint, "backend", True)
+    return True
+
+
+async def probe_backends_forever(relay: Relay) -> None:
+    """Keep `tlstrace_upstream_up` true to the backends while no client connects: probe each
+    one that saw no connection attempt during the last interval."""
+    while True:
+        await asyncio.sleep(PROBE_INTERVAL)
+        backends = {li.backend for li in relay.config.listener if li.backend is not None}
+        for backend in backends:
+            status = relay.upstreams.get(str(backend))
+            if status is None or time.time() - status.at >= PROBE_INTERVAL:
+                await probe_backend(relay, backend.host, backend.port, str(backend))
