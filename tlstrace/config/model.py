@@ -215,6 +215,9 @@ class Config(_Model):
     conn_buffer_limit: int = Field(262144, ge=4096)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
+    #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
+    #: tlstrace_upstream_up current); 0 turns the probes off.
+    backend_probe_interval: float = Field(15.0, ge=0)
     #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.
     reuse_port: bool = False
     #: Where the generated certificate and key live.

@@ -26,10 +26,6 @@ async def sweep_forever(relay: Relay) -> None:
             leg.check_timeouts(now)
 
 
-#: seconds between probes of a backend that saw no connection attempt meanwhile
-PROBE_INTERVAL = 15.0
-
-
 async def probe_backend(relay: Relay, host: str, port: int, endpoint: str) -> bool:
     """Open and close a TCP connection to a backend; record the result for metrics."""
     try:
@@ -48,9 +44,12 @@ async def probe_backends_forever(relay: Relay) -> None:
     """Keep `tlstrace_upstream_up` true to the backends while no client connects: probe each
     one that saw no connection attempt during the last interval."""
     while True:
-        await asyncio.sleep(PROBE_INTERVAL)
+        interval = relay.config.backend_probe_interval
+        await asyncio.sleep(interval or 60.0)
+        if not interval:
+            continue
         backends = {li.backend for li in relay.config.listener if li.backend is not None}
         for backend in backends:
             status = relay.upstreams.get(str(backend))
-            if status is None or time.time() - status.at >= PROBE_INTERVAL:
+            if status is None or time.time() - status.at >= interval:
                 await probe_backend(relay, backend.host, backend.port, str(backend))
