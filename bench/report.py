@@ -38,7 +38,7 @@ def _print_table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 
 
 def header(meta: dict[str, Any]) -> None:
-    print("tlstrace benchmark")
+    print(f"tlstrace benchmark (tlstrace {meta['tlstrace']}, tree {meta.get('tree') or '?'})")
     print(f"  {meta['cpu']}, {meta['cores']} cores, Linux {meta['kernel']}; "
           f"Python {meta['python']}, uvloop {meta['uvloop']}, {meta['openssl']}")
     print(f"  baseline: {meta['haproxy'] or 'HAProxy not run (not installed, or --no-haproxy)'}")

@@ -499,6 +499,7 @@ def machine_info(args: argparse.Namespace, have_haproxy: bool) -> dict[str, Any]
 
     return {
         "tlstrace": __version__,
+        "tree": _git_tree(),
         "python": platform.python_version(),
         "openssl": ssl.OPENSSL_VERSION,
         "haproxy": hap_version,
@@ -509,6 +510,21 @@ def machine_info(args: argparse.Namespace, have_haproxy: bool) -> dict[str, Any]
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "loadavg": Path("/proc/loadavg").read_text().split()[:3],
     }
+
+
+def _git_tree() -> str | None:
+    """The commit measured, with "+changes" when the work tree differs from it (the relay's
+    code is whatever the checkout holds when the benchmark starts)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no", "--", "tlstrace"],
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return f"{head}{' +changes in tlstrace/' if dirty else ''}" if head else None
 
 
 def _uvloop_version() -> str | None:
