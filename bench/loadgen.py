@@ -220,6 +220,8 @@ class Link(asyncio.Protocol):
 
     def send(self, msg: bytes) -> None:
         """One message: one TLS record, one write."""
+        if self.transport.is_closing():
+            return  # the connection was lost: counted at the end of the run
         obj = self.obj
         if obj is None:
             self.transport.write(msg)

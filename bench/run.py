@@ -138,37 +138,57 @@ class Bench:
 
     def rate_scenario(self, scenario: str, extra: Sequence[str],
                       summarize: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
-        responder, rport = start_responder(self.procs, f"-{scenario}")
+        tag = f"-{scenario}"
+        responder, rport = start_responder(self.procs, tag)
         targets: list[Target] = []
         runs: dict[str, list[dict[str, Any]]] = {v.name: [] for v in self.variants}
         errors: dict[str, list[str]] = {v.name: [] for v in self.variants}
+
+        def start(v: Variant) -> Target | None:
+            try:
+                return start_target(v, self.procs, self.workdir, self.pki, backend_port=rport,
+                                    hep=self.hep, tag=tag)
+            except ProcessError as e:
+                errors[v.name].append(str(e))
+                self.log(f"{v.name}: cannot start: {e}")
+                return None
+
         try:
-            for v in self.variants:
-                try:
-                    targets.append(start_target(v, self.procs, self.workdir, self.pki,
-                                                backend_port=rport, hep=self.hep,
-                                                tag=f"-{scenario}"))
-                except ProcessError as e:
-                    errors[v.name].append(str(e))
-                    self.log(f"{v.name}: cannot start: {e}")
+            targets = [t for t in map(start, self.variants) if t is not None]
             for rep in range(self.args.repeat):
-                for t in targets:
+                for i, t in enumerate(targets):
                     name = t.variant.name
-                    if any("died" in e for e in errors[name]):
-                        continue
-                    before = wait_quiet(self.args.quiet_wait)
-                    try:
-                        raw = self.loadgen(scenario, t, responder, extra)
-                    except ProcessError as e:
-                        errors[name].append(str(e))
-                        self.log(f"{scenario} {name} run {rep + 1}: {e}")
-                        continue
-                    raw["busy_before_run"] = before
-                    raw["rep"] = rep
-                    raw.update(summarize(raw))
-                    runs[name].append(raw)
-                    self.log(f"{scenario} {name} run {rep + 1}/{self.args.repeat}: "
-                             f"{report.brief(scenario, raw)}")
+                    for _attempt in range(2):  # one retry when a process was lost mid-run
+                        # something else on the machine may have ended a process: restart it
+                        if not responder.alive():
+                            self.log(f"responder gone ({_exit_text(responder)}): restarting it")
+                            self.procs.stop(responder)
+                            responder, _ = start_responder(self.procs, tag, port=rport)
+                        if not all(c.alive() for c in t.children):
+                            self.log(f"{name} gone ({_exit_text(t.children[0])}): restarting")
+                            stop_target(t, self.procs)
+                            restarted = start(t.variant)
+                            if restarted is None:
+                                break
+                            targets[i] = t = restarted
+                        before = wait_quiet(self.args.quiet_wait)
+                        try:
+                            raw = self.loadgen(scenario, t, responder, extra)
+                            if not responder.alive():
+                                raise ProcessError("the responder died during the run "
+                                                   f"({_exit_text(responder)})")
+                            _check_errors(scenario, raw)
+                        except ProcessError as e:
+                            errors[name].append(str(e))
+                            self.log(f"{scenario} {name} run {rep + 1}: {e}")
+                            continue
+                        raw["busy_before_run"] = before
+                        raw["rep"] = rep
+                        raw.update(summarize(raw))
+                        runs[name].append(raw)
+                        self.log(f"{scenario} {name} run {rep + 1}/{self.args.repeat}: "
+                                 f"{report.brief(scenario, raw)}")
+                        break
         finally:
             for t in targets:
                 stop_target(t, self.procs)
@@ -279,6 +299,16 @@ class Bench:
             if target is not None:
                 stop_target(target, self.procs)
             self.procs.stop(responder)
+
+
+def _check_errors(scenario: str, raw: dict[str, Any]) -> None:
+    """A run that lost connections measured something else: count it as failed."""
+    errs = raw.get("errors", 0)
+    if scenario == "persistent" and errs:
+        raise ProcessError(f"{errs} connection(s) lost during the run: "
+                           f"{raw.get('error_samples')}")
+    if scenario == "handshake" and errs > max(5, raw.get("operations", 0) // 100):
+        raise ProcessError(f"{errs} failed connections: {raw.get('error_samples')}")
 
 
 def _exit_text(c: Child) -> str:

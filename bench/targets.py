@@ -201,8 +201,8 @@ def stop_target(target: Target, procs: Procs) -> None:
     target.children.clear()
 
 
-def start_responder(procs: Procs, tag: str = "") -> tuple[Child, int]:
-    port = free_port()
+def start_responder(procs: Procs, tag: str = "", port: int | None = None) -> tuple[Child, int]:
+    port = port or free_port()
     child = procs.start(f"responder{tag}", [sys.executable, "-m", "tlstrace.responder",
                                              "--listen", f"127.0.0.1:{port}"], cpus={LOAD_CPU})
     wait_listening(port, [child])
