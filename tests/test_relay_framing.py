@@ -3,6 +3,7 @@ and a well-behaved client on the same relay carries on."""
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable
 
@@ -85,7 +86,8 @@ def test_framing_error_closes_only_the_offender(relay: RelayProcess, backend: Si
         check_bystander(relay, good, 1)
         bad.send(request(call_id="before"))
         bad.recv_messages(1)
-        bad.send(BAD_MESSAGES[kind])
+        with contextlib.suppress(OSError):  # the relay may close while the rest is sent
+            bad.send(BAD_MESSAGES[kind])
         assert bad.wait_closed()
         relay.wait_log(f"closed: Framing error ({kind}")
         check_bystander(relay, good, 2)

@@ -28,6 +28,7 @@ class InboundListener:
         self.contexts = contexts
         self.server: asyncio.Server | None = None
         self.refused_logged = 0.0
+        self.backend_name = str(listener.backend)
         for ident in contexts.identities:
             relay.prepare_context(ident.context)
 
@@ -110,16 +111,16 @@ class InboundTls(TlsLeg):
             leg = BackendTls.make(relay, backend, lst.client_domain, preamble)
             leg.partner = self
         try:
-            await asyncio.wait_for(
-                relay.loop.create_connection(lambda: leg, backend.host, backend.port), timeout)
+            async with asyncio.timeout(timeout):
+                await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
         except (OSError, TimeoutError) as e:
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
-            relay.upstream_result(str(backend), "backend", False, why)
+            relay.upstream_result(self.listener.backend_name, "backend", False, why)
             log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why)
             self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
             return
-        relay.upstream_result(str(backend), "backend", True)
+        relay.upstream_result(self.listener.backend_name, "backend", True)
         if self.closed:
             leg.close(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF)
             return

@@ -29,7 +29,7 @@ class PlainLeg(BaseLeg):
         self.preamble = preamble
         # the SIP server side is trusted with keep-alives: relay them as they are
         self.framer = SipFramer(max_msg_size=relay.config.max_msg_size, pingpong=False,
-                                crlf_drop=False, max_chunks=None)
+                                crlf_drop=False, max_chunks=None, strict=False)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = self.attach(transport)

@@ -75,11 +75,11 @@ class Relay:
 
     def register(self, leg: BaseLeg) -> None:
         self.legs.add(leg)
-        from tlstrace.relay.tls_leg import TlsLeg
 
-        if isinstance(leg, TlsLeg):
-            self.connections[leg.conn.id] = leg.conn
-            self.tls_legs[leg.conn.id] = leg
+    def register_tls(self, leg: TlsLeg) -> None:
+        self.legs.add(leg)
+        self.connections[leg.conn.id] = leg.conn
+        self.tls_legs[leg.conn.id] = leg
 
     def unregister(self, leg: BaseLeg) -> None:
         self.legs.discard(leg)

@@ -90,11 +90,13 @@ class RelayStats:
 
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
+_METHOD_LABELS = {m: m.decode() for m in KNOWN_METHODS}
 
 
 def message_label(data: bytes) -> str:
     """Method of a request, or status class ("2xx") of a response, for metric labels."""
-    if data.startswith(b"SIP/2.0 "):
+    space = data.find(b" ", 0, 20)
+    token = data[:space] if space > 0 else b""
+    if token == b"SIP/2.0":
         return _STATUS_CLASSES.get(data[8:9], "other")
-    method = data[: data.find(b" ", 0, 20)]
-    return method.decode("ascii") if method in KNOWN_METHODS else "other"
+    return _METHOD_LABELS.get(token, "other")

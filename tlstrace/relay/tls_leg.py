@@ -38,6 +38,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 _READ_SIZE = 65536
+#: first bytes of relayed keep-alives (whitespace), which are not SIP messages
+_WHITESPACE = frozenset(b"\r\n \t")
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE})
 
 
@@ -78,6 +80,8 @@ class TlsLeg(BaseLeg):
         self.outq_size = 0
         self.tracer: MessageTracer | None = None
         self.sniffed = not server_side
+        #: the first bytes a client sent, kept during the handshake to explain a failure
+        self.first_bytes = b""
         self.last_activity = relay.loop.time()
         self.handshake_started = time.perf_counter()
         self.handshake_timer: asyncio.TimerHandle | None = None
@@ -89,7 +93,7 @@ class TlsLeg(BaseLeg):
             transport.close()
             return
         self.attach(transport)
-        self.relay.register(self)
+        self.relay.register_tls(self)
         self.obj = self.context.wrap_bio(self.incoming, self.outgoing,
                                          server_side=self.server_side,
                                          server_hostname=self.server_hostname)
@@ -135,7 +139,7 @@ class TlsLeg(BaseLeg):
         obj = self.obj
         assert obj is not None
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        obj.write(data)
+        obj._sslobj.write(data)  # type: ignore[attr-defined]
         self.transport.write(self.outgoing.read())
         conn = self.conn
         conn.bytes_out += len(data)
@@ -144,13 +148,14 @@ class TlsLeg(BaseLeg):
         stats = self.relay.stats
         stats.bytes["to_tls"] += len(data)
         direction = self.relay_direction_out
+        counts = stats.messages
         for chunk in chunks:
-            if chunk[0] not in b"\r\n \t":
-                stats.messages[direction, message_label(chunk)] += 1
+            if chunk[0] not in _WHITESPACE:
+                counts[direction, message_label(chunk)] += 1
         if self.tracer is not None:
             now = time.time()
             for chunk in chunks:
-                if chunk[0] not in b"\r\n \t":
+                if chunk[0] not in _WHITESPACE:
                     self.tracer.message(chunk, False, now)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
@@ -163,6 +168,11 @@ class TlsLeg(BaseLeg):
             return
         if not self.sniffed:
             self.sniffed = True
+            if data[0] == 0x16:  # a TLS handshake record: OpenSSL takes it from here
+                self.first_bytes = data  # parsed only if the handshake fails
+                self.incoming.write(data)
+                self._do_handshake()
+                return
             hello = sniff(data)
             if hello.kind is HelloKind.PLAIN_SIP:
                 self._handshake_failed(HandshakeFailure.PLAIN_SIP,
@@ -176,8 +186,6 @@ class TlsLeg(BaseLeg):
                 self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
                                        "SSLv2-style ClientHello")
                 return
-            self.conn.sni = hello.sni
-            self.conn.client_random = hello.client_random
         self.incoming.write(data)
         self._do_handshake()
 
@@ -219,8 +227,9 @@ class TlsLeg(BaseLeg):
         conn.handshake_ms = elapsed * 1000
         conn.peer_cert_der = obj.getpeercert(binary_form=True)
         conn.local_cert = self.local_cert()
-        if not self.server_side and conn.sni is None:
-            conn.sni = self.server_hostname
+        conn.sni = getattr(obj, "tlstrace_sni", None) if self.server_side \
+            else self.server_hostname
+        self.first_bytes = b""
         self.relay.handshake_done(self, elapsed)
         if self.closed:
             return
@@ -237,6 +246,13 @@ class TlsLeg(BaseLeg):
             return
         conn = self.conn
         conn.local_cert = self.local_cert()
+        if self.first_bytes:
+            hello = sniff(self.first_bytes)
+            self.first_bytes = b""
+            conn.sni, conn.client_random = hello.sni, hello.client_random
+            if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
+                    hello.max_version and hello.max_version < 0x0303:
+                kind = HandshakeFailure.UNSUPPORTED_VERSION
         self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
         self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
@@ -258,14 +274,19 @@ class TlsLeg(BaseLeg):
         started = time.perf_counter()
         obj = self.obj
         assert obj is not None
+        # the C object behind ssl.SSLObject: one Python frame less per record
+        read = obj._sslobj.read  # type: ignore[attr-defined]
+        incoming = self.incoming
         feed = self.framer.feed
         out: list[bytes] = []
         nmsgs = 0
-        stats = self.relay.stats
+        counts = self.relay.stats.messages
         direction = self.relay_direction_in
-        while True:
+        # stop when OpenSSL has consumed every raw byte: reading on would only raise
+        # SSLWantReadError, which costs more than the check
+        while incoming.pending:
             try:
-                chunk = obj.read(_READ_SIZE)
+                chunk = read(_READ_SIZE)
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as e:
@@ -282,18 +303,19 @@ class TlsLeg(BaseLeg):
                     data = ev.data  # type: ignore[union-attr]
                     out.append(data)
                     nmsgs += 1
-                    stats.messages[direction, message_label(data)] += 1
+                    counts[direction, message_label(data)] += 1
                 elif cls is Ping:
                     # pong here; a single CRLF goes on, so the backend's connection does not
                     # idle out while the client only sends keep-alives
+                    stats = self.relay.stats
                     stats.keepalives["ping"] += 1
                     obj.write(PONG)
                     out.append(PONG)
                 elif cls is KeepAlive:
                     out.append(ev.data)  # type: ignore[union-attr]
-                    stats.keepalives["crlf_relayed"] += 1
+                    self.relay.stats.keepalives["crlf_relayed"] += 1
                 elif cls is Dropped:
-                    stats.keepalives["crlf_dropped"] += 1
+                    self.relay.stats.keepalives["crlf_dropped"] += 1
                 else:
                     assert isinstance(ev, FramingError)
                     self._deliver(out, nmsgs)
@@ -320,7 +342,7 @@ class TlsLeg(BaseLeg):
         if self.tracer is not None:
             now = time.time()
             for chunk in out:
-                if chunk[0] not in b"\r\n \t":
+                if chunk[0] not in _WHITESPACE:
                     self.tracer.message(chunk, True, now)
         partner = self.partner
         if partner is not None and not self.pending:

@@ -11,7 +11,8 @@ OpenSIPS's TCP/TLS read path (`tcp_common.h`) where they make sense for a relay:
   relayed as a `KeepAlive`, or dropped when `crlf_drop` is on.
 - A message still incomplete after `max_chunks` fed chunks is an error (fragmentation attack).
 - NUL bytes, bare CR or bare LF in the header section, or a start line that is neither a
-  request nor a status line, are errors.
+  request nor a status line, are errors (unless `strict` is off: for a trusted SIP server's
+  side, only the Content-Length is checked).
 
 Bytes are never modified: each `Message.data` is exactly the bytes received.
 """
@@ -94,6 +95,7 @@ class SipFramer:
         "max_chunks",
         "max_msg_size",
         "pingpong",
+        "strict",
     )
 
     def __init__(
@@ -103,8 +105,10 @@ class SipFramer:
         pingpong: bool = True,
         crlf_drop: bool = False,
         max_chunks: int | None = 4,
+        strict: bool = True,
     ) -> None:
         self.max_msg_size = max_msg_size
+        self.strict = strict
         self.pingpong = pingpong
         self.crlf_drop = crlf_drop
         self.max_chunks = max_chunks
@@ -120,6 +124,21 @@ class SipFramer:
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume one chunk (one read, one TLS record) and return what it completed."""
+        if not self._buf and data and data[0] not in _WHITESPACE:
+            # the common case, one whole message in one chunk: no slicing, no loop
+            head_end = data.find(b"\r\n\r\n")
+            if head_end > 0:
+                size = self._parse_head(data, 0, head_end)
+                if isinstance(size, FramingError):
+                    self._reset()
+                    return [size]
+                if size == len(data):
+                    self._chunks = 0
+                    return [Message(data)]
+                self._need = size  # _feed carries on from the parsed headers
+        return self._feed(data)
+
+    def _feed(self, data: bytes) -> list[Event]:
         buf = self._buf + data if self._buf else data
         n = len(buf)
         need = self._need
@@ -183,6 +202,8 @@ class SipFramer:
 
     def _parse_head(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
         """Validate the header section at buf[pos:head_end]; return the message size."""
+        if not self.strict:
+            return self._content_length(buf, pos, head_end)
         line_end = buf.find(b"\r\n", pos, head_end + 2)
         if not (
             buf.startswith(_STATUS_PREFIX, pos)
@@ -196,6 +217,9 @@ class SipFramer:
         if len(head) - len(head.translate(None, b"\x00\r\n")) != 2 * head.count(b"\r\n"):
             return FramingError(FramingErrorKind.BAD_HEADER_BYTES,
                                 "NUL byte, bare CR or bare LF in the header section")
+        return self._content_length(buf, pos, head_end)
+
+    def _content_length(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
         values = _CONTENT_LENGTH.findall(buf, pos, head_end + 2)
         if not values:
             return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,

@@ -61,6 +61,7 @@ class ServerContexts:
 
     def _on_sni(self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 ctx: ssl.SSLContext) -> int | None:
+        obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
         ident = self._match(server_name)
         if ident is None:
             if server_name is None:
