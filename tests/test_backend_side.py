@@ -119,3 +119,23 @@ def test_connection_limit(relay_factory: Factory) -> None:
             c.send(request(call_id="still@t", cseq=2))
             c.recv_messages(1)
             c.close()
+
+
+def test_client_closing_while_the_tls_backend_connects_loses_nothing(
+        relay_factory: Factory, pki: Pki) -> None:
+    files = pki.leaf("backend2.example", names=["backend2.example"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.cert, files.key)
+    with SipBackend(ssl_context=ctx, answer=False) as backend:
+        relay = relay_factory({
+            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
+                               "server_name": "backend2.example"}],
+            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
+                          "backend": f"tls:127.0.0.1:{backend.port}"}],
+        })
+        client = TlsClient(relay.port())
+        msgs = [request("MESSAGE", f"early{i}@t", i + 1, b"e" * 300) for i in range(30)]
+        client.send(b"".join(msgs))
+        client.close_notify()  # before the relay's TLS connection to the backend is up
+        assert backend.wait_messages(30) == msgs
+        assert backend.wait_closed(0)

@@ -90,6 +90,7 @@ class InboundTls(TlsLeg):
             super().connection_lost(exc)
 
     def on_ready(self) -> None:
+        self.partner_pending = True
         self.relay.spawn(self._connect_backend())
 
     def local_cert(self) -> CertInfo | None:
@@ -114,6 +115,10 @@ class InboundTls(TlsLeg):
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
         except (OSError, TimeoutError) as e:
+            self.partner_pending = False
+            if self.closed and self.pending_msgs:
+                relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += \
+                    self.pending_msgs
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
             relay.upstream_result(self.listener.backend_name, "backend", False, why)
@@ -121,8 +126,15 @@ class InboundTls(TlsLeg):
             self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
             return
         relay.upstream_result(self.listener.backend_name, "backend", True)
+        self.partner_pending = False
         if self.closed:
-            leg.close(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF)
+            # the client went away while we connected: what it sent before still goes to the
+            # backend, then the backend connection closes (after flushing it)
+            if self.pending:
+                leg.send(self.pending, self.pending_msgs)
+                self.pending, self.pending_msgs, self.pending_size = [], 0, 0
+            leg.partner_closed(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
+                               "the client closed first")
             return
         self.partner = leg
         if isinstance(leg, PlainLeg):

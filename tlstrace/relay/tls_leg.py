@@ -78,6 +78,10 @@ class TlsLeg(BaseLeg):
         self.outq: list[bytes] = []
         self.outq_msgs = 0
         self.outq_size = 0
+        #: the partner is being connected (messages wait in `pending` for it)
+        self.partner_pending = False
+        #: set when the partner closed while its last messages waited for our handshake
+        self.close_after_flush: tuple[CloseReason, str] | None = None
         self.tracer: MessageTracer | None = None
         self.sniffed = not server_side
         #: the first bytes a client sent, kept during the handshake to explain a failure
@@ -159,6 +163,10 @@ class TlsLeg(BaseLeg):
                     self.tracer.message(chunk, False, now)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
+        if self.outq and self.conn.state == "handshake" and not self.closed:
+            # the partner's last messages wait for our handshake: send them, then close
+            self.close_after_flush = (reason, detail)
+            return
         self.close(reason, detail)
 
     # -- handshake -----------------------------------------------------------------------------
@@ -388,6 +396,8 @@ class TlsLeg(BaseLeg):
             self.send(chunks, nmsgs)
             if self.partner is not None:
                 self.partner.resume_reading()
+        if self.close_after_flush is not None:
+            self.close(*self.close_after_flush)
 
     def _framing_error(self, ev: FramingError) -> None:
         self.relay.stats.framing_errors[ev.kind.value] += 1
@@ -425,8 +435,11 @@ class TlsLeg(BaseLeg):
         if self.handshake_timer is not None:
             self.handshake_timer.cancel()
             self.handshake_timer = None
-        if self.outq_msgs or self.pending_msgs:
-            self.relay.stats.dropped_messages[reason.label] += self.outq_msgs + self.pending_msgs
+        # messages read before the close wait for a partner that is still connecting: it
+        # delivers them (see InboundTls), so they are not dropped yet
+        lost = self.outq_msgs + (0 if self.partner_pending else self.pending_msgs)
+        if lost:
+            self.relay.stats.dropped_messages[reason.label] += lost
         if self.live:
             if was_open and self.obj is not None:
                 # SSLWantReadError: our close_notify is out, theirs need not come
