@@ -365,7 +365,7 @@ def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
     loris = RawTlsClient(target.port())
     port = local_port(loris.sock)
     data = loris.record(request("MESSAGE", "drip@x", body=b"d" * 400))
-    closed = not loris.drip(data[:-1], pause=0.1, until=time.monotonic() + 6 * MAX_MSG_TIME + 2)
+    closed = not loris.drip(data[:-1], pause=0.1, until=time.monotonic() + 4 * MAX_MSG_TIME + 1)
     loris.close()
     figures = check_counted(target, before, traffic)
     after = target.scrape()
