@@ -43,6 +43,8 @@ from hep.destination import HepDestination, parse_hep_id
 log = logging.getLogger("hep.sender")
 
 _BATCH_BYTES = 65536
+#: a sender that drops packets says so at most this often (seconds)
+_DROP_LOG_INTERVAL = 10.0
 _STABLE_AFTER = 5.0  # seconds a connection must live for the backoff to start again from low
 
 
@@ -188,6 +190,7 @@ class HepSender:
         self._reconnects = self._bytes = 0
         self._state = "stopped"
         self._last_error: str | None = None
+        self._drops_logged_time = 0.0
         self._closing = False
         self._task: asyncio.Task[None] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -253,6 +256,7 @@ class HepSender:
             if (self._closing or self._udp_blocked or len(self._queue) >= self.queue_size
                     or self._queued + len(data) > self.queue_bytes_max):
                 self._dropped += 1
+                self._log_drops()
                 return False
             self._queue.append(data)
             self._queued += len(data)
@@ -264,6 +268,17 @@ class HepSender:
             self._dropped += 1
             self._last_error = _describe(e)
             return False
+
+    def _log_drops(self) -> None:
+        """Say that packets are being dropped, at most once per _DROP_LOG_INTERVAL seconds."""
+        now = time.monotonic()
+        if self._drops_logged_time and now - self._drops_logged_time < _DROP_LOG_INTERVAL:
+            return
+        why = ("the collector refuses packets" if self._udp_blocked else
+               "the queue is full (collector slow, stalled or unreachable)")
+        log.warning("HEP %s dropping packets: %s; %d dropped so far (state %s)",
+                    self.dest.name, why, self._dropped, self._state)
+        self._drops_logged_time = now
 
     async def aclose(self, timeout: float = 1.0) -> None:
         """Stop: give queued packets up to `timeout` seconds to go out, then close.

@@ -93,6 +93,10 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_messages_dropped_total", "SIP messages that could not be "
                        "relayed, by reason", ["reason"],
                        (((k,), n) for k, n in st.dropped_messages.items()))
+        yield _counter("tlstrace_bytes_dropped_total",
+                       "Bytes written for a peer that stopped reading, discarded when it was "
+                       "disconnected", ["reason"],
+                       (((k,), n) for k, n in st.bytes_dropped.items()))
         yield _counter("tlstrace_backend_connect_failures_total",
                        "Backend connections that could not be opened", [],
                        [((), st.backend_connect_failures)])

@@ -25,6 +25,8 @@ class BaseLeg(asyncio.Protocol):
         self.live = False  # a usable transport is attached
         self.partial_since = 0.0  # loop time an incomplete message started waiting
         self.blocked_since = 0.0  # loop time our writes to this end started piling up
+        #: we stopped reading this end (backpressure): its partial message is our doing
+        self.reading_paused = False
 
     def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
         t = cast(asyncio.Transport, transport)
@@ -54,12 +56,16 @@ class BaseLeg(asyncio.Protocol):
             self.partner.resume_reading()
 
     def pause_reading(self) -> None:
-        if self.live:
+        if self.live and not self.reading_paused:
             self.transport.pause_reading()
+            self.reading_paused = True
 
     def resume_reading(self) -> None:
-        if self.live and not self.closed:
+        if self.live and not self.closed and self.reading_paused:
             self.transport.resume_reading()
+            self.reading_paused = False
+            if self.partial_since:  # the wait for the rest starts again now
+                self.partial_since = self.relay.loop.time()
 
     # -- timeouts --------------------------------------------------------------------------------
 
@@ -69,7 +75,8 @@ class BaseLeg(asyncio.Protocol):
         if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
             return (CloseReason.SEND_TIMEOUT,
                     f"{self.name} left data unread for over {cfg.tls_send_timeout} ms")
-        if self.partial_since and now - self.partial_since > cfg.tcp_max_msg_time:
+        if (self.partial_since and not self.reading_paused
+                and now - self.partial_since > cfg.tcp_max_msg_time):
             return CloseReason.MESSAGE_TIMEOUT, f"incomplete message from {self.name}"
         return None
 
@@ -78,7 +85,21 @@ class BaseLeg(asyncio.Protocol):
         if not self.closed:
             due = self.overdue(now)
             if due is not None:
-                self.close(*due)
+                self.close(*due, abort=due[0] is CloseReason.SEND_TIMEOUT)
 
-    def close(self, reason: CloseReason, detail: str = "") -> None:
+    def close(self, reason: CloseReason, detail: str = "", abort: bool = False) -> None:
+        """End this leg; `abort` drops what its peer did not read instead of waiting."""
         raise NotImplementedError
+
+    def shut_transport(self, reason: CloseReason, abort: bool) -> None:
+        """Close the transport after it flushes, or abort it (a peer that does not read would
+        keep the socket and its buffer forever): what it held is counted as dropped."""
+        if not self.live:
+            return
+        if abort:
+            unsent = self.transport.get_write_buffer_size()
+            if unsent:
+                self.relay.stats.bytes_dropped[reason.label] += unsent
+            self.transport.abort()
+        else:
+            self.transport.close()

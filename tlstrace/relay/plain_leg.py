@@ -82,13 +82,12 @@ class PlainLeg(BaseLeg):
 
     # -- closing -------------------------------------------------------------------------------
 
-    def close(self, reason: CloseReason, detail: str = "") -> None:
-        """Close after flushing what is written; tell the partner."""
+    def close(self, reason: CloseReason, detail: str = "", abort: bool = False) -> None:
+        """Close after flushing what is written (or abort); tell the partner."""
         if self.closed:
             return
         self.closed = True
-        if self.live:
-            self.transport.close()
+        self.shut_transport(reason, abort)
         partner, self.partner = self.partner, None
         if partner is not None:
             partner.partner_closed(reason, detail)

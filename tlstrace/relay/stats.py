@@ -58,6 +58,8 @@ class RelayStats:
                                            0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
     )
     dropped_messages: Counter[str] = field(default_factory=Counter)
+    #: bytes accepted for a peer that stopped reading, thrown away with its connection
+    bytes_dropped: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
 
@@ -71,6 +73,7 @@ class RelayStats:
         for reason in CloseReason:
             self.closed[reason.label] += 0
             self.dropped_messages[reason.label] += 0
+        self.bytes_dropped[CloseReason.SEND_TIMEOUT.label] += 0
         for name in ("peer_unreachable", "no_local_connection"):
             self.dropped_messages[name] += 0
         for direction in ("inbound", "outbound"):

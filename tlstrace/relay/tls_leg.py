@@ -31,6 +31,7 @@ from tlstrace.sip.framing import (
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.clienthello import HelloKind, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
+from tlstrace.tls.records import RecordTracker
 
 if TYPE_CHECKING:
     from tlstrace.relay.runtime import Relay
@@ -40,7 +41,7 @@ log = logging.getLogger("tlstrace.relay")
 _READ_SIZE = 65536
 #: first bytes of relayed keep-alives (whitespace), which are not SIP messages
 _WHITESPACE = frozenset(b"\r\n \t")
-_QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN, CloseReason.BACKEND_GONE})
+_QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
 class TlsLeg(BaseLeg):
@@ -64,6 +65,7 @@ class TlsLeg(BaseLeg):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj: ssl.SSLObject | None = None
+        self.records = RecordTracker()
         self.framer = SipFramer(
             max_msg_size=cfg.max_msg_size,
             pingpong=cfg.tls_crlf_pingpong,
@@ -107,6 +109,7 @@ class TlsLeg(BaseLeg):
             self._do_handshake()
 
     def data_received(self, data: bytes) -> None:
+        self.records.feed(data)  # from the first byte, to stay aligned on record boundaries
         if self.conn.state != "open":
             self._handshake_data(data)
             return
@@ -335,7 +338,7 @@ class TlsLeg(BaseLeg):
         self.last_activity = now
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
         # one record byte by byte never reaches the framer)
-        self.note_partial(bool(self.framer.buffered or self.incoming.pending))
+        self.note_partial(bool(self.framer.buffered) or self.records.partial)
         if out:
             self._deliver(out, nmsgs, started)
 
@@ -366,8 +369,7 @@ class TlsLeg(BaseLeg):
         self.pending_msgs += nmsgs
         self.pending_size += sum(map(len, chunks))
         if self.pending_size > self.relay.config.conn_buffer_limit:
-            self.blocked_since = self.blocked_since or self.relay.loop.time()
-            self.transport.pause_reading()
+            self.pause_reading()
 
     def flush_pending(self) -> None:
         """Hand queued messages to the partner once it is ready."""
@@ -377,8 +379,7 @@ class TlsLeg(BaseLeg):
         self.pending, self.pending_msgs, self.pending_size = [], 0, 0
         self.blocked_since = 0.0
         self.partner.send(chunks, nmsgs)
-        if self.live and not self.closed:
-            self.transport.resume_reading()
+        self.resume_reading()
 
     def _queue_out(self, chunks: list[bytes], nmsgs: int) -> None:
         """Hold the partner's messages until this leg's handshake completes; bounded."""
@@ -423,8 +424,9 @@ class TlsLeg(BaseLeg):
 
     # -- closing -------------------------------------------------------------------------------
 
-    def close(self, reason: CloseReason, detail: str = "") -> None:
-        """End this connection: send close_notify, flush, close; then end the partner."""
+    def close(self, reason: CloseReason, detail: str = "", abort: bool = False) -> None:
+        """End this connection: send close_notify, flush, close (or abort, when the peer does
+        not read); then end the partner."""
         if self.closed:
             return
         self.closed = True
@@ -440,13 +442,12 @@ class TlsLeg(BaseLeg):
         lost = self.outq_msgs + (0 if self.partner_pending else self.pending_msgs)
         if lost:
             self.relay.stats.dropped_messages[reason.label] += lost
-        if self.live:
-            if was_open and self.obj is not None:
-                # SSLWantReadError: our close_notify is out, theirs need not come
-                with contextlib.suppress(ssl.SSLError):
-                    self.obj.unwrap()
-                self._flush()
-            self.transport.close()
+        if self.live and not abort and was_open and self.obj is not None:
+            # SSLWantReadError: our close_notify is out, theirs need not come
+            with contextlib.suppress(ssl.SSLError):
+                self.obj.unwrap()
+            self._flush()
+        self.shut_transport(reason, abort)
         self.relay.stats.closed[reason.label] += 1
         level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
         if reason is CloseReason.FRAMING_ERROR:
@@ -484,6 +485,6 @@ class TlsLeg(BaseLeg):
         if due is not None:
             if due[0] is CloseReason.MESSAGE_TIMEOUT:
                 self.relay.stats.framing_errors["message_timeout"] += 1
-            self.close(*due)
+            self.close(*due, abort=due[0] is CloseReason.SEND_TIMEOUT)
         elif now - self.last_activity > self.relay.config.tcp_connection_lifetime:
             self.close(CloseReason.IDLE_TIMEOUT)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import time
 from pathlib import Path
 
@@ -44,7 +45,8 @@ class KeyLogFile:
             return False
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.fchmod(self.fd, 0o600)
+            if stat.S_ISREG(os.fstat(self.fd).st_mode):  # never chmod a device or a pipe
+                os.fchmod(self.fd, 0o600)
         except OSError as e:
             self._fail(f"cannot open key-log file {self.path}: {e.strerror}")
             return False
