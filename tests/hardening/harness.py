@@ -421,7 +421,10 @@ class RawTlsClient:
     """TLS over a plain socket with memory BIOs: the test decides how the bytes of each record
     reach the wire (for instance one byte at a time)."""
 
-    def __init__(self, port: int, timeout: float = 10.0) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, *, send_last_flight: bool = True
+                 ) -> None:
+        """With `send_last_flight` False, the client's last handshake flight (its Finished)
+        is held back: the first record() returns it too, so both go in one segment."""
         self.sock = connect(port, timeout)
         self.incoming, self.outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = tls_client_context().wrap_bio(self.incoming, self.outgoing)
@@ -437,7 +440,8 @@ class RawTlsClient:
                 if not data:
                     raise ConnectionError("closed during the handshake") from None
                 self.incoming.write(data)
-        self.sock.sendall(self.outgoing.read())
+        if send_last_flight:
+            self.sock.sendall(self.outgoing.read())
 
     def record(self, data: bytes) -> bytes:
         """The bytes of `data` as one TLS record (not sent)."""

@@ -350,16 +350,11 @@ def test_slowloris_partial_message_then_silence(target: Target, legit: Legit,
     record(offenders=n, closed=n, reason="message_timeout", **figures)
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: a TLS record dripped byte by byte is never timed out. OpenSSL moves the bytes of an "
-    "incomplete record from the MemoryBIO into its own buffer, so TlsLeg._read sees "
-    "incoming.pending == 0 and framer.buffered == 0 and resets partial_since; every byte also "
-    "refreshes last_activity, so neither tcp_max_msg_time nor tcp_connection_lifetime ever "
-    "closes the connection"))
 def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
                                                    record: Record) -> None:
     """One TLS record sent one byte per TCP segment: never a complete record, so the framer
-    never sees a byte; tcp_max_msg_time must still close it."""
+    never sees a byte; tcp_max_msg_time still closes it (the relay follows TLS record
+    boundaries from the first byte)."""
     before = target.scrape()
     traffic = legit(target.port(), newcomers=False)
     loris = RawTlsClient(target.port())
@@ -371,9 +366,10 @@ def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
     after = target.scrape()
     record(offenders=1, closed=int(closed), reason="message_timeout", **figures)
     assert closed
-    assert target.closed(port, "Timeout waiting for a complete message") in target.relay.log
+    assert target.closed(port, "Timeout waiting for a complete message (") in target.relay.log
     assert after.delta(before, "tlstrace_connections_closed_total",
                        reason="message_timeout") == 1
+    assert after.delta(before, "tlstrace_framing_errors_total", kind="message_timeout") == 1
 
 
 # -- framing -----------------------------------------------------------------------------------
@@ -600,56 +596,31 @@ def never_reading_client(t: Target, call_id: str) -> TlsClient:
 def test_client_that_never_reads_is_bounded(target: Target, legit: Legit,
                                             record: Record) -> None:
     """The backend floods a client that reads nothing: the relay holds at most about
-    conn_buffer_limit for it, stops reading that backend connection, and closes both;
-    everyone else carries on. (Which timeout closes it: see the xfail test below.)"""
+    conn_buffer_limit for it, stops reading that backend connection, and after
+    tls_send_timeout aborts the client (what it held is counted) and closes the backend
+    connection; everyone else carries on, and no socket stays behind."""
     before = target.scrape()
     rss_before = rss_kib(target.pid)
     traffic = legit(target.port())
-    sleeper = never_reading_client(target, "sleeper@x")
-    port = sleeper.local_port
-    log = target.relay.wait_log(f" inbound 127.0.0.1:{port} closed: ", timeout=20)
-    growth_kib = rss_kib(target.pid) - rss_before
-    sleeper.close()
-    figures = check_counted(target, before, traffic, extra_requests=1)
-    after = target.scrape()
-    reasons = {r: after.delta(before, "tlstrace_connections_closed_total", reason=r)
-               for r in ("send_timeout", "message_timeout")}
-    assert sum(reasons.values()) == 1
-    line = log.split(f" inbound 127.0.0.1:{port} closed: ", 1)[1].split("\n", 1)[0]
-    assert line.startswith(("Send timeout (", "Timeout waiting for a complete message ("))
-    assert growth_kib < 32 * 1024
-    record(offenders=1, closed=1, reason=line, relay_rss_growth_kib=growth_kib, **figures)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: backpressure is blamed on the wrong side. While the relay has paused reading the "
-    "backend (the client's buffer is full), the backend leg's partial-message timer keeps "
-    "running: after tcp_max_msg_time the connection is closed for 'Timeout waiting for a "
-    "complete message (incomplete message from backend)', counted as message_timeout, "
-    "instead of 'Send timeout' for the client after tls_send_timeout"))
-def test_client_that_never_reads_is_closed_for_send_timeout(target: Target) -> None:
-    sleeper = never_reading_client(target, "sleeper-reason@x")
-    try:
-        port = sleeper.local_port
-        log = target.relay.wait_log(f" inbound 127.0.0.1:{port} closed: ", timeout=20)
-        assert target.closed(port, "Send timeout (peer left data unread for over 1500 ms)") \
-            in log
-    finally:
-        sleeper.close()
-        wait_open_inbound(target.relay, 0)
-
-
-@pytest.mark.xfail(strict=True, reason=(
-    "bug: TlsLeg.close() after a timeout calls transport.close(), which keeps the socket "
-    "until its write buffer drains; a client that never reads keeps that fd (and the buffer) "
-    "in the relay for as long as it stays connected, outside tcp_max_connections, so such "
-    "clients can exhaust the relay's file descriptors"))
-def test_client_that_never_reads_releases_its_socket(target: Target) -> None:
     sleepers = [never_reading_client(target, f"sleeper{i}@x") for i in range(3)]
+    ports = [c.local_port for c in sleepers]
     try:
-        wait_open_inbound(target.relay, 0, timeout=20)
-        assert wait_fds(target.pid, target.fds_at_rest, timeout=5) <= target.fds_at_rest
+        for port in ports:
+            target.relay.wait_log(target.closed(
+                port, "Send timeout (peer left data unread for over 1500 ms)"), timeout=20)
+        growth_kib = rss_kib(target.pid) - rss_before
+        # with the sleepers still connected: no connection open, no fd more than at rest
+        figures = check_counted(target, before, traffic, extra_requests=3)
+        after = target.scrape()
+        assert after.delta(before, "tlstrace_connections_closed_total",
+                           reason="send_timeout") == 3
+        assert after.delta(before, "tlstrace_connections_closed_total",
+                           reason="message_timeout") == 0
+        dropped = after.delta(before, "tlstrace_bytes_dropped_total", reason="send_timeout")
+        assert dropped > 0
     finally:
         for c in sleepers:
             c.close()
-        wait_fds(target.pid, target.fds_at_rest)
+    assert growth_kib < 32 * 1024
+    record(offenders=3, closed=3, reason="send_timeout", bytes_dropped=dropped,
+           relay_rss_growth_kib=growth_kib, **figures)
