@@ -79,11 +79,13 @@ class RelayCollector(Collector):
                          st.handshake_seconds)
         yield _counter("tlstrace_sip_messages_total",
                        "SIP messages relayed, by direction and method or status class",
-                       ["direction", "kind"], st.messages.items())
+                       ["direction", "kind"],
+                       (((d, k), n) for d, c in list(st.messages.items()) for k, n in c.items()))
         yield _counter("tlstrace_bytes_total", "SIP bytes relayed on TLS legs",
                        ["direction"], (((d,), n) for d, n in st.bytes.items()))
         yield _histogram("tlstrace_relay_latency_seconds",
-                         "From a read that completed messages to their write on the other leg",
+                         "From a read that completed messages to their write on the other leg "
+                         "(one relay operation in four is sampled)",
                          st.relay_seconds)
         yield _counter("tlstrace_framing_errors_total",
                        "Connections closed for breaking SIP stream framing, by kind", ["kind"],

@@ -59,6 +59,7 @@ class InboundTls(TlsLeg):
         super().__init__(relay, conn, listener.contexts.initial, server_side=True)
         self.listener = listener
         self.refused = False
+        self.connecting: asyncio.Task[None] | None = None
         #: (local, remote) of the backend connection once it is up
         self.backend_addrs: tuple[tuple[str, int], tuple[str, int]] | None = None
 
@@ -91,7 +92,8 @@ class InboundTls(TlsLeg):
 
     def on_ready(self) -> None:
         self.partner_pending = True
-        self.relay.spawn(self._connect_backend())
+        # the leg keeps its task (asyncio only keeps weak references to tasks)
+        self.connecting = self.relay.loop.create_task(self._connect_backend())
 
     def local_cert(self) -> CertInfo | None:
         ident = self.listener.contexts.identity_of(self.obj.context if self.obj else self.context)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import bisect
-from collections import Counter
+from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
 #: Methods counted by name; anything else is "other" (label sets stay bounded).
@@ -16,12 +16,13 @@ KNOWN_METHODS = frozenset(
 class Histogram:
     """Cumulative-bucket histogram with Prometheus semantics, cheap to observe."""
 
-    __slots__ = ("bounds", "counts", "sum")
+    __slots__ = ("bounds", "counts", "sum", "tick")
 
     def __init__(self, bounds: tuple[float, ...]) -> None:
         self.bounds = bounds
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
+        self.tick = 0  # for callers that sample
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1
@@ -48,8 +49,9 @@ class RelayStats:
         default_factory=lambda: Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
                                            0.5, 1.0, 2.5, 5.0))
     )
-    # messages by (direction, method or status class); direction: from_client, to_client...
-    messages: Counter[tuple[str, str]] = field(default_factory=Counter)
+    #: messages by direction (from_client, to_client, ...) then method or status class
+    messages: defaultdict[str, Counter[str]] = field(
+        default_factory=lambda: defaultdict(Counter))
     bytes: Counter[str] = field(default_factory=Counter)
     framing_errors: Counter[str] = field(default_factory=Counter)
     keepalives: Counter[str] = field(default_factory=Counter)  # ping, pong, crlf_relayed, dropped
@@ -94,12 +96,22 @@ class RelayStats:
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
 _METHOD_LABELS = {m: m.decode() for m in KNOWN_METHODS}
+#: labels by a message's first 9 bytes ("INVITE si", "SIP/2.0 2"), learnt as they come
+_BY_PREFIX: dict[bytes, str] = {}
+_BY_PREFIX_MAX = 1024
 
 
 def message_label(data: bytes) -> str:
     """Method of a request, or status class ("2xx") of a response, for metric labels."""
-    space = data.find(b" ", 0, 20)
-    token = data[:space] if space > 0 else b""
-    if token == b"SIP/2.0":
-        return _STATUS_CLASSES.get(data[8:9], "other")
-    return _METHOD_LABELS.get(token, "other")
+    prefix = data[:9]
+    label = _BY_PREFIX.get(prefix)
+    if label is None:
+        space = data.find(b" ", 0, 20)
+        token = data[:space] if space > 0 else b""
+        if token == b"SIP/2.0":
+            label = _STATUS_CLASSES.get(data[8:9], "other")
+        else:
+            label = _METHOD_LABELS.get(token, "other")
+        if len(_BY_PREFIX) < _BY_PREFIX_MAX:
+            _BY_PREFIX[prefix] = label
+    return label

@@ -31,7 +31,6 @@ from tlstrace.sip.framing import (
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.clienthello import HelloKind, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
-from tlstrace.tls.records import RecordTracker
 
 if TYPE_CHECKING:
     from tlstrace.relay.runtime import Relay
@@ -65,7 +64,6 @@ class TlsLeg(BaseLeg):
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj: ssl.SSLObject | None = None
-        self.records = RecordTracker()
         self.framer = SipFramer(
             max_msg_size=cfg.max_msg_size,
             pingpong=cfg.tls_crlf_pingpong,
@@ -109,7 +107,6 @@ class TlsLeg(BaseLeg):
             self._do_handshake()
 
     def data_received(self, data: bytes) -> None:
-        self.records.feed(data)  # from the first byte, to stay aligned on record boundaries
         if self.conn.state != "open":
             self._handshake_data(data)
             return
@@ -154,11 +151,10 @@ class TlsLeg(BaseLeg):
         self.last_activity = self.relay.loop.time()
         stats = self.relay.stats
         stats.bytes["to_tls"] += len(data)
-        direction = self.relay_direction_out
-        counts = stats.messages
+        counts = stats.messages[self.relay_direction_out]
         for chunk in chunks:
             if chunk[0] not in _WHITESPACE:
-                counts[direction, message_label(chunk)] += 1
+                counts[message_label(chunk)] += 1
         if self.tracer is not None:
             now = time.time()
             for chunk in chunks:
@@ -218,7 +214,10 @@ class TlsLeg(BaseLeg):
         finally:
             if tap is not None:
                 tap.current = None
-        self._flush()
+        if not self.server_side or obj.version() != "TLSv1.3":
+            self._flush()
+        # else: all a TLS 1.3 server has left to send are session tickets; they go out with
+        # the first response instead of costing a send of their own
         self._handshake_complete()
 
     def _handshake_complete(self) -> None:
@@ -291,14 +290,16 @@ class TlsLeg(BaseLeg):
         feed = self.framer.feed
         out: list[bytes] = []
         nmsgs = 0
-        counts = self.relay.stats.messages
-        direction = self.relay_direction_in
+        counts = self.relay.stats.messages[self.relay_direction_in]
         # stop when OpenSSL has consumed every raw byte: reading on would only raise
-        # SSLWantReadError, which costs more than the check
+        # SSLWantReadError, which costs more than the check. SSLWantReadError itself means
+        # a TLS record is incomplete (OpenSSL may hold part of it in its own buffer).
+        partial_record = ponged = False
         while incoming.pending:
             try:
                 chunk = read(_READ_SIZE)
             except ssl.SSLWantReadError:
+                partial_record = True
                 break
             except ssl.SSLError as e:
                 self._deliver(out, nmsgs)
@@ -314,14 +315,14 @@ class TlsLeg(BaseLeg):
                     data = ev.data  # type: ignore[union-attr]
                     out.append(data)
                     nmsgs += 1
-                    counts[direction, message_label(data)] += 1
+                    counts[message_label(data)] += 1
                 elif cls is Ping:
                     # pong here; a single CRLF goes on, so the backend's connection does not
                     # idle out while the client only sends keep-alives
-                    stats = self.relay.stats
-                    stats.keepalives["ping"] += 1
+                    self.relay.stats.keepalives["ping"] += 1
                     obj.write(PONG)
                     out.append(PONG)
+                    ponged = True
                 elif cls is KeepAlive:
                     out.append(ev.data)  # type: ignore[union-attr]
                     self.relay.stats.keepalives["crlf_relayed"] += 1
@@ -332,13 +333,15 @@ class TlsLeg(BaseLeg):
                     self._deliver(out, nmsgs)
                     self._framing_error(ev)
                     return
-        if self.outgoing.pending:
+        if ponged:
             self._flush()
+        # (other TLS-level output, such as a KeyUpdate answer, goes with the next write, as
+        # RFC 8446 §4.6.3 allows)
         now = self.relay.loop.time()
         self.last_activity = now
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
         # one record byte by byte never reaches the framer)
-        self.note_partial(bool(self.framer.buffered) or self.records.partial)
+        self.note_partial(partial_record or bool(self.framer.buffered))
         if out:
             self._deliver(out, nmsgs, started)
 
@@ -358,8 +361,10 @@ class TlsLeg(BaseLeg):
         partner = self.partner
         if partner is not None and not self.pending:
             partner.send(out, nmsgs)
-            if started:
-                self.relay.stats.relay_seconds.observe(time.perf_counter() - started)
+            hist = self.relay.stats.relay_seconds
+            hist.tick += 1
+            if started and not hist.tick & 3:
+                hist.observe(time.perf_counter() - started)
         else:
             self._queue(out, nmsgs)
 

@@ -47,8 +47,10 @@ class ServerContexts:
         no_sni = self._match(None)
         self.initial = (no_sni or identities[0]).context
         self._by_context = {id(i.context): i for i in identities}
+        # one domain that takes any name: nothing to choose, only the name to note
+        only_any = len(identities) == 1 and "*" in identities[0].domain.match_sip_domain
         for ident in identities:
-            ident.context.sni_callback = self._on_sni
+            ident.context.sni_callback = _note_sni if only_any else self._on_sni
 
     def _match(self, server_name: str | None) -> ServerIdentity | None:
         for pattern, ident in self._patterns:
@@ -73,6 +75,11 @@ class ServerContexts:
 
     def identity_of(self, ctx: ssl.SSLContext) -> ServerIdentity | None:
         return self._by_context.get(id(ctx))
+
+
+def _note_sni(obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
+              ctx: ssl.SSLContext) -> None:
+    obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
 
 
 class ClientContexts:
