@@ -183,3 +183,22 @@ def test_not_tls(relay: RelayProcess, payload: bytes, reason: str) -> None:
         s.sendall(payload)
         assert s.recv(100) == b""
     relay.wait_log(f"handshake failed: {reason}")
+
+
+@pytest.mark.parametrize("tickets", [0, 2])
+def test_session_tickets_and_resumption(relay_factory: Factory, backend: SipBackend, pki: Pki,
+                                        tickets: int) -> None:
+    relay = relay_factory({
+        "server_domain": [domain(pki, "default", "resume.example", ["*"],
+                                 session_tickets=tickets)],
+        "listener": [RelayProcess.tls_listener(backend.port)],
+    })
+    ctx = client_context()
+    with TlsClient(relay.port(), ctx=ctx) as first:
+        first.send(request())
+        first.recv_messages(1)  # the tickets come with the first response
+        session = first.sock.session
+    raw = socket.create_connection(("127.0.0.1", relay.port()), timeout=10)
+    again = ctx.wrap_socket(raw, session=session)
+    assert again.session_reused == (tickets > 0)
+    again.close()

@@ -65,6 +65,9 @@ class ServerDomain(_Model):
     max_version: TlsVersionName = "TLSv1.3"
     #: OpenSSL cipher list for TLS 1.2 (TLS 1.3 suites are OpenSSL's defaults). Unset: OpenSSL's.
     ciphers_list: str | None = None
+    #: TLS 1.3 session tickets sent after each full handshake (OpenSSL's default is 2); 0 turns
+    #: session resumption off (TLS 1.2 tickets too).
+    session_tickets: int = Field(2, ge=0, le=16)
 
     @model_validator(mode="after")
     def _check(self) -> ServerDomain:

@@ -60,8 +60,6 @@ class InboundTls(TlsLeg):
         self.listener = listener
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
-        #: (local, remote) of the backend connection once it is up
-        self.backend_addrs: tuple[tuple[str, int], tuple[str, int]] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
@@ -139,13 +137,19 @@ class InboundTls(TlsLeg):
                                "the client closed first")
             return
         self.partner = leg
-        if isinstance(leg, PlainLeg):
-            t = leg.transport
-            self.backend_addrs = (t.get_extra_info("sockname")[:2],
-                                  t.get_extra_info("peername")[:2])
-            if self.tracer is not None:
-                self.tracer.backend_connected(*self.backend_addrs)
+        if self.tracer is not None:
+            addrs = self.backend_addresses()
+            if addrs is not None:
+                self.tracer.backend_connected(*addrs)
         self.flush_pending()
+
+    def backend_addresses(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """(local, remote) of the plain backend connection, once it is up."""
+        leg = self.partner
+        if not isinstance(leg, PlainLeg) or not leg.live:
+            return None
+        t = leg.transport
+        return t.get_extra_info("sockname")[:2], t.get_extra_info("peername")[:2]
 
 
 class BackendTls(TlsLeg):

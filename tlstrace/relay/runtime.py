@@ -58,7 +58,11 @@ class Relay:
         self.upstreams: dict[str, UpstreamStatus] = {}
 
     def upstream_result(self, endpoint: str, role: str, ok: bool, error: str = "") -> None:
-        self.upstreams[endpoint] = UpstreamStatus(role, ok, time.time(), error)
+        status = self.upstreams.get(endpoint)
+        if ok and status is not None and status.ok:
+            status.at = time.time()  # the common case: still fine
+        else:
+            self.upstreams[endpoint] = UpstreamStatus(role, ok, time.time(), error)
 
     def prepare_context(self, ctx: ssl.SSLContext) -> None:
         """Hook a context into key logging, when keys are enabled."""

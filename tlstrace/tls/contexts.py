@@ -137,6 +137,9 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    ctx.num_tickets = domain.session_tickets
+    if not domain.session_tickets:
+        ctx.options |= ssl.OP_NO_TICKET
     _load_chain(ctx, cert_file, key_file, domain.chain, key, source)
     ctx.verify_mode = _VERIFY[domain.client_cert]
     if domain.ca_list is not None:

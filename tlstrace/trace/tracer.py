@@ -97,8 +97,9 @@ class TraceManager:
                 continue
             if on:
                 leg.tracer = self._tracer_for(leg.conn)
-                if leg.tracer is not None:
-                    backend = getattr(leg, "backend_addrs", None)
+                addresses = getattr(leg, "backend_addresses", None)
+                if leg.tracer is not None and addresses is not None:
+                    backend = addresses()
                     if backend is not None:
                         leg.tracer.backend_connected(*backend)
             else:
