@@ -353,8 +353,8 @@ def test_slowloris_partial_message_then_silence(target: Target, legit: Legit,
 def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
                                                    record: Record) -> None:
     """One TLS record sent one byte per TCP segment: never a complete record, so the framer
-    never sees a byte; tcp_max_msg_time still closes it (the relay follows TLS record
-    boundaries from the first byte)."""
+    never sees a byte; tcp_max_msg_time still closes it (an incomplete TLS record counts as
+    an incomplete message)."""
     before = target.scrape()
     traffic = legit(target.port(), newcomers=False)
     loris = RawTlsClient(target.port())
