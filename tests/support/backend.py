@@ -143,7 +143,8 @@ class SipBackend:
             self.server.close()
             for c in self.conns:
                 c.transport.abort()
-            self.loop.stop()
+            # abort() closes the sockets in callbacks of the next iteration: let them run
+            self.loop.call_soon(self.loop.stop)
 
         if self.loop.is_closed():
             return
