@@ -81,8 +81,11 @@ class RelayCollector(Collector):
                        "SIP messages relayed, by direction and method or status class",
                        ["direction", "kind"],
                        (((d, k), n) for d, c in list(st.messages.items()) for k, n in c.items()))
+        live_in = sum(c.bytes_in for c in list(relay.connections.values()))
+        live_out = sum(c.bytes_out for c in list(relay.connections.values()))
         yield _counter("tlstrace_bytes_total", "SIP bytes relayed on TLS legs",
-                       ["direction"], (((d,), n) for d, n in st.bytes.items()))
+                       ["direction"], [(("from_tls",), st.bytes["from_tls"] + live_in),
+                                       (("to_tls",), st.bytes["to_tls"] + live_out)])
         yield _histogram("tlstrace_relay_latency_seconds",
                          "From a read that completed messages to their write on the other leg "
                          "(one relay operation in four is sampled)",

@@ -67,7 +67,7 @@ class ServerDomain(_Model):
     ciphers_list: str | None = None
     #: TLS 1.3 session tickets sent after each full handshake (OpenSSL's default is 2); 0 turns
     #: session resumption off (TLS 1.2 tickets too).
-    session_tickets: int = Field(2, ge=0, le=16)
+    session_tickets: int = Field(default=2, ge=0, le=16)
 
     @model_validator(mode="after")
     def _check(self) -> ServerDomain:

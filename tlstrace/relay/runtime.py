@@ -95,6 +95,9 @@ class Relay:
         self.stats.handshake_seconds.observe(elapsed)
 
     def connection_closed(self, leg: TlsLeg, reason: CloseReason, was_open: bool) -> None:
+        # bytes are counted on the connection while it lives (cheaper on the message path)
+        self.stats.bytes["from_tls"] += leg.conn.bytes_in
+        self.stats.bytes["to_tls"] += leg.conn.bytes_out
         self.connections.pop(leg.conn.id, None)
         self.tls_legs.pop(leg.conn.id, None)
         if leg.conn.direction == "inbound" and leg.server_side:

@@ -83,6 +83,9 @@ class TlsLeg(BaseLeg):
         #: set when the partner closed while its last messages waited for our handshake
         self.close_after_flush: tuple[CloseReason, str] | None = None
         self.tracer: MessageTracer | None = None
+        # this leg's message counters, looked up once
+        self.in_counts = relay.stats.messages[self.relay_direction_in]
+        self.out_counts = relay.stats.messages[self.relay_direction_out]
         self.sniffed = not server_side
         #: the first bytes a client sent, kept during the handshake to explain a failure
         self.first_bytes = b""
@@ -149,9 +152,7 @@ class TlsLeg(BaseLeg):
         conn.bytes_out += len(data)
         conn.msgs_out += nmsgs
         self.last_activity = self.relay.loop.time()
-        stats = self.relay.stats
-        stats.bytes["to_tls"] += len(data)
-        counts = stats.messages[self.relay_direction_out]
+        counts = self.out_counts
         for chunk in chunks:
             if chunk[0] not in _WHITESPACE:
                 counts[message_label(chunk)] += 1
@@ -290,7 +291,7 @@ class TlsLeg(BaseLeg):
         feed = self.framer.feed
         out: list[bytes] = []
         nmsgs = 0
-        counts = self.relay.stats.messages[self.relay_direction_in]
+        counts = self.in_counts
         # stop when OpenSSL has consumed every raw byte: reading on would only raise
         # SSLWantReadError, which costs more than the check. SSLWantReadError itself means
         # a TLS record is incomplete (OpenSSL may hold part of it in its own buffer).
@@ -352,7 +353,6 @@ class TlsLeg(BaseLeg):
         size = sum(map(len, out))
         conn.bytes_in += size
         conn.msgs_in += nmsgs
-        self.relay.stats.bytes["from_tls"] += size
         if self.tracer is not None:
             now = time.time()
             for chunk in out:
