@@ -74,10 +74,10 @@ def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
     while time.monotonic() < deadline:
         line = proc.stdout.readline()
         if not line:
-            raise RuntimeError(f"child {proc.args} exited ({proc.poll()})")
+            raise RuntimeError(f"child {proc.args!r} exited ({proc.poll()})")
         if line.startswith("{"):
             return cast(dict[str, Any], json.loads(line))
-    raise TimeoutError(f"no answer from {proc.args}")
+    raise TimeoutError(f"no answer from {proc.args!r}")
 
 
 def tell(proc: subprocess.Popen[str], word: str) -> None:
@@ -167,7 +167,7 @@ class CountingResponder(asyncio.Protocol):
         for ev in self.framer.feed(data):
             if ev.__class__ is Message:
                 counts.received += 1
-                answer = respond(ev.data)  # type: ignore[union-attr]
+                answer = respond(ev.data)
                 if answer is not None:
                     answers.append(answer)
                     counts.answered += 1
