@@ -7,8 +7,9 @@ import logging
 import socket
 from typing import TYPE_CHECKING, cast
 
-from tlstrace.config import Endpoint, Listener
+from tlstrace.config import Listener
 from tlstrace.relay import proxy_protocol
+from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
@@ -109,7 +110,7 @@ class InboundTls(TlsLeg):
         if backend.scheme == "tcp":
             leg = PlainLeg(relay, self, name="backend", preamble=preamble)
         else:
-            leg = BackendTls.make(relay, backend, lst.client_domain, preamble)
+            leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
             leg.partner = self
         try:
             async with asyncio.timeout(timeout):
@@ -152,35 +153,8 @@ class InboundTls(TlsLeg):
         return t.get_extra_info("sockname")[:2], t.get_extra_info("peername")[:2]
 
 
-class BackendTls(TlsLeg):
+class BackendTls(ClientTls):
     """A TLS connection to a backend reached as tls:HOST:PORT."""
 
     relay_direction_in = "from_backend"
     relay_direction_out = "to_backend"
-
-    @classmethod
-    def make(cls, relay: Relay, backend: Endpoint, client_domain: str | None,
-             preamble: bytes) -> BackendTls:
-        domain = relay.client_contexts.domain(client_domain)
-        ctx = relay.client_contexts.get(client_domain)
-        name = domain.server_name or backend.host
-        conn = Connection("outbound", (backend.host, backend.port), ("", 0), "backend")
-        leg = cls(relay, conn, ctx, server_side=False, server_hostname=name)
-        leg.preamble = preamble
-        leg.client_domain = client_domain
-        return leg
-
-    preamble = b""
-    client_domain: str | None = None
-
-    def local_cert(self) -> CertInfo | None:
-        return self.relay.client_contexts.cert_info(self.client_domain)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.conn.remote = transport.get_extra_info("peername")[:2]
-        self.conn.local = transport.get_extra_info("sockname")[:2]
-        self.relay.stats.outbound_opened += 1
-        if self.preamble:
-            transport.write(self.preamble)
-        super().connection_made(transport)

@@ -12,13 +12,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
 from tlstrace.config import Endpoint, Listener
-from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.client_tls import ClientTls
+from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.plain_leg import PlainLeg
-from tlstrace.relay.tls_leg import TlsLeg
-from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.failures import HandshakeFailure
 
 if TYPE_CHECKING:
@@ -106,12 +105,7 @@ class PeerLink:
 
     def _open(self) -> PeerTls:
         relay = self.relay
-        domain = relay.client_contexts.domain(self.domain)
-        ctx = relay.client_contexts.get(self.domain)
-        name = domain.server_name or self.peer.host
-        conn = Connection("outbound", (self.peer.host, self.peer.port), ("", 0), self.listener)
-        leg = PeerTls(relay, conn, ctx, server_side=False, server_hostname=name)
-        leg.client_domain = self.domain
+        leg = PeerTls.open(relay, self.peer, self.domain, self.listener)
         leg.partner = self
         self.tls = leg
         relay.spawn(self._connect(leg))
@@ -185,22 +179,11 @@ class LocalEnd:
             self.link.tls.resume_reading()
 
 
-class PeerTls(TlsLeg):
+class PeerTls(ClientTls):
     """The pooled TLS connection to a peer."""
 
     relay_direction_in = "from_peer"
     relay_direction_out = "to_peer"
-    client_domain: str | None = None
-
-    def local_cert(self) -> CertInfo | None:
-        return self.relay.client_contexts.cert_info(self.client_domain)
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        transport = cast(asyncio.Transport, transport)
-        self.conn.remote = transport.get_extra_info("peername")[:2]
-        self.conn.local = transport.get_extra_info("sockname")[:2]
-        self.relay.stats.outbound_opened += 1
-        super().connection_made(transport)
 
     def _reason_for_partner(self, reason: CloseReason) -> CloseReason:
         return reason

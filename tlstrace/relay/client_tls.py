@@ -1,0 +1,45 @@
+"""TLS connections tlstrace opens as a client: to a peer (outbound) or to a tls: backend."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Self, cast
+
+from tlstrace.config import Endpoint
+from tlstrace.relay.connection import Connection
+from tlstrace.relay.tls_leg import TlsLeg
+from tlstrace.tls.certinfo import CertInfo
+
+if TYPE_CHECKING:
+    from tlstrace.relay.runtime import Relay
+
+
+class ClientTls(TlsLeg):
+    """A client-side TLS leg in a client domain, optionally opening with a preamble (a PROXY
+    protocol header) before its ClientHello."""
+
+    @classmethod
+    def open(cls, relay: Relay, target: Endpoint, client_domain: str | None, listener: str,
+             preamble: bytes = b"") -> Self:
+        domain = relay.client_contexts.domain(client_domain)
+        conn = Connection("outbound", (target.host, target.port), ("", 0), listener)
+        leg = cls(relay, conn, relay.client_contexts.get(client_domain), server_side=False,
+                  server_hostname=domain.server_name or target.host)
+        leg.client_domain = client_domain
+        leg.preamble = preamble
+        return leg
+
+    client_domain: str | None = None
+    preamble = b""
+
+    def local_cert(self) -> CertInfo | None:
+        return self.relay.client_contexts.cert_info(self.client_domain)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        transport = cast(asyncio.Transport, transport)
+        self.conn.remote = transport.get_extra_info("peername")[:2]
+        self.conn.local = transport.get_extra_info("sockname")[:2]
+        self.relay.stats.outbound_opened += 1
+        if self.preamble:
+            transport.write(self.preamble)
+        super().connection_made(transport)
