@@ -6,6 +6,7 @@ import socket
 import ssl
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -202,3 +203,32 @@ def test_session_tickets_and_resumption(relay_factory: Factory, backend: SipBack
     again = ctx.wrap_socket(raw, session=session)
     assert again.session_reused == (tickets > 0)
     again.close()
+
+
+def test_chain_is_sent(relay_factory: Factory, backend: SipBackend, pki: Pki,
+                       tmp_path: Path) -> None:
+    """A certificate issued by an intermediate CA verifies at a client that only trusts the
+    root once `chain` names the intermediate."""
+    from tlstrace.tls.certgen import issue, make_ca
+
+    intermediate = make_ca("tlstrace intermediate", issuer=pki.ca)
+    leaf = issue("chained.example", issuer=intermediate, names=["chained.example"])
+    cert, key, chain = tmp_path / "leaf.pem", tmp_path / "leaf.key", tmp_path / "chain.pem"
+    leaf.write(cert, key)
+    chain.write_bytes(intermediate.cert_pem())
+    verify = client_context(ca=str(pki.ca_file), check_hostname=True)
+    for with_chain in (False, True):
+        relay = relay_factory({
+            "server_domain": [{"name": "default", "certificate": str(cert),
+                               "private_key": str(key),
+                               **({"chain": str(chain)} if with_chain else {})}],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        })
+        if with_chain:
+            with TlsClient(relay.port(), ctx=verify, server_hostname="chained.example") as c:
+                c.send(request())
+                c.recv_messages(1)
+        else:
+            with pytest.raises(ssl.SSLCertVerificationError):
+                TlsClient(relay.port(), ctx=verify, server_hostname="chained.example")
+        relay.stop()

@@ -64,14 +64,16 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def make_ca(cn: str = "tlstrace test CA", org: str | None = "tlstrace", kind: str = "ec") -> Issued:
+def make_ca(cn: str = "tlstrace test CA", org: str | None = "tlstrace", kind: str = "ec",
+            issuer: Issued | None = None) -> Issued:
+    """A root CA, or with `issuer` an intermediate CA signed by it."""
     key = new_key(kind)
     now = dt.datetime.now(dt.UTC)
     name = _name(cn, org)
     cert = (
         x509.CertificateBuilder()
         .subject_name(name)
-        .issuer_name(name)
+        .issuer_name(issuer.cert.subject if issuer else name)
         .public_key(key.public_key())
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - dt.timedelta(minutes=5))
@@ -86,7 +88,7 @@ def make_ca(cn: str = "tlstrace test CA", org: str | None = "tlstrace", kind: st
             critical=True,
         )
         .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), critical=False)
-        .sign(key, hashes.SHA256())
+        .sign(issuer.key if issuer else key, hashes.SHA256())
     )
     return Issued(cert, key)
 
