@@ -48,6 +48,8 @@ VARIANTS: list[Variant] = [
     # tracing on, to a local UDP HEP sink: what tracing costs per message (issue 4)
     Variant("tlstrace+trace", "tlstrace", ("--trace", "--hep", "{hep}"),
             frozenset({"persistent"})),
+    # session keys collected (the sslkeylog callback on every handshake), nothing sent
+    Variant("tlstrace+keys", "tlstrace", ("--trace-keys",), frozenset({"handshake"})),
     Variant("haproxy", "haproxy"),
 ]
 
