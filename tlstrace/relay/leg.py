@@ -42,28 +42,44 @@ class BaseLeg(asyncio.Protocol):
         elif not self.partial_since:
             self.partial_since = self.relay.loop.time()
 
-    # -- backpressure: our transport's buffer towards this end is full, so stop reading the
-    # partner; the partner's is full, so stop reading this end
+    # -- backpressure. A leg reads its end only while everything it reads can go somewhere:
+    # its own queue is within bounds and its partner is not blocked. Whenever one of those
+    # changes, update_reading() computes the answer again from the state, so no pause can be
+    # left behind by a leg that went away.
 
     def pause_writing(self) -> None:
         self.blocked_since = self.relay.loop.time()
         if self.partner is not None:
-            self.partner.pause_reading()
+            self.partner.update_reading()
 
     def resume_writing(self) -> None:
         self.blocked_since = 0.0
         if self.partner is not None:
-            self.partner.resume_reading()
+            self.partner.update_reading()
 
-    def pause_reading(self) -> None:
-        if self.live and not self.reading_paused:
+    def is_blocked(self) -> bool:
+        return bool(self.blocked_since) or self.backlog_out()
+
+    def backlog_out(self) -> bool:
+        """Too much queued here for this end, waiting for the transport (none by default)."""
+        return False
+
+    def backlog_in(self) -> bool:
+        """Too much read from this end, waiting for the partner (none by default)."""
+        return False
+
+    def update_reading(self) -> None:
+        if not self.live or self.closed:
+            return
+        partner = self.partner
+        pause = self.backlog_in() or (partner is not None and partner.is_blocked())
+        if pause == self.reading_paused:
+            return
+        self.reading_paused = pause
+        if pause:
             self.transport.pause_reading()
-            self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        if self.live and not self.closed and self.reading_paused:
+        else:
             self.transport.resume_reading()
-            self.reading_paused = False
             if self.partial_since:  # the wait for the rest starts again now
                 self.partial_since = self.relay.loop.time()
 
@@ -85,7 +101,12 @@ class BaseLeg(asyncio.Protocol):
         if not self.closed:
             due = self.overdue(now)
             if due is not None:
+                if due[0] is CloseReason.MESSAGE_TIMEOUT:
+                    self.relay.stats.framing_errors[self.timeout_kind] += 1
                 self.close(*due, abort=due[0] is CloseReason.SEND_TIMEOUT)
+
+    #: how a partial-message timeout of this leg is counted in framing_errors
+    timeout_kind = "message_timeout"
 
     def close(self, reason: CloseReason, detail: str = "", abort: bool = False) -> None:
         """End this leg; `abort` drops what its peer did not read instead of waiting."""

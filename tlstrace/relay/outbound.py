@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from tlstrace.config import Endpoint, Listener
@@ -82,14 +83,20 @@ class PeerLink:
         self.domain = domain
         self.listener = listener
         self.tls: PeerTls | None = None
-        self.locals: list[PlainLeg] = []  # most recent sender last
+        #: attached local connections, the most recent sender last (what the peer sends goes
+        #: to it)
+        self.locals: OrderedDict[PlainLeg, None] = OrderedDict()
+
+    @property
+    def latest(self) -> PlainLeg | None:
+        return next(reversed(self.locals), None)
 
     # -- from the local side -------------------------------------------------------------------
 
     def to_peer(self, local: PlainLeg, chunks: list[bytes], nmsgs: int) -> None:
-        if self.locals and self.locals[-1] is not local and local in self.locals:
-            self.locals.remove(local)
-            self.locals.append(local)
+        if self.latest is not local and local in self.locals:
+            self.locals.move_to_end(local)
+            self._tls_update()
         tls = self.tls
         if tls is None or tls.closed:
             tls = self._open()
@@ -97,11 +104,20 @@ class PeerLink:
 
     def attach(self, local: PlainLeg) -> None:
         # a new connection has sent nothing yet: it goes first, the most recent sender stays last
-        self.locals.insert(0, local)
+        self.locals[local] = None
+        self.locals.move_to_end(local, last=False)
 
     def detach(self, local: PlainLeg) -> None:
-        if local in self.locals:
-            self.locals.remove(local)
+        if self.locals.pop(local, False) is None:
+            self._tls_update()
+
+    def _tls_update(self) -> None:
+        if self.tls is not None and not self.tls.closed:
+            self.tls.update_reading()
+
+    def _locals_update(self) -> None:
+        for local in list(self.locals):
+            local.update_reading()
 
     def _open(self) -> PeerTls:
         relay = self.relay
@@ -117,7 +133,7 @@ class PeerLink:
             await asyncio.wait_for(
                 relay.loop.create_connection(lambda: leg, self.peer.host, self.peer.port),
                 relay.config.tls_handshake_timeout / 1000)
-        except (OSError, TimeoutError) as e:
+        except Exception as e:  # any failure ends this attempt, never the relay
             why = str(e) or type(e).__name__
             log.warning("peer %s unreachable: %s", self.peer, why)
             relay.upstream_result(str(self.peer), "peer", False, why)
@@ -127,33 +143,40 @@ class PeerLink:
             relay.stats.handshakes["outbound", "failure", "", ""] += 1
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             relay.observer.closed(leg.conn, CloseReason.CONNECT_FAILED, None)
+            relay.stats.closed[CloseReason.CONNECT_FAILED.label] += 1
             leg.outq.clear()
+            leg.outq_msgs = leg.outq_size = 0
+            if leg.live:  # timed out after the TCP connection was made
+                leg.close(CloseReason.CONNECT_FAILED, why, abort=True)
             leg.closed = True
             if self.tls is leg:
                 self.tls = None
+                self._locals_update()
             return
         relay.upstream_result(str(self.peer), "peer", True)
 
     # -- Partner interface for the pooled TLS leg ----------------------------------------------
 
     def send(self, chunks: list[bytes], nmsgs: int) -> None:
-        if not self.locals:
-            self.relay.stats.dropped_messages["no_local_connection"] += nmsgs
-            log.warning("peer %s sent %d message(s) but no local connection is attached",
-                        self.peer, nmsgs)
+        latest = self.latest
+        if latest is None:
+            if nmsgs:  # a keep-alive with nobody to give it to is not news
+                self.relay.stats.dropped_messages["no_local_connection"] += nmsgs
+                log.warning("peer %s sent %d message(s) but no local connection is attached",
+                            self.peer, nmsgs)
             return
-        self.locals[-1].send(chunks, nmsgs)
+        latest.send(chunks, nmsgs)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.tls = None  # the local connections stay; the next message reconnects
+        self._locals_update()
 
-    def pause_reading(self) -> None:
-        for local in self.locals:
-            local.pause_reading()
+    def is_blocked(self) -> bool:
+        latest = self.latest
+        return latest is not None and latest.is_blocked()
 
-    def resume_reading(self) -> None:
-        for local in self.locals:
-            local.resume_reading()
+    def update_reading(self) -> None:
+        self._locals_update()
 
 
 class LocalEnd:
@@ -170,13 +193,12 @@ class LocalEnd:
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.link.detach(self.local)
 
-    def pause_reading(self) -> None:
-        if self.link.tls is not None and not self.link.tls.closed:
-            self.link.tls.pause_reading()
+    def is_blocked(self) -> bool:
+        tls = self.link.tls
+        return tls is not None and not tls.closed and tls.is_blocked()
 
-    def resume_reading(self) -> None:
-        if self.link.tls is not None and not self.link.tls.closed:
-            self.link.tls.resume_reading()
+    def update_reading(self) -> None:
+        self.link._tls_update()
 
 
 class PeerTls(ClientTls):

@@ -16,6 +16,8 @@ class Partner(Protocol):
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         """The other leg ended: flush what is pending, then close."""
 
-    def pause_reading(self) -> None: ...
+    def is_blocked(self) -> bool:
+        """Sending more now would only pile up (its peer is not reading fast enough)."""
 
-    def resume_reading(self) -> None: ...
+    def update_reading(self) -> None:
+        """The other leg's blocked state changed: decide again whether to read."""

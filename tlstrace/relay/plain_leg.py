@@ -26,6 +26,7 @@ class PlainLeg(BaseLeg):
         super().__init__(relay)
         self.partner = partner
         self.name = name  # "backend" or "local", for logs
+        self.timeout_kind = f"{name}_message_timeout"
         self.preamble = preamble
         # the SIP server side is trusted with keep-alives: relay them as they are
         self.framer = SipFramer(max_msg_size=relay.config.max_msg_size, pingpong=False,
