@@ -139,3 +139,27 @@ def test_client_closing_while_the_tls_backend_connects_loses_nothing(
         client.close_notify()  # before the relay's TLS connection to the backend is up
         assert backend.wait_messages(30) == msgs
         assert backend.wait_closed(0)
+
+
+def test_idle_connection_to_a_tls_backend_is_not_a_partial_message(
+        relay_factory: Factory, pki: Pki) -> None:
+    """A TLS 1.3 backend's session tickets are whole records without application data: they
+    must not arm the partial-message timeout of an idle connection."""
+    files = pki.leaf("backend3.example", names=["backend3.example"])
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(files.cert, files.key)
+    with SipBackend(ssl_context=ctx) as backend:
+        relay = relay_factory({
+            "tcp_max_msg_time": 0.5,
+            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
+                               "server_name": "backend3.example"}],
+            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
+                          "backend": f"tls:127.0.0.1:{backend.port}"}],
+        })
+        with TlsClient(relay.port()) as client:
+            client.send(request(call_id="idle1@t"))
+            client.recv_messages(1)
+            time.sleep(2.0)  # four times tcp_max_msg_time, idle
+            client.send(request(call_id="idle2@t", cseq=2))
+            client.recv_messages(1)
+        assert "Timeout waiting for a complete message" not in relay.log

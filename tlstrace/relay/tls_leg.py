@@ -28,6 +28,7 @@ from tlstrace.sip.framing import (
     Ping,
     SipFramer,
 )
+from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.clienthello import HelloKind, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
@@ -87,6 +88,9 @@ class TlsLeg(BaseLeg):
         self.in_counts = relay.stats.messages[self.relay_direction_in]
         self.out_counts = relay.stats.messages[self.relay_direction_out]
         self.sniffed = not server_side
+        # where the incoming byte stream stands between TLS records (see data_received)
+        self.rec_left = 0
+        self.rec_head = b""
         #: the first bytes a client sent, kept during the handshake to explain a failure
         self.first_bytes = b""
         self.last_activity = relay.loop.time()
@@ -110,6 +114,11 @@ class TlsLeg(BaseLeg):
             self._do_handshake()
 
     def data_received(self, data: bytes) -> None:
+        # follow TLS record boundaries from the first byte (see tls/records.py); the common
+        # case, one whole record, costs a length check
+        n = len(data)
+        if self.rec_left or self.rec_head or n < 5 or 5 + (data[3] << 8 | data[4]) != n:
+            self.rec_left, self.rec_head = records.advance(self.rec_left, self.rec_head, data)
         if self.conn.state != "open":
             self._handshake_data(data)
             return
@@ -293,14 +302,12 @@ class TlsLeg(BaseLeg):
         nmsgs = 0
         counts = self.in_counts
         # stop when OpenSSL has consumed every raw byte: reading on would only raise
-        # SSLWantReadError, which costs more than the check. SSLWantReadError itself means
-        # a TLS record is incomplete (OpenSSL may hold part of it in its own buffer).
-        partial_record = ponged = False
+        # SSLWantReadError, which costs more than the check
+        ponged = False
         while incoming.pending:
             try:
                 chunk = read(_READ_SIZE)
             except ssl.SSLWantReadError:
-                partial_record = True
                 break
             except ssl.SSLError as e:
                 self._deliver(out, nmsgs)
@@ -342,7 +349,7 @@ class TlsLeg(BaseLeg):
         self.last_activity = now
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
         # one record byte by byte never reaches the framer)
-        self.note_partial(partial_record or bool(self.framer.buffered))
+        self.note_partial(bool(self.rec_left or self.rec_head or self.framer.buffered))
         if out:
             self._deliver(out, nmsgs, started)
 
@@ -373,8 +380,7 @@ class TlsLeg(BaseLeg):
         self.pending.extend(chunks)
         self.pending_msgs += nmsgs
         self.pending_size += sum(map(len, chunks))
-        if self.pending_size > self.relay.config.conn_buffer_limit:
-            self.pause_reading()
+        self.update_reading()
 
     def flush_pending(self) -> None:
         """Hand queued messages to the partner once it is ready."""
@@ -382,17 +388,16 @@ class TlsLeg(BaseLeg):
             return
         chunks, nmsgs = self.pending, self.pending_msgs
         self.pending, self.pending_msgs, self.pending_size = [], 0, 0
-        self.blocked_since = 0.0
         self.partner.send(chunks, nmsgs)
-        self.resume_reading()
+        self.update_reading()
 
     def _queue_out(self, chunks: list[bytes], nmsgs: int) -> None:
         """Hold the partner's messages until this leg's handshake completes; bounded."""
         self.outq.extend(chunks)
         self.outq_msgs += nmsgs
         self.outq_size += sum(map(len, chunks))
-        if self.outq_size > self.relay.config.conn_buffer_limit and self.partner is not None:
-            self.partner.pause_reading()
+        if self.partner is not None:
+            self.partner.update_reading()
 
     def flush_outq(self) -> None:
         """Send what the partner queued here while this leg's handshake ran."""
@@ -401,9 +406,15 @@ class TlsLeg(BaseLeg):
             self.outq, self.outq_msgs, self.outq_size = [], 0, 0
             self.send(chunks, nmsgs)
             if self.partner is not None:
-                self.partner.resume_reading()
+                self.partner.update_reading()
         if self.close_after_flush is not None:
             self.close(*self.close_after_flush)
+
+    def backlog_in(self) -> bool:
+        return self.pending_size > self.relay.config.conn_buffer_limit
+
+    def backlog_out(self) -> bool:
+        return self.outq_size > self.relay.config.conn_buffer_limit
 
     def _framing_error(self, ev: FramingError) -> None:
         self.relay.stats.framing_errors[ev.kind.value] += 1
@@ -483,13 +494,11 @@ class TlsLeg(BaseLeg):
         """Role-specific clean-up."""
 
     def check_timeouts(self, now: float) -> None:
-        """Called about once a second by the sweeper."""
-        if self.closed or self.conn.state != "open":
-            return
-        due = self.overdue(now)
-        if due is not None:
-            if due[0] is CloseReason.MESSAGE_TIMEOUT:
-                self.relay.stats.framing_errors["message_timeout"] += 1
-            self.close(*due, abort=due[0] is CloseReason.SEND_TIMEOUT)
-        elif now - self.last_activity > self.relay.config.tcp_connection_lifetime:
-            self.close(CloseReason.IDLE_TIMEOUT)
+        if self.conn.state == "open":  # a handshake has its own timer
+            super().check_timeouts(now)
+
+    def overdue(self, now: float) -> tuple[CloseReason, str] | None:
+        due = super().overdue(now)
+        if due is None and now - self.last_activity > self.relay.config.tcp_connection_lifetime:
+            return CloseReason.IDLE_TIMEOUT, ""
+        return due
