@@ -37,8 +37,9 @@ class ClientTls(TlsLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)
-        self.conn.remote = transport.get_extra_info("peername")[:2]
-        self.conn.local = transport.get_extra_info("sockname")[:2]
+        # None when the connection was reset at once; connection_lost follows
+        self.conn.remote = (transport.get_extra_info("peername") or self.conn.remote)[:2]
+        self.conn.local = (transport.get_extra_info("sockname") or ("", 0))[:2]
         self.relay.stats.outbound_opened += 1
         if self.preamble:
             transport.write(self.preamble)

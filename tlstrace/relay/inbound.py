@@ -65,6 +65,13 @@ class InboundTls(TlsLeg):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
         transport = cast(asyncio.Transport, transport)
+        peer = transport.get_extra_info("peername")
+        local = transport.get_extra_info("sockname")
+        if peer is None or local is None:
+            # reset by the client before we got to it: nothing to count, nothing to close
+            self.refused = self.closed = True
+            transport.abort()
+            return
         if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
             self.refused = self.closed = True
             relay.stats.refused += 1
@@ -77,8 +84,8 @@ class InboundTls(TlsLeg):
             return
         relay.inbound_open += 1
         relay.stats.accepted += 1
-        self.conn.remote = transport.get_extra_info("peername")[:2]
-        self.conn.local = transport.get_extra_info("sockname")[:2]
+        self.conn.remote = peer[:2]
+        self.conn.local = local[:2]
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -103,19 +110,19 @@ class InboundTls(TlsLeg):
         lst = self.listener.listener
         backend = lst.backend
         assert backend is not None
-        preamble = proxy_protocol.header(self.conn.remote, self.conn.local) \
-            if lst.proxy_protocol else b""
         timeout = relay.config.tls_handshake_timeout / 1000
         leg: PlainLeg | BackendTls
-        if backend.scheme == "tcp":
-            leg = PlainLeg(relay, self, name="backend", preamble=preamble)
-        else:
-            leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
-            leg.partner = self
         try:
+            preamble = proxy_protocol.header(self.conn.remote, self.conn.local) \
+                if lst.proxy_protocol else b""
+            if backend.scheme == "tcp":
+                leg = PlainLeg(relay, self, name="backend", preamble=preamble)
+            else:
+                leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
+                leg.partner = self
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
-        except (OSError, TimeoutError) as e:
+        except Exception as e:  # any failure closes this client, never the relay
             self.partner_pending = False
             if self.closed and self.pending_msgs:
                 relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += \
@@ -139,9 +146,7 @@ class InboundTls(TlsLeg):
             return
         self.partner = leg
         if self.tracer is not None:
-            addrs = self.backend_addresses()
-            if addrs is not None:
-                self.tracer.backend_connected(*addrs)
+            self.tracer.backend_leg(self.backend_addresses())
         self.flush_pending()
 
     def backend_addresses(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
