@@ -56,6 +56,8 @@ def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
 
 
 def create_app(sidecar: Sidecar) -> FastAPI:
+    """Every handler is `async def`: it runs in the event loop's thread, the only thread that
+    may touch the relay (a plain `def` would run in a worker thread)."""
     app = FastAPI(
         title="tlstrace", version=__version__,
         description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
@@ -70,7 +72,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={401: problems[401]})
-    def get_trace() -> models.TraceState:
+    async def get_trace() -> models.TraceState:
         tracing = sidecar.tracing
         return models.TraceState(
             tracing="on" if tracing.enabled else "off",
@@ -83,31 +85,31 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={409: {"model": models.Problem}, 401: problems[401],
                         400: {"model": models.Problem}})
-    def put_trace(body: models.TraceSwitch) -> models.TraceState:
+    async def put_trace(body: models.TraceSwitch) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command."""
         on = body.tracing == "on"
         if on and not len(sidecar.senders):
             raise HTTPException(409, "no HEP destination is configured (hep_id)")
         sidecar.tracing.set_enabled(on)
-        return get_trace()
+        return await get_trace()
 
     @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
              responses={401: problems[401]})
-    def get_filters() -> models.TraceFilters:
+    async def get_filters() -> models.TraceFilters:
         f = sidecar.tracing.filter
         return models.TraceFilters(rules=f.rules, default=f.default)
 
     @app.put("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
              responses={401: problems[401], 400: {"model": models.Problem}})
-    def put_filters(body: models.TraceFilters) -> models.TraceFilters:
+    async def put_filters(body: models.TraceFilters) -> models.TraceFilters:
         """Replace the rules; they decide for connections whose handshake ends from now on.
         A rule set that does not validate is refused (422) and the old one stays."""
         sidecar.tracing.set_filter(TraceFilter(body.rules, body.default))
-        return get_filters()
+        return await get_filters()
 
     @app.get("/api/connections", response_model=list[models.ConnectionInfo],
              tags=["connections"], responses={401: problems[401]})
-    def list_connections(
+    async def list_connections(
         direction: Literal["inbound", "outbound"] | None = None,
         traced: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
@@ -131,12 +133,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/api/connections/{conn_id}", response_model=models.ConnectionDetail,
              tags=["connections"], responses=problems)
-    def get_connection(conn_id: ConnId) -> models.ConnectionInfo:
+    async def get_connection(conn_id: ConnId) -> models.ConnectionInfo:
         return _info(_find(conn_id), detail=True)
 
     @app.delete("/api/connections/{conn_id}", status_code=204, tags=["connections"],
                 responses=problems)
-    def close_connection(conn_id: ConnId) -> Response:
+    async def close_connection(conn_id: ConnId) -> Response:
         """Close a connection (close_notify, then its backend after pending data)."""
         _find(conn_id)
         sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API)
@@ -144,7 +146,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/api/destinations", response_model=list[models.Destination], tags=["tracing"],
              responses={401: problems[401]})
-    def destinations() -> list[models.Destination]:
+    async def destinations() -> list[models.Destination]:
         return [
             models.Destination(
                 name=s.name, transport=s.transport, address=s.address, state=s.state,
@@ -157,7 +159,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
               responses={409: {"model": models.ReloadResult}, 401: problems[401]})
-    def reload(response: Response) -> models.ReloadResult:
+    async def reload(response: Response) -> models.ReloadResult:
         """Re-read the configuration file and the certificates, as SIGHUP does. New
         connections get the new certificates; open ones keep theirs. On any error nothing
         changes (409, with the reason)."""
@@ -167,7 +169,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         return models.ReloadResult(reloaded=ok, message=message)
 
     @app.get("/healthz", response_model=models.Health, tags=["health"])
-    def healthz() -> models.Health:
+    async def healthz() -> models.Health:
         return models.Health(status="ok")
 
     @app.get("/readyz", response_model=models.Readiness, tags=["health"],
@@ -191,7 +193,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.get("/metrics", tags=["health"], response_class=Response,
              responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
-    def metrics() -> Response:
+    async def metrics() -> Response:
         return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
