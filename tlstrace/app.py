@@ -22,7 +22,7 @@ from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
-from tlstrace.tls.contexts import ServerContexts, build_server_contexts
+from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.tracer import TraceManager
 
 if TYPE_CHECKING:
@@ -134,6 +134,7 @@ class Sidecar:
             for lst in self.inbound:
                 li = by_listen.get(str(lst.listener.listen), lst.listener)
                 replacements.append((lst, build_server_contexts(config, li, self.source)))
+            client_contexts = ClientContexts(config, self.source)
         except ConfigError as e:
             self.relay.stats.reloads["failure"] += 1
             log.error("reload failed, keeping the current configuration and certificates: %s", e)
@@ -141,8 +142,11 @@ class Sidecar:
         if [str(li.listen) for li in config.listener] != \
                 [str(li.listen) for li in self.config.listener]:
             log.warning("reload: listener changes need a restart; kept the current listeners")
+        # keys first, so that the new contexts are hooked when keys are (now) wanted
+        self.relay.set_keys(config.keys_wanted, [])
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
+        self.relay.replace_client_contexts(client_contexts)
         if config.hep_id != self.config.hep_id:
             log.warning("reload: hep_id changes need a restart; kept the current destinations")
         self.config = config

@@ -28,7 +28,6 @@ class CloseReason(StrEnum):
     BACKEND_UNREACHABLE = "Backend unreachable"
     HANDSHAKE_FAILED = "Handshake failed"
     CONNECT_FAILED = "Async connect failed"
-    CONNECTION_LIMIT = "Connection limit reached"
     CLOSED_BY_API = "Closed by API"
     SHUTDOWN = "Shutdown"
 

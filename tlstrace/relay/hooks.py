@@ -17,8 +17,9 @@ class MessageTracer(Protocol):
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         """One SIP message: `received` from the TLS peer, or sent to it."""
 
-    def backend_connected(self, local: tuple[str, int], remote: tuple[str, int]) -> None:
-        """The plain TCP leg to the backend is up."""
+    def backend_leg(self, addresses: tuple[tuple[str, int], tuple[str, int]] | None) -> None:
+        """The backend connection is up: (local, remote) of a plain TCP leg, or None when
+        there is none to trace (a tls: backend, or no backend at all)."""
 
 
 class ConnectionObserver(Protocol):

@@ -33,7 +33,7 @@ class UpstreamStatus:
 
 class Relay:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, source: str,
-                 observer: ConnectionObserver | None = None, keys: bool = False) -> None:
+                 observer: ConnectionObserver | None = None) -> None:
         from tlstrace.relay.outbound import PeerPool
 
         self.config = config
@@ -41,7 +41,7 @@ class Relay:
         self.source = source
         self.stats = RelayStats()
         self.observer: ConnectionObserver = observer or NullObserver()
-        self.keylog: KeyLogTap | None = KeyLogTap() if keys or config.keys_wanted else None
+        self.keylog: KeyLogTap | None = KeyLogTap() if config.keys_wanted else None
         #: open TLS connections by id, with their legs
         self.connections: dict[int, Connection] = {}
         self.tls_legs: dict[int, TlsLeg] = {}
@@ -68,6 +68,23 @@ class Relay:
         """Hook a context into key logging, when keys are enabled."""
         if self.keylog is not None:
             self.keylog.attach(ctx)
+
+    def set_keys(self, wanted: bool, contexts: list[ssl.SSLContext]) -> None:
+        """Start or stop collecting session keys (a reload changed trace_keys or
+        keylog_file). Starting hooks every context in use; stopping leaves the hooks in place
+        but nothing is collected any more."""
+        if wanted and self.keylog is None:
+            self.keylog = KeyLogTap()
+            for ctx in contexts:
+                self.keylog.attach(ctx)
+        elif not wanted:
+            self.keylog = None
+
+    def replace_client_contexts(self, contexts: ClientContexts) -> None:
+        """New client certificates for connections opened from now on."""
+        for ctx in contexts.contexts():
+            self.prepare_context(ctx)
+        self.client_contexts = contexts
 
     def spawn(self, coro: object) -> None:
         """Run a background task and keep a reference to it until it ends."""

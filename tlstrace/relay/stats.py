@@ -85,7 +85,8 @@ class RelayStats:
         for kind in FramingErrorKind:
             for prefix in ("", "backend_", "local_"):
                 self.framing_errors[prefix + kind.value] += 0
-        self.framing_errors["message_timeout"] += 0
+        for name in ("message_timeout", "backend_message_timeout", "local_message_timeout"):
+            self.framing_errors[name] += 0
         for name in ("ping", "crlf_relayed", "crlf_dropped"):
             self.keepalives[name] += 0
         for name in ("from_tls", "to_tls"):
@@ -96,14 +97,16 @@ class RelayStats:
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
 _METHOD_LABELS = {m: m.decode() for m in KNOWN_METHODS}
-#: labels by a message's first 9 bytes ("INVITE si", "SIP/2.0 2"), learnt as they come
+#: labels by a message's first 10 bytes, learnt as they come: enough to hold every known
+#: method and its space ("SUBSCRIBE ", "INVITE sip"), or a status class ("SIP/2.0 20"), so
+#: a prefix never stands for two labels
 _BY_PREFIX: dict[bytes, str] = {}
 _BY_PREFIX_MAX = 1024
 
 
 def message_label(data: bytes) -> str:
     """Method of a request, or status class ("2xx") of a response, for metric labels."""
-    prefix = data[:9]
+    prefix = data[:10]
     label = _BY_PREFIX.get(prefix)
     if label is None:
         space = data.find(b" ", 0, 20)

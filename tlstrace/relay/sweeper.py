@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 from typing import TYPE_CHECKING
+
+log = logging.getLogger("tlstrace.relay")
 
 if TYPE_CHECKING:
     from tlstrace.relay.runtime import Relay
@@ -23,7 +26,10 @@ async def sweep_forever(relay: Relay) -> None:
         await asyncio.sleep(interval_for(relay))
         now = relay.loop.time()
         for leg in list(relay.legs):
-            leg.check_timeouts(now)
+            try:
+                leg.check_timeouts(now)
+            except Exception:  # one leg's bug must not stop every other timeout
+                log.exception("timeout check of %r failed", leg)
 
 
 async def probe_backend(relay: Relay, host: str, port: int, endpoint: str) -> bool:

@@ -31,8 +31,8 @@ PROTO_LOG = 100
 #: Call-IDs remembered per connection for the once-per-call session record
 SEEN_CALL_IDS = 1024
 
-#: messages kept for the backend leg's trace while it connects (a TLS backend never connects
-#: a plain leg: its own TLS connection is traced instead)
+#: messages kept for the backend leg's trace while it connects (a safety bound: backend_leg()
+#: ends the wait, with or without a plain leg to trace)
 EARLY_MAX = 256
 
 Addr = tuple[str, int]
@@ -57,12 +57,14 @@ class TraceManager:
         self.senders = senders
         self.enabled = False
         self.keyfile: KeyLogFile | None = None
+        self.config: Config = config
         self.apply_config(config)
         self.enabled = config.trace_on and bool(senders)
         self.packets = 0
         self.too_big = 0
 
     def apply_config(self, config: Config) -> None:
+        keys_changed = self.config.trace_keys != config.trace_keys
         self.config = config
         self.filter = TraceFilter(config.trace_filter, config.trace_filter_default)
         if config.keylog_file is not None:
@@ -80,6 +82,11 @@ class TraceManager:
             "auth_key": identity_auth,
             "node_name": config.hep_node_name.encode() if config.hep_node_name else None,
         }
+        if keys_changed and self.relay is not None:
+            # the session records of open connections follow the new setting at once
+            for leg in list(self.relay.tls_legs.values()):
+                if isinstance(leg.tracer, ConnectionTracer):
+                    leg.tracer.build_prefix()
 
     # -- switching -----------------------------------------------------------------------------
 
@@ -98,10 +105,8 @@ class TraceManager:
             if on:
                 leg.tracer = self._tracer_for(leg.conn)
                 addresses = getattr(leg, "backend_addresses", None)
-                if leg.tracer is not None and addresses is not None:
-                    backend = addresses()
-                    if backend is not None:
-                        leg.tracer.backend_connected(*backend)
+                if leg.tracer is not None:
+                    leg.tracer.backend_leg(addresses() if addresses is not None else None)
             else:
                 leg.tracer = None
             leg.conn.traced = leg.tracer is not None
@@ -195,21 +200,27 @@ class ConnectionTracer:
         cfg = manager.config
         # messages read before the backend leg was up, traced on that leg once it is
         self.early: list[tuple[int, int, bytes, bytes | None]] | None = \
-            [] if cfg.trace_backend else None
-        self.prefix = events.session_record_prefix(conn, keys=cfg.trace_keys) \
-            if cfg.trace_sessions else None
+            [] if cfg.trace_backend and conn.direction == "inbound" else None
+        self.prefix: str | None = None
+        self.build_prefix()
         self.session_tpl = manager.template(conn.remote, conn.local, PROTO_LOG) \
             if cfg.trace_sessions else None
         self.seen: OrderedDict[bytes, None] = OrderedDict()
 
-    def backend_connected(self, local: Addr, remote: Addr) -> None:
-        """The plain backend leg is up (only traced with trace_backend)."""
-        if self.early is not None:
-            self.backend_out = self.manager.template(local, remote, PROTO_SIP)
+    def build_prefix(self) -> None:
+        """The per-connection part of the session record (keys in it only when asked)."""
+        cfg = self.manager.config
+        self.prefix = events.session_record_prefix(self.conn, keys=cfg.trace_keys) \
+            if cfg.trace_sessions else None
+
+    def backend_leg(self, addresses: tuple[Addr, Addr] | None) -> None:
+        """The backend connection is up (its plain leg is traced with trace_backend)."""
+        if self.early is not None and addresses is not None:
+            self.backend_out = self.manager.template(*addresses, PROTO_SIP)
             self.backend_in = self.backend_out.swapped()
             for sec, usec, data, cid in self.early:
                 self.manager.send(self.backend_out, sec, usec, data, cid)
-            self.early = None
+        self.early = None
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
