@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
 from api.auth import token_middleware
+from hep.address import join_host_port
 from tlstrace import __version__
 from tlstrace.config import Endpoint
 from tlstrace.relay.connection import CloseReason, Connection
@@ -28,16 +29,12 @@ if TYPE_CHECKING:
 ConnId = Annotated[int, Path(ge=0, le=2**64 - 1, description="connection id")]
 
 
-def _addr(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-
-
 def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
     peer = conn.peer_cert
     fields = {
         "id": str(conn.id), "direction": conn.direction, "state": conn.state,
-        "listener": conn.listener, "remote": _addr(conn.remote), "local": _addr(conn.local),
+        "listener": conn.listener, "remote": join_host_port(*conn.remote),
+        "local": join_host_port(*conn.local),
         "sni": conn.sni, "tls_version": conn.tls_version, "cipher": conn.cipher,
         "alpn": conn.alpn, "resumed": conn.resumed, "handshake_ms": conn.handshake_ms,
         "peer_subject": peer.subject if peer else None,
@@ -63,7 +60,6 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
                     "configured, every endpoint but /healthz and /readyz needs "
                     "`Authorization: Bearer <token>`.",
-        dependencies=[],
     )
     app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
@@ -76,7 +72,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         tracing = sidecar.tracing
         return models.TraceState(
             tracing="on" if tracing.enabled else "off",
-            destinations=[s.dest.name for s in sidecar.senders],
+            destinations=sidecar.senders.names,
             keys=sidecar.config.trace_keys,
             filter_rules=len(tracing.filter.rules),
             traced_connections=sum(1 for c in sidecar.relay.connections.values() if c.traced),
@@ -140,8 +136,8 @@ def create_app(sidecar: Sidecar) -> FastAPI:
                 responses=problems)
     async def close_connection(conn_id: ConnId) -> Response:
         """Close a connection (close_notify, then its backend after pending data)."""
-        _find(conn_id)
-        sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API)
+        if not sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API):
+            raise HTTPException(404, f"no open connection {conn_id}")
         return Response(status_code=204)
 
     @app.get("/api/destinations", response_model=list[models.Destination], tags=["tracing"],
@@ -182,7 +178,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         for lst in listeners:
             up = lst.server is not None and lst.server.is_serving()
             checks[f"listener {lst.listener.listen}"] = "up" if up else "down"
-        backends = {li.backend for li in sidecar.config.listener if li.backend is not None}
+        backends = sidecar.config.backends
         results = await asyncio.gather(*(_reachable(sidecar, b) for b in backends))
         for backend, result in zip(backends, results, strict=True):
             checks[f"backend {backend}"] = result

@@ -21,6 +21,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Literal
 
+from hep.address import join_host_port, split_host_port
+
 Transport = Literal["udp", "tcp", "tls"]
 DEFAULT_PORT = 9060
 DEFAULT_TRANSPORT: Transport = "udp"
@@ -55,8 +57,7 @@ class HepDestination:
     @property
     def address(self) -> str:
         """`host:port`, with an IPv6 host in brackets."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return join_host_port(self.host, self.port)
 
     def __str__(self) -> str:
         return f"[{self.name}]{self.address};transport={self.transport};version={self.version}"
@@ -111,25 +112,14 @@ def parse_hep_id(text: str) -> HepDestination:
 
 
 def _host_port(text: str, addr: str) -> tuple[str, int]:
+    try:
+        host, port_text = split_host_port(addr, "[homer][2001:db8::1]:9060")
+    except ValueError as e:
+        raise ValueError(f"hep_id {text!r}: {e}") from None
     if addr.startswith("["):
-        host, bracket, tail = addr[1:].partition("]")
-        if not bracket:
-            raise ValueError(f"hep_id {text!r}: missing ']' after the IPv6 address")
-        try:
-            host = str(ipaddress.IPv6Address(host))
-        except ValueError:
-            raise ValueError(f"hep_id {text!r}: {host!r} is not an IPv6 address") from None
-        if tail and not tail.startswith(":"):
-            raise ValueError(f"hep_id {text!r}: expected ':PORT' after ']', got {tail!r}")
-        port_text = tail[1:] if tail else None
-    else:
-        if addr.count(":") > 1:
-            raise ValueError(f"hep_id {text!r}: write an IPv6 host in brackets after the "
-                             "name, e.g. [homer][2001:db8::1]:9060")
-        host, colon, port_text_s = addr.partition(":")
-        port_text = port_text_s if colon else None
-        if not host or any(c.isspace() for c in host):
-            raise ValueError(f"hep_id {text!r}: bad host {host!r}")
+        host = str(ipaddress.IPv6Address(host))
+    elif not host or any(c.isspace() for c in host):
+        raise ValueError(f"hep_id {text!r}: bad host {host!r}")
     if port_text is None:
         return host, DEFAULT_PORT
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:

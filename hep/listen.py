@@ -11,7 +11,6 @@ import asyncio
 import base64
 import contextlib
 import datetime as dt
-import ipaddress
 import json
 import logging
 import signal
@@ -23,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, cast
 
+from hep.address import join_host_port, split_host_port
 from hep.codec import HepDecodeError, HepPacket, StreamDecoder, decode
 
 log = logging.getLogger("hep.listen")
@@ -46,8 +46,7 @@ class ListenAddress:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.transport}:{host}:{self.port}"
+        return f"{self.transport}:{join_host_port(self.host, self.port)}"
 
 
 def parse_listen_address(text: str) -> ListenAddress:
@@ -55,22 +54,13 @@ def parse_listen_address(text: str) -> ListenAddress:
     transport, sep, rest = text.partition(":")
     if not sep or transport not in ("udp", "tcp"):
         raise ValueError(f"{text!r} must look like udp:HOST:PORT or tcp:HOST:PORT")
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket or not tail.startswith(":"):
-            raise ValueError(f"{text!r}: write IPv6 as udp:[::1]:9060")
-        port_text = tail[1:]
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        host, _, port_text = rest.rpartition(":")
-        if ":" in host:
-            raise ValueError(f"{text!r}: write IPv6 addresses in brackets, e.g. udp:[::1]:9060")
+    try:
+        host, port_text = split_host_port(rest, "udp:[::1]:9060")
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
     if not host:
         raise ValueError(f"{text!r}: the host is missing")
-    if not port_text.isdigit() or int(port_text) > 65535:
+    if port_text is None or not port_text.isdigit() or int(port_text) > 65535:
         raise ValueError(f"{text!r}: the port must be a number from 0 to 65535")
     return ListenAddress(transport, host, int(port_text))  # type: ignore[arg-type]
 

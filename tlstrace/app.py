@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from hep.destination import parse_hep_ids
-from hep.sender import HepSender, HepSenderGroup
+from hep.sender import HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
@@ -40,7 +40,6 @@ class Sidecar:
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  overrides: Overrides | None = None) -> None:
-        self.config = config
         self.config_path = config_path
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
@@ -143,19 +142,23 @@ class Sidecar:
                 [str(li.listen) for li in self.config.listener]:
             log.warning("reload: listener changes need a restart; kept the current listeners")
         # keys first, so that the new contexts are hooked when keys are (now) wanted
-        self.relay.set_keys(config.keys_wanted, [])
+        self.relay.set_keys(config.keys_wanted)
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
         self.relay.replace_client_contexts(client_contexts)
         if config.hep_id != self.config.hep_id:
             log.warning("reload: hep_id changes need a restart; kept the current destinations")
-        self.config = config
         self.relay.config = config
         self.tracing.apply_config(config)
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         log.info(msg)
         return True, msg
+
+    @property
+    def config(self) -> Config:
+        """The configuration in force (the relay's: a reload replaces it there)."""
+        return self.relay.config
 
     def close_listeners(self) -> None:
         for lst in self.inbound:
@@ -196,10 +199,8 @@ def build_senders(config: Config) -> HepSenderGroup:
     """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
     dests = parse_hep_ids(config.hep_id)
     wanted = set(config.trace_destination) or {d.name for d in dests}
-    return HepSenderGroup(
-        HepSender(d, ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
-        for d in dests if d.name in wanted
-    )
+    return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
+                                   ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
 
 
 def raise_fd_limit() -> None:

@@ -7,9 +7,11 @@ import logging
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import get_args
 
 from tlstrace import __version__
 from tlstrace.config import ConfigError, Overrides, load_config
+from tlstrace.config.model import LogLevel
 
 log = logging.getLogger("tlstrace")
 
@@ -30,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--key", type=Path, help="private key (PEM) of the default domain")
     run.add_argument("--ca", type=Path, help="CA bundle for client and peer certificates")
     run.add_argument("--state-dir", type=Path, help="where the generated certificate lives")
-    run.add_argument("--log-level", choices=["debug", "info", "warning", "error"])
+    run.add_argument("--log-level", choices=get_args(LogLevel))
     run.add_argument(
         "--hep", action="append", default=[], metavar="DEST",
         help="HEP destination '[name]HOST:PORT;transport=udp|tcp|tls' (repeatable)",

@@ -6,6 +6,8 @@ import ipaddress
 from dataclasses import dataclass
 from typing import Literal
 
+from hep.address import join_host_port, split_host_port
+
 Scheme = Literal["tls", "tcp"]
 
 
@@ -16,8 +18,7 @@ class Endpoint:
     port: int
 
     def __str__(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{self.scheme}:{host}:{self.port}"
+        return f"{self.scheme}:{join_host_port(self.host, self.port)}"
 
     @property
     def is_ip(self) -> bool:
@@ -36,24 +37,13 @@ def parse_endpoint(text: str, *, default_port: int | None = None) -> Endpoint:
     scheme, sep, rest = text.partition(":")
     if not sep or scheme not in ("tls", "tcp"):
         raise ValueError(f"{text!r} must look like tls:HOST:PORT or tcp:HOST:PORT")
-    if rest.startswith("["):
-        host, bracket, tail = rest[1:].partition("]")
-        if not bracket:
-            raise ValueError(f"{text!r}: missing ']' after the IPv6 address")
-        if tail and not tail.startswith(":"):
-            raise ValueError(f"{text!r}: expected ':PORT' after ']'")
-        port_text = tail[1:] if tail else ""
-        try:
-            ipaddress.IPv6Address(host)
-        except ValueError:
-            raise ValueError(f"{text!r}: {host!r} is not an IPv6 address") from None
-    else:
-        if rest.count(":") > 1:
-            raise ValueError(f"{text!r}: write IPv6 addresses in brackets, e.g. tls:[::1]:5061")
-        host, _, port_text = rest.partition(":")
+    try:
+        host, port_text = split_host_port(rest, "tls:[::1]:5061")
+    except ValueError as e:
+        raise ValueError(f"{text!r}: {e}") from None
     if not host:
         raise ValueError(f"{text!r}: the host is empty")
-    if port_text:
+    if port_text is not None:
         if not port_text.isdigit() or not 0 < int(port_text) < 65536:
             raise ValueError(f"{text!r}: port {port_text!r} is not a number from 1 to 65535")
         port = int(port_text)

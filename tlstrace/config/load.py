@@ -9,7 +9,7 @@ import os
 import re
 import tomllib
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +46,6 @@ class Overrides:
     trace: bool = False
     trace_keys: bool = False
     api: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 def load_config(path: Path | None = None, overrides: Overrides | None = None) -> Config:
@@ -73,8 +72,7 @@ def load_config(path: Path | None = None, overrides: Overrides | None = None) ->
 
 
 def validate(data: dict[str, Any], source: str) -> Config:
-    tls_port = data.get("tls_port", 5061)
-    context = {"tls_port": tls_port if isinstance(tls_port, int) else 5061}
+    context = {"tls_port": _tls_port(data)}
     try:
         return Config.model_validate(data, context=context)
     except ValidationError as e:
@@ -94,6 +92,12 @@ def validate(data: dict[str, Any], source: str) -> Config:
         raise ConfigError(source, key or "(top level)", msg) from None
 
 
+def _tls_port(data: dict[str, Any]) -> int:
+    """The file's tls_port (the default port of tls: endpoints) while it is not validated yet."""
+    port = data.get("tls_port")
+    return port if isinstance(port, int) else int(Config.model_fields["tls_port"].default)
+
+
 def _loc(loc: Sequence[int | str]) -> str:
     out = ""
     for part in loc:
@@ -106,7 +110,7 @@ def _loc(loc: Sequence[int | str]) -> str:
 
 def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
     data = dict(data)
-    tls_port = data.get("tls_port", 5061) if isinstance(data.get("tls_port"), int) else 5061
+    tls_port = _tls_port(data)
     if o.backend is not None:
         try:
             parse_endpoint(o.backend, default_port=tls_port)
@@ -128,7 +132,7 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
                     f"{text!r}: only tls: listeners can be given as flags; "
                     "tcp: listeners need a peer, set them in the config file",
                 )
-            listeners.append({"listen": text, "backend": DEFAULT_LISTENER["backend"]})
+            listeners.append({"listen": text})  # the model gives it the default backend
         data["listener"] = listeners
     if o.backend is not None:
         base = data.get("listener") or [dict(DEFAULT_LISTENER)]
@@ -173,7 +177,6 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
         data["state_dir"] = str(o.state_dir)
     if o.log_level is not None:
         data["log_level"] = o.log_level
-    data.update(o.extra)
     return data
 
 

@@ -71,12 +71,9 @@ class ServerDomain(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> ServerDomain:
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("private_key: certificate and private_key must be set together")
+        _check_identity(self)
         if self.client_cert != "off" and self.ca_list is None:
             raise ValueError(f"ca_list: client_cert = {self.client_cert!r} needs ca_list")
-        if self.min_version > self.max_version:
-            raise ValueError("min_version: min_version is above max_version")
         if not self.match_sip_domain:
             raise ValueError("match_sip_domain: the list is empty")
         return self
@@ -100,11 +97,16 @@ class ClientDomain(_Model):
 
     @model_validator(mode="after")
     def _check(self) -> ClientDomain:
-        if (self.certificate is None) != (self.private_key is None):
-            raise ValueError("private_key: certificate and private_key must be set together")
-        if self.min_version > self.max_version:
-            raise ValueError("min_version: min_version is above max_version")
+        _check_identity(self)
         return self
+
+
+def _check_identity(d: ServerDomain | ClientDomain) -> None:
+    """What a server and a client domain both need: a key with a certificate, sane versions."""
+    if (d.certificate is None) != (d.private_key is None):
+        raise ValueError("private_key: certificate and private_key must be set together")
+    if d.min_version > d.max_version:
+        raise ValueError("min_version: min_version is above max_version")
 
 
 _NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
@@ -342,6 +344,11 @@ class Config(_Model):
         if not listener.domains:
             return list(self.server_domain)
         return [d for d in self.server_domain if d.name in listener.domains]
+
+    @property
+    def backends(self) -> set[Endpoint]:
+        """The backends of the tls: listeners, each once."""
+        return {li.backend for li in self.listener if li.backend is not None}
 
     def client_domain_named(self, name: str | None) -> ClientDomain:
         wanted = name or "default"

@@ -69,14 +69,12 @@ class Relay:
         if self.keylog is not None:
             self.keylog.attach(ctx)
 
-    def set_keys(self, wanted: bool, contexts: list[ssl.SSLContext]) -> None:
+    def set_keys(self, wanted: bool) -> None:
         """Start or stop collecting session keys (a reload changed trace_keys or
-        keylog_file). Starting hooks every context in use; stopping leaves the hooks in place
-        but nothing is collected any more."""
+        keylog_file). Starting hooks the contexts prepared from then on (a reload replaces
+        them all); stopping leaves the hooks in place but nothing is collected any more."""
         if wanted and self.keylog is None:
             self.keylog = KeyLogTap()
-            for ctx in contexts:
-                self.keylog.attach(ctx)
         elif not wanted:
             self.keylog = None
 

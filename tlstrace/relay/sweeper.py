@@ -54,8 +54,7 @@ async def probe_backends_forever(relay: Relay) -> None:
         await asyncio.sleep(interval or 60.0)
         if not interval:
             continue
-        backends = {li.backend for li in relay.config.listener if li.backend is not None}
-        for backend in backends:
+        for backend in relay.config.backends:
             status = relay.upstreams.get(str(backend))
             if status is None or time.time() - status.at >= interval:
                 await probe_backend(relay, backend.host, backend.port, str(backend))

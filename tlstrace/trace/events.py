@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 from typing import Any, Literal
 
+from hep.address import join_host_port
 from tlstrace.relay.connection import Connection
 from tlstrace.tls.certinfo import CertInfo
 
@@ -109,8 +110,8 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
         "type": "tls-session",
         "connection_id": str(conn.id),
         "direction": conn.direction,
-        "remote": _addr(conn.remote),
-        "local": _addr(conn.local),
+        "remote": join_host_port(*conn.remote),
+        "local": join_host_port(*conn.local),
         "sni": conn.sni,
         "tls_version": conn.tls_version,
         "cipher": conn.cipher,
@@ -128,8 +129,3 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
 def session_record(prefix: str, call_id: bytes) -> bytes:
     cid = json.dumps(call_id.decode("utf-8", "replace"))
     return f'{prefix},"call_id":{cid}}}'.encode()
-
-
-def _addr(addr: tuple[str, int]) -> str:
-    host, port = addr
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
