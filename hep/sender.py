@@ -213,17 +213,12 @@ class HepSender:
 
     @property
     def stats(self) -> SenderStats:
-        t = self._transport
-        buffered = 0
-        if t is not None and not t.is_closing():
-            with contextlib.suppress(Exception):
-                buffered = t.get_write_buffer_size()
         return SenderStats(
             name=self.dest.name, transport=self.dest.transport, address=self.dest.address,
             sent=self._sent, dropped=self._dropped, send_errors=self._send_errors,
             connect_errors=self._connect_errors, reconnects=self._reconnects,
             bytes_sent=self._bytes, queue_depth=len(self._queue), queue_bytes=self._queued,
-            buffered_bytes=buffered, connected=self.connected, state=self._state,
+            buffered_bytes=self._buffered(), connected=self.connected, state=self._state,
             last_error=self._last_error,
         )
 
@@ -339,6 +334,13 @@ class HepSender:
             "HEP %s %s (%s): %s", self.dest.name, what, self.dest.address, self._last_error
         )
 
+    async def _retry_later(self, backoff: Backoff, what: str, exc: BaseException) -> None:
+        """A connection (or socket) could not be made: count it, say so, wait to retry."""
+        self._connect_errors += 1
+        self._fail(what, exc)
+        self._state = "backoff"
+        await asyncio.sleep(backoff.next())
+
     # ---------------------------------------------------------------- TCP/TLS
     async def _run_stream(self) -> None:
         assert self._loop is not None
@@ -362,10 +364,7 @@ class HepSender:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._connect_errors += 1
-                self._fail("connect failed", e)
-                self._state = "backoff"
-                await asyncio.sleep(backoff.next())
+                await self._retry_later(backoff, "connect failed", e)
                 continue
             transport.set_write_buffer_limits(high=self.write_buffer_limit)
             self._transport = transport
@@ -454,10 +453,7 @@ class HepSender:
             except asyncio.CancelledError:
                 raise
             except Exception as e:
-                self._connect_errors += 1
-                self._fail("cannot open the UDP socket", e)
-                self._state = "backoff"
-                await asyncio.sleep(backoff.next())
+                await self._retry_later(backoff, "cannot open the UDP socket", e)
                 self._reconnects += 1
                 continue
             self._sock = sock

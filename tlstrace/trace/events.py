@@ -25,37 +25,13 @@ Format = Literal["json", "homer5"]
 SUCCESS_MESSAGE = {"ACCEPTED": "Connection accepted...", "CONNECTED": "Successfully connected..."}
 
 
-def cjson_escape(value: str) -> str:
-    """Escape a string as cJSON's print_string_ptr does (bytes ≥ 0x80 pass through)."""
-    out = []
-    for ch in value:
-        code = ord(ch)
-        if ch == '"':
-            out.append('\\"')
-        elif ch == "\\":
-            out.append("\\\\")
-        elif ch == "\b":
-            out.append("\\b")
-        elif ch == "\f":
-            out.append("\\f")
-        elif ch == "\n":
-            out.append("\\n")
-        elif ch == "\r":
-            out.append("\\r")
-        elif ch == "\t":
-            out.append("\\t")
-        elif code < 0x20:
-            out.append(f"\\u{code:04x}")
-        else:
-            out.append(ch)
-    return "".join(out)
-
-
 def render(parts: list[tuple[str, str]], fmt: Format, delim: str = ":") -> bytes:
     if fmt == "homer5":
         return delim.join(v for _, v in parts).encode()
-    body = ",\n".join(f'\t"{cjson_escape(k)}":\t"{cjson_escape(v)}"' for k, v in parts)
-    return ("{\n" + body + "\n}").encode()
+    # cJSON's printed layout, which OpenSIPS sends: a tab before each key and after each colon,
+    # non-ASCII as it is (the keys of an event are distinct)
+    return json.dumps(dict(parts), indent="\t", separators=(",", ":\t"),
+                      ensure_ascii=False).encode()
 
 
 def master_key(keylog: list[str]) -> str | None:
