@@ -438,6 +438,10 @@ class TlsLeg(BaseLeg):
         """The certificate this side presented."""
         return None
 
+    def backend_addresses(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
+        """(local, remote) of the plain backend connection, when this leg has one."""
+        return None
+
     # -- closing -------------------------------------------------------------------------------
 
     def close(self, reason: CloseReason, detail: str = "", abort: bool = False) -> None:

@@ -55,8 +55,8 @@ class TraceFilter:
         ]
 
     def allows(self, f: Facts) -> bool:
-        remote = _ip(f.remote_ip)
-        local = _ip(f.local_ip)
+        remote = normalize_ip(f.remote_ip)
+        local = normalize_ip(f.local_ip)
         for r in self._compiled:
             if r.direction is not None and r.direction != f.direction:
                 continue
@@ -74,7 +74,8 @@ class TraceFilter:
         return self.default == "allow"
 
 
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+def normalize_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """An address without its %scope, IPv4-mapped IPv6 as IPv4; None when not an IP."""
     try:
         addr = ipaddress.ip_address(text.split("%", 1)[0])
     except ValueError:

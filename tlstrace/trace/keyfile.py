@@ -28,8 +28,7 @@ class KeyLogFile:
         if not lines:
             return
         if self.fd is None and not self._open():
-            self.errors += 1
-            return
+            return  # counted by _open
         assert self.fd is not None
         try:
             os.write(self.fd, ("\n".join(lines) + "\n").encode())
@@ -42,6 +41,7 @@ class KeyLogFile:
     def _open(self) -> bool:
         now = time.monotonic()
         if self._failed_at and now - self._failed_at < _RETRY_AFTER:
+            self.errors += 1  # keys not written, waiting to retry
             return False
         try:
             self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)

@@ -3,21 +3,20 @@ and per message does one encode and one enqueue per destination."""
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import time
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from hep.codec import PacketTemplate
-from hep.sender import HepSender
+from hep.sender import HepIdentity, HepSender
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.sip.peek import call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
-from tlstrace.trace.filters import Facts, TraceFilter
+from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
 from tlstrace.trace.keyfile import KeyLogFile
 
 if TYPE_CHECKING:
@@ -40,12 +39,9 @@ Addr = tuple[str, int]
 
 def _hep_ip(host: str, other: str) -> str:
     """An IP for a HEP address chunk: unknown or unresolved addresses become 0.0.0.0 / ::."""
-    try:
-        addr = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    addr = normalize_ip(host)
+    if addr is None:
         return "::" if ":" in other else "0.0.0.0"
-    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
-        return str(addr.ipv4_mapped)
     return str(addr)
 
 
@@ -55,7 +51,6 @@ class TraceManager:
     def __init__(self, config: Config, senders: list[HepSender], relay: Relay | None = None):
         self.relay = relay
         self.senders = senders
-        self.enabled = False
         self.keyfile: KeyLogFile | None = None
         self.config: Config = config
         self.apply_config(config)
@@ -64,7 +59,8 @@ class TraceManager:
         self.too_big = 0
 
     def apply_config(self, config: Config) -> None:
-        keys_changed = self.config.trace_keys != config.trace_keys
+        session_changed = (self.config.trace_keys, self.config.trace_sessions) != \
+            (config.trace_keys, config.trace_sessions)
         self.config = config
         self.filter = TraceFilter(config.trace_filter, config.trace_filter_default)
         if config.keylog_file is not None:
@@ -75,18 +71,16 @@ class TraceManager:
         elif self.keyfile is not None:
             self.keyfile.close()
             self.keyfile = None
-        identity_auth = config.hep_auth_key.encode() if config.hep_auth_key else None
-        self.template_options = {
-            "ip_proto": config.trace_ip_proto,
-            "capture_id": config.hep_capture_id,
-            "auth_key": identity_auth,
-            "node_name": config.hep_node_name.encode() if config.hep_node_name else None,
-        }
-        if keys_changed and self.relay is not None:
-            # the session records of open connections follow the new setting at once
+        self.identity = HepIdentity(
+            config.hep_capture_id,
+            config.hep_auth_key.encode() if config.hep_auth_key else None,
+            config.hep_node_name.encode() if config.hep_node_name else None,
+        )
+        if session_changed and self.relay is not None:
+            # the session records of open connections follow the new settings at once
             for leg in list(self.relay.tls_legs.values()):
                 if isinstance(leg.tracer, ConnectionTracer):
-                    leg.tracer.build_prefix()
+                    leg.tracer.build_session()
 
     # -- switching -----------------------------------------------------------------------------
 
@@ -104,9 +98,8 @@ class TraceManager:
                 continue
             if on:
                 leg.tracer = self._tracer_for(leg.conn)
-                addresses = getattr(leg, "backend_addresses", None)
                 if leg.tracer is not None:
-                    leg.tracer.backend_leg(addresses() if addresses is not None else None)
+                    leg.tracer.backend_leg(leg.backend_addresses())
             else:
                 leg.tracer = None
             leg.conn.traced = leg.tracer is not None
@@ -150,16 +143,16 @@ class TraceManager:
             conn, ok=False, message=message, reason=reason.value, keys=self.config.trace_keys))
 
     def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
-        if self.enabled and (traced is not None or conn.traced):
+        if self.enabled and conn.traced:
             self.send_event(conn, events.closed_event(reason.value))
 
     # -- sending -------------------------------------------------------------------------------
 
     def template(self, src: Addr, dst: Addr, proto_type: int) -> PacketTemplate:
-        return PacketTemplate(
+        return self.identity.template(
             src_ip=_hep_ip(src[0], dst[0]), dst_ip=_hep_ip(dst[0], src[0]),
-            src_port=src[1], dst_port=dst[1], proto_type=proto_type,
-            **self.template_options,  # type: ignore[arg-type]
+            src_port=src[1], dst_port=dst[1], ip_proto=self.config.trace_ip_proto,
+            proto_type=proto_type,
         )
 
     def send_event(self, conn: Connection, parts: list[tuple[str, str]]) -> None:
@@ -186,8 +179,8 @@ class TraceManager:
 class ConnectionTracer:
     """Traces one connection's SIP messages and per-call session records."""
 
-    __slots__ = ("backend_in", "backend_out", "conn", "early", "manager", "prefix", "seen",
-                 "session_tpl", "tpl_in", "tpl_out")
+    __slots__ = ("backend_in", "backend_out", "conn", "early", "manager", "seen", "session",
+                 "tpl_in", "tpl_out")
 
     def __init__(self, manager: TraceManager, conn: Connection) -> None:
         self.manager = manager
@@ -201,17 +194,18 @@ class ConnectionTracer:
         # messages read before the backend leg was up, traced on that leg once it is
         self.early: list[tuple[int, int, bytes, bytes | None]] | None = \
             [] if cfg.trace_backend and conn.direction == "inbound" else None
-        self.prefix: str | None = None
-        self.build_prefix()
-        self.session_tpl = manager.template(conn.remote, conn.local, PROTO_LOG) \
-            if cfg.trace_sessions else None
+        #: the session record's per-connection prefix and its template (trace_sessions)
+        self.session: tuple[str, PacketTemplate] | None = None
+        self.build_session()
         self.seen: OrderedDict[bytes, None] = OrderedDict()
 
-    def build_prefix(self) -> None:
+    def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
-        cfg = self.manager.config
-        self.prefix = events.session_record_prefix(self.conn, keys=cfg.trace_keys) \
-            if cfg.trace_sessions else None
+        cfg, conn = self.manager.config, self.conn
+        self.session = (
+            events.session_record_prefix(conn, keys=cfg.trace_keys),
+            self.manager.template(conn.remote, conn.local, PROTO_LOG),
+        ) if cfg.trace_sessions else None
 
     def backend_leg(self, addresses: tuple[Addr, Addr] | None) -> None:
         """The backend connection is up (its plain leg is traced with trace_backend)."""
@@ -237,10 +231,9 @@ class ConnectionTracer:
             if self.backend_in is not None:
                 manager.send(self.backend_in, sec, usec, data, cid)
             manager.send(self.tpl_out, sec, usec, data, cid)
-        if cid is not None and self.prefix is not None and cid not in self.seen:
+        session = self.session
+        if cid is not None and session is not None and cid not in self.seen:
             self.seen[cid] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
-            assert self.session_tpl is not None
-            manager.send(self.session_tpl, sec, usec, events.session_record(self.prefix, cid),
-                         cid)
+            manager.send(session[1], sec, usec, events.session_record(session[0], cid), cid)
