@@ -30,13 +30,11 @@ class InboundListener:
         self.server: asyncio.Server | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
-        for ident in contexts.identities:
-            relay.prepare_context(ident.context)
+        relay.prepare_contexts(ident.context for ident in contexts.identities)
 
     def replace_contexts(self, contexts: ServerContexts) -> None:
         """New certificates for new connections; open ones keep theirs."""
-        for ident in contexts.identities:
-            self.relay.prepare_context(ident.context)
+        self.relay.prepare_contexts(ident.context for ident in contexts.identities)
         self.contexts = contexts
 
     async def start(self) -> None:

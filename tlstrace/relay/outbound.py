@@ -137,21 +137,15 @@ class PeerLink:
             why = str(e) or type(e).__name__
             log.warning("peer %s unreachable: %s", self.peer, why)
             relay.upstream_result(str(self.peer), "peer", False, why)
-            dropped = leg.outq_msgs
-            relay.stats.dropped_messages["peer_unreachable"] += dropped
+            relay.stats.dropped_messages["peer_unreachable"] += leg.outq_msgs
+            leg.outq.clear()
+            leg.outq_msgs = leg.outq_size = 0
             relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
             relay.stats.handshakes["outbound", "failure", "", ""] += 1
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
-            relay.observer.closed(leg.conn, CloseReason.CONNECT_FAILED, None)
-            relay.stats.closed[CloseReason.CONNECT_FAILED.label] += 1
-            leg.outq.clear()
-            leg.outq_msgs = leg.outq_size = 0
-            if leg.live:  # timed out after the TCP connection was made
-                leg.close(CloseReason.CONNECT_FAILED, why, abort=True)
-            leg.closed = True
-            if self.tls is leg:
-                self.tls = None
-                self._locals_update()
+            # counts the close, sends CLOSED when traced, and lets this link reconnect later
+            # (also when the timeout came after the TCP connection was made)
+            leg.close(CloseReason.CONNECT_FAILED, why, abort=True)
             return
         relay.upstream_result(str(self.peer), "peer", True)
 
@@ -207,5 +201,3 @@ class PeerTls(ClientTls):
     relay_direction_in = "from_peer"
     relay_direction_out = "to_peer"
 
-    def _reason_for_partner(self, reason: CloseReason) -> CloseReason:
-        return reason

@@ -59,13 +59,7 @@ class PlainLeg(BaseLeg):
         self.note_partial(bool(self.framer.buffered))
         if out and self.partner is not None:
             self.partner.send(out, nmsgs)
-            hist = self.relay.stats.relay_seconds
-            hist.tick += 1
-            if not hist.tick & 3:
-                hist.observe(time.perf_counter() - started)
-
-    def eof_received(self) -> bool | None:
-        return None
+            self.relay.stats.relay_seconds.sample(started)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.live = False

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -49,8 +50,7 @@ class Relay:
         self.legs: set[BaseLeg] = set()
         self.inbound_open = 0
         self.client_contexts = ClientContexts(config, source)
-        for ctx in self.client_contexts.contexts():
-            self.prepare_context(ctx)
+        self.prepare_contexts(self.client_contexts.contexts())
         self.pool: PeerPool = PeerPool(self)
         self.shutting_down = False
         self.tasks: set[asyncio.Task[None]] = set()
@@ -64,10 +64,11 @@ class Relay:
         else:
             self.upstreams[endpoint] = UpstreamStatus(role, ok, time.time(), error)
 
-    def prepare_context(self, ctx: ssl.SSLContext) -> None:
-        """Hook a context into key logging, when keys are enabled."""
+    def prepare_contexts(self, contexts: Iterable[ssl.SSLContext]) -> None:
+        """Hook new contexts into key logging, when keys are enabled."""
         if self.keylog is not None:
-            self.keylog.attach(ctx)
+            for ctx in contexts:
+                self.keylog.attach(ctx)
 
     def set_keys(self, wanted: bool) -> None:
         """Start or stop collecting session keys (a reload changed trace_keys or
@@ -80,8 +81,7 @@ class Relay:
 
     def replace_client_contexts(self, contexts: ClientContexts) -> None:
         """New client certificates for connections opened from now on."""
-        for ctx in contexts.contexts():
-            self.prepare_context(ctx)
+        self.prepare_contexts(contexts.contexts())
         self.client_contexts = contexts
 
     def spawn(self, coro: object) -> None:
@@ -109,13 +109,13 @@ class Relay:
                               conn.cipher or ""] += 1
         self.stats.handshake_seconds.observe(elapsed)
 
-    def connection_closed(self, leg: TlsLeg, reason: CloseReason, was_open: bool) -> None:
+    def connection_closed(self, leg: TlsLeg) -> None:
         # bytes are counted on the connection while it lives (cheaper on the message path)
         self.stats.bytes["from_tls"] += leg.conn.bytes_in
         self.stats.bytes["to_tls"] += leg.conn.bytes_out
         self.connections.pop(leg.conn.id, None)
         self.tls_legs.pop(leg.conn.id, None)
-        if leg.conn.direction == "inbound" and leg.server_side:
+        if leg.conn.direction == "inbound":
             self.inbound_open -= 1
 
     def close_connection(self, conn_id: int, reason: CloseReason) -> bool:

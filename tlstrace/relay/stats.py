@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import bisect
+import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
@@ -23,6 +24,13 @@ class Histogram:
         self.counts = [0] * (len(bounds) + 1)
         self.sum = 0.0
         self.tick = 0  # for callers that sample
+
+    def sample(self, started: float) -> None:
+        """Observe the time since `started` (perf_counter) for one call in four: enough for
+        the distribution, a quarter of the cost."""
+        self.tick += 1
+        if not self.tick & 3:
+            self.observe(time.perf_counter() - started)
 
     def observe(self, value: float) -> None:
         self.counts[bisect.bisect_left(self.bounds, value)] += 1

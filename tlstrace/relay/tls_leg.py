@@ -21,6 +21,7 @@ from tlstrace.relay.leg import BaseLeg
 from tlstrace.relay.stats import message_label
 from tlstrace.sip.framing import (
     PONG,
+    WHITESPACE,
     Dropped,
     FramingError,
     KeepAlive,
@@ -30,7 +31,7 @@ from tlstrace.sip.framing import (
 )
 from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
-from tlstrace.tls.clienthello import HelloKind, sniff
+from tlstrace.tls.clienthello import TLS1_2, HelloKind, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
 
 if TYPE_CHECKING:
@@ -39,8 +40,6 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 _READ_SIZE = 65536
-#: first bytes of relayed keep-alives (whitespace), which are not SIP messages
-_WHITESPACE = frozenset(b"\r\n \t")
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
@@ -125,9 +124,6 @@ class TlsLeg(BaseLeg):
         self.incoming.write(data)
         self._read()
 
-    def eof_received(self) -> bool | None:
-        return None  # let the transport close; connection_lost reports it
-
     def connection_lost(self, exc: Exception | None) -> None:
         self.live = False
         if not self.closed:
@@ -162,14 +158,13 @@ class TlsLeg(BaseLeg):
         conn.msgs_out += nmsgs
         self.last_activity = self.relay.loop.time()
         counts = self.out_counts
+        tracer = self.tracer
+        now = time.time() if tracer is not None else 0.0
         for chunk in chunks:
-            if chunk[0] not in _WHITESPACE:
+            if chunk[0] not in WHITESPACE:  # keep-alives are not messages
                 counts[message_label(chunk)] += 1
-        if self.tracer is not None:
-            now = time.time()
-            for chunk in chunks:
-                if chunk[0] not in _WHITESPACE:
-                    self.tracer.message(chunk, False, now)
+                if tracer is not None:
+                    tracer.message(chunk, False, now)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         if self.outq and self.conn.state == "handshake" and not self.closed:
@@ -271,7 +266,7 @@ class TlsLeg(BaseLeg):
             self.first_bytes = b""
             conn.sni, conn.client_random = hello.sni, hello.client_random
             if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
-                    hello.max_version and hello.max_version < 0x0303:
+                    hello.max_version and hello.max_version < TLS1_2:
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
         self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
         self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
@@ -363,15 +358,13 @@ class TlsLeg(BaseLeg):
         if self.tracer is not None:
             now = time.time()
             for chunk in out:
-                if chunk[0] not in _WHITESPACE:
+                if chunk[0] not in WHITESPACE:
                     self.tracer.message(chunk, True, now)
         partner = self.partner
         if partner is not None and not self.pending:
             partner.send(out, nmsgs)
-            hist = self.relay.stats.relay_seconds
-            hist.tick += 1
-            if started and not hist.tick & 3:
-                hist.observe(time.perf_counter() - started)
+            if started:
+                self.relay.stats.relay_seconds.sample(started)
         else:
             self._queue(out, nmsgs)
 
@@ -472,11 +465,11 @@ class TlsLeg(BaseLeg):
         level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
         if reason is CloseReason.FRAMING_ERROR:
             level = logging.WARNING
-        if reason is not CloseReason.HANDSHAKE_FAILED or level == logging.DEBUG:
+        if reason is not CloseReason.HANDSHAKE_FAILED:  # that one was logged with its cause
             log.log(level, "conn %d %s %s:%d closed: %s%s", conn.id, conn.direction,
                     conn.remote[0], conn.remote[1], reason.value,
                     f" ({detail})" if detail else "")
-        self.relay.connection_closed(self, reason, was_open)
+        self.relay.connection_closed(self)
         self.relay.observer.closed(conn, reason, self.tracer)
         partner, self.partner = self.partner, None
         if partner is not None:

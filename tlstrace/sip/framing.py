@@ -73,7 +73,8 @@ Event = Message | Ping | KeepAlive | Dropped | FramingError
 PONG = b"\r\n"
 PING = Ping()
 _PING_BYTES = b"\r\n\r\n"
-_WHITESPACE = frozenset(b"\r\n \t")
+#: first bytes of keep-alives (whitespace), which are not SIP messages
+WHITESPACE = frozenset(b"\r\n \t")
 _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 _STATUS_PREFIX = b"SIP/2.0 "
 _REQUEST_SUFFIX = b" SIP/2.0"
@@ -124,7 +125,7 @@ class SipFramer:
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume one chunk (one read, one TLS record) and return what it completed."""
-        if not self._buf and data and data[0] not in _WHITESPACE:
+        if not self._buf and data and data[0] not in WHITESPACE:
             # the common case, one whole message in one chunk: no slicing, no loop
             head_end = data.find(b"\r\n\r\n")
             if head_end > 0:
@@ -158,7 +159,7 @@ class SipFramer:
                 need = 0
                 self._chunks = 0
                 continue
-            if buf[pos] in _WHITESPACE:
+            if buf[pos] in WHITESPACE:
                 pos = self._between_messages(buf, pos, events)
                 continue
             head_end = buf.find(b"\r\n\r\n", pos)
@@ -190,7 +191,7 @@ class SipFramer:
     def _between_messages(self, buf: bytes, pos: int, events: list[Event]) -> int:
         end = pos + 1
         n = len(buf)
-        while end < n and buf[end] in _WHITESPACE:
+        while end < n and buf[end] in WHITESPACE:
             end += 1
         run = buf[pos:end]
         if self.pingpong and _PING_BYTES in run:

@@ -13,8 +13,6 @@ from enum import StrEnum
 
 TLS1_0, TLS1_1, TLS1_2, TLS1_3 = 0x0301, 0x0302, 0x0303, 0x0304
 SSL3 = 0x0300
-_VERSION_NAMES = {SSL3: "SSLv3", TLS1_0: "TLSv1", TLS1_1: "TLSv1.1", TLS1_2: "TLSv1.2",
-                  TLS1_3: "TLSv1.3"}
 _SIP_METHODS = (b"INVITE", b"ACK", b"BYE", b"CANCEL", b"OPTIONS", b"REGISTER", b"PRACK",
                 b"SUBSCRIBE", b"NOTIFY", b"PUBLISH", b"INFO", b"REFER", b"MESSAGE", b"UPDATE",
                 b"SIP/2.0")
@@ -35,10 +33,6 @@ class Hello:
     max_version: int = 0
     sni: str | None = None
     client_random: bytes | None = None
-
-    @property
-    def max_version_name(self) -> str:
-        return _VERSION_NAMES.get(self.max_version, f"0x{self.max_version:04x}")
 
 
 def sniff(data: bytes) -> Hello:
