@@ -33,7 +33,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-_TICK = os.sysconf("SC_CLK_TCK")
+from bench.procs import core_busy, proc_cpu
+
 _END = b"\r\n\r\n"
 _OK = b"SIP/2.0 200 "
 
@@ -86,29 +87,8 @@ def options(i: int) -> bytes:
 # -- CPU accounting ----------------------------------------------------------------------------
 
 
-def proc_cpu(pid: int) -> float:
-    """utime+stime of a process (all its threads), in seconds."""
-    with open(f"/proc/{pid}/stat", "rb") as f:
-        fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
 def cpu_sample(pids: Sequence[int]) -> float:
     return sum(proc_cpu(p) for p in pids)
-
-
-def core_busy() -> dict[str, float]:
-    """Seconds each core spent running processes (user, nice, system), from /proc/stat."""
-    out = {}
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"cpu") and line[3:4].isdigit():
-                name, *vals = line.split()
-                # user + nice + system: what processes were charged (not idle, iowait,
-                # irq, softirq or steal; softirq time is not in any process's utime+stime)
-                ticks = [int(v) for v in vals[:3]]
-                out[name.decode()] = sum(ticks) / _TICK
-    return out
 
 
 def busy_delta(a: dict[str, float], b: dict[str, float]) -> dict[str, float]:
@@ -361,7 +341,8 @@ async def persistent(args: argparse.Namespace) -> dict[str, Any]:
     run.stopping = True
     window = sorted(run.latencies[i0:i1])
     failed = [link.failed for link in links if link.failed]
-    lost = sum(1 for link in links if link.lost.done())
+    # a failed link aborts its transport and is lost too: count each link once
+    errors = sum(1 for link in links if link.failed or link.lost.done())
     for link in links:
         link.close_clean()
     with contextlib.suppress(TimeoutError):
@@ -384,7 +365,7 @@ async def persistent(args: argparse.Namespace) -> dict[str, Any]:
         "side_cpu_s": side1 - side0 if args.side_pid else None,
         "core_busy_s": busy_delta(b0, b1),
         "bad_responses": run.bad,
-        "errors": len(failed) + lost,
+        "errors": errors,
         "error_samples": failed[:3],
     }
 
@@ -471,14 +452,15 @@ async def handshake(args: argparse.Namespace) -> dict[str, Any]:
                for w in range(args.conns)]
     await asyncio.sleep(args.warmup)
     run.measuring = True
-    done0, err0 = run.done, run.errors
+    done0, err0, unclean0 = run.done, run.errors, run.unclean
     b0, c0, s0, side0, t0 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
         cpu_sample(args.side_pid), time.perf_counter()
     await asyncio.sleep(args.duration)
     b1, c1, s1, side1, t1 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
         cpu_sample(args.side_pid), time.perf_counter()
     run.measuring = False
-    done = run.done - done0
+    # the window's counts, not the drain's that follows
+    done, errors, unclean = run.done - done0, run.errors - err0, run.unclean - unclean0
     run.stopping = True
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*workers, return_exceptions=True), 15)
@@ -494,8 +476,8 @@ async def handshake(args: argparse.Namespace) -> dict[str, Any]:
         "loadgen_cpu_s": s1 - s0,
         "side_cpu_s": side1 - side0 if args.side_pid else None,
         "core_busy_s": busy_delta(b0, b1),
-        "errors": run.errors - err0,
-        "unclean_closes": run.unclean,
+        "errors": errors,
+        "unclean_closes": unclean,
         "error_samples": run.error_samples,
     }
 

@@ -164,7 +164,25 @@ def open_fds(pid: int) -> int:
     return len(os.listdir(f"/proc/{pid}/fd"))
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
 def proc_cpu(pid: int) -> float:
+    """utime+stime of a process (all its threads), in seconds."""
     with open(f"/proc/{pid}/stat", "rb") as f:
         fields = f.read().rsplit(b")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return (int(fields[11]) + int(fields[12])) / _TICK
+
+
+def core_busy() -> dict[str, float]:
+    """Seconds each core spent running processes (user, nice, system), from /proc/stat."""
+    out = {}
+    with open("/proc/stat", "rb") as f:
+        for line in f:
+            if line.startswith(b"cpu") and line[3:4].isdigit():
+                name, *vals = line.split()
+                # user + nice + system: what processes were charged (not idle, iowait,
+                # irq, softirq or steal; softirq time is not in any process's utime+stime)
+                ticks = [int(v) for v in vals[:3]]
+                out[name.decode()] = sum(ticks) / _TICK
+    return out

@@ -65,7 +65,7 @@ def brief(scenario: str, r: dict[str, Any]) -> str:
 
 
 def table(scenario: str, args: argparse.Namespace, summary: dict[str, dict[str, Any]],
-          errors: dict[str, list[str]], have_haproxy: bool) -> None:
+          errors: dict[str, list[str]]) -> None:
     reps = f"median of {args.repeat}" if args.repeat > 1 else "1 run"
     hap = summary.get("haproxy", {})
     print()

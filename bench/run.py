@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import select
+import shutil
 import signal
 import ssl
 import statistics
@@ -37,7 +38,7 @@ from types import FrameType
 from typing import Any
 
 from bench import report
-from bench.procs import Child, ProcessError, Procs, open_fds, rss_kib
+from bench.procs import Child, ProcessError, Procs, core_busy, open_fds, rss_kib
 from bench.targets import (
     LOAD_CPU,
     SCENARIOS,
@@ -55,23 +56,9 @@ from bench.targets import (
 )
 
 RESULTS = Path(__file__).resolve().parent / "results"
-_TICK = os.sysconf("SC_CLK_TCK")
 
 
 # -- machine load --------------------------------------------------------------------------
-
-
-def _busy() -> dict[str, float]:
-    out = {}
-    with open("/proc/stat", "rb") as f:
-        for line in f:
-            if line.startswith(b"cpu") and line[3:4].isdigit():
-                name, *vals = line.split()
-                # user + nice + system: what processes were charged (not idle, iowait,
-                # irq, softirq or steal; softirq time is not in any process's utime+stime)
-                ticks = [int(v) for v in vals[:3]]
-                out[name.decode()] = sum(ticks) / _TICK
-    return out
 
 
 def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
@@ -79,10 +66,10 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
     ours (nothing of ours runs between measurements). Returns the last busy fraction seen."""
     deadline = time.monotonic() + max_wait
     while True:
-        a = _busy()
+        a, t0 = core_busy(), time.monotonic()
         time.sleep(0.5)
-        b = _busy()
-        worst = max((b[k] - a[k]) / 0.5 for k in b)
+        b, t1 = core_busy(), time.monotonic()
+        worst = max((b[k] - a[k]) / (t1 - t0) for k in b)
         if worst <= threshold or time.monotonic() >= deadline:
             return worst
 
@@ -473,7 +460,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 data = getattr(bench, scenario)()
                 data["summary"] = summarize(scenario, data)
                 results["scenarios"][scenario] = data
-                report.table(scenario, args, data["summary"], data["errors"], have_haproxy)
+                report.table(scenario, args, data["summary"], data["errors"])
             if sink is not None:
                 results["hep_sink"] = stop_sink(procs, sink)
                 report.sink(results["hep_sink"])
@@ -488,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         path.write_text(json.dumps(results, indent=1))
         print(f"\nraw results: {path}", flush=True)
         if ok:
-            _rmtree(workdir)
+            shutil.rmtree(workdir, ignore_errors=True)
         else:
             print(f"logs kept in {workdir}", file=sys.stderr)
     return 0
@@ -509,10 +496,6 @@ def stop_sink(procs: Procs, sink: Child) -> dict[str, Any]:
     return counts
 
 
-def _rmtree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)
 
 
 def machine_info(args: argparse.Namespace, have_haproxy: bool) -> dict[str, Any]:

@@ -46,6 +46,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import IO, Any, cast
 
+from bench.procs import free_port, open_fds, rss_kib
 from tlstrace.responder import respond
 from tlstrace.sip.framing import Dropped, FramingError, KeepAlive, Message, SipFramer
 
@@ -96,14 +97,6 @@ def stop(proc: subprocess.Popen[str], timeout: float = 15.0) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait(5)
-
-
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def wait_port(port: int, timeout: float = 20.0) -> None:
@@ -433,13 +426,8 @@ async def load_main(ident: int, port: int, connections: int, rate: float,
 
 
 def relay_sample(pid: int) -> tuple[int, int]:
-    """(VmRSS in KiB, open fds) of a process."""
-    rss = 0
-    with open(f"/proc/{pid}/status") as f:
-        for line in f:
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd"))
+    """(resident memory in KiB, open fds) of a process."""
+    return rss_kib(pid), open_fds(pid)
 
 
 def scrape(api: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:

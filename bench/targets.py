@@ -37,10 +37,6 @@ class Variant:
     def needs_hep(self) -> bool:
         return any("{hep}" in a for a in self.relay_args)
 
-    @property
-    def tls(self) -> bool:
-        return self.kind != "direct"
-
 
 VARIANTS: list[Variant] = [
     Variant("direct", "direct"),
