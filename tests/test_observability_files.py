@@ -8,11 +8,9 @@ placed through tlstrace (REGISTER, INVITE, 200, ACK and BYE on the Record-Route)
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
-import signal
 import subprocess
 import sys
 import time
@@ -24,6 +22,7 @@ import pytest
 import yaml
 
 from tests.support.net import free_port, wait_port
+from tests.support.procs import stop_group
 from tests.support.relay import RelayProcess
 from tests.support.sip import TlsClient, response_to
 from tlstrace.config.load import load_config
@@ -439,13 +438,7 @@ class Kamailio:
                                  f"{self.log_path.read_text()}") from None
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, grace=10)
 
 
 def sip(start: str, headers: list[str], body: bytes = b"") -> bytes:

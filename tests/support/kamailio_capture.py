@@ -25,9 +25,6 @@ or 10; `node` = "<capture_node>:<capture id>"; `correlation_id` = 0x0011, else t
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import sqlite3
 import subprocess
@@ -39,6 +36,7 @@ from types import TracebackType
 from typing import Any
 
 from tests.support.net import free_port
+from tests.support.procs import stop_group
 
 MODULES = next(
     (p for p in Path("/usr/lib").glob("*/kamailio/modules") if (p / "sipcapture.so").exists()),
@@ -270,18 +268,7 @@ class KamailioCapture:
             proc = inst.proc
             if proc is None:
                 continue
-            if proc.poll() is None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGTERM)
-                try:
-                    proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    with contextlib.suppress(ProcessLookupError):
-                        os.killpg(proc.pid, signal.SIGKILL)
-                    proc.wait(timeout=5)
-            # children left behind in the group (there should be none)
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
+            stop_group(proc)
             inst.proc = None
 
     def _write(self, name: str, hosts: list[str]) -> _Instance:

@@ -7,14 +7,13 @@ same connection, OPTIONS is answered. `tcp_accept_haproxy` makes it read PROXY p
 
 from __future__ import annotations
 
-import os
 import shutil
-import signal
 import subprocess
 import time
 from pathlib import Path
 
 from tests.support.net import free_port, wait_port
+from tests.support.procs import stop_group
 
 MODULES = "/usr/lib/x86_64-linux-gnu/kamailio/modules/"
 
@@ -89,7 +88,8 @@ class KamailioSip:
             wait_port("127.0.0.1", self.port, timeout=20)
         except TimeoutError:
             self.stop()
-            raise RuntimeError(f"kamailio did not start:\n{self.log}") from None
+            raise RuntimeError("kamailio did not start:\n"
+                               f"{self.log_path.read_text(errors='replace')}") from None
 
     @property
     def log(self) -> str:
@@ -105,11 +105,5 @@ class KamailioSip:
         raise AssertionError(f"{text!r} not in the kamailio log:\n{self.log}")
 
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGTERM)
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc, grace=10)
         self._log.close()

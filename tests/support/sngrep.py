@@ -11,9 +11,6 @@ sngrep only listens on IPv4 and writes IPv6 HEP as 0.0.0.0 addresses.
 
 from __future__ import annotations
 
-import contextlib
-import os
-import signal
 import socket
 import struct
 import subprocess
@@ -23,6 +20,7 @@ from pathlib import Path
 from types import TracebackType
 
 from tests.support.net import free_port
+from tests.support.procs import stop_group
 
 
 @dataclass(frozen=True)
@@ -130,17 +128,7 @@ class SngrepHep:
         proc, self._proc = self._proc, None
         if proc is None:
             return
-        if proc.poll() is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(timeout=5)
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGKILL)
+        stop_group(proc)
 
     def frames(self) -> list[Frame]:
         """What sngrep wrote (call after `stop()`)."""
