@@ -52,6 +52,9 @@ class ConnectionInfo(BaseModel):
     remote: str
     local: str
     sni: str | None
+    server_domain: str | None = Field(
+        description="the [[server_domain]] whose certificate, session cache and "
+                    "client-certificate policy the handshake ran on (inbound)")
     tls_version: str | None
     cipher: str | None
     alpn: str | None

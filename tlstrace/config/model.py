@@ -295,14 +295,6 @@ class Config(_Model):
                 raise ValueError(
                     f"listener[{i}].client_domain: no client_domain named {li.client_domain!r}"
                 )
-        for i, li in enumerate(self.listener):
-            modes = {d.client_cert for d in self.server_domains_for(li)}
-            if li.listen.scheme == "tls" and len(modes) > 1:
-                # OpenSSL keeps the verify mode of the first context when SNI switches domains
-                raise ValueError(
-                    f"listener[{i}].domains: domains sharing a listener must use the same "
-                    f"client_cert mode (found {sorted(modes)})"
-                )
         self._check_tracing()
         for d in self.server_domain:
             if d.certificate is None and d.name != "default":

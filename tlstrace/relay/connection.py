@@ -61,6 +61,8 @@ class Connection:
     started: float = field(default_factory=time.time)
     state: Literal["handshake", "open", "closed"] = "handshake"
     sni: str | None = None
+    #: the server domain (by name) whose context the handshake ran on
+    server_domain: str | None = None
     tls_version: str | None = None
     cipher: str | None = None
     alpn: str | None = None

@@ -31,7 +31,7 @@ from tlstrace.sip.framing import (
 )
 from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
-from tlstrace.tls.clienthello import TLS1_2, HelloKind, sniff
+from tlstrace.tls.clienthello import MAX_HELLO_BYTES, TLS1_2, HelloKind, HelloReader, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
 
 if TYPE_CHECKING:
@@ -87,6 +87,9 @@ class TlsLeg(BaseLeg):
         self.in_counts = relay.stats.messages[self.relay_direction_in]
         self.out_counts = relay.stats.messages[self.relay_direction_out]
         self.sniffed = not server_side
+        #: set on a server leg that must read the whole ClientHello (for its SNI) before it
+        #: knows the context to start on (see choose_context)
+        self.hello: HelloReader | None = None
         # where the incoming byte stream stands between TLS records (see data_received)
         self.rec_left = 0
         self.rec_head = b""
@@ -104,9 +107,8 @@ class TlsLeg(BaseLeg):
             return
         self.attach(transport)
         self.relay.register_tls(self)
-        self.obj = self.context.wrap_bio(self.incoming, self.outgoing,
-                                         server_side=self.server_side,
-                                         server_hostname=self.server_hostname)
+        if self.hello is None:
+            self._start_tls(self.context)
         self.handshake_timer = self.relay.loop.call_later(
             self.relay.config.tls_handshake_timeout / 1000, self._handshake_timed_out)
         if not self.server_side:
@@ -175,29 +177,52 @@ class TlsLeg(BaseLeg):
 
     # -- handshake -----------------------------------------------------------------------------
 
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
+                                    server_hostname=self.server_hostname)
+
+    def choose_context(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a client's handshake, from the SNI tlstrace read in its ClientHello
+        (server legs that set `hello`)."""
+        return self.context
+
     def _handshake_data(self, data: bytes) -> None:
         if self.closed:
             return
         if not self.sniffed:
             self.sniffed = True
-            if data[0] == 0x16:  # a TLS handshake record: OpenSSL takes it from here
-                self.first_bytes = data  # parsed only if the handshake fails
-                self.incoming.write(data)
-                self._do_handshake()
+            if data[0] != 0x16:  # not a TLS handshake record: say what it is
+                hello = sniff(data)
+                if hello.kind is HelloKind.PLAIN_SIP:
+                    self._handshake_failed(HandshakeFailure.PLAIN_SIP,
+                                           "plain SIP sent to the TLS port")
+                    return
+                if hello.kind is HelloKind.NOT_TLS:
+                    self._handshake_failed(
+                        HandshakeFailure.NOT_TLS,
+                        f"not a TLS ClientHello (first bytes {data[:8].hex()})")
+                    return
+                if hello.kind is HelloKind.SSLV2:
+                    self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
+                                           "SSLv2-style ClientHello")
+                    return
+        if self.obj is None:
+            # the whole ClientHello first: its SNI chooses the context (OpenSSL's session
+            # cache, ticket keys and client-certificate policy are the domain's own)
+            assert self.hello is not None
+            self.first_bytes += data  # also parsed if the handshake fails
+            hello = self.hello.feed(data)
+            if hello.kind is HelloKind.INCOMPLETE:
+                if self.hello.total > MAX_HELLO_BYTES:
+                    self._handshake_failed(HandshakeFailure.HELLO_TOO_LARGE,
+                                           f"no complete ClientHello in {MAX_HELLO_BYTES} bytes")
                 return
-            hello = sniff(data)
-            if hello.kind is HelloKind.PLAIN_SIP:
-                self._handshake_failed(HandshakeFailure.PLAIN_SIP,
-                                       "plain SIP sent to the TLS port")
-                return
-            if hello.kind is HelloKind.NOT_TLS:
-                self._handshake_failed(HandshakeFailure.NOT_TLS,
-                                       f"not a TLS ClientHello (first bytes {data[:8].hex()})")
-                return
-            if hello.kind is HelloKind.SSLV2:
-                self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
-                                       "SSLv2-style ClientHello")
-                return
+            self.hello = None
+            self._start_tls(self.choose_context(hello.sni))
+            data = self.first_bytes
+        elif not self.first_bytes and self.server_side:
+            self.first_bytes = data  # parsed only if the handshake fails
         self.incoming.write(data)
         self._do_handshake()
 
@@ -214,6 +239,12 @@ class TlsLeg(BaseLeg):
             return
         except (ssl.SSLError, ssl.CertificateError, ValueError) as e:
             self._flush()  # the alert
+            if getattr(obj, "tlstrace_sni_mismatch", False):
+                self._handshake_failed(
+                    HandshakeFailure.SNI_MISMATCH,
+                    f"OpenSSL read the SNI {getattr(obj, 'tlstrace_sni', None)!r} where "
+                    "tlstrace read another: refused")
+                return
             self._handshake_failed(*classify(e))
             return
         finally:
