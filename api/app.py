@@ -42,6 +42,8 @@ def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
         "age_seconds": round(time.time() - conn.started, 3),
         "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
         "messages_in": conn.msgs_in, "messages_out": conn.msgs_out, "traced": conn.traced,
+        "registered_for_seconds": None if conn.registered_until is None
+        else max(0.0, round(conn.registered_until - time.time(), 1)),
     }
     if not detail:
         return models.ConnectionInfo(**fields)  # type: ignore[arg-type]

@@ -67,6 +67,9 @@ class ConnectionInfo(BaseModel):
     messages_in: int
     messages_out: int
     traced: bool
+    registered_for_seconds: float | None = Field(
+        description="seconds until the registration the SIP server granted over this "
+                    "connection expires (it is held open until then plus registration_margin)")
 
 
 class ConnectionDetail(ConnectionInfo):

@@ -213,6 +213,10 @@ class Config(_Model):
     tcp_max_msg_time: float = Field(4.0, gt=0)
     #: Seconds without traffic before a connection is closed (OpenSIPS core default 120).
     tcp_connection_lifetime: float = Field(120.0, gt=0)
+    #: Seconds past the expiry of a registration (granted in the SIP server's 2xx to a
+    #: REGISTER sent over a client connection) during which that connection is not closed
+    #: for idleness: the SIP server routes calls to the phone over it.
+    registration_margin: float = Field(30.0, ge=0)
     #: Most client connections open at once; more are refused and counted.
     tcp_max_connections: int = Field(8192, ge=1)
     #: Bytes written to a peer and not yet read by it, per connection and direction, above

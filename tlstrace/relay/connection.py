@@ -76,6 +76,9 @@ class Connection:
     msgs_in: int = 0
     msgs_out: int = 0
     traced: bool = False
+    #: until when (epoch seconds) the SIP server keeps a registration made over this
+    #: connection, which holds it open past tcp_connection_lifetime
+    registered_until: float | None = None
     close_reason: CloseReason | None = None
     #: NSS key-log lines, filled during the handshake when keys are enabled
     keylog: list[str] = field(default_factory=list)

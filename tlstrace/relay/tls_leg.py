@@ -29,6 +29,7 @@ from tlstrace.sip.framing import (
     Ping,
     SipFramer,
 )
+from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.clienthello import MAX_HELLO_BYTES, TLS1_2, HelloKind, HelloReader, sniff
@@ -83,6 +84,9 @@ class TlsLeg(BaseLeg):
         #: set when the partner closed while its last messages waited for our handshake
         self.close_after_flush: tuple[CloseReason, str] | None = None
         self.tracer: MessageTracer | None = None
+        #: REGISTERs a client sent on this connection and the expiry its SIP server granted
+        #: (server legs, made at the first REGISTER): the connection is held open for them
+        self.registrations: RegistrationTracker | None = None
         # this leg's message counters, looked up once
         self.in_counts = relay.stats.messages[self.relay_direction_in]
         self.out_counts = relay.stats.messages[self.relay_direction_out]
@@ -167,6 +171,12 @@ class TlsLeg(BaseLeg):
                 counts[message_label(chunk)] += 1
                 if tracer is not None:
                     tracer.message(chunk, False, now)
+        reg = self.registrations
+        if reg is not None and reg.pending:
+            for chunk in chunks:
+                if chunk.startswith(b"SIP/2.0 "):
+                    reg.response(chunk, self.last_activity)
+            self._note_registration(reg)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         if self.outq and self.conn.state == "handshake" and not self.closed:
@@ -349,7 +359,12 @@ class TlsLeg(BaseLeg):
                     data = ev.data  # type: ignore[union-attr]
                     out.append(data)
                     nmsgs += 1
-                    counts[message_label(data)] += 1
+                    label = message_label(data)
+                    counts[label] += 1
+                    if label == "REGISTER" and self.server_side:
+                        if self.registrations is None:
+                            self.registrations = RegistrationTracker()
+                        self.registrations.request(data)
                 elif cls is Ping:
                     # pong here; a single CRLF goes on, so the backend's connection does not
                     # idle out while the client only sends keep-alives
@@ -527,6 +542,16 @@ class TlsLeg(BaseLeg):
 
     def overdue(self, now: float) -> tuple[CloseReason, str] | None:
         due = super().overdue(now)
-        if due is None and now - self.last_activity > self.relay.config.tcp_connection_lifetime:
+        cfg = self.relay.config
+        if due is None and now - self.last_activity > cfg.tcp_connection_lifetime:
+            reg = self.registrations
+            if reg is not None and now < reg.until + cfg.registration_margin:
+                return None  # the SIP server still routes calls to this phone over it
             return CloseReason.IDLE_TIMEOUT, ""
         return due
+
+    def _note_registration(self, reg: RegistrationTracker) -> None:
+        """Show the registration's expiry on the connection (wall clock, for the API)."""
+        until = reg.until
+        self.conn.registered_until = \
+            time.time() + (until - self.relay.loop.time()) if until else None
