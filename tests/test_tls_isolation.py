@@ -49,10 +49,14 @@ def isolated_relay(factory: Factory, backend_port: int, pki: Pki, client_cert: s
     })
 
 
-def phone_context(pki: Pki, version: ssl.TLSVersion, tickets: int) -> ssl.SSLContext:
-    phone = pki.leaf("phone-of-tenant-a", client=True, tag="phone-of-tenant-a")
-    ctx = client_context(cert=str(phone.cert), key=str(phone.key), min_version=version,
-                         max_version=version)
+def phone_context(pki: Pki | None, version: ssl.TLSVersion | None, tickets: int
+                  ) -> ssl.SSLContext:
+    """A client of this TLS version (tickets off when `tickets` is 0), with the certificate of
+    tenant A's phone when a PKI is given."""
+    files = pki.leaf("phone-of-tenant-a", client=True, tag="phone-of-tenant-a") if pki else None
+    ctx = client_context(cert=str(files.cert) if files else None,
+                         key=str(files.key) if files else None,
+                         min_version=version, max_version=version)
     if not tickets:
         ctx.options |= ssl.OP_NO_TICKET
     return ctx
@@ -79,6 +83,33 @@ def take_session(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
     return got, resumed
 
 
+def full_handshake_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
+                      session: ssl.SSLSession) -> dict[str, Any]:
+    """Offer `session` with another SNI: a full handshake on that domain, which admits the
+    client; its certificate and its entry in /api/connections."""
+    with TlsClient(relay.port(), ctx=ctx, server_hostname=sni, session=session) as client:
+        assert not client.sock.session_reused
+        cn = peer_cn(client)
+        client.send(request())
+        assert client.recv_messages(1)[0].startswith(b"SIP/2.0 200")
+        [conn] = [c for c in connections(relay) if c["sni"] == sni and c["state"] == "open"]
+    assert conn["resumed"] is False
+    return {**conn, "certificate_cn": cn}
+
+
+def refused_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
+               session: ssl.SSLSession) -> bool:
+    """Offer `session` with another SNI: a full handshake, which that domain refuses (TLS 1.3
+    clients learn of it on their first read)."""
+    try:
+        with TlsClient(relay.port(), ctx=ctx, server_hostname=sni, session=session) as client:
+            assert not client.sock.session_reused
+            client.send(request())
+            return client.wait_closed()
+    except (ssl.SSLError, ConnectionError):
+        return True
+
+
 @pytest.mark.parametrize(("version", "tickets"), MECHANISMS)
 def test_resumption_stays_in_its_domain(relay_factory: Factory, backend: Any, pki: Pki,
                                         version: ssl.TLSVersion, tickets: int) -> None:
@@ -90,30 +121,14 @@ def test_resumption_stays_in_its_domain(relay_factory: Factory, backend: Any, pk
     assert resumed, "a session must resume in the domain that created it"
 
     # another domain whose CA does not know the phone: a full handshake, which fails
-    refused = False
-    try:
-        with TlsClient(relay.port(), ctx=ctx, server_hostname="b.example",
-                       session=session) as client:
-            assert not client.sock.session_reused
-            client.send(request())  # TLS 1.3: the client learns of the refusal on reading
-            refused = client.wait_closed()
-    except (ssl.SSLError, ConnectionError):
-        refused = True
-    assert refused
+    assert refused_on(relay, ctx, "b.example", session)
     relay.wait_log("handshake failed: unknown_ca")
     assert "phone-of-tenant-a" not in {c.get("peer_subject") for c in connections(relay)}
 
     # a domain that would accept the phone: still a full handshake, with its own certificate
-    with TlsClient(relay.port(), ctx=ctx, server_hostname="other.example",
-                   session=session) as client:
-        assert not client.sock.session_reused
-        assert peer_cn(client) == "any.example"
-        client.send(request())
-        assert client.recv_messages(1)[0].startswith(b"SIP/2.0 200")
-        [conn] = [c for c in connections(relay) if c["sni"] == "other.example"]
-        assert conn["server_domain"] == "catch-all"
-        assert conn["resumed"] is False
-        assert conn["peer_subject"] and "phone-of-tenant-a" in conn["peer_subject"]
+    conn = full_handshake_on(relay, ctx, "other.example", session)
+    assert (conn["certificate_cn"], conn["server_domain"]) == ("any.example", "catch-all")
+    assert conn["peer_subject"] and "phone-of-tenant-a" in conn["peer_subject"]
 
 
 @pytest.mark.parametrize(("version", "tickets"), MECHANISMS)
@@ -121,21 +136,12 @@ def test_resumption_stays_in_its_domain_without_client_certs(
         relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion,
         tickets: int) -> None:
     relay = isolated_relay(relay_factory, backend.port, pki, "off", tickets)
-    ctx = client_context(min_version=version, max_version=version)
-    if not tickets:
-        ctx.options |= ssl.OP_NO_TICKET
+    ctx = phone_context(None, version, tickets)
     session, _ = take_session(relay, ctx, "a.example")
     session, resumed = take_session(relay, ctx, "a.example", session)
     assert resumed
-    with TlsClient(relay.port(), ctx=ctx, server_hostname="b.example",
-                   session=session) as client:
-        assert not client.sock.session_reused
-        assert peer_cn(client) == "b.example"
-        client.send(request())
-        assert client.recv_messages(1)[0].startswith(b"SIP/2.0 200")
-        [conn] = [c for c in connections(relay) if c["state"] == "open"]
-        assert (conn["sni"], conn["server_domain"], conn["resumed"]) == \
-            ("b.example", "tenant-b", False)
+    conn = full_handshake_on(relay, ctx, "b.example", session)
+    assert (conn["certificate_cn"], conn["server_domain"]) == ("b.example", "tenant-b")
     # and the session taken on b resumes on b only
     session_b, _ = take_session(relay, ctx, "b.example")
     _, resumed = take_session(relay, ctx, "b.example", session_b)
@@ -160,22 +166,11 @@ def test_each_domain_keeps_its_client_certificate_policy(
         ],
         "listener": [RelayProcess.tls_listener(backend.port)],
     })
-    anonymous = client_context(min_version=version, max_version=version)
-    if not tickets:
-        anonymous.options |= ssl.OP_NO_TICKET
+    anonymous = phone_context(None, version, tickets)
     session, _ = take_session(relay, anonymous, "open.example")
     _, resumed = take_session(relay, anonymous, "open.example", session)
     assert resumed
-    refused = False
-    try:
-        with TlsClient(relay.port(), ctx=anonymous, server_hostname="phones.example",
-                       session=session) as client:
-            assert not client.sock.session_reused
-            client.send(request())
-            refused = client.wait_closed()
-    except (ssl.SSLError, ConnectionError):
-        refused = True
-    assert refused
+    assert refused_on(relay, anonymous, "phones.example", session)
     relay.wait_log("handshake failed: certificate_required")
     # the phone with its certificate is admitted, and resumes, on its own domain
     ctx = phone_context(pki, version, tickets)

@@ -25,7 +25,8 @@ from tests.hardening.harness import LegitTraffic, Metrics, connect, real_client_
 from tests.support.backend import SipBackend
 from tests.support.pki import Pki
 from tests.support.relay import RelayProcess
-from tests.support.sip import TlsClient, client_context, request
+from tests.support.sip import TlsClient, request
+from tests.test_tls_isolation import phone_context
 from tests.test_tls_server import domain
 
 Legit = Callable[..., LegitTraffic]
@@ -57,12 +58,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Relay
 
 def phone(pki: Pki, version: ssl.TLSVersion | None = None, tickets: bool = True
           ) -> ssl.SSLContext:
-    files = pki.leaf("phone-of-tenant-a", client=True, tag="phone-of-tenant-a")
-    ctx = client_context(cert=str(files.cert), key=str(files.key), min_version=version,
-                         max_version=version)
-    if not tickets:
-        ctx.options |= ssl.OP_NO_TICKET
-    return ctx
+    return phone_context(pki, version, 2 if tickets else 0)
 
 
 def session_on_a(port: int, ctx: ssl.SSLContext) -> ssl.SSLSession:
