@@ -110,7 +110,7 @@ class InboundTls(TlsLeg):
 
     def local_cert(self) -> CertInfo | None:
         ident = self.contexts.identity_of(self.obj.context if self.obj else self.context)
-        if ident is not None:
+        if ident is not None and self.obj is not None:  # the domain the handshake ran on
             self.conn.server_domain = ident.domain.name
         return ident.cert if ident is not None else None
 

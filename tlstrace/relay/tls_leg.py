@@ -32,7 +32,14 @@ from tlstrace.sip.framing import (
 from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
-from tlstrace.tls.clienthello import MAX_HELLO_BYTES, TLS1_2, HelloKind, HelloReader, sniff
+from tlstrace.tls.clienthello import (
+    MAX_HELLO_BYTES,
+    TLS1_2,
+    Hello,
+    HelloKind,
+    HelloReader,
+    sniff,
+)
 from tlstrace.tls.failures import HandshakeFailure, classify
 
 if TYPE_CHECKING:
@@ -94,6 +101,8 @@ class TlsLeg(BaseLeg):
         #: set on a server leg that must read the whole ClientHello (for its SNI) before it
         #: knows the context to start on (see choose_context)
         self.hello: HelloReader | None = None
+        #: what that reading found (kept to explain a failed handshake)
+        self.hello_facts: Hello | None = None
         # where the incoming byte stream stands between TLS records (see data_received)
         self.rec_left = 0
         self.rec_head = b""
@@ -229,8 +238,9 @@ class TlsLeg(BaseLeg):
                                            f"no complete ClientHello in {MAX_HELLO_BYTES} bytes")
                 return
             self.hello = None
+            self.hello_facts = hello
             self._start_tls(self.choose_context(hello.sni))
-            data = self.first_bytes
+            data, self.first_bytes = self.first_bytes, b""
         elif not self.first_bytes and self.server_side:
             self.first_bytes = data  # parsed only if the handshake fails
         self.incoming.write(data)
@@ -285,7 +295,7 @@ class TlsLeg(BaseLeg):
         conn.local_cert = self.local_cert()
         conn.sni = getattr(obj, "tlstrace_sni", None) if self.server_side \
             else self.server_hostname
-        self.first_bytes = b""
+        self.first_bytes, self.hello_facts = b"", None
         self.relay.handshake_done(self, elapsed)
         if self.closed:
             return
@@ -302,9 +312,9 @@ class TlsLeg(BaseLeg):
             return
         conn = self.conn
         conn.local_cert = self.local_cert()
-        if self.first_bytes:
-            hello = sniff(self.first_bytes)
-            self.first_bytes = b""
+        hello = self.hello_facts or (sniff(self.first_bytes) if self.first_bytes else None)
+        if hello is not None:
+            self.first_bytes, self.hello_facts = b"", None
             conn.sni, conn.client_random = hello.sni, hello.client_random
             if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
                     hello.max_version and hello.max_version < TLS1_2:

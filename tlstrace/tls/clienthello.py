@@ -38,7 +38,7 @@ class Hello:
 
 #: raw bytes a tls: listener holds while it waits for a whole ClientHello (OpenSSL would take up
 #: to 128 KiB; real hellos, post-quantum key shares included, stay under 4 KiB)
-MAX_HELLO_BYTES = 65536
+MAX_HELLO_BYTES = 32768
 #: the largest TLS plaintext record (RFC 8446 §5.1); OpenSSL refuses larger ones
 _MAX_RECORD = 16384
 
