@@ -78,7 +78,7 @@ class InboundTls(TlsLeg):
             return
         if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
             self.refused = self.closed = True
-            relay.stats.refused += 1
+            relay.stats.refused[self.conn.listener] += 1
             now = relay.loop.time()
             if now - self.listener.refused_logged > 10:
                 self.listener.refused_logged = now
@@ -87,7 +87,7 @@ class InboundTls(TlsLeg):
             transport.abort()
             return
         relay.inbound_open += 1
-        relay.stats.accepted += 1
+        relay.stats.accepted[self.conn.listener] += 1
         self.conn.remote = peer[:2]
         self.conn.local = local[:2]
         super().connection_made(transport)
@@ -127,7 +127,8 @@ class InboundTls(TlsLeg):
             if backend.scheme == "tcp":
                 leg = PlainLeg(relay, self, name="backend", preamble=preamble)
             else:
-                leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
+                leg = BackendTls.open(relay, backend, lst.client_domain, self.conn.listener,
+                                      preamble)
                 leg.partner = self
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)

@@ -140,8 +140,8 @@ class PeerLink:
             relay.stats.dropped_messages["peer_unreachable"] += leg.outq_msgs
             leg.outq.clear()
             leg.outq_msgs = leg.outq_size = 0
-            relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
-            relay.stats.handshakes["outbound", "failure", "", ""] += 1
+            relay.stats.handshake_failed(leg.conn.listener, "outbound",
+                                         HandshakeFailure.CONNECT_FAILED.value)
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             # counts the close, sends CLOSED when traced, and lets this link reconnect later
             # (also when the timeout came after the TCP connection was made)

@@ -95,8 +95,8 @@ class TlsLeg(BaseLeg):
         #: (server legs, made at the first REGISTER): the connection is held open for them
         self.registrations: RegistrationTracker | None = None
         # this leg's message counters, looked up once
-        self.in_counts = relay.stats.messages[self.relay_direction_in]
-        self.out_counts = relay.stats.messages[self.relay_direction_out]
+        self.in_counts = relay.stats.messages[conn.listener, self.relay_direction_in]
+        self.out_counts = relay.stats.messages[conn.listener, self.relay_direction_out]
         self.sniffed = not server_side
         #: set on a server leg that must read the whole ClientHello (for its SNI) before it
         #: knows the context to start on (see choose_context)
@@ -319,8 +319,7 @@ class TlsLeg(BaseLeg):
             if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
                     hello.max_version and hello.max_version < TLS1_2:
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
-        self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
-        self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
+        self.relay.stats.handshake_failed(conn.listener, conn.direction, kind.value)
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
         log.log(level, "conn %d %s %s:%d: TLS handshake failed: %s (%s)", conn.id,
                 conn.direction, conn.remote[0], conn.remote[1], kind.value, message)
@@ -517,7 +516,7 @@ class TlsLeg(BaseLeg):
                 self.obj.unwrap()
             self._flush()
         self.shut_transport(reason, abort)
-        self.relay.stats.closed[reason.label] += 1
+        self.relay.stats.closed[conn.listener, reason.label] += 1
         level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
         if reason is CloseReason.FRAMING_ERROR:
             level = logging.WARNING
