@@ -111,7 +111,9 @@ class Sidecar:
             sock = bind(*address)
         except OSError as e:
             self.close_listeners()
-            raise StartupError(f"{self.source}: api_listen: cannot listen on "
+            where = "--api" if self.overrides and self.overrides.api is not None else \
+                self.source if "api_listen" in self.config.model_fields_set else "defaults"
+            raise StartupError(f"{where}: api_listen: cannot listen on "
                                f"{self.config.api_listen}: {e.strerror or e}") from None
         self.api = make_server(create_app(self))
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))

@@ -235,9 +235,11 @@ class Config(_Model):
     # -- tracing (OpenSIPS proto_tls / proto_hep names) ------------------------------------
     #: Trace when the sidecar starts; switch at run time with the API.
     trace_on: bool = False
-    #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp).
+    #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp);
+    #: without `[name]` they are named hep1, hep2, ...
     hep_id: list[str] = []
-    #: Names of the hep_id destinations to trace to; empty: all of them.
+    #: Names of the hep_id destinations to trace to (a list, or one name as a string);
+    #: empty: all of them.
     trace_destination: list[str] = []
     #: Capture agent id (HEP chunk 0x000c).
     hep_capture_id: int = Field(1, ge=0, le=0xFFFFFFFF)
@@ -308,6 +310,24 @@ class Config(_Model):
                     "private_key (only the domain named 'default' may use the generated one)"
                 )
         return self
+
+    @field_validator("hep_id", mode="before")
+    @classmethod
+    def _name_hep_ids(cls, value: Any) -> Any:
+        """`[name]` is optional: hep1, hep2, ... name those without one."""
+        from hep.destination import with_names
+
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return with_names(value)
+        return value
+
+    @field_validator("trace_destination", mode="before")
+    @classmethod
+    def _one_destination(cls, value: Any) -> Any:
+        """One name as a string, as OpenSIPS writes it, or a list of names."""
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        return value
 
     @field_validator("api_listen")
     @classmethod
