@@ -185,11 +185,13 @@ class RelayCollector(Collector):
                 key = ("server", ident.domain.name)
                 if key not in seen:
                     seen.add(key)
-                    m.add_metric([*key, ident.cert.subject], ident.cert.not_after.timestamp())
+                    m.add_metric([*key, ident.cert.subject or "none"],
+                                 ident.cert.not_after.timestamp())
         for domain in sc.config.client_domain:
             info = sc.relay.client_contexts.cert_info(domain.name)
             if info is not None:
-                m.add_metric(["client", domain.name, info.subject], info.not_after.timestamp())
+                m.add_metric(["client", domain.name, info.subject or "none"],
+                             info.not_after.timestamp())
         yield m
 
 
