@@ -1,4 +1,4 @@
-"""Command line: `tlstrace run`, `tlstrace demo`, `tlstrace hep-listen`."""
+"""Command line: `tlstrace run`, `check`, `demo`, `hep-listen`."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"tlstrace {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
-    run = sub.add_parser("run", help="run the sidecar")
+    run = argparse.ArgumentParser(add_help=False)  # the flags of `run`, which `check` shares
     run.add_argument("--config", type=Path, help="TOML configuration file")
     run.add_argument(
         "--listen", action="append", default=[], metavar="tls:IP:PORT",
@@ -44,6 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--trace-keys", action="store_true",
         help="put the TLS session keys in the traced events (secrets leave the process)",
     )
+
+    sub.add_parser("run", parents=[run], help="run the sidecar")
+    sub.add_parser("check", parents=[run],
+                   help="validate the configuration, the flags, the certificates and keys as "
+                        "`run` would, start nothing; exit 0 when all is well")
 
     listen = sub.add_parser("hep-listen", help="receive HEP and print each packet as JSON")
     listen.add_argument("address", metavar="udp:HOST:PORT", help="udp:HOST:PORT or tcp:HOST:PORT")
@@ -77,6 +82,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
         trace_keys=args.trace_keys, api=args.api,
     )
+    if args.command == "check":
+        from tlstrace.check import run as check
+
+        return check(args.config, overrides)
     try:
         config = load_config(args.config, overrides)
     except ConfigError as e:
