@@ -13,7 +13,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
-from api.auth import token_middleware
+from api.auth import OPEN_PATHS, token_middleware
+from api.docs import app_with_docs, declare_bearer
 from hep.address import join_host_port
 from tlstrace import __version__
 from tlstrace.config import Endpoint
@@ -55,12 +56,13 @@ def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
 def create_app(sidecar: Sidecar) -> FastAPI:
     """Every handler is `async def`: it runs in the event loop's thread, the only thread that
     may touch the relay (a plain `def` would run in a worker thread)."""
-    app = FastAPI(
+    app = app_with_docs(
         title="tlstrace", version=__version__,
         description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
-                    "configured, every endpoint but /healthz and /readyz needs "
-                    "`Authorization: Bearer <token>`.",
+                    "configured, every endpoint but /healthz, /readyz and these pages needs "
+                    "`Authorization: Bearer <token>` (the Authorize button).",
     )
+    declare_bearer(app, OPEN_PATHS)
     app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
