@@ -22,6 +22,7 @@ from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
+from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import TraceManager
 
 if TYPE_CHECKING:
@@ -49,6 +50,7 @@ class Sidecar:
                            client_contexts=self.prepared.client)
         self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
+        self.trace_timer = TracingTimer(self.tracing, self.loop)
         self.relay.observer = self.tracing
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
@@ -86,6 +88,8 @@ class Sidecar:
                      else "tracing is off")
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        if self.tracing.enabled and self.config.trace_on_for_seconds:
+            self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
             log.warning("TLS session keys are collected%s%s",
                         " and sent in traces" if self.config.trace_keys else "",
