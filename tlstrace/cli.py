@@ -1,4 +1,5 @@
-"""Command line: `tlstrace run`, `check`, `demo`, `hep-listen`."""
+"""Command line: `tlstrace run`, `check`, `demo`, `hep-listen`, and the API client commands
+`trace`, `connections`, `reload`."""
 
 from __future__ import annotations
 
@@ -55,7 +56,31 @@ def build_parser() -> argparse.ArgumentParser:
     listen.add_argument("--pcap", type=Path, help="also write the payloads to this pcap file")
 
     sub.add_parser("demo", help="show the whole loop on this machine in a few seconds")
+    _add_client_commands(sub)
     return p
+
+
+def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Commands that talk to a running sidecar's API."""
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--api", metavar="HOST:PORT",
+        help="the sidecar's API (default: api_listen of --config, else 127.0.0.1:8080); the "
+             "token comes from the environment variable TLSTRACE_API_TOKEN")
+    common.add_argument("--config", type=Path,
+                        help="read api_listen and api_token from this TOML file")
+    trace = sub.add_parser("trace", parents=[common], help="switch tracing, or show it")
+    trace.add_argument("action", choices=["on", "off", "status"])
+    trace.add_argument("--for", dest="for_", metavar="DURATION",
+                       help="with on: switch off again after this long (90s, 10m, 1h30m)")
+    conns = sub.add_parser("connections", parents=[common], help="list the open TLS connections")
+    conns.add_argument("--direction", choices=["inbound", "outbound"])
+    conns.add_argument("--traced", action=argparse.BooleanOptionalAction,
+                       help="only traced (--traced) or untraced (--no-traced) ones")
+    conns.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
+    conns.add_argument("--json", action="store_true", help="print the API's JSON")
+    sub.add_parser("reload", parents=[common],
+                   help="re-read the configuration file and the certificates (as SIGHUP)")
 
 
 def setup_logging(level: str) -> None:
@@ -77,6 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from tlstrace.demo import run as demo
 
         return demo()
+    if args.command in ("trace", "connections", "reload"):
+        from tlstrace.client import main as client
+
+        return client(args)
     overrides = Overrides(
         listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
         state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
