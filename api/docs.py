@@ -22,6 +22,12 @@ STATIC_PREFIX = "/docs/static/"
 #: the documentation pages and the schema
 DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json"})
 SCHEME = "bearer"
+UNAUTHORIZED = {
+    "description": "Unauthorized: a token is configured and the request lacks it",
+    "content": {"application/json": {"schema": {
+        "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
+    }}},
+}
 
 
 #: the pages may load from the API's own origin only (ReDoc would fetch its logo from a CDN);
@@ -84,6 +90,7 @@ def declare_bearer(app: FastAPI, open_paths: Collection[str]) -> None:
                 continue
             for operation in operations.values():
                 operation["security"] = [{SCHEME: []}]
+                operation.setdefault("responses", {}).setdefault("401", UNAUTHORIZED)
         app.openapi_schema = schema
         return schema
 
