@@ -5,7 +5,7 @@ out" work against a sidecar that requires the token."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -26,10 +26,16 @@ PUT_TRACE = "#operations-tracing-put_trace_api_trace_put"
 
 
 @pytest.fixture
-def sidecar(relay_factory: Callable[..., RelayProcess], backend: SipBackend) -> RelayProcess:
-    with HepSink() as sink:
-        return relay_factory({"api_token": TOKEN, "hep_id": [sink.hep_id],
-                              "listener": [RelayProcess.tls_listener(backend.port)]})
+def sink() -> Iterator[HepSink]:
+    with HepSink() as s:
+        yield s
+
+
+@pytest.fixture
+def sidecar(relay_factory: Callable[..., RelayProcess], backend: SipBackend,
+            sink: HepSink) -> RelayProcess:
+    return relay_factory({"api_token": TOKEN, "hep_id": [sink.hep_id],
+                          "listener": [RelayProcess.tls_listener(backend.port)]})
 
 
 def wait(driver: WebDriver, css: str, timeout: float = 20) -> None:

@@ -23,6 +23,10 @@ from tlstrace.trace.timer import format_seconds
 _DURATION = re.compile(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?")
 
 
+#: the sidecar's API is reached directly, whatever http_proxy says
+_DIRECT = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
 class ClientError(Exception):
     """One line for the user; the command exits 1."""
 
@@ -56,7 +60,7 @@ class Api:
         if self.token:
             req.add_header("Authorization", f"Bearer {self.token}")
         try:
-            with urllib.request.urlopen(req, timeout=self.timeout) as resp:
+            with _DIRECT.open(req, timeout=self.timeout) as resp:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
