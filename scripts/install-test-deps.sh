@@ -2,14 +2,15 @@
 # Installs what the test suite drives and nobody on this team wrote: Kamailio (a real SIP server
 # and the sipcapture HEP receiver), sngrep (HEP receiver that checks the auth key), tshark
 # (decryption checks), Prometheus and promtool, systemd-analyze (checks the systemd unit; works
-# without systemd running), and the npm package hep-js.
+# without systemd running), headless Chromium and its driver (the API docs pages), and the npm
+# package hep-js.
 # Usage: scripts/install-test-deps.sh VENV_DIR
 set -eu
 venv=${1:-.venv}
-apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl systemd"
+apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl systemd chromium chromium-driver"
 
 missing=""
-for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl systemd-analyze; do
+for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl systemd-analyze chromium chromedriver; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 # the sqlite and tls modules of kamailio are separate packages

@@ -13,16 +13,16 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from hep.destination import parse_hep_ids
-from hep.sender import HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.metrics import make_registry
+from tlstrace.preflight import prepare
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
+from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import TraceManager
 
 if TYPE_CHECKING:
@@ -40,13 +40,17 @@ class Sidecar:
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  overrides: Overrides | None = None) -> None:
+        """Raises ConfigError (see `preflight.prepare`)."""
         self.config_path = config_path
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
-        self.relay = Relay(config, self.loop, source=self.source)
-        self.senders = build_senders(config)
+        self.prepared = prepare(config, self.source)
+        self.relay = Relay(config, self.loop, source=self.source,
+                           client_contexts=self.prepared.client)
+        self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
+        self.trace_timer = TracingTimer(self.tracing, self.loop)
         self.relay.observer = self.tracing
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
@@ -61,7 +65,7 @@ class Sidecar:
         cfg = self.config
         for i, li in enumerate(cfg.listener):
             if li.listen.scheme == "tls":
-                lst = InboundListener(self.relay, li, build_server_contexts(cfg, li, self.source))
+                lst = InboundListener(self.relay, li, self.prepared.server[str(li.listen)])
                 self.inbound.append(lst)
                 starter = lst.start
             else:
@@ -84,6 +88,8 @@ class Sidecar:
                      else "tracing is off")
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        if self.tracing.enabled and self.config.trace_on_for_seconds:
+            self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
             log.warning("TLS session keys are collected%s%s",
                         " and sent in traces" if self.config.trace_keys else "",
@@ -197,14 +203,6 @@ class Sidecar:
         self.stopped.set()
 
 
-def build_senders(config: Config) -> HepSenderGroup:
-    """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
-    dests = parse_hep_ids(config.hep_id)
-    wanted = set(config.trace_destination) or {d.name for d in dests}
-    return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
-                                   ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
-
-
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -212,8 +210,8 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
-    sidecar = Sidecar(config, config_path, overrides)
     try:
+        sidecar = Sidecar(config, config_path, overrides)
         await sidecar.start()
     except (ConfigError, StartupError) as e:
         log.error("cannot start: %s", e)

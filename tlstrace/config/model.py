@@ -22,6 +22,8 @@ from tlstrace.config.endpoint import Endpoint, parse_endpoint
 TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+#: the longest time tracing can be switched on for (30 days)
+MAX_TRACE_SECONDS = 30 * 86400
 
 
 def default_state_dir() -> Path:
@@ -235,6 +237,8 @@ class Config(_Model):
     # -- tracing (OpenSIPS proto_tls / proto_hep names) ------------------------------------
     #: Trace when the sidecar starts; switch at run time with the API.
     trace_on: bool = False
+    #: With trace_on: seconds after start-up when tracing switches itself off; 0: no limit.
+    trace_on_for_seconds: float = Field(0, ge=0, le=MAX_TRACE_SECONDS)
     #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp);
     #: without `[name]` they are named hep1, hep2, ...
     hep_id: list[str] = []

@@ -49,7 +49,8 @@ def listener_directions(config: Config) -> list[tuple[str, tuple[str, ...]]]:
 
 class Relay:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, source: str,
-                 observer: ConnectionObserver | None = None) -> None:
+                 observer: ConnectionObserver | None = None,
+                 client_contexts: ClientContexts | None = None) -> None:
         from tlstrace.relay.outbound import PeerPool
 
         self.config = config
@@ -64,7 +65,7 @@ class Relay:
         #: every live leg, for the timeout sweep and shutdown
         self.legs: set[BaseLeg] = set()
         self.inbound_open = 0
-        self.client_contexts = ClientContexts(config, source)
+        self.client_contexts = client_contexts or ClientContexts(config, source)
         self.prepare_contexts(self.client_contexts.contexts())
         self.pool: PeerPool = PeerPool(self)
         self.shutting_down = False

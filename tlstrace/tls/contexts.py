@@ -148,9 +148,12 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
                           source: str) -> ServerIdentity:
     cert_file, key_file = domain.certificate, domain.private_key
     if cert_file is None or key_file is None:
-        cert_file, key_file, created = certgen.ensure_self_signed(
-            config.state_dir, ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
-        )
+        try:
+            cert_file, key_file, created = certgen.ensure_self_signed(
+                config.state_dir, ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
+            )
+        except OSError as e:
+            raise state_dir_error(config, source, e.strerror or str(e)) from None
         if created:
             log.info("generated a self-signed certificate %s (key %s)", cert_file, key_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -168,6 +171,11 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
     except ValueError as e:
         raise ConfigError(source, f"{key}.certificate", f"{cert_file}: {e}") from None
     return ServerIdentity(domain, ctx, Path(cert_file), info)
+
+
+def state_dir_error(config: Config, source: str, reason: str) -> ConfigError:
+    return ConfigError(source, "state_dir", f"{config.state_dir}: cannot create the "
+                                            f"self-signed certificate there: {reason}")
 
 
 def build_client_context(domain: ClientDomain, key: str, source: str) -> ssl.SSLContext:

@@ -1,0 +1,46 @@
+"""What the sidecar builds from its configuration before it opens any socket.
+
+`tlstrace run` and `tlstrace check` both call `prepare`: the server contexts of every tls:
+listener and the client contexts of every client domain (files readable, certificates parse and
+match their keys, chains and CA bundles load, cipher lists select something), and the HEP
+senders (the collectors' CA bundle). Any problem is a `ConfigError` naming the file and key.
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+
+from hep.destination import parse_hep_ids
+from hep.sender import HepSenderGroup
+from tlstrace.config import Config, ConfigError
+from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
+
+
+@dataclass
+class Prepared:
+    #: the server contexts of each tls: listener, by its `listen` text
+    server: dict[str, ServerContexts]
+    client: ClientContexts
+    senders: HepSenderGroup
+
+
+def prepare(config: Config, source: str) -> Prepared:
+    server = {str(li.listen): build_server_contexts(config, li, source)
+              for li in config.listener if li.listen.scheme == "tls"}
+    return Prepared(server, ClientContexts(config, source), build_senders(config, source))
+
+
+def build_senders(config: Config, source: str = "defaults") -> HepSenderGroup:
+    """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
+    dests = parse_hep_ids(config.hep_id)
+    wanted = set(config.trace_destination) or {d.name for d in dests}
+    try:
+        return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
+                                       ca_file=config.hep_ca_list,
+                                       verify=config.hep_verify_cert)
+    except (OSError, ssl.SSLError) as e:
+        reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
+        raise ConfigError(source, "hep_ca_list",
+                          f"{config.hep_ca_list}: not a readable PEM CA bundle ({reason})") \
+            from None
