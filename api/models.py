@@ -17,7 +17,7 @@ class _Body(BaseModel):
 class TraceSwitch(_Body):
     tracing: Literal["on", "off"]
     for_seconds: float | None = Field(
-        None, gt=0, le=MAX_TRACE_SECONDS, allow_inf_nan=False, examples=[600],
+        None, gt=0, le=MAX_TRACE_SECONDS, allow_inf_nan=False, strict=True, examples=[600],
         description="with on: tracing switches itself off after this many seconds; "
                     "unset: it stays on (a switch without a limit removes the one in force)")
 

@@ -155,7 +155,7 @@ def test_api_port_in_use_names_where_it_was_set(tmp_path: Path) -> None:
 
 
 def test_hep_id_name_is_optional_in_the_file_too(tmp_path: Path) -> None:
-    from tlstrace.app import build_senders
+    from tlstrace.preflight import build_senders
 
     f = tmp_path / "c.toml"
     f.write_text('hep_id = ["10.0.0.5:9060;transport=udp", "[homer]10.0.0.6", "[::1]:9061",\n'
@@ -183,7 +183,7 @@ def test_trace_destination_may_be_one_string(tmp_path: Path) -> None:
                  'trace_destination = "homer"\n')
     c = load_config(f)
     assert c.trace_destination == ["homer"]
-    from tlstrace.app import build_senders
+    from tlstrace.preflight import build_senders
 
     assert [s.dest.name for s in build_senders(c)] == ["homer"]
     f.write_text('hep_id = ["[homer]10.0.0.5"]\ntrace_destination = ["homer"]\n')

@@ -88,11 +88,13 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     common.add_argument("--config", type=Path, metavar="FILE",
                         help="read api_listen and api_token from this TOML file")
     trace = sub.add_parser("trace", parents=[common], help="switch tracing, or show it")
-    trace.add_argument("action", choices=["on", "off", "status"])
+    trace.add_argument("action", choices=["on", "off", "status"],
+                       help="on, off, or status (what GET /api/trace says)")
     trace.add_argument("--for", dest="for_", metavar="DURATION",
                        help="with on: switch off again after this long (90s, 10m, 1h30m)")
     conns = sub.add_parser("connections", parents=[common], help="list the open TLS connections")
-    conns.add_argument("--direction", choices=["inbound", "outbound"])
+    conns.add_argument("--direction", choices=["inbound", "outbound"],
+                       help="only connections from clients (inbound) or to peers (outbound)")
     conns.add_argument("--traced", action=argparse.BooleanOptionalAction,
                        help="only traced (--traced) or untraced (--no-traced) ones")
     conns.add_argument("--limit", type=int, default=1000, help="at most this many (1000)")
