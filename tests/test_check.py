@@ -39,6 +39,7 @@ def files(tmp_path: Path, pki: Pki) -> dict[str, str]:
     a_file.write_text("")
     return {"cert": str(a.cert), "key": str(a.key), "other_key": str(b.key),
             "garbage": str(garbage), "ca": str(pki.ca_file), "port": str(free_port()),
+            "other_ca": str(pki.other_ca_file),
             "a_file": str(a_file)}
 
 
@@ -75,6 +76,11 @@ CASES = [
      "server_domain[0].private_key"),
     ("chain missing", domain(certificate="{cert}", private_key="{key}",
                              chain="/nonexistent-chain.pem"), [], "server_domain[0].chain"),
+    ("chain not PEM", domain(certificate="{cert}", private_key="{key}", chain="{garbage}"), [],
+     "server_domain[0].chain"),
+    ("chain that did not issue the certificate",
+     domain(certificate="{cert}", private_key="{key}", chain="{other_ca}"), [],
+     "server_domain[0].chain"),
     ("CA bundle not PEM", domain(certificate="{cert}", private_key="{key}", ca_list="{garbage}",
                                  client_cert="required"), [], "server_domain[0].ca_list"),
     ("cipher list", domain(certificate="{cert}", private_key="{key}", ciphers_list="NOPE"), [],

@@ -214,6 +214,14 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key_file: Path, chain: Path | N
             raise ConfigError(source, f"{key}.{name}", f"{path}: missing or not readable")
     certfile = str(cert)
     tmp = None
+    try:
+        problem = certinfo.chain_problem(Path(cert).read_bytes(),
+                                         Path(chain).read_bytes() if chain is not None else None)
+    except OSError as e:
+        raise ConfigError(source, f"{key}.certificate", f"{e.filename}: {e.strerror}") from None
+    if problem is not None:
+        raise ConfigError(source, f"{key}.chain" if chain is not None else f"{key}.certificate",
+                          f"{chain or cert}: {problem}")
     if chain is not None:
         # OpenSSL reads the chain from the certificate file: join them in a private temp file
         tmp = tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False)  # noqa: SIM115
