@@ -301,7 +301,7 @@ class KamailioCapture:
         if udp:
             listen.append("disable_tcp=yes")
         else:
-            listen += ["tcp_accept_hep3=yes", "tcp_accept_no_cl=yes"]
+            listen += ["tcp_accept_hep3=yes", "tcp_accept_no_cl=yes", "tcp_rd_buf_size=65536"]
             hook = 'modparam("sipcapture", "nonsip_hook", 1)'
             event_route = STREAM_EVENT_ROUTE
             if "tls" in self.transports:
