@@ -201,3 +201,20 @@ def test_early_messages_refit_for_a_backend_leg_with_larger_packets() -> None:
     assert len(out.packets[3]) == 65507
     assert backend[1].payload.startswith(b"INVITE sip:bob@example.com SIP/2.0\r\n"
                                          b"X-Tlstrace-Truncated: length=%d;cut=body" % len(msg))
+
+
+def test_what_cannot_fit_at_all_is_counted_not_sent(caplog: Any) -> None:
+    """A hep_max_packet that the configured chunks nearly fill: the SIP message and the events
+    that cannot be built are counted (not_traced) and logged, never sent over the bound."""
+    manager, tracer, out, _ = tracer_for(hep_max_packet=1024, hep_auth_key="k" * 900)
+    conn = tracer.conn
+    conn.local_cert = CertInfo("/CN=" + "s" * 2000, "/CN=i", "01", "ab",
+                               dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    tracer.build_session()
+    with caplog.at_level("WARNING", logger="tlstrace.trace"):
+        tracer.message(sip(body=b"v" * 2000), True, time.time())
+        manager.send_event(conn, events.closed_event("EOF received"))
+    assert all(len(p) <= 1024 for p in out.packets)
+    assert manager.oversize["not_traced"] >= 2  # the message, the session record
+    assert f"conn {conn.id} inbound 192.0.2.1:5061: " in caplog.text
+    assert "not traced: hep_max_packet 1024 leaves no room" in caplog.text

@@ -183,27 +183,44 @@ class TraceManager:
         tpl = self.template(conn.remote, conn.local, PROTO_NET)
         now = time.time()
         sec = int(now)
-        self.send(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(), conn)
+        self.send_checked(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(),
+                          conn)
 
     def send(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
-             cid: bytes | None, conn: Connection | None = None) -> None:
+             cid: bytes | None) -> None:
+        """A SIP message's packet: `ConnectionTracer.message` made it fit."""
+        try:
+            packet = tpl.encode(sec, usec, payload, cid)
+        except ValueError as e:  # a safety net: not expected
+            self._not_sent(tpl, e, None)
+            return
+        self.packets += 1
+        for sender in self.senders:
+            sender.send(packet)
+
+    def send_checked(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
+                     cid: bytes | None, conn: Connection) -> None:
+        """An event or record's packet (once per connection, call or truncated message):
+        its fields are bounded, and what still does not fit `hep_max_packet` is not sent."""
         try:
             packet = tpl.encode(sec, usec, payload, cid)
             if len(packet) > self.max_packet:
                 raise ValueError(f"{len(packet)} bytes, hep_max_packet is {self.max_packet}")
         except ValueError as e:
-            # not for SIP messages (ConnectionTracer fits them first): a safety net
-            self.oversize["not_traced"] += 1
-            suppressed = self._may_log()
-            if suppressed is not None:
-                who = f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: " \
-                    if conn is not None else ""
-                log.warning("%sa HEP packet of type %d was not sent: %s%s", who,
-                            tpl.packet.proto_type, e, _suppressed(suppressed))
+            self._not_sent(tpl, e, conn)
             return
         self.packets += 1
         for sender in self.senders:
             sender.send(packet)
+
+    def _not_sent(self, tpl: PacketTemplate, error: ValueError, conn: Connection | None) -> None:
+        self.oversize["not_traced"] += 1
+        suppressed = self._may_log()
+        if suppressed is not None:
+            who = f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: " \
+                if conn is not None else ""
+            log.warning("%sa HEP packet of type %d was not sent: %s%s", who,
+                        tpl.packet.proto_type, error, _suppressed(suppressed))
 
     def _may_log(self) -> int | None:
         """None when this oversize line must not be logged (more than LOG_BURST in the
@@ -308,8 +325,9 @@ class ConnectionTracer:
             self.seen[cid] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
-            manager.send(session[1], sec, usec,
-                         events.session_record(session[0], cid, cid_length), cid)
+            manager.send_checked(session[1], sec, usec,
+                                 events.session_record(session[0], cid, cid_length), cid,
+                                 self.conn)
 
     def _fit(self, data: bytes, cid: bytes | None, received: bool, sec: int,
              usec: int) -> tuple[bytes | None, bytes | None, int | None]:
@@ -338,8 +356,9 @@ class ConnectionTracer:
                 conn, received=received, length=length,
                 traced=len(traced) if traced is not None else 0, cut=cut,
                 max_packet=manager.max_packet, call_id=cid, call_id_length=cid_length)
-            manager.send(manager.template(conn.remote, conn.local, PROTO_LOG), sec, usec,
-                         record, cid if cid is not None else str(conn.id).encode(), conn)
+            manager.send_checked(manager.template(conn.remote, conn.local, PROTO_LOG), sec,
+                                 usec, record,
+                                 cid if cid is not None else str(conn.id).encode(), conn)
         if traced is data and cid_length is None:
             return data, cid, None  # it fits: near the limit, nothing to say
         suppressed = manager._may_log()
