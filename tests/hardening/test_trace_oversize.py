@@ -139,6 +139,7 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
             Case("at", sized("at@ovs", fits("at@ovs")), None),
             Case("over", sized("over@ovs", fits("over@ovs") + 1), "body"),
             Case("max_msg_size", sized("max@ovs", MAX_MSG_SIZE), "body"),
+            Case("max_msg_size-1", sized("max1@ovs", MAX_MSG_SIZE - 1), "body"),
             *[Case(f"65500-{i}", sized(f"big{i}@ovs", 65500), "body") for i in range(5)],
             Case("headers", sized("hdr@ovs", MAX_MSG_SIZE - 5, headers=pad), "headers"),
             Case("cid-at", build("a" * CALL_ID_MAX), None),
@@ -166,6 +167,10 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
                 # one at a time: a Kamailio worker writing SQLite is slower than loopback UDP
                 for instance in ("udp4", "stream"):
                     assert len(rows_of(kam, instance, c.cid, 2)) >= 2, (instance, c.label)
+            # one byte over max_msg_size is not relayed (the connection is closed): no trace
+            with TlsClient(relay.port()) as refused:
+                refused.send(sized("refused@ovs", MAX_MSG_SIZE + 1))
+                assert refused.wait_closed()
             # the same long Call-ID again, on another connection: the same short id
             with TlsClient(relay.port()) as again:
                 again.send(build(long_ids[1], branch="z9hG4bK-again"))
@@ -207,6 +212,8 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
                                    params=("z9hG4bK-again",), timeout=20)
         assert {r["correlation_id"] for r in again_rows} == {expected_short(
             long_ids[1].encode()).decode()}
+        assert kam.rows("sip_capture", "callid = ?", ("refused@ovs",)) == []
+        assert not any(b"refused@ovs" in d for d in sink.datagrams)
 
         # type-100 records (Kamailio stores them over UDP): one per truncated message
         logs = kam.wait_rows("logs_capture", 1, where="CAST(msg AS TEXT) LIKE ?",
