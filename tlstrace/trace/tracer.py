@@ -3,8 +3,9 @@ and per message does one encode and one enqueue per destination.
 
 Every relayed message leaves a trace: a message whose packet would exceed `hep_max_packet` is
 traced truncated (`fit.truncate_sip`) with a type-100 record saying so, and a Call-ID longer
-than `fit.CALL_ID_MAX` goes into the packets shortened (`fit.short_id`). A message costs one
-length comparison for this unless it is that large or its Call-ID that long."""
+than `fit.CALL_ID_MAX` goes into the packets shortened (`fit.short_id`). A message pays two
+length comparisons for this (its size, its Call-ID's) unless it is that large or its Call-ID
+that long."""
 
 from __future__ import annotations
 
@@ -215,14 +216,14 @@ class TraceManager:
 
     def _not_sent(self, tpl: PacketTemplate, error: ValueError, conn: Connection | None) -> None:
         self.oversize["not_traced"] += 1
-        suppressed = self._may_log()
+        suppressed = self.may_log()
         if suppressed is not None:
             who = f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: " \
                 if conn is not None else ""
             log.warning("%sa HEP packet of type %d was not sent: %s%s", who,
                         tpl.packet.proto_type, error, _suppressed(suppressed))
 
-    def _may_log(self) -> int | None:
+    def may_log(self) -> int | None:
         """None when this oversize line must not be logged (more than LOG_BURST in the
         current LOG_INTERVAL); otherwise how many were left out since the last one logged."""
         now = time.monotonic()
@@ -361,7 +362,7 @@ class ConnectionTracer:
                                  cid if cid is not None else str(conn.id).encode(), conn)
         if traced is data and cid_length is None:
             return data, cid, None  # it fits: near the limit, nothing to say
-        suppressed = manager._may_log()
+        suppressed = manager.may_log()
         if suppressed is not None:
             self._log(data, received, traced, cut, cid, cid_length, suppressed)
         return traced, cid, cid_length
