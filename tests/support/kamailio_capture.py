@@ -18,7 +18,7 @@ tag each row with `instance`.
 What Kamailio stores (hep.md §5C): `sip_capture` gets HEP type 1 over any transport;
 `logs_capture` gets type 100 over UDP only, and only with a correlation id (0x0011).
 Over TCP and TLS Kamailio reads a HEP frame whole into its read buffer: `tcp_rd_buf_size` is
-raised to 65536 here, so frames of up to 65,534 bytes are taken (with Kamailio's default,
+raised to 65536 here, so frames of 65,507 bytes are taken (65,535 is not; with the default,
 16,382; a longer frame makes it drop the connection).
 Columns: `micro_ts` = sec * 1e6 + usec; `proto` = Kamailio's enum (1 UDP, 2 TCP); `family` 2
 or 10; `node` = "<capture_node>:<capture id>"; `correlation_id` = 0x0011, else the Call-ID;
