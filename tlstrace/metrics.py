@@ -140,8 +140,10 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_trace_packets_total", "HEP packets built by tracing", [],
                        [((), sc.tracing.packets)])
         yield _counter("tlstrace_trace_oversize_total",
-                       "Messages too large for one HEP packet (not traced)", [],
-                       [((), sc.tracing.too_big)])
+                       "SIP messages too large for one HEP packet (traced truncated) or with a "
+                       "Call-ID too long for the correlation id (shortened), and packets not "
+                       "sent, by reason", ["reason"],
+                       (((r,), n) for r, n in sc.tracing.oversize.items()))
         keyfile = sc.tracing.keyfile
         yield _counter("tlstrace_keylog_file_errors_total",
                        "Key-log file writes that failed", [],

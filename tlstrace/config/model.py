@@ -251,6 +251,10 @@ class Config(_Model):
     hep_auth_key: str | None = None
     #: Capture node name (HEP chunk 0x0013); unset: none.
     hep_node_name: str | None = None
+    #: Largest HEP packet tracing sends, in bytes (the whole packet): a SIP message that does
+    #: not fit is traced truncated. 65507: the largest UDP payload over IPv4, and what
+    #: heplify-server and Kamailio (tcp_rd_buf_size = 65536) take over TCP.
+    hep_max_packet: int = Field(65507, ge=1024, le=65535)
     #: CA bundle for tls collectors; unset: the system's. hep_verify_cert = false skips checks.
     hep_ca_list: Path | None = None
     hep_verify_cert: bool = True
