@@ -71,6 +71,8 @@ class RelayStats:
     #: bytes accepted for a peer that stopped reading, thrown away with its connection
     bytes_dropped: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
+    #: messages from a tcp: listener's peer, by how their local connection was found
+    trunk_routed: Counter[str] = field(default_factory=Counter)
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
 
     def __post_init__(self) -> None:
@@ -84,7 +86,8 @@ class RelayStats:
             self.closed[reason.label] += 0
             self.dropped_messages[reason.label] += 0
         self.bytes_dropped[CloseReason.SEND_TIMEOUT.label] += 0
-        for name in ("peer_unreachable", "no_local_connection"):
+        for name in ("peer_unreachable", "no_local_connection", "unmatched_response",
+                     "local_target_unreachable"):
             self.dropped_messages[name] += 0
         for direction in ("inbound", "outbound"):
             self.handshakes[direction, "failure", "", ""] += 0
@@ -101,6 +104,8 @@ class RelayStats:
             self.bytes[name] += 0
         for name in ("success", "failure"):
             self.reloads[name] += 0
+        for name in ("transaction", "peer_transaction", "dialog", "local_target", "latest"):
+            self.trunk_routed[name] += 0
 
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
