@@ -280,7 +280,7 @@ def test_peer_initiated_dialog_learnt_from_the_local_answer() -> None:
     r: TrunkRoutes[str] = TrunkRoutes()
     invite = req("INVITE", "in", via="SIP/2.0/TLS 203.0.113.5:5061", from_tag="p-in")
     route, conn, p = r.to_local(invite, 0)
-    assert route is Route.NONE and p is not None
+    assert route is Route.NONE and conn is None and p is not None
     r.delivered(p, "T", 0)  # the relay gave it to its local target
     # a retransmission, the CANCEL and a non-2xx ACK follow the INVITE (§17.2.3, §9.2)
     assert r.to_local(invite, 0.5)[:2] == (Route.PEER_TRANSACTION, "T")
@@ -328,7 +328,7 @@ def test_a_peer_flooding_requests_cannot_push_out_local_transactions() -> None:
     mine = req("INVITE", "mine")
     r.from_local("A", mine, 0)
     for i in range(1000):
-        route, _, p = r.to_local(req("OPTIONS", f"flood{i}", via="SIP/2.0/TLS 203.0.113.5"), 0)
+        _, _, p = r.to_local(req("OPTIONS", f"flood{i}", via="SIP/2.0/TLS 203.0.113.5"), 0)
         assert p is not None
         r.delivered(p, "T", 0)
     assert len(r.server) == 50
