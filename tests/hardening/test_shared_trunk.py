@@ -188,12 +188,14 @@ def _headers(msg: bytes) -> dict[bytes, bytes]:
 
 class EndingPeer:
     """A TLS peer that answers each INVITE with 100/180/200 and, once the call is up, sends a
-    re-INVITE and then a BYE of its own in that dialog (each one must reach the local
-    connection that placed the call). It counts the calls whose BYE was answered, and every
-    message it did not expect."""
+    re-INVITE and then a BYE of its own in that dialog, each `delay` seconds after the
+    message before (meanwhile other local connections send: each request must still reach
+    the local connection that placed the call). It counts the calls whose BYE was answered,
+    and every message it did not expect."""
 
-    def __init__(self, ssl_context: ssl.SSLContext) -> None:
+    def __init__(self, ssl_context: ssl.SSLContext, delay: float = 0.15) -> None:
         self.ctx = ssl_context
+        self.delay = delay
         self.completed = 0
         self.unexpected: list[bytes] = []
         self.calls: dict[bytes, dict[str, bytes]] = {}
@@ -216,11 +218,16 @@ class EndingPeer:
 
             def data_received(self, data: bytes) -> None:
                 out: list[bytes] = []
+                later: list[bytes] = []
                 for ev in self.framer.feed(data):
                     if isinstance(ev, Message):
-                        out += peer.handle(ev.data)
+                        now, then = peer.handle(ev.data)
+                        out += now
+                        later += then
                 if out:
                     self.transport.write(b"".join(out))
+                if later:
+                    peer.loop.call_later(peer.delay, self.transport.write, b"".join(later))
 
         async def start() -> asyncio.Server:
             return await self.loop.create_server(Proto, "127.0.0.1", 0, ssl=self.ctx)
@@ -246,7 +253,8 @@ class EndingPeer:
         ]
         return b"\r\n".join(lines) + b"\r\n\r\n"
 
-    def handle(self, msg: bytes) -> list[bytes]:
+    def handle(self, msg: bytes) -> tuple[list[bytes], list[bytes]]:
+        """What to send at once, and what to send after `delay`."""
         h = _headers(msg)
         call_id = h.get(b"call-id", b"")
         call = self.calls.get(call_id)
@@ -259,21 +267,21 @@ class EndingPeer:
             with_tag = msg.replace(b"\r\nTo: " + h[b"to"], b"\r\nTo: " + h[b"to"] + b";tag="
                                    + tag)
             return [response_to(msg, 100, "Trying"), response_to(with_tag, 180, "Ringing"),
-                    response_to(with_tag, 200, "OK")]
+                    response_to(with_tag, 200, "OK")], []
         if call is not None and first.startswith(b"ACK ") and call["state"] == b"answered":
             call["state"] = b"reinvite"
-            return [self._request(call, b"INVITE", 100)]
+            return [], [self._request(call, b"INVITE", 100)]
         if call is not None and first.startswith(b"SIP/2.0 200") and call["state"] == \
                 b"reinvite" and h.get(b"cseq") == b"100 INVITE":
             call["state"] = b"bye"
-            return [self._request(call, b"ACK", 100), self._request(call, b"BYE", 101)]
+            return [self._request(call, b"ACK", 100)], [self._request(call, b"BYE", 101)]
         if call is not None and first.startswith(b"SIP/2.0 200") and call["state"] == b"bye" \
                 and h.get(b"cseq") == b"101 BYE":
             call["state"] = b"done"
             self.completed += 1
-            return []
+            return [], []
         self.unexpected.append(first + b" " + call_id)
-        return []
+        return [], []
 
     def stop(self) -> None:
         def _stop() -> None:
