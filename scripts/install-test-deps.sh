@@ -3,12 +3,13 @@
 # and the sipcapture HEP receiver), sngrep (HEP receiver that checks the auth key), tshark
 # (decryption checks), Prometheus and promtool, and the npm package hep-js.
 # Usage: scripts/install-test-deps.sh VENV_DIR
+# sip-tester is SIPp: the local SIP clients of tests/hardening/test_shared_trunk.py.
 set -eu
 venv=${1:-.venv}
-apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl"
+apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl sip-tester"
 
 missing=""
-for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl; do
+for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl sipp; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 # the sqlite and tls modules of kamailio are separate packages
