@@ -81,7 +81,10 @@ def run_sipp(tmp_path: Path, port: int, clients: int, calls: int,
 def assert_all_calls_completed(results: list[sipp.SippResult], calls: int) -> None:
     summary = [(r.returncode, r.successful, r.failed, r.out_of_call, r.dead_call)
                for r in results]
-    assert summary == [(0, calls, 0, 0, 0)] * len(results), (summary, results[0].errors[:3000])
+    totals = (f"{sum(r.successful for r in results)} of {calls * len(results)} calls "
+              f"completed, {sum(r.out_of_call for r in results)} out-of-call messages; "
+              f"(rc, completed, failed, out-of-call, dead-call) per client: {summary}")
+    assert summary == [(0, calls, 0, 0, 0)] * len(results), (totals, results[0].errors[:2000])
 
 
 # -- calls placed by the local side ---------------------------------------------------------

@@ -59,7 +59,9 @@ _NAMES = {b"via": _VIA, b"v": _VIA, b"call-id": _CALL_ID, b"i": _CALL_ID, b"cseq
 _NAMES.update({k.upper(): v for k, v in list(_NAMES.items())})
 _NAMES.update({b"Via": _VIA, b"Call-ID": _CALL_ID, b"Call-Id": _CALL_ID, b"CSeq": _CSEQ,
                b"From": _FROM, b"To": _TO})
-_TRANSPORT_CHARS = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-")
+#: "SIP/2.0/TCP host:port": the sent-by after the protocol and transport
+_SENT_BY = re.compile(rb"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z0-9-]+[ \t]+([^;,]*)",
+                      re.IGNORECASE)
 
 
 @dataclass(slots=True)
@@ -89,22 +91,18 @@ def _tag(value: bytes) -> bytes:
 
 def _via(value: bytes) -> tuple[bytes, bytes]:
     """(branch, sent-by) of the first via-parm in a Via header value."""
-    comma = value.find(b",")
-    if comma >= 0:
-        value = value[:comma]
-    m = _BRANCH.search(value)
+    end = value.find(b",")
+    if end < 0:
+        end = len(value)
+    m = _BRANCH.search(value, 0, end)
     branch = m.group(1) if m else b""
-    semi = value.find(b";")
-    head = value[:semi] if semi >= 0 else value
-    # "SIP/2.0/TCP host:port": skip the protocol, its two slashes and the transport token
-    slash = head.find(b"/", head.find(b"/") + 1)
-    i, n = slash + 1, len(head)
-    while i < n and head[i] in b" \t":
-        i += 1
-    while i < n and head[i] in _TRANSPORT_CHARS:
-        i += 1
-    sent_by = head[i:].replace(b" ", b"").replace(b"\t", b"").lower()
-    return branch, sent_by
+    m = _SENT_BY.match(value, 0, end)
+    if m is None:
+        return branch, b""
+    sent_by = m.group(1).rstrip(b" \t")
+    if b" " in sent_by or b"\t" in sent_by:
+        sent_by = sent_by.replace(b" ", b"").replace(b"\t", b"")
+    return branch, sent_by.lower()
 
 
 def peek(data: bytes) -> Peek | None:
