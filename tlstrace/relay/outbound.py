@@ -87,8 +87,9 @@ class PeerPool:
         link = self.links.get(key)
         if link is None:
             link = self.links[key] = PeerLink(self.relay, peer, domain, str(listener.listen))
-        if link.local_target is None:
-            link.local_target = listener.local_target
+            # the listeners sharing this peer agree on it (the configuration checks that)
+            link.local_target = next((li.local_target for li in self.relay.config.listener
+                                      if li.peer == peer and li.local_target is not None), None)
         return link
 
 
