@@ -87,6 +87,17 @@ def assert_all_calls_completed(results: list[sipp.SippResult], calls: int) -> No
     assert summary == [(0, calls, 0, 0, 0)] * len(results), (totals, results[0].errors[:2000])
 
 
+def tables_emptied_by_closes(relay: RelayProcess) -> None:
+    """Every call ended (its dialog went with its BYE's 200) and every SIPp client closed its
+    connection (its transactions went with it): the routing tables are empty, without waiting
+    for any expiry."""
+    def empty() -> bool:
+        m = Metrics.scrape(relay)
+        return all(m.get("tlstrace_trunk_table_entries", table=t) == 0
+                   for t in ("transactions", "peer_transactions", "dialogs"))
+    wait_for(empty)
+
+
 # -- calls placed by the local side ---------------------------------------------------------
 
 
@@ -116,6 +127,7 @@ def test_every_sipp_client_gets_its_own_replies(relay_factory: Factory, pki: Pki
     assert after.delta(before, "tlstrace_trunk_routed_total") == routed
     assert after.delta(before, "tlstrace_messages_dropped_total") == 0
     assert after.get("tlstrace_connections_opened_total") == 1  # one pooled TLS connection
+    tables_emptied_by_closes(relay)
     record(clients=clients, calls_each=calls, completed=sum(r.successful for r in results),
            failed=sum(r.failed for r in results),
            out_of_call=sum(r.out_of_call for r in results), routed_by_transaction=routed,
@@ -325,6 +337,7 @@ def test_peer_requests_reach_the_dialogs_connection(relay_factory: Factory, pki:
     assert by_dialog == 3 * total
     assert after.delta(before, "tlstrace_trunk_routed_total", by="latest") == 0
     assert after.delta(before, "tlstrace_messages_dropped_total") == 0
+    tables_emptied_by_closes(relay)
     record(clients=clients, calls_each=calls, completed=peer.completed,
            out_of_call=sum(r.out_of_call for r in results), routed_by_dialog=by_dialog)
 
@@ -482,3 +495,35 @@ def test_without_local_target_cancel_follows_its_invite(relay_factory: Factory, 
     assert b.received() == [other]
     a.close()
     b.close()
+
+
+def test_local_target_down_then_up(relay_factory: Factory, pki: Pki, tls_peer: SipBackend,
+                                   record: Record) -> None:
+    """While local_target refuses connections, the peer's requests for it are dropped,
+    counted and logged once; once it listens, the next request gets through (no restart)."""
+    port = free_port()
+    relay = relay_factory(trunk_config(pki, tls_peer.port,
+                                       local_target=f"tcp:127.0.0.1:{port}"))
+    before = Metrics.scrape(relay)
+    local = LocalConn(relay.port())
+    local.send(request("OPTIONS", "hello@t"))
+    tls_peer.wait_messages(1)
+    n = 4
+    for i in range(n):
+        tls_peer.send(0, request("OPTIONS", f"lost{i}@t"))
+    wait_for(lambda: Metrics.scrape(relay).delta(
+        before, "tlstrace_messages_dropped_total", reason="local_target_unreachable") == n)
+    log = relay.wait_log(f"local_target tcp:127.0.0.1:{port} unreachable")
+    assert log.count("dropped a message (local_target_unreachable)") == 1
+    assert Metrics.scrape(relay).get("tlstrace_upstream_up", role="local_target") == 0
+    got = local.received()  # its own answer only, none of the requests meant for the target
+    assert [m.split(b"\r\n")[0] for m in got] == [b"SIP/2.0 200 OK"]
+    assert b"Call-ID: hello@t" in got[0]
+    with SipBackend(port=port) as target:
+        time.sleep(1.1)  # past the one-second pause after a failed attempt
+        tls_peer.send(0, request("OPTIONS", "found@t"))
+        assert target.wait_messages(1)[0].startswith(b"OPTIONS ")
+        wait_for(lambda: len(tls_peer.conns[0].messages) >= 2)  # the target's 200 OK
+        assert tls_peer.conns[0].messages[1].startswith(b"SIP/2.0 200 OK")
+    local.close()
+    record(requests_while_down=n, dropped=n, log_lines=1, after_recovery="delivered")
