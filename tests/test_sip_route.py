@@ -400,3 +400,25 @@ def test_compact_forms_route_the_same(compact: bool) -> None:
     bye = req("BYE", "cf", 2, via="SIP/2.0/TLS 203.0.113.5", from_tag="p-cf", to_tag="l-cf",
               compact=not compact)
     assert r.to_local(bye, 0)[1] == "A"
+
+
+_PIECES = [b"INVITE sip:x SIP/2.0", b"SIP/2.0 200 OK", b"SIP/2.0 ", b"\r\n", b"Via:", b"v: ",
+           b"SIP/2.0/TCP h:1", b";branch=z9hG4bK", b";tag=", b"Call-ID: ", b"i:", b"CSeq: 1 ",
+           b"From: ", b"t:", b"To:", b"<", b">", b",", b" ", b"\t", b";", b"=", b"\r\n\r\n",
+           b"\x00", b"\xff"]
+
+
+@settings(max_examples=500, deadline=None)
+@given(parts=st.lists(st.one_of(st.sampled_from(_PIECES), st.binary(max_size=8)),
+                      max_size=40))
+def test_any_bytes_are_safe(parts: list[bytes]) -> None:
+    """Whatever arrives (the framer only checks the length on the local side), routing never
+    raises, and a closed connection leaves nothing behind."""
+    data = b"".join(parts)
+    peek(data)
+    r: TrunkRoutes[str] = TrunkRoutes()
+    r.from_local("A", data, 0)
+    _, conn, _ = r.to_local(data, 1)
+    assert conn in (None, "A")
+    r.forget("A")
+    assert all(len(t) == 0 and t.bytes == 0 for t in r.tables)
