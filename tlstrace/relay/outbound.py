@@ -285,6 +285,8 @@ class PeerLink:
 
     async def _connect_target(self, leg: TargetLeg, where: Endpoint) -> None:
         relay = self.relay
+        # one series per upstream: a local_target that is also a backend stays "backend"
+        role = "backend" if where in relay.config.backends else "local_target"
         try:
             await asyncio.wait_for(
                 relay.loop.create_connection(lambda: leg, where.host, where.port),
@@ -292,7 +294,7 @@ class PeerLink:
         except Exception as e:  # any failure ends this attempt, never the relay
             why = str(e) or type(e).__name__
             self.target_failed_at = relay.loop.time()
-            relay.upstream_result(str(where), "local_target", False, why)
+            relay.upstream_result(str(where), role, False, why)
             for _ in range(leg.queued_msgs):
                 self._drop("local_target_unreachable", leg.queued[0] if leg.queued else b"")
             leg.queued.clear()
@@ -300,7 +302,7 @@ class PeerLink:
             log.warning("peer %s: local_target %s unreachable: %s", self.peer, where, why)
             leg.close(CloseReason.BACKEND_UNREACHABLE, f"local_target {where}: {why}")
             return
-        relay.upstream_result(str(where), "local_target", True)
+        relay.upstream_result(str(where), role, True)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.tls = None  # the local connections stay; the next message reconnects
