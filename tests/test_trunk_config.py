@@ -17,7 +17,7 @@ def test_local_target_and_defaults(tmp_path: Path) -> None:
     c = load_config(f)
     assert str(c.listener[0].local_target) == "tcp:127.0.0.1:5060"
     assert (c.trunk_max_transactions, c.trunk_max_dialogs, c.trunk_max_table_bytes,
-            c.trunk_dialog_idle) == (32768, 32768, 8 << 20, 3600.0)
+            c.trunk_dialog_idle) == (32768, 32768, 16 << 20, 3600.0)
     f.write_text(TRUNK)
     assert load_config(f).listener[0].local_target is None
 

@@ -238,8 +238,9 @@ class Config(_Model):
     trunk_max_transactions: int = Field(32768, ge=16)
     #: tcp: listeners: dialogs remembered per pooled peer destination.
     trunk_max_dialogs: int = Field(32768, ge=16)
-    #: tcp: listeners: bytes each of those tables may take (keys plus a fixed cost per entry).
-    trunk_max_table_bytes: int = Field(8 << 20, ge=65536)
+    #: tcp: listeners: bytes each of those tables may take (keys plus 440 bytes per entry,
+    #: about what CPython takes).
+    trunk_max_table_bytes: int = Field(16 << 20, ge=65536)
     #: tcp: listeners: seconds a dialog is remembered after its last message.
     trunk_dialog_idle: float = Field(3600.0, gt=0)
     #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.

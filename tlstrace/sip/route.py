@@ -45,7 +45,7 @@ MAGIC = b"z9hG4bK"
 #: Timer B / Timer F: 64*T1 (T1 = 500 ms)
 TRANSACTION_TTL = 32.0
 #: what an entry costs beyond its key bytes (dict slot, entry object, key tuple, index slot)
-ENTRY_OVERHEAD = 320
+ENTRY_OVERHEAD = 440
 #: methods whose request without a To tag can create a dialog (RFC 3261, 6665, 3515)
 DIALOG_CREATING = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER"})
 
@@ -279,7 +279,7 @@ class TrunkRoutes(Generic[K]):
     """The transaction and dialog tables of one trunk (one pooled peer destination)."""
 
     def __init__(self, *, max_transactions: int = 32768, max_dialogs: int = 32768,
-                 max_bytes: int = 8 << 20, dialog_idle: float = 3600.0) -> None:
+                 max_bytes: int = 16 << 20, dialog_idle: float = 3600.0) -> None:
         #: requests local connections sent, waiting for the peer's responses
         self.client: Table[K] = Table("transactions", ttl=TRANSACTION_TTL,
                                       max_entries=max_transactions, max_bytes=max_bytes)
