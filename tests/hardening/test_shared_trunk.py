@@ -525,5 +525,6 @@ def test_local_target_down_then_up(relay_factory: Factory, pki: Pki, tls_peer: S
         assert target.wait_messages(1)[0].startswith(b"OPTIONS ")
         wait_for(lambda: len(tls_peer.conns[0].messages) >= 2)  # the target's 200 OK
         assert tls_peer.conns[0].messages[1].startswith(b"SIP/2.0 200 OK")
+        assert Metrics.scrape(relay).get("tlstrace_upstream_up", role="local_target") == 1
     local.close()
     record(requests_while_down=n, dropped=n, log_lines=1, after_recovery="delivered")
