@@ -422,3 +422,47 @@ def test_any_bytes_are_safe(parts: list[bytes]) -> None:
     assert conn in (None, "A")
     r.forget("A")
     assert all(len(t) == 0 and t.bytes == 0 for t in r.tables)
+
+
+@settings(max_examples=60, deadline=None)
+@given(conns=st.integers(2, 8), calls=st.integers(1, 10), seed=st.integers(0, 2**32))
+def test_interleaved_peer_initiated_calls(conns: int, calls: int, seed: int) -> None:
+    """Calls the peer places (each given to one local connection, as local_target would be),
+    answered by that connection with its own To tag, interleaved with a retransmission and
+    calls other connections answer: the ACK, a re-INVITE and the BYE reach the answering
+    connection, and the dialog ends with the BYE's 200."""
+    rnd = random.Random(seed)
+    r: TrunkRoutes[int] = TrunkRoutes()
+    steps: list[list[tuple[str, int, str]]] = []
+    for c in range(conns):
+        for k in range(calls):
+            name = f"in-{c}-{k}"
+            steps.append([(s, c, name) for s in (
+                "invite", "retransmit", "180", "200", "ack", "reinvite", "bye", "bye-200")])
+    t = 0.0
+    while steps:
+        seq = rnd.choice(steps)
+        kind, c, name = seq.pop(0)
+        if not seq:
+            steps.remove(seq)
+        t += 0.001
+        via = "SIP/2.0/TLS 203.0.113.5:5061"
+        invite = req("INVITE", name, via=via, from_tag=f"p-{name}")
+        if kind == "invite":
+            route, conn, p = r.to_local(invite, t)
+            assert (route, conn) == (Route.NONE, None) and p is not None
+            r.delivered(p, c, t)
+        elif kind == "retransmit":
+            assert r.to_local(invite, t)[:2] == (Route.PEER_TRANSACTION, c)
+        elif kind in ("180", "200"):
+            r.from_local(c, resp(invite, int(kind), f"l-{name}"), t)
+        else:
+            method, cseq = {"ack": ("ACK", 1), "reinvite": ("INVITE", 2), "bye": ("BYE", 3),
+                            "bye-200": ("BYE", 3)}[kind]
+            msg = req(method, name, cseq, via=via, branch=f"z9hG4bK-{name}-{kind}",
+                      from_tag=f"p-{name}", to_tag=f"l-{name}")
+            if kind == "bye-200":
+                r.from_local(c, resp(msg.replace(b"-bye-200", b"-bye"), 200), t)
+                continue
+            assert r.to_local(msg, t)[1] == c
+    assert len(r.dialogs) == 0
