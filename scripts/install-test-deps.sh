@@ -5,12 +5,13 @@
 # without systemd running), headless Chromium and its driver (the API docs pages), and the npm
 # package hep-js.
 # Usage: scripts/install-test-deps.sh VENV_DIR
+# sip-tester is SIPp: the local SIP clients of tests/hardening/test_shared_trunk.py.
 set -eu
 venv=${1:-.venv}
-apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl systemd chromium chromium-driver"
+apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl systemd chromium chromium-driver sip-tester"
 
 missing=""
-for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl systemd-analyze chromium chromedriver; do
+for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl systemd-analyze chromium chromedriver sipp; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 # the sqlite and tls modules of kamailio are separate packages

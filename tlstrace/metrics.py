@@ -24,6 +24,7 @@ from tlstrace.relay.stats import Histogram
 
 if TYPE_CHECKING:
     from tlstrace.app import Sidecar
+    from tlstrace.relay.runtime import Relay
 
 
 def _buckets(h: Histogram) -> list[tuple[str, float]]:
@@ -40,6 +41,28 @@ def _counter(name: str, doc: str, labels: list[str],
     for values, n in items:
         m.add_metric(list(values), n)
     return m
+
+
+def _trunk(relay: Relay) -> Iterator[Metric]:
+    """Routing of what tcp: listeners' peers send to the local connections."""
+    yield _counter("tlstrace_trunk_routed_total",
+                   "SIP messages from tcp: listeners' peers, by how their local connection "
+                   "was found", ["by"], (((k,), n) for k, n in relay.stats.trunk_routed.items()))
+    sizes = {"transactions": 0, "peer_transactions": 0, "dialogs": 0}
+    evicted = dict.fromkeys(sizes, 0)
+    for link in list(relay.pool.links.values()):
+        for table in link.routes.tables:
+            sizes[table.name] += len(table)
+            evicted[table.name] += table.evicted
+    entries = GaugeMetricFamily("tlstrace_trunk_table_entries",
+                                "Transactions and dialogs remembered for tcp: listeners",
+                                labels=["table"])
+    for name, n in sizes.items():
+        entries.add_metric([name], n)
+    yield entries
+    yield _counter("tlstrace_trunk_table_evictions_total",
+                   "Entries pushed out of a full transaction or dialog table before they "
+                   "expired", ["table"], (((k,), n) for k, n in evicted.items()))
 
 
 class RelayCollector(Collector):
@@ -122,6 +145,7 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_reloads_total",
                        "Configuration and certificate reloads, by result", ["result"],
                        (((r,), n) for r, n in st.reloads.items()))
+        yield from _trunk(relay)
         up = GaugeMetricFamily("tlstrace_upstream_up",
                                "1 if the last connection attempt to a backend or peer worked",
                                labels=["upstream", "role"])

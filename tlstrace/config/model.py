@@ -160,8 +160,12 @@ class Listener(_Model):
     client_domain: str | None = None
     #: Send a PROXY protocol v2 header first on each backend connection.
     proxy_protocol: bool = False
+    #: tcp: listeners: `tcp:HOST:PORT` of the local SIP server, to which tlstrace opens a
+    #: connection for requests from the peer that belong to no known local connection; unset:
+    #: they go to the local connection that sent last.
+    local_target: EndpointField | None = None
 
-    @field_validator("listen", "backend", "peer", mode="before")
+    @field_validator("listen", "backend", "peer", "local_target", mode="before")
     @classmethod
     def _parse(cls, value: Any, info: ValidationInfo) -> Any:
         return _endpoint(value, info)
@@ -188,6 +192,12 @@ class Listener(_Model):
                 raise ValueError("backend: for tls: listeners; a tcp: listener relays to peer")
             if self.proxy_protocol:
                 raise ValueError("proxy_protocol: applies to the backend of tls: listeners only")
+        if self.local_target is not None:
+            if self.listen.scheme != "tcp":
+                raise ValueError("local_target: for tcp: listeners; a tls: listener relays to "
+                                 "backend")
+            if self.local_target.scheme != "tcp":
+                raise ValueError("local_target: must be tcp:HOST:PORT (the local SIP server)")
         return self
 
 
@@ -229,6 +239,16 @@ class Config(_Model):
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
     #: tlstrace_upstream_up current); 0 turns the probes off.
     backend_probe_interval: float = Field(15.0, ge=0)
+    #: tcp: listeners: transactions remembered per pooled peer destination, for each direction
+    #: (responses go back to the local connection that sent the request).
+    trunk_max_transactions: int = Field(32768, ge=16)
+    #: tcp: listeners: dialogs remembered per pooled peer destination.
+    trunk_max_dialogs: int = Field(32768, ge=16)
+    #: tcp: listeners: bytes each of those tables may take (keys plus 440 bytes per entry,
+    #: about what CPython takes).
+    trunk_max_table_bytes: int = Field(16 << 20, ge=65536)
+    #: tcp: listeners: seconds a dialog is remembered after its last message.
+    trunk_dialog_idle: float = Field(3600.0, gt=0)
     #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.
     reuse_port: bool = False
     #: Where the generated certificate and key live.
@@ -309,6 +329,7 @@ class Config(_Model):
                 raise ValueError(
                     f"listener[{i}].client_domain: no client_domain named {li.client_domain!r}"
                 )
+        self._check_local_targets()
         self._check_tracing()
         for d in self.server_domain:
             if d.certificate is None and d.name != "default":
@@ -347,6 +368,18 @@ class Config(_Model):
     @property
     def api_address(self) -> tuple[str, int] | None:
         return api_address(self.api_listen) if self.api_listen else None
+
+    def _check_local_targets(self) -> None:
+        # tcp: listeners with the same peer share its pooled connection, hence one target
+        targets: dict[Endpoint, tuple[int, Endpoint]] = {}
+        for i, li in enumerate(self.listener):
+            if li.peer is None or li.local_target is None:
+                continue
+            first = targets.setdefault(li.peer, (i, li.local_target))
+            if first[1] != li.local_target:
+                raise ValueError(
+                    f"listener[{i}].local_target: listener[{first[0]}] sends to the same peer "
+                    f"{li.peer} (one pooled connection) with local_target {first[1]}")
 
     def _check_tracing(self) -> None:
         from hep.destination import parse_hep_ids

@@ -86,6 +86,8 @@ class RelayStats:
     #: bytes accepted for a peer that stopped reading, thrown away with its connection
     bytes_dropped: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
+    #: messages from a tcp: listener's peer, by how their local connection was found
+    trunk_routed: Counter[str] = field(default_factory=Counter)
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
 
     def __post_init__(self) -> None:
@@ -114,7 +116,8 @@ class RelayStats:
                 for failure in HandshakeFailure:
                     self.handshake_failures[listener, direction, failure.value] += 0
         self.bytes_dropped[CloseReason.SEND_TIMEOUT.label] += 0
-        for name in ("peer_unreachable", "no_local_connection"):
+        for name in ("peer_unreachable", "no_local_connection", "unmatched_response",
+                     "local_target_unreachable"):
             self.dropped_messages[name] += 0
         for kind in FramingErrorKind:
             for prefix in ("", "backend_", "local_"):
@@ -125,6 +128,8 @@ class RelayStats:
             self.keepalives[name] += 0
         for name in ("success", "failure"):
             self.reloads[name] += 0
+        for name in ("transaction", "peer_transaction", "dialog", "local_target", "latest"):
+            self.trunk_routed[name] += 0
 
     def handshake_failed(self, listener: str, direction: str, reason: str) -> None:
         self.handshake_failures[listener, direction, reason] += 1
