@@ -72,6 +72,12 @@ class RelayStats:
     bytes_dropped: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
+    #: API connections refused at accept, by reason (limit, fd_reserve), and closed for
+    #: sending no complete request in time
+    api_refused: Counter[str] = field(default_factory=Counter)
+    api_timeouts: int = 0
+    #: listeners uvloop stopped after a failed accept (out of descriptors), by listener
+    accept_failures: Counter[str] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         # every label value known in advance starts at 0, so that rate() and increase() see
@@ -101,6 +107,8 @@ class RelayStats:
             self.bytes[name] += 0
         for name in ("success", "failure"):
             self.reloads[name] += 0
+        for name in ("limit", "fd_reserve"):
+            self.api_refused[name] += 0
 
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}

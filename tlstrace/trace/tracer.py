@@ -27,12 +27,15 @@ log = logging.getLogger("tlstrace.trace")
 PROTO_SIP = 1
 PROTO_NET = 89  # OpenSIPS's "net" type for transport events
 PROTO_LOG = 100
-#: Call-IDs remembered per connection for the once-per-call session record
+#: Call-IDs remembered per connection for the once-per-call session record. Each is kept as
+#: its 64-bit hash (an int in an ordered dict: about 100 bytes), whatever the Call-ID's length:
+#: at most about 100 KiB per connection
 SEEN_CALL_IDS = 1024
 
 #: messages kept for the backend leg's trace while it connects (a safety bound: backend_leg()
-#: ends the wait, with or without a plain leg to trace)
+#: ends the wait, with or without a plain leg to trace), by count and by bytes
 EARLY_MAX = 256
+EARLY_MAX_BYTES = 256 * 1024
 
 Addr = tuple[str, int]
 
@@ -179,8 +182,8 @@ class TraceManager:
 class ConnectionTracer:
     """Traces one connection's SIP messages and per-call session records."""
 
-    __slots__ = ("backend_in", "backend_out", "conn", "early", "manager", "seen", "session",
-                 "tpl_in", "tpl_out")
+    __slots__ = ("backend_in", "backend_out", "conn", "early", "early_size", "manager", "seen",
+                 "session", "tpl_in", "tpl_out")
 
     def __init__(self, manager: TraceManager, conn: Connection) -> None:
         self.manager = manager
@@ -194,10 +197,12 @@ class ConnectionTracer:
         # messages read before the backend leg was up, traced on that leg once it is
         self.early: list[tuple[int, int, bytes, bytes | None]] | None = \
             [] if cfg.trace_backend and conn.direction == "inbound" else None
+        self.early_size = 0
         #: the session record's per-connection prefix and its template (trace_sessions)
         self.session: tuple[str, PacketTemplate] | None = None
         self.build_session()
-        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        #: hashes of the Call-IDs whose session record went out, oldest first
+        self.seen: OrderedDict[int, None] = OrderedDict()
 
     def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
@@ -215,6 +220,7 @@ class ConnectionTracer:
             for sec, usec, data, cid in self.early:
                 self.manager.send(self.backend_out, sec, usec, data, cid)
         self.early = None
+        self.early_size = 0
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
@@ -225,15 +231,17 @@ class ConnectionTracer:
             manager.send(self.tpl_in, sec, usec, data, cid)
             if self.backend_out is not None:
                 manager.send(self.backend_out, sec, usec, data, cid)
-            elif self.early is not None and len(self.early) < EARLY_MAX:
+            elif self.early is not None and len(self.early) < EARLY_MAX and \
+                    self.early_size + len(data) <= EARLY_MAX_BYTES:
                 self.early.append((sec, usec, data, cid))
+                self.early_size += len(data)
         else:
             if self.backend_in is not None:
                 manager.send(self.backend_in, sec, usec, data, cid)
             manager.send(self.tpl_out, sec, usec, data, cid)
         session = self.session
-        if cid is not None and session is not None and cid not in self.seen:
-            self.seen[cid] = None
+        if cid is not None and session is not None and (key := hash(cid)) not in self.seen:
+            self.seen[key] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
             manager.send(session[1], sec, usec, events.session_record(session[0], cid), cid)
