@@ -203,8 +203,22 @@ class Sidecar:
         for lst in listeners:
             self.relay.stats.accept_failures[str(lst.listener.listen)] += 0
         self.relay.stats.accept_failures["api"] += 0
+        exhausted = False
         while True:
             await asyncio.sleep(0.5)
+            # libuv answers EMFILE on accept by accepting and closing the pending connections
+            # with a descriptor it keeps for that, and tells nobody: the descriptor count is
+            # the only sign
+            free = fd_limit() - open_fds()
+            if free < _FD_EXHAUSTED:
+                if not exhausted:
+                    self.relay.stats.fd_exhausted += 1
+                    log.error("out of file descriptors (%d of %d open): new connections are "
+                              "accepted and closed at once until some are freed",
+                              fd_limit() - free, fd_limit())
+                exhausted = True
+            elif free >= 2 * _FD_EXHAUSTED:
+                exhausted = False
             for lst in listeners:
                 if lst.listening is None or not lst.listening.stopped():
                     continue
@@ -294,6 +308,10 @@ def build_senders(config: Config) -> HepSenderGroup:
     wanted = set(config.trace_destination) or {d.name for d in dests}
     return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
                                    ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+
+
+#: fewer free descriptors than this: accepts are failing (or about to)
+_FD_EXHAUSTED = 4
 
 
 def check_fd_limit(config: Config) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import resource
 import time
@@ -15,11 +16,14 @@ def fd_limit() -> int:
 
 
 def open_fds() -> int:
-    """Descriptors open now (without the one used to count them)."""
+    """Descriptors open now (without the one used to count them). Counting needs one
+    descriptor: when none is free, that is the answer (the limit)."""
     for path in _FD_DIRS:
         try:
             return len(os.listdir(path)) - 1
-        except OSError:
+        except OSError as e:
+            if e.errno in (errno.EMFILE, errno.ENFILE):
+                return fd_limit()
             continue
     return 0
 

@@ -118,6 +118,9 @@ class RelayCollector(Collector):
                        "Listeners stopped by a failed accept (out of file descriptors) and "
                        "restarted, by listener", ["listener"],
                        (((k,), n) for k, n in st.accept_failures.items()))
+        yield _counter("tlstrace_fd_exhausted_total",
+                       "Times the process ran out of file descriptors (new connections are "
+                       "accepted and closed at once meanwhile)", [], [((), st.fd_exhausted)])
         up = GaugeMetricFamily("tlstrace_upstream_up",
                                "1 if the last connection attempt to a backend or peer worked",
                                labels=["upstream", "role"])

@@ -78,6 +78,8 @@ class RelayStats:
     api_timeouts: int = 0
     #: listeners uvloop stopped after a failed accept (out of descriptors), by listener
     accept_failures: Counter[str] = field(default_factory=Counter)
+    #: times the process ran out of file descriptors (accepts fail: libuv closes them)
+    fd_exhausted: int = 0
 
     def __post_init__(self) -> None:
         # every label value known in advance starts at 0, so that rate() and increase() see
