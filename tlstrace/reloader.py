@@ -5,18 +5,26 @@ milliseconds of work that would stop relaying if it ran in the event loop, and a
 would stop it for good. So one reload runs at a time, its slow part in a worker thread, and
 only the swap of what it built happens in the loop. Requests that arrive while a reload runs
 are all answered by the next one, which reads the files as they are when it starts (the
-latest request wins).
+latest request wins). Back-to-back reloads are spaced by four times the time the last one
+took, so that a storm of requests keeps the worker thread (which competes with the loop for
+the GIL) busy a fifth of the time at most.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Generic, TypeVar
 
 log = logging.getLogger("tlstrace")
+
+#: a reload that follows another waits this many times as long as the last one took (at most
+#: _MAX_SECONDS of it)
+_SPACING = 4.0
+_MAX_SECONDS = 1.0
 
 Prepared = TypeVar("Prepared")
 Result = tuple[bool, str]
@@ -38,6 +46,7 @@ class Reloader(Generic[Prepared]):
         #: requests received, and reloads run for them
         self.requests = 0
         self.runs = 0
+        self.last_seconds = 0.0
 
     def request(self) -> asyncio.Future[Result]:
         """Ask for a reload; the future gets the result of the first reload that starts after
@@ -52,16 +61,20 @@ class Reloader(Generic[Prepared]):
     async def _run(self) -> None:
         try:
             while self.waiters:
+                if self.runs:
+                    await asyncio.sleep(_SPACING * self.last_seconds)
                 waiters, self.waiters = self.waiters, []
                 self.runs += 1
                 if len(waiters) > 1:
                     log.debug("reload: %d requests answered by one reload", len(waiters))
+                started = time.monotonic()
                 try:
                     prepared = await self.loop.run_in_executor(self.executor, self.prepare)
                 except Exception as e:  # any failure is this reload's answer
                     result = self.failed(e)
                 else:
                     result = self.apply(prepared)
+                self.last_seconds = min(_MAX_SECONDS, time.monotonic() - started)
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(result)
