@@ -10,6 +10,7 @@ counted.
 from __future__ import annotations
 
 import contextlib
+import os
 import ssl
 import threading
 import time
@@ -88,6 +89,13 @@ def legit_figures(t: Target, traffic: LegitTraffic) -> dict[str, int]:
             "legit_errors": len(result.errors)}
 
 
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def renegotiation_hello() -> bytes:
     """A TLS 1.2 ClientHello handshake message (no record header)."""
     return crafted_client_hello(TLS1_2)[5:]
@@ -113,6 +121,7 @@ def test_renegotiation_requests(target: Target, legit: Legit, record: Record) ->
     ports = [port_of(c) for c in clients]
     hello = renegotiation_hello()
     answered = 0
+    cpu_before = cpu_seconds(target.pid)
     for c in clients:
         c.sock.sendall(c.renegotiation_request(hello))
         got = record_types(c.read_raw(2.0))
@@ -125,12 +134,13 @@ def test_renegotiation_requests(target: Target, legit: Legit, record: Record) ->
                                     for _ in range(per_client)))
     closed = sum(wait_closed(c.sock)[0] != "open" for c in clients)
     growth_kib = rss_kib(target.pid) - rss_before
+    cpu = cpu_seconds(target.pid) - cpu_before
     for c in clients:
         c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
     record(offenders=n, records_sent=n * (per_client + 1), alerts_answered_at_once=answered,
-           closed=closed, relay_rss_growth_kib=growth_kib, **figures)
+           closed=closed, relay_rss_growth_kib=growth_kib, relay_cpu_s=round(cpu, 3), **figures)
     assert answered == n
     assert closed == n
     log = target.relay.log
@@ -290,18 +300,20 @@ def test_keepalive_flood(target: Target, legit: Legit, record: Record) -> None:
                 c.sock.sendall(b"".join(c.sip(record_of_pings) for _ in range(4)))
 
     threads = [threading.Thread(target=flood, args=(c,), daemon=True) for c in clients]
+    cpu_before = cpu_seconds(target.pid)
     for th in threads:
         th.start()
     for th in threads:
         th.join(15)
     closed = sum(wait_closed(c.sock)[0] != "open" for c in clients)
+    cpu = cpu_seconds(target.pid) - cpu_before
     for c in clients:
         c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
     record(offenders=n, closed=closed,
            pings_answered=after.delta(before, "tlstrace_keepalives_total", kind="ping"),
-           **figures)
+           relay_cpu_s=round(cpu, 3), **figures)
     assert closed == n
     log = target.relay.log
     for port in ports:
