@@ -216,12 +216,13 @@ def test_records_without_sip(target: Target, legit: Legit, record: Record, kind:
 
 def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFactory,
                                              legit: Legit, record: Record) -> None:
-    """A client that sends only records without SIP, slowly (below any count limit), is
-    closed by `tcp_connection_lifetime` as idle: such records do not count as traffic."""
+    """A client that sends only records without SIP, slowly (fewer than the count limit), is
+    closed by `tcp_connection_lifetime` as idle while it goes on sending: such records do not
+    count as traffic (each used to refresh the idle timer)."""
     lifetime = 2.0
     with SipBackend() as backend:
         relay = RelayProcess(tmp_path_factory.mktemp("idle"), {
-            **SETTINGS, "tcp_connection_lifetime": lifetime, "tls_max_non_sip_records": 10_000,
+            **SETTINGS, "tcp_connection_lifetime": lifetime,
             "listener": [RelayProcess.tls_listener(backend.port)]})
         try:
             t = Target(relay, backend)
@@ -242,8 +243,7 @@ def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFa
                         wait_closed(c.sock, 0.01)[0] != "open":
                     open_ = False
                     break
-            if open_:
-                open_ = wait_closed(c.sock, 2 * lifetime)[0] == "open"
+            # (still open when the client stops: it was kept alive by what it sent)
             c.close()
             result = traffic.check(backend)
             t.settle()
