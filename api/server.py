@@ -24,7 +24,7 @@ from fastapi import FastAPI
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tlstrace.config import Config
-from tlstrace.fds import FdGauge
+from tlstrace.fds import FdReserve
 from tlstrace.relay.stats import RelayStats
 
 log = logging.getLogger("tlstrace.api")
@@ -43,7 +43,7 @@ class ApiGuard:
         self.config = config
         self.stats = stats
         self.open = 0
-        self.fds = FdGauge()
+        self.fds = FdReserve()
         self.logged: dict[str, float] = {}
 
     def refuse(self) -> str | None:
@@ -51,7 +51,7 @@ class ApiGuard:
         cfg = self.config()
         if self.open >= cfg.api_max_connections:
             return "limit"
-        if self.fds.free() < cfg.fd_reserve:
+        if not self.fds.free_at_least(cfg.fd_reserve):
             return "fd_reserve"
         return None
 
@@ -86,7 +86,6 @@ class GuardedH11Protocol(H11Protocol):
             transport.abort()
             return
         guard.open += 1
-        guard.fds.took()
         super().connection_made(transport)
         self._arm()
 

@@ -17,8 +17,9 @@ import uvloop
 
 from hep.destination import parse_hep_ids
 from hep.sender import HepSenderGroup
+from tlstrace import fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
-from tlstrace.fds import fd_limit, open_fds
+from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
@@ -57,6 +58,7 @@ class Sidecar:
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
+        fds.prepare()
         self.relay = Relay(config, self.loop, source=self.source)
         self.senders = build_senders(config)
         self.tracing = TraceManager(config, list(self.senders), self.relay)
@@ -209,15 +211,14 @@ class Sidecar:
             # libuv answers EMFILE on accept by accepting and closing the pending connections
             # with a descriptor it keeps for that, and tells nobody: the descriptor count is
             # the only sign
-            free = fd_limit() - open_fds()
-            if free < _FD_EXHAUSTED:
+            if not free_at_least(_FD_EXHAUSTED):
                 if not exhausted:
                     self.relay.stats.fd_exhausted += 1
                     log.error("out of file descriptors (%d of %d open): new connections are "
                               "accepted and closed at once until some are freed",
-                              fd_limit() - free, fd_limit())
+                              open_fds(), fd_limit())
                 exhausted = True
-            elif free >= 2 * _FD_EXHAUSTED:
+            elif free_at_least(2 * _FD_EXHAUSTED):
                 exhausted = False
             for lst in listeners:
                 if lst.listening is None or not lst.listening.stopped():
