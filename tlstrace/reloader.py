@@ -47,6 +47,7 @@ class Reloader(Generic[Prepared]):
         self.requests = 0
         self.runs = 0
         self.last_seconds = 0.0
+        self.last_end = 0.0
 
     def request(self) -> asyncio.Future[Result]:
         """Ask for a reload; the future gets the result of the first reload that starts after
@@ -61,8 +62,9 @@ class Reloader(Generic[Prepared]):
     async def _run(self) -> None:
         try:
             while self.waiters:
-                if self.runs:
-                    await asyncio.sleep(_SPACING * self.last_seconds)
+                wait = self.last_end + _SPACING * self.last_seconds - time.monotonic()
+                if wait > 0:
+                    await asyncio.sleep(wait)
                 waiters, self.waiters = self.waiters, []
                 self.runs += 1
                 if len(waiters) > 1:
@@ -74,7 +76,8 @@ class Reloader(Generic[Prepared]):
                     result = self.failed(e)
                 else:
                     result = self.apply(prepared)
-                self.last_seconds = min(_MAX_SECONDS, time.monotonic() - started)
+                self.last_end = time.monotonic()
+                self.last_seconds = min(_MAX_SECONDS, self.last_end - started)
                 for fut in waiters:
                     if not fut.done():
                         fut.set_result(result)
