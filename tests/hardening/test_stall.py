@@ -340,40 +340,57 @@ def test_streaming_whole_records_is_not_a_slowloris(target: Target, legit: Legit
                                                     record: Record) -> None:
     """A client that pipelines requests without a pause for several times
     `tcp_max_msg_time` always has a record or message in flight at the end of a read; that
-    is not one message waiting for its rest, and must not be closed as one."""
+    is not one message waiting for its rest, and must not be closed as one. (The client
+    encrypts its own records, so that a second thread can drain the answers from the raw
+    socket meanwhile; the relay's counters say what was relayed.)"""
     before = target.scrape()
     traffic = legit(target.port(), newcomers=False)
-    c = TlsClient(target.port(), timeout=30)
-    answers = 0
+    c = InjectingClient(target.port(), ssl.TLSVersion.TLSv1_2)
+    port = port_of(c)
     stop = threading.Event()
+    drained = 0
 
-    def reader() -> None:
-        nonlocal answers
-        while not stop.is_set() or answers < sent:
+    def drain() -> None:
+        nonlocal drained
+        c.sock.settimeout(0.5)
+        while not stop.is_set():
             try:
-                answers += len(c.recv_messages(1, timeout=5))
-            except (AssertionError, OSError, ssl.SSLError):
+                data = c.sock.recv(65536)
+            except TimeoutError:
+                continue
+            except OSError:
                 return
+            if not data:
+                return
+            drained += len(data)
 
+    th = threading.Thread(target=drain, daemon=True)
+    th.start()
     sent = 0
     body = b"s" * 3000
-    th = threading.Thread(target=reader, daemon=True)
-    th.start()
     deadline = time.monotonic() + 4 * SETTINGS["tcp_max_msg_time"]
-    try:
+    with contextlib.suppress(OSError):
         while time.monotonic() < deadline:
-            batch = b"".join(request("MESSAGE", f"stream-{sent + i}@x", 1, body)
-                             for i in range(20))
-            c.send(batch)
+            c.sock.sendall(b"".join(
+                c.sip(request("MESSAGE", f"stream-{sent + i}@x", 1, body)) for i in range(20)))
             sent += 20
-    except (OSError, ssl.SSLError):
-        pass
+    # every request relayed and answered, then the client leaves
+    after = target.scrape()
+    wait_until = time.monotonic() + 30
+    while after.delta(before, "tlstrace_sip_messages_total", direction="to_client",
+                      kind="2xx") < sent + traffic.answered and time.monotonic() < wait_until:
+        time.sleep(0.2)
+        after = target.scrape()
+    answered = int(after.delta(before, "tlstrace_sip_messages_total", direction="to_client",
+                               kind="2xx")) - traffic.answered
+    c.sock.sendall(c.record(ALERT, b"\x01\x00"))  # close_notify
     stop.set()
-    th.join(30)
-    c.close_notify()
+    th.join(5)
+    c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
-    record(requests=sent, answered=answers, **figures)
-    assert answers == sent
+    record(requests=sent, answered=answered, bytes_back=drained, **figures)
+    assert answered >= sent
+    assert target.closed(port, "Timeout waiting for a complete message") not in target.relay.log
     assert after.delta(before, "tlstrace_connections_closed_total",
                        reason="message_timeout") == 0
