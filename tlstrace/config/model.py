@@ -218,7 +218,7 @@ class Config(_Model):
     #: Bytes written to a peer and not yet read by it, per connection and direction, above
     #: which reading from the other side pauses.
     conn_buffer_limit: int = Field(262144, ge=4096)
-    #: Keep-alives (CRLFCRLF pings, lone CRLFs) a connection may send per second on average,
+    #: Keep-alives (CRLFCRLF pings, lone CRLFs) a client may send per second on average,
     #: with bursts of ten seconds' worth; more close it. 0: no limit.
     tls_keepalive_rate: float = Field(2.0, ge=0)
     #: TLS records in a row that carry no SIP (renegotiation requests, KeyUpdates, empty

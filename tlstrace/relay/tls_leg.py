@@ -356,7 +356,9 @@ class TlsLeg(BaseLeg):
                     return
         now = self.relay.loop.time()
         if pings or keepalives:
-            if not self._keepalives_allowed(pings + keepalives, now):
+            # (a client's; a peer's keep-alives answer those of the local SIP server, which
+            # shares the pooled connection between its workers: not limited)
+            if self.server_side and not self._keepalives_allowed(pings + keepalives, now):
                 self._deliver(out, nmsgs)
                 rate = self.relay.config.tls_keepalive_rate
                 self.close(CloseReason.KEEPALIVE_FLOOD,
