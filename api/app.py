@@ -169,7 +169,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         """Re-read the configuration file and the certificates, as SIGHUP does. New
         connections get the new certificates; open ones keep theirs. On any error nothing
         changes (409, with the reason)."""
-        ok, message = sidecar.reload()
+        ok, message = await sidecar.reloader.request()
         if not ok:
             response.status_code = 409
         return models.ReloadResult(reloaded=ok, message=message)

@@ -8,12 +8,16 @@ import ipaddress
 import logging
 import resource
 import signal
+import socket
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvloop
 
+from tlstrace import fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
+from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.metrics import make_registry
 from tlstrace.preflight import prepare
 from tlstrace.relay.connection import CloseReason
@@ -21,18 +25,28 @@ from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
+from tlstrace.reloader import Reloader
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import TraceManager
 
 if TYPE_CHECKING:
-    from api.server import ApiServer
+    from api.server import ApiGuard, ApiServer
 
 log = logging.getLogger("tlstrace")
 
 
 class StartupError(Exception):
     pass
+
+
+@dataclass
+class PreparedReload:
+    """What a reload built off the event loop, swapped in by `Sidecar.apply_reload`."""
+
+    config: Config
+    replacements: list[tuple[InboundListener, ServerContexts]]
+    client_contexts: ClientContexts
 
 
 class Sidecar:
@@ -45,6 +59,7 @@ class Sidecar:
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
+        fds.prepare()
         self.prepared = prepare(config, self.source)
         self.relay = Relay(config, self.loop, source=self.source,
                            client_contexts=self.prepared.client)
@@ -57,9 +72,14 @@ class Sidecar:
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._api_keep: socket.socket | None = None
         self.metrics = make_registry(self)
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self._api_guard: ApiGuard | None = None
+        self.reloader = Reloader(self.loop, self.prepare_reload, self.apply_reload,
+                                 self.reload_failed)
 
     async def start(self) -> None:
         cfg = self.config
@@ -82,6 +102,8 @@ class Sidecar:
         await self._start_api()
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         self._prober = self.loop.create_task(probe_backends_forever(self.relay))
+        self._watcher = self.loop.create_task(self._watch_listeners())
+        check_fd_limit(self.config)
         await self.senders.start()
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
@@ -111,7 +133,7 @@ class Sidecar:
         if address is None:
             return
         from api.app import create_app
-        from api.server import bind, make_server
+        from api.server import ApiGuard, bind, make_server
 
         try:
             sock = bind(*address)
@@ -121,7 +143,9 @@ class Sidecar:
                 self.source if "api_listen" in self.config.model_fields_set else "defaults"
             raise StartupError(f"{where}: api_listen: cannot listen on "
                                f"{self.config.api_listen}: {e.strerror or e}") from None
-        self.api = make_server(create_app(self))
+        self._api_keep = sock.dup()  # see tlstrace.relay.listening
+        self._api_guard = ApiGuard(lambda: self.config, self.relay.stats)
+        self.api = make_server(create_app(self), self._api_guard)
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
                  "bearer token required" if self.config.api_token else "no token")
@@ -131,21 +155,40 @@ class Sidecar:
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
 
     def reload(self) -> tuple[bool, str]:
-        """Re-read the configuration file and the certificates. New connections get the new
-        certificates; open ones keep theirs. On any error nothing changes."""
+        """Reload at once, in the caller's thread (SIGHUP and the API go through
+        `self.reloader`, which coalesces requests and builds off the event loop)."""
         try:
-            config = load_config(self.config_path, self.overrides) if self.config_path \
-                else self.config
-            by_listen = {str(li.listen): li for li in config.listener}
-            replacements: list[tuple[InboundListener, ServerContexts]] = []
-            for lst in self.inbound:
-                li = by_listen.get(str(lst.listener.listen), lst.listener)
-                replacements.append((lst, build_server_contexts(config, li, self.source)))
-            client_contexts = ClientContexts(config, self.source)
+            prepared = self.prepare_reload()
         except ConfigError as e:
-            self.relay.stats.reloads["failure"] += 1
-            log.error("reload failed, keeping the current configuration and certificates: %s", e)
-            return False, str(e)
+            return self.reload_failed(e)
+        return self.apply_reload(prepared)
+
+    def prepare_reload(self) -> PreparedReload:
+        """The slow part of a reload: re-read the configuration file, build the SSL contexts
+        and parse the certificates. Runs in a worker thread: it touches nothing live."""
+        config = load_config(self.config_path, self.overrides) if self.config_path \
+            else self.config
+        by_listen = {str(li.listen): li for li in config.listener}
+        replacements: list[tuple[InboundListener, ServerContexts]] = []
+        for lst in self.inbound:
+            li = by_listen.get(str(lst.listener.listen), lst.listener)
+            replacements.append((lst, build_server_contexts(config, li, self.source)))
+        return PreparedReload(config, replacements, ClientContexts(config, self.source))
+
+    def reload_failed(self, e: Exception) -> tuple[bool, str]:
+        self.relay.stats.reloads["failure"] += 1
+        if not isinstance(e, ConfigError):
+            log.error("reload failed, keeping the current configuration and certificates",
+                      exc_info=e)
+            return False, f"{type(e).__name__}: {e}"
+        log.error("reload failed, keeping the current configuration and certificates: %s", e)
+        return False, str(e)
+
+    def apply_reload(self, prepared: PreparedReload) -> tuple[bool, str]:
+        """Swap in what `prepare_reload` built (in the event loop). New connections get the new
+        certificates; open ones keep theirs."""
+        config, replacements = prepared.config, prepared.replacements
+        client_contexts = prepared.client_contexts
         if [str(li.listen) for li in config.listener] != \
                 [str(li.listen) for li in self.config.listener]:
             log.warning("reload: listener changes need a restart; kept the current listeners")
@@ -162,6 +205,68 @@ class Sidecar:
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         log.info(msg)
         return True, msg
+
+    async def _watch_listeners(self) -> None:
+        """Serve again any listener uvloop stopped after a failed accept (see
+        tlstrace.relay.listening); log it and count it."""
+        listeners: list[InboundListener | OutboundListener] = [*self.inbound, *self.outbound]
+        for lst in listeners:
+            self.relay.stats.accept_failures[str(lst.listener.listen)] += 0
+        self.relay.stats.accept_failures["api"] += 0
+        exhausted = False
+        while True:
+            await asyncio.sleep(0.5)
+            # libuv answers EMFILE on accept by accepting and closing the pending connections
+            # with a descriptor it keeps for that, and tells nobody: the descriptor count is
+            # the only sign
+            if not free_at_least(_FD_EXHAUSTED):
+                if not exhausted:
+                    self.relay.stats.fd_exhausted += 1
+                    log.error("out of file descriptors (%d of %d open): new connections are "
+                              "accepted and closed at once until some are freed",
+                              open_fds(), fd_limit())
+                exhausted = True
+            elif free_at_least(2 * _FD_EXHAUSTED):
+                exhausted = False
+            for lst in listeners:
+                if lst.listening is None or not lst.listening.stopped():
+                    continue
+                name = str(lst.listener.listen)
+                self._accept_failed(name)
+                try:
+                    lst.server = await lst.listening.restart()
+                except OSError as e:
+                    log.error("listener %s: cannot serve it again yet: %s", name, e)
+            await self._watch_api()
+
+    async def _watch_api(self) -> None:
+        api, keep = self.api, self._api_keep
+        if api is None or keep is None or self.relay.shutting_down:
+            return
+        servers = getattr(api, "servers", [])
+        if not any(s.is_serving() and any(k is None or k.fileno() < 0 for k in s.sockets)
+                   for s in servers):
+            return
+        self._accept_failed("api")
+        from api.app import create_app
+        from api.server import make_server
+
+        try:
+            sock = keep.dup()
+        except OSError as e:
+            log.error("API: cannot serve it again yet: %s", e)
+            return
+        api.should_exit = True
+        if self._api_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._api_task, 3)
+        self.api = make_server(create_app(self), self._api_guard)
+        self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
+
+    def _accept_failed(self, name: str) -> None:
+        self.relay.stats.accept_failures[name] += 1
+        log.error("%s: accept failed (%d of %d file descriptors open): the event loop stopped "
+                  "this listener; serving it again", name, open_fds(), fd_limit())
 
     @property
     def config(self) -> Config:
@@ -195,12 +300,32 @@ class Sidecar:
             self._sweeper.cancel()
         if self._prober is not None:
             self._prober.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.api is not None and self._api_task is not None:
             self.api.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._api_task, 3)
         await self.senders.aclose()
+        self.reloader.close()
         self.stopped.set()
+
+
+#: fewer free descriptors than this: accepts are failing (or about to)
+_FD_EXHAUSTED = 4
+
+
+def check_fd_limit(config: Config) -> None:
+    """Warn when RLIMIT_NOFILE cannot hold tcp_max_connections (two descriptors each: the
+    client and its backend connection), the API's connections and the reserve."""
+    need = 2 * config.tcp_max_connections + config.api_max_connections + config.fd_reserve + 32
+    limit = fd_limit()
+    if limit < need:
+        log.warning("the file descriptor limit (RLIMIT_NOFILE %d) is below what "
+                    "tcp_max_connections (%d), api_max_connections (%d) and fd_reserve (%d) "
+                    "need (about %d): accepts will fail before tcp_max_connections is reached",
+                    limit, config.tcp_max_connections, config.api_max_connections,
+                    config.fd_reserve, need)
 
 
 def raise_fd_limit() -> None:
@@ -219,7 +344,7 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: sidecar.relay.spawn(sidecar.shutdown()))
-    loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.reloader.request)
     await sidecar.stopped.wait()
     log.info("stopped")
     return 0

@@ -146,6 +146,19 @@ class RelayCollector(Collector):
                        "Configuration and certificate reloads, by result", ["result"],
                        (((r,), n) for r, n in st.reloads.items()))
         yield from _trunk(relay)
+        yield _counter("tlstrace_api_connections_refused_total",
+                       "API connections refused at accept, by reason", ["reason"],
+                       (((r,), n) for r, n in st.api_refused.items()))
+        yield _counter("tlstrace_api_connections_timed_out_total",
+                       "API connections closed for sending no complete request in time", [],
+                       [((), st.api_timeouts)])
+        yield _counter("tlstrace_accept_failures_total",
+                       "Listeners stopped by a failed accept (out of file descriptors) and "
+                       "restarted, by listener", ["listener"],
+                       (((k,), n) for k, n in st.accept_failures.items()))
+        yield _counter("tlstrace_fd_exhausted_total",
+                       "Times the process ran out of file descriptors (new connections are "
+                       "accepted and closed at once meanwhile)", [], [((), st.fd_exhausted)])
         up = GaugeMetricFamily("tlstrace_upstream_up",
                                "1 if the last connection attempt to a backend or peer worked",
                                labels=["upstream", "role"])

@@ -234,6 +234,15 @@ class Config(_Model):
     #: Bytes written to a peer and not yet read by it, per connection and direction, above
     #: which reading from the other side pauses.
     conn_buffer_limit: int = Field(262144, ge=4096)
+    #: Keep-alives (CRLFCRLF pings, lone CRLFs) a client may send per second on average,
+    #: with bursts of ten seconds' worth; more close it. 0: no limit.
+    tls_keepalive_rate: float = Field(2.0, ge=0)
+    #: TLS records in a row that carry no SIP (renegotiation requests, KeyUpdates, empty
+    #: records, warning alerts) after which the connection is closed.
+    tls_max_non_sip_records: int = Field(16, ge=1)
+    #: File descriptors kept free for SIP connections: the API refuses connections when fewer
+    #: than this are left under RLIMIT_NOFILE.
+    fd_reserve: int = Field(64, ge=0)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
@@ -302,6 +311,11 @@ class Config(_Model):
     #: Bearer token required on every endpoint but /healthz and /readyz; unset: no token
     #: (the environment variable TLSTRACE_API_TOKEN sets it too).
     api_token: str | None = None
+    #: API connections open at once; more are refused at accept.
+    api_max_connections: int = Field(32, ge=1)
+    #: Seconds an API connection may take to send a complete request (from its opening, or
+    #: from the end of its previous answer) before it is closed.
+    api_request_timeout: float = Field(10.0, gt=0)
     listener: list[Listener] = Field(
         default_factory=lambda: [Listener.model_validate(DEFAULT_LISTENER)]
     )

@@ -29,6 +29,8 @@ class CloseReason(StrEnum):
     HANDSHAKE_FAILED = "Handshake failed"
     CONNECT_FAILED = "Async connect failed"
     CLOSED_BY_API = "Closed by API"
+    NON_SIP_RECORDS = "Too many TLS records without SIP"
+    KEEPALIVE_FLOOD = "Keep-alive rate exceeded"
     SHUTDOWN = "Shutdown"
 
     @property

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import ssl
 from typing import TYPE_CHECKING, cast
 
@@ -12,6 +11,7 @@ from tlstrace.config import Listener
 from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
 from tlstrace.tls.certinfo import CertInfo
@@ -30,6 +30,7 @@ class InboundListener:
         self.listener = listener
         self.contexts = contexts
         self.server: asyncio.Server | None = None
+        self.listening: Listening | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
         relay.prepare_contexts(ident.context for ident in contexts.identities)
@@ -41,15 +42,15 @@ class InboundListener:
 
     async def start(self) -> None:
         ep = self.listener.listen
-        self.server = await self.relay.loop.create_server(
-            lambda: InboundTls(self.relay, self), ep.host, ep.port, backlog=4096,
-            family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
-            reuse_address=True, reuse_port=self.relay.config.reuse_port or None,
-        )
+        sock = bind_listening(ep.host, ep.port, backlog=4096,
+                              reuse_port=self.relay.config.reuse_port)
+        self.listening = Listening(self.relay.loop, lambda: InboundTls(self.relay, self), sock,
+                                   4096)
+        self.server = await self.listening.start()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listening is not None:
+            self.listening.close()
 
 
 class InboundTls(TlsLeg):

@@ -22,13 +22,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from tlstrace.config import Endpoint, Listener
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.sip.framing import WHITESPACE
 from tlstrace.sip.route import Peek, Route, TrunkRoutes
@@ -53,14 +53,14 @@ class OutboundListener:
         self.relay = relay
         self.listener = listener
         self.server: asyncio.Server | None = None
+        self.listening: Listening | None = None
 
     async def start(self) -> None:
         ep = self.listener.listen
-        self.server = await self.relay.loop.create_server(
-            self._accept, ep.host, ep.port, backlog=1024, reuse_address=True,
-            reuse_port=self.relay.config.reuse_port or None,
-            family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
-        )
+        sock = bind_listening(ep.host, ep.port, backlog=1024,
+                              reuse_port=self.relay.config.reuse_port)
+        self.listening = Listening(self.relay.loop, self._accept, sock, 1024)
+        self.server = await self.listening.start()
 
     def _accept(self) -> PlainLeg:
         link = self.relay.pool.link_for(self.listener)
@@ -69,8 +69,8 @@ class OutboundListener:
         return local
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listening is not None:
+            self.listening.close()
 
 
 class PeerPool:

@@ -89,6 +89,14 @@ class RelayStats:
     #: messages from a tcp: listener's peer, by how their local connection was found
     trunk_routed: Counter[str] = field(default_factory=Counter)
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
+    #: API connections refused at accept, by reason (limit, fd_reserve), and closed for
+    #: sending no complete request in time
+    api_refused: Counter[str] = field(default_factory=Counter)
+    api_timeouts: int = 0
+    #: listeners uvloop stopped after a failed accept (out of descriptors), by listener
+    accept_failures: Counter[str] = field(default_factory=Counter)
+    #: times the process ran out of file descriptors (accepts fail: libuv closes them)
+    fd_exhausted: int = 0
 
     def __post_init__(self) -> None:
         # every label value known in advance starts at 0, so that rate() and increase() see
@@ -130,6 +138,8 @@ class RelayStats:
             self.reloads[name] += 0
         for name in ("transaction", "peer_transaction", "dialog", "local_target", "latest"):
             self.trunk_routed[name] += 0
+        for name in ("limit", "fd_reserve"):
+            self.api_refused[name] += 0
 
     def handshake_failed(self, listener: str, direction: str, reason: str) -> None:
         self.handshake_failures[listener, direction, reason] += 1

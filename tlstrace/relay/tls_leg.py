@@ -48,6 +48,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 _READ_SIZE = 65536
+#: seconds of tls_keepalive_rate a connection may send at once
+_KEEPALIVE_BURST = 10
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
@@ -111,6 +113,14 @@ class TlsLeg(BaseLeg):
         self.last_activity = relay.loop.time()
         self.handshake_started = time.perf_counter()
         self.handshake_timer: asyncio.TimerHandle | None = None
+        #: TLS records seen whole (records_in), and those already accounted for by _read;
+        #: records in a row that carried no SIP (see tls_max_non_sip_records)
+        self.records_in = 0
+        self.records_seen = 0
+        self.non_sip_records = 0
+        #: keep-alive budget (a token bucket refilled at tls_keepalive_rate a second)
+        self.ka_tokens = cfg.tls_keepalive_rate * _KEEPALIVE_BURST
+        self.ka_time = self.last_activity
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -132,7 +142,11 @@ class TlsLeg(BaseLeg):
         # case, one whole record, costs a length check
         n = len(data)
         if self.rec_left or self.rec_head or n < 5 or 5 + (data[3] << 8 | data[4]) != n:
-            self.rec_left, self.rec_head = records.advance(self.rec_left, self.rec_head, data)
+            self.rec_left, self.rec_head, ended = records.advance_counting(
+                self.rec_left, self.rec_head, data)
+            self.records_in += ended
+        else:
+            self.records_in += 1
         if self.conn.state != "open":
             self._handshake_data(data)
             return
@@ -296,6 +310,7 @@ class TlsLeg(BaseLeg):
         conn.sni = getattr(obj, "tlstrace_sni", None) if self.server_side \
             else self.server_hostname
         self.first_bytes, self.hello_facts = b"", None
+        self.records_seen = self.records_in  # the handshake's records are not counted
         self.relay.handshake_done(self, elapsed)
         if self.closed:
             return
@@ -346,9 +361,14 @@ class TlsLeg(BaseLeg):
         out: list[bytes] = []
         nmsgs = 0
         counts = self.in_counts
+        # what OpenSSL had to send before this read (TLS 1.3 session tickets wait for the
+        # first response); anything it adds while reading goes out at once
+        queued = self.outgoing.pending
+        pings = 0
+        keepalives = 0
+        sip = False  # application data arrived (SIP, or part of it)
         # stop when OpenSSL has consumed every raw byte: reading on would only raise
         # SSLWantReadError, which costs more than the check
-        ponged = False
         while incoming.pending:
             try:
                 chunk = read(_READ_SIZE)
@@ -362,6 +382,7 @@ class TlsLeg(BaseLeg):
                 self._deliver(out, nmsgs)
                 self.close(CloseReason.EOF, "close_notify received")
                 return
+            sip = True
             for ev in feed(chunk):
                 cls = ev.__class__
                 if cls is Message:
@@ -375,33 +396,76 @@ class TlsLeg(BaseLeg):
                             self.registrations = RegistrationTracker()
                         self.registrations.request(data)
                 elif cls is Ping:
-                    # pong here; a single CRLF goes on, so the backend's connection does not
-                    # idle out while the client only sends keep-alives
-                    self.relay.stats.keepalives["ping"] += 1
-                    obj.write(PONG)
-                    out.append(PONG)
-                    ponged = True
+                    pings += 1
                 elif cls is KeepAlive:
                     out.append(ev.data)  # type: ignore[union-attr]
+                    keepalives += 1
                     self.relay.stats.keepalives["crlf_relayed"] += 1
                 elif cls is Dropped:
+                    keepalives += 1
                     self.relay.stats.keepalives["crlf_dropped"] += 1
                 else:
                     assert isinstance(ev, FramingError)
                     self._deliver(out, nmsgs)
                     self._framing_error(ev)
                     return
-        if ponged:
-            self._flush()
-        # (other TLS-level output, such as a KeyUpdate answer, goes with the next write, as
-        # RFC 8446 §4.6.3 allows)
         now = self.relay.loop.time()
-        self.last_activity = now
+        if pings or keepalives:
+            # (a client's; a peer's keep-alives answer those of the local SIP server, which
+            # shares the pooled connection between its workers: not limited)
+            if self.server_side and not self._keepalives_allowed(pings + keepalives, now):
+                self._deliver(out, nmsgs)
+                rate = self.relay.config.tls_keepalive_rate
+                self.close(CloseReason.KEEPALIVE_FLOOD,
+                           f"over {rate:g} keep-alives a second (tls_keepalive_rate)")
+                return
+            if pings:
+                # the pongs for the pings read together leave in one record; one CRLF goes on,
+                # so the backend's connection does not idle out while the client only sends
+                # keep-alives
+                self.relay.stats.keepalives["ping"] += pings
+                obj.write(PONG * pings)
+                out.append(PONG)
+        if self.outgoing.pending > queued:
+            # alerts (no_renegotiation), a KeyUpdate answer, pongs: never left waiting in
+            # memory for the next SIP message
+            self._flush()
+        ended = self.records_in - self.records_seen
+        self.records_seen = self.records_in
+        if sip or pings or keepalives:
+            # only SIP and keep-alives count as traffic for tcp_connection_lifetime
+            self.last_activity = now
+            self.non_sip_records = 0
+        elif ended:
+            self.non_sip_records += ended
+            limit = self.relay.config.tls_max_non_sip_records
+            if self.non_sip_records >= limit:
+                self._deliver(out, nmsgs)
+                self.close(CloseReason.NON_SIP_RECORDS,
+                           f"{self.non_sip_records} TLS records in a row without SIP "
+                           "(tls_max_non_sip_records)")
+                return
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
-        # one record byte by byte never reaches the framer)
-        self.note_partial(bool(self.rec_left or self.rec_head or self.framer.buffered))
+        # one record byte by byte never reaches the framer). What is incomplete after a read
+        # that completed a message, or a record with no message pending, started in this read:
+        # its clock starts now (a client streaming whole records is not a slow-loris)
+        partial = bool(self.rec_left or self.rec_head or self.framer.buffered)
+        if partial and (nmsgs or pings or keepalives or (ended and not self.framer.buffered)):
+            self.partial_since = now
+        else:
+            self.note_partial(partial)
         if out:
             self._deliver(out, nmsgs, started)
+
+    def _keepalives_allowed(self, n: int, now: float) -> bool:
+        """Take `n` keep-alives from this connection's budget; False when it is overdrawn."""
+        rate = self.relay.config.tls_keepalive_rate
+        if not rate:
+            return True
+        tokens = min(rate * _KEEPALIVE_BURST, self.ka_tokens + (now - self.ka_time) * rate)
+        self.ka_time = now
+        self.ka_tokens = tokens - n
+        return self.ka_tokens >= 0
 
     def _deliver(self, out: list[bytes], nmsgs: int, started: float = 0.0) -> None:
         if not out:

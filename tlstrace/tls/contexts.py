@@ -159,6 +159,9 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # client-initiated renegotiation is answered with a no_renegotiation alert (OpenSSL 3's
+    # default; explicit for older ones): a renegotiation would be a full handshake on demand
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.num_tickets = domain.session_tickets
     if not domain.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET

@@ -35,12 +35,15 @@ log = logging.getLogger("tlstrace.trace")
 PROTO_SIP = 1
 PROTO_NET = 89  # OpenSIPS's "net" type for transport events
 PROTO_LOG = 100
-#: Call-IDs remembered per connection for the once-per-call session record
+#: Call-IDs remembered per connection for the once-per-call session record. Each is kept as
+#: its 64-bit hash (an int in an ordered dict: about 100 bytes), whatever the Call-ID's length:
+#: at most about 100 KiB per connection
 SEEN_CALL_IDS = 1024
 
 #: messages kept for the backend leg's trace while it connects (a safety bound: backend_leg()
-#: ends the wait, with or without a plain leg to trace)
+#: ends the wait, with or without a plain leg to trace), by count and by bytes
 EARLY_MAX = 256
+EARLY_MAX_BYTES = 256 * 1024
 
 #: Reasons of tlstrace_trace_oversize_total: a message traced with its body cut, with header
 #: lines left out, a Call-ID shortened in the packets, a packet that could not be built at all
@@ -245,8 +248,8 @@ def _suppressed(n: int) -> str:
 class ConnectionTracer:
     """Traces one connection's SIP messages and per-call session records."""
 
-    __slots__ = ("backend_in", "backend_out", "conn", "early", "fixed", "manager", "room",
-                 "seen", "session", "tpl_in", "tpl_out")
+    __slots__ = ("backend_in", "backend_out", "conn", "early", "early_size", "fixed", "manager",
+                 "room", "seen", "session", "tpl_in", "tpl_out")
 
     def __init__(self, manager: TraceManager, conn: Connection) -> None:
         self.manager = manager
@@ -261,10 +264,12 @@ class ConnectionTracer:
         # the message as it was read when the traced copy is a truncated one)
         self.early: list[tuple[int, int, bytes, bytes | None, bytes | None]] | None = \
             [] if cfg.trace_backend and conn.direction == "inbound" else None
+        self.early_size = 0
         #: the session record's per-connection prefix and its template (trace_sessions)
         self.session: tuple[str, PacketTemplate] | None = None
         self.build_session()
-        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        #: hashes of the Call-IDs whose session record went out, oldest first
+        self.seen: OrderedDict[int, None] = OrderedDict()
         #: bytes of the SIP packets of this connection besides payload and correlation id
         self.fixed = 0
         #: the largest message that fits whatever its Call-ID: one comparison per message
@@ -296,6 +301,7 @@ class ConnectionTracer:
                     data = truncate_sip(original or data, room, cid)[0]
                 self.manager.send(self.backend_out, sec, usec, data, cid)
         self.early = None
+        self.early_size = 0
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
@@ -315,15 +321,18 @@ class ConnectionTracer:
             if self.backend_out is not None:
                 manager.send(self.backend_out, sec, usec, data, cid)
             elif self.early is not None and len(self.early) < EARLY_MAX:
-                self.early.append((sec, usec, data, cid,
-                                   original if original is not data else None))
+                kept = original if original is not data else None
+                size = len(data) + (len(kept) if kept is not None else 0)
+                if self.early_size + size <= EARLY_MAX_BYTES:
+                    self.early.append((sec, usec, data, cid, kept))
+                    self.early_size += size
         else:
             if self.backend_in is not None:
                 manager.send(self.backend_in, sec, usec, data, cid)
             manager.send(self.tpl_out, sec, usec, data, cid)
         session = self.session
-        if cid is not None and session is not None and cid not in self.seen:
-            self.seen[cid] = None
+        if cid is not None and session is not None and (key := hash(cid)) not in self.seen:
+            self.seen[key] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
             manager.send_checked(session[1], sec, usec,
