@@ -263,6 +263,14 @@ class Config(_Model):
     #: Bytes written to a peer and not yet read by it, per connection and direction, above
     #: which reading from the other side pauses.
     conn_buffer_limit: int = Field(262144, ge=4096)
+    #: New TLS connections a second one source address (an IPv6 /64) may open on tls:
+    #: listeners after its burst; more are refused at accept. 0: no limit.
+    handshake_rate_per_source: float = Field(0.0, ge=0)
+    #: Connections a source may open at once before handshake_rate_per_source applies.
+    handshake_rate_burst: int = Field(10, ge=1)
+    #: Most source addresses tracked for handshake_rate_per_source (the least recently seen
+    #: is forgotten to make room).
+    handshake_rate_sources: int = Field(65536, ge=1, le=16 * 1024 * 1024)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
