@@ -180,3 +180,27 @@ def test_the_context_pointer_is_checked_before_use() -> None:
     with pytest.raises(ConfigError) as e:
         groups.apply(ctx, ["nope"], lambda why: ConfigError("f", "k.groups", why))
     assert e.value.key == "k.groups"
+
+
+def test_an_ssl_module_laid_out_otherwise_stops_startup(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the SSL_CTX cannot be reached safely (another Python, another layout), reading
+    the configuration fails on the groups key instead of running with OpenSSL's defaults."""
+
+    def unusable() -> groups._LibSsl:
+        raise groups.GroupsError("ssl.SSLContext does not have the layout this code expects")
+
+    monkeypatch.setattr(groups, "_lib", unusable)
+    monkeypatch.setattr(groups, "_good", set())
+    with pytest.raises(ConfigError) as e:
+        validate({"server_domain": [{"name": "default"}],
+                  "client_domain": [{"name": "default"}]}, "c.toml")
+    assert e.value.key == "server_domain[0].groups"
+    assert "layout" in e.value.problem
+    with pytest.raises(ConfigError) as e:
+        validate({}, "c.toml")  # the built-in domains: no index to name
+    assert e.value.key == "groups"
+    # and building a context (names checked before) fails the same way
+    with pytest.raises(ConfigError) as e:
+        groups.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ["X25519"],
+                     lambda why: ConfigError("c.toml", "server_domain[0].groups", why))
+    assert "layout" in e.value.problem

@@ -131,8 +131,14 @@ def apply(ctx: ssl.SSLContext, names: Sequence[str], error: Callable[[str], Exce
         raise error(str(e)) from None
 
 
+#: lists already found good (models are built again at each reload and lookup)
+_good: set[tuple[str, ...]] = set()
+
+
 def check_names(names: Sequence[str]) -> None:
     """Raise `GroupsError` unless OpenSSL accepts each name, and the list as a whole."""
+    if tuple(names) in _good:
+        return
     if not names:
         raise GroupsError("the list is empty: name at least one group")
     lib = _lib()
@@ -146,6 +152,7 @@ def check_names(names: Sequence[str]) -> None:
     if not lib.set_list(ptr, ":".join(names)):
         raise GroupsError(f"{list(names)} names a group twice (an alias counts: P-256 is "
                           "prime256v1 is secp256r1)")
+    _good.add(tuple(names))
 
 
 def finite_field(names: Sequence[str]) -> list[str]:
