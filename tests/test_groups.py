@@ -64,23 +64,16 @@ def test_a_bad_group_stops_startup_with_one_line(tmp_path: Path) -> None:
     assert f"{f}: server_domain[0].groups: 'P-265' is not a group" in lines[0]
 
 
-def test_domains_sharing_a_listener_must_agree(pki: Pki) -> None:
-    # OpenSSL reads the key share before the SNI callback switches domains: a second domain's
-    # groups would silently not apply
+def test_domains_sharing_a_listener_may_differ(pki: Pki) -> None:
+    # the domain is chosen from the ClientHello's SNI before OpenSSL reads the key share
+    # (tests/hardening/test_key_exchange.py checks it over the wire)
     b = pki.leaf("b.example")
-    with pytest.raises(ConfigError) as e:
-        validate({"server_domain": [
-            {"name": "default", "groups": ["P-384"]},
-            {"name": "b", "certificate": str(b.cert), "private_key": str(b.key)},
-        ]}, "c.toml")
-    assert e.value.key == "listener[0].domains"
-    assert "same groups" in e.value.problem
-    # on separate listeners they may differ
-    validate({"server_domain": [
+    c = validate({"server_domain": [
         {"name": "default", "groups": ["P-384"]},
-        {"name": "b", "certificate": str(b.cert), "private_key": str(b.key)},
-    ], "listener": [{"listen": "tls:127.0.0.1:5061", "domains": ["default"]},
-                    {"listen": "tls:127.0.0.1:5062", "domains": ["b"]}]}, "c.toml")
+        {"name": "b", "certificate": str(b.cert), "private_key": str(b.key),
+         "match_sip_domain": ["b.example"]},
+    ]}, "c.toml")
+    assert [d.groups for d in c.server_domain] == [["P-384"], DEFAULT]
 
 
 def test_aliases_and_openssls_spelling_are_accepted() -> None:

@@ -116,17 +116,23 @@ def target(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
 @pytest.fixture(scope="module")
 def restricted(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
                module_backend: SipBackend) -> Iterator[Callable[[str], int]]:
-    """One relay, a listener per group of SINGLE whose domain takes that group only, and one
-    whose domain opted in to ffdhe2048: port(group) is that listener's port."""
+    """One relay, a listener per group of SINGLE whose domain takes that group only, one whose
+    domain opted in to ffdhe2048, and one ("sni") with two domains: port(name) is its port."""
     cert, key = rsa
     domains: list[dict[str, Any]] = []
     listeners: list[dict[str, Any]] = []
-    names = [*SINGLE, "ffdhe2048"]
-    for group in names:
+    names = [*SINGLE, "ffdhe2048", "sni"]
+    for group in names[:-1]:
         domains.append({"name": f"only-{group}", "certificate": cert, "private_key": key,
                         "groups": [group] if group != "ffdhe2048" else [*DEFAULT, group]})
         listeners.append(RelayProcess.tls_listener(module_backend.port,
                                                    domains=[f"only-{group}"]))
+    # and one listener, two domains chosen by SNI, each with its own groups
+    domains += [{"name": "a", "certificate": cert, "private_key": key,
+                 "match_sip_domain": ["a.example"], "groups": ["P-384"]},
+                {"name": "b", "certificate": cert, "private_key": key,
+                 "match_sip_domain": ["b.example", "*"], "groups": ["X25519"]}]
+    listeners.append(RelayProcess.tls_listener(module_backend.port, domains=["a", "b"]))
     relay = RelayProcess(tmp_path_factory.mktemp("restricted"),
                          {"listener": listeners, "server_domain": domains})
     try:
@@ -135,10 +141,10 @@ def restricted(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
         relay.stop()
 
 
-def s_client(port: int, *args: str) -> str:
+def s_client(port: int, *args: str, sni: str = "localhost") -> str:
     """Debian's `openssl s_client` against the relay: its whole output (-msg: every message)."""
     r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
-                        "localhost", "-msg", *args], input=b"", capture_output=True, timeout=30)
+                        sni, "-msg", *args], input=b"", capture_output=True, timeout=30)
     return r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
 
 
@@ -213,6 +219,18 @@ def test_any_other_group_fails_the_handshake(target: Target, group: str) -> None
                        reason="no_shared_cipher") == (1 if tls12 else 0)
     target.relay.wait_log("TLS handshake failed: no_shared_group (ssl routines: no suitable "
                           "key share)")
+
+
+def test_domains_on_one_listener_each_have_their_groups(
+        restricted: Callable[[str], int]) -> None:
+    """a.example takes P-384 only, b.example (and no SNI) X25519 only, on one listener."""
+    port = restricted("sni")
+    for sni, group, ok in (("a.example", "P-384", True), ("a.example", "X25519", False),
+                           ("b.example", "X25519", True), ("b.example", "P-384", False)):
+        out = s_client(port, "-groups", group, "-tls1_3", sni=sni)
+        assert (temp_key(out) == TEMP_KEY[group]) is ok, (sni, group, out)
+    assert options_answered(port, stdlib_client("X25519"), "sni-none-x25519")
+    assert not options_answered(port, stdlib_client("P-384"), "sni-none-p384")
 
 
 def test_a_domain_can_opt_in_to_a_finite_field_group(target: Target,
