@@ -25,7 +25,7 @@ LogLevel = Literal["debug", "info", "warning", "error"]
 #: the longest time tracing can be switched on for (30 days)
 MAX_TRACE_SECONDS = 30 * 86400
 #: Key-exchange groups offered and accepted unless a domain says otherwise: cheap and safe
-#: (no finite-field group: a client choosing ffdhe8192 costs the server ~200 X25519s).
+#: (no finite-field group: a client choosing ffdhe8192 costs the server 200-300 X25519s).
 DEFAULT_GROUPS = ("X25519", "P-256", "P-384")
 
 
