@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -39,7 +40,7 @@ from tests.hardening.harness import (
 )
 from tests.support.backend import SipBackend
 from tests.support.pki import Pki
-from tests.support.relay import RelayProcess
+from tests.support.relay import RelayProcess, to_toml
 from tests.support.sip import TlsClient, request
 from tlstrace.tls import groups as tls_groups
 
@@ -400,6 +401,22 @@ def options_answered_from(port: int, source: str) -> bool:
                 break
             data += chunk
         return data.startswith(b"SIP/2.0 200 ")
+
+
+def test_a_reload_turns_the_rate_on(relay: RelayProcess) -> None:
+    """SIGHUP with handshake_rate_per_source now set: new connections are limited at once."""
+    hello = real_client_hello()
+    assert all(attempt(relay.port(), "127.0.0.2", hello) for _ in range(10))
+    relay.config_path.write_text(to_toml({**relay.config, "handshake_rate_per_source": 1.0,
+                                          "handshake_rate_burst": 2}))
+    relay.signal(signal.SIGHUP)
+    relay.wait_log("reloaded")
+    start = time.monotonic()
+    outcomes = [attempt(relay.port(), "127.0.0.2", hello) for _ in range(20)]
+    elapsed = time.monotonic() - start
+    assert 2 <= outcomes.count(True) <= 2 + elapsed + 1
+    assert Metrics.scrape(relay).get("tlstrace_connections_rate_limited_total") == \
+        outcomes.count(False)
 
 
 def test_the_rate_is_off_by_default(relay: RelayProcess) -> None:
