@@ -1,6 +1,6 @@
 """What one ClientHello costs the relay, by the key-exchange group it offers.
 
-    python -m bench.groups [--seconds S] [--workers N] [--expensive ffdhe8192 ...]
+    python -m bench.groups [--seconds S] [--repeat N] [--workers N] [--expensive ffdhe8192 ...]
 
 Client threads (pinned to core 0) replay one canned TLS 1.3 ClientHello per case, made by the
 stdlib with `set_ecdh_curve(group)` so it offers that group only, on a new TCP connection each
@@ -31,6 +31,7 @@ import os
 import shutil
 import socket
 import ssl
+import statistics
 import struct
 import sys
 import tempfile
@@ -67,6 +68,7 @@ class Outcome:
     relay_cpu_s: float
     seconds: float
     other_load: float
+    run: int = 1
 
     @property
     def cpu_ms(self) -> float | None:
@@ -154,12 +156,22 @@ def measure(case: Case, port: int, pid: int, *, workers: int, seconds: float,
     return Outcome(case, sum(counts.values()), counts, relay_cpu, t1 - t0, other)
 
 
+def _ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.3f}"
+
+
+def _x(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m bench.groups", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0, help="window per case (default 5)")
     ap.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
     ap.add_argument("--workers", type=int, default=4, help="client threads (default 4)")
+    ap.add_argument("--repeat", type=int, default=1,
+                    help="runs of every case, interleaved (default 1); medians are printed")
     ap.add_argument("--expensive", nargs="*", default=["ffdhe8192"],
                     help="groups measured on a relay that enables them (default ffdhe8192)")
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
@@ -190,22 +202,40 @@ def main(argv: Sequence[str] | None = None) -> int:
                                                      "--config", str(cfg)], cpus={RELAY_CPU})
             wait_listening(port, [child])
             relays[name] = (port, child.pid)
-        print(f"\n{'relay':<22}{'offered':<11}{'answer':<13}{'hellos':>7}"
-              f"{'relay CPU ms/hello':>20}{'x X25519':>10}{'other load':>12}")
-        base: float | None = None
-        for case in cases:
-            port, pid = relays[case.relay]
-            o = measure(case, port, pid, workers=args.workers, seconds=args.seconds,
-                        warmup=args.warmup)
-            outcomes.append(o)
-            wrong = sum(n for a, n in o.answers.items() if a != case.expect)
-            if case.group == "X25519" and case.expect == "ServerHello":
-                base = o.cpu_ms
-            ratio = f"{o.cpu_ms / base:.1f}" if o.cpu_ms is not None and base else "-"
-            cpu = f"{o.cpu_ms:.3f}" if o.cpu_ms is not None else "-"
-            print(f"{case.label:<22}{case.group:<11}{case.expect:<13}{o.hellos:>7}{cpu:>20}"
-                  f"{ratio:>10}{o.other_load:>11.0%}"
-                  + (f"   ({wrong} other answers: {o.answers})" if wrong else ""), flush=True)
+        header = (f"{'relay':<22}{'offered':<11}{'answer':<13}{'hellos':>7}"
+                  f"{'relay CPU ms/hello':>20}{'x X25519':>10}{'other load':>12}")
+        print(f"\n{'run':<5}{header}")
+        ratios: dict[int, list[float]] = {i: [] for i in range(len(cases))}
+        for run in range(1, args.repeat + 1):
+            base: float | None = None
+            for i, case in enumerate(cases):
+                port, pid = relays[case.relay]
+                o = measure(case, port, pid, workers=args.workers, seconds=args.seconds,
+                            warmup=args.warmup)
+                o.run = run
+                outcomes.append(o)
+                wrong = sum(n for a, n in o.answers.items() if a != case.expect)
+                if case.group == "X25519" and case.expect == "ServerHello":
+                    base = o.cpu_ms
+                ratio = o.cpu_ms / base if o.cpu_ms is not None and base else None
+                if ratio is not None:
+                    ratios[i].append(ratio)
+                print(f"{run:<5}{case.label:<22}{case.group:<11}{case.expect:<13}{o.hellos:>7}"
+                      f"{_ms(o.cpu_ms):>20}{_x(ratio):>10}{o.other_load:>11.0%}"
+                      + (f"   ({wrong} other answers: {o.answers})" if wrong else ""),
+                      flush=True)
+        if args.repeat > 1:
+            print(f"\nmedians of {args.repeat} runs (min-max); x X25519: median of each run's "
+                  "ratio to the X25519 case of the same run")
+            print(f"{'relay':<22}{'offered':<11}{'answer':<13}{'relay CPU ms/hello':>32}"
+                  f"{'x X25519':>10}")
+            for i, case in enumerate(cases):
+                cpus = [o.cpu_ms for o in outcomes if o.case is case and o.cpu_ms is not None]
+                spread = f"{_ms(statistics.median(cpus))} ({_ms(min(cpus))}-{_ms(max(cpus))})" \
+                    if cpus else "-"
+                ratio = statistics.median(ratios[i]) if ratios[i] else None
+                print(f"{case.label:<22}{case.group:<11}{case.expect:<13}{spread:>32}"
+                      f"{_x(ratio):>10}")
     path = args.out or RESULTS / f"groups-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
