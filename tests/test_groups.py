@@ -52,10 +52,11 @@ def test_a_bad_group_names_the_key_and_the_file(tmp_path: Path, text: str, key: 
     assert words in e.value.problem
 
 
-def test_a_bad_group_stops_startup_with_one_line(tmp_path: Path) -> None:
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_bad_group_stops_startup_with_one_line(tmp_path: Path, command: str) -> None:
     f = tmp_path / "bad.toml"
     f.write_text('[[server_domain]]\nname = "default"\ngroups = ["X25519", "P-265"]\n')
-    r = subprocess.run([sys.executable, "-m", "tlstrace", "run", "--state-dir",
+    r = subprocess.run([sys.executable, "-m", "tlstrace", command, "--state-dir",
                         str(tmp_path / "state"), "--config", str(f)],
                        capture_output=True, text=True, timeout=30)
     assert r.returncode == 2
