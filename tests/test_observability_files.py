@@ -394,6 +394,7 @@ RATE_UNITS: dict[str, set[str]] = {
     "tlstrace_trace_packets_total": {"pps"},
     "tlstrace_connections_accepted_total": {_CONN},
     "tlstrace_connections_refused_total": {_CONN},
+    "tlstrace_connections_rate_limited_total": {_CONN},
     "tlstrace_connections_opened_total": {_CONN},
     "tlstrace_connections_closed_total": {_CONN},
     "tlstrace_backend_connect_failures_total": {_CONN},

@@ -23,6 +23,7 @@ from tlstrace.preflight import prepare
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
+from tlstrace.relay.ratelimit import HandshakeGate
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.reloader import Reloader
@@ -200,6 +201,8 @@ class Sidecar:
         if config.hep_id != self.config.hep_id:
             log.warning("reload: hep_id changes need a restart; kept the current destinations")
         self.relay.config = config
+        self.relay.handshake_gate = HandshakeGate.from_config(config, self.relay.stats,
+                                                              self.relay.handshake_gate)
         self.tracing.apply_config(config)
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"

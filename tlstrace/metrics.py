@@ -93,6 +93,10 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_connections_refused_total",
                        "Connections refused because tcp_max_connections was reached",
                        ["listener"], (((k,), n) for k, n in st.refused.items()))
+        yield _counter("tlstrace_connections_rate_limited_total",
+                       "Connections refused at accept because their source address was over "
+                       "handshake_rate_per_source", ["listener"],
+                       (((k,), n) for k, n in st.rate_limited.items()))
         yield _counter("tlstrace_connections_opened_total",
                        "TLS connections opened to peers and TLS backends", ["listener"],
                        (((k,), n) for k, n in st.outbound_opened.items()))

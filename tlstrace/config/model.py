@@ -24,6 +24,9 @@ ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 #: the longest time tracing can be switched on for (30 days)
 MAX_TRACE_SECONDS = 30 * 86400
+#: Key-exchange groups offered and accepted unless a domain says otherwise: cheap and safe
+#: (no finite-field group: a client choosing ffdhe8192 costs the server 200-300 X25519s).
+DEFAULT_GROUPS = ("X25519", "P-256", "P-384")
 
 
 def default_state_dir() -> Path:
@@ -70,6 +73,14 @@ class ServerDomain(_Model):
     #: TLS 1.3 session tickets sent after each full handshake (OpenSSL's default is 2); 0 turns
     #: session resumption off (TLS 1.2 tickets too).
     session_tickets: int = Field(default=2, ge=0, le=16)
+    #: Key-exchange groups accepted (OpenSSL's names), most preferred first: TLS 1.3 key
+    #: shares and TLS 1.2 ECDHE curves. Finite-field groups (ffdhe*) only when listed.
+    groups: list[str] = list(DEFAULT_GROUPS)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return _check_groups(value)
 
     @model_validator(mode="after")
     def _check(self) -> ServerDomain:
@@ -96,6 +107,13 @@ class ClientDomain(_Model):
     min_version: TlsVersionName = "TLSv1.2"
     max_version: TlsVersionName = "TLSv1.3"
     ciphers_list: str | None = None
+    #: Key-exchange groups offered (OpenSSL's names), most preferred first.
+    groups: list[str] = list(DEFAULT_GROUPS)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return _check_groups(value)
 
     @model_validator(mode="after")
     def _check(self) -> ClientDomain:
@@ -109,6 +127,17 @@ def _check_identity(d: ServerDomain | ClientDomain) -> None:
         raise ValueError("private_key: certificate and private_key must be set together")
     if d.min_version > d.max_version:
         raise ValueError("min_version: min_version is above max_version")
+
+
+def _check_groups(names: list[str]) -> list[str]:
+    """Each name known to the OpenSSL in use, none twice."""
+    from tlstrace.tls.groups import GroupsError, check_names
+
+    try:
+        check_names(names)
+    except GroupsError as e:
+        raise ValueError(str(e)) from None
+    return names
 
 
 _NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
@@ -243,6 +272,15 @@ class Config(_Model):
     #: File descriptors kept free for SIP connections: the API refuses connections when fewer
     #: than this are left under RLIMIT_NOFILE.
     fd_reserve: int = Field(64, ge=0)
+
+    #: New TLS connections a second one source address (an IPv6 /64) may open on tls:
+    #: listeners after its burst; more are refused at accept. 0: no limit.
+    handshake_rate_per_source: float = Field(0.0, ge=0)
+    #: Connections a source may open at once before handshake_rate_per_source applies.
+    handshake_rate_burst: int = Field(10, ge=1)
+    #: Most source addresses tracked for handshake_rate_per_source (the least recently seen
+    #: is forgotten to make room).
+    handshake_rate_sources: int = Field(65536, ge=1, le=16 * 1024 * 1024)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps

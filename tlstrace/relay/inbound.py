@@ -87,6 +87,11 @@ class InboundTls(TlsLeg):
                             self.conn.listener, relay.config.tcp_max_connections)
             transport.abort()
             return
+        gate = relay.handshake_gate
+        if gate is not None and not gate.admit(peer[0], relay.loop.time(), self.conn.listener):
+            self.refused = self.closed = True
+            transport.abort()  # before OpenSSL sees a byte
+            return
         relay.inbound_open += 1
         relay.stats.accepted[self.conn.listener] += 1
         self.conn.remote = peer[:2]

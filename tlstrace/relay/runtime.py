@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import ConnectionObserver, NullObserver
+from tlstrace.relay.ratelimit import HandshakeGate
 from tlstrace.relay.stats import NOT_NEGOTIATED, RelayStats
 from tlstrace.tls.contexts import ClientContexts
 from tlstrace.tls.keylog import KeyLogTap
@@ -65,6 +66,7 @@ class Relay:
         #: every live leg, for the timeout sweep and shutdown
         self.legs: set[BaseLeg] = set()
         self.inbound_open = 0
+        self.handshake_gate = HandshakeGate.from_config(config, self.stats)
         self.client_contexts = client_contexts or ClientContexts(config, source)
         self.prepare_contexts(self.client_contexts.contexts())
         self.pool: PeerPool = PeerPool(self)

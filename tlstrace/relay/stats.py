@@ -62,6 +62,7 @@ class RelayStats:
     listeners: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
     accepted: Counter[str] = field(default_factory=Counter)  # by listener
     refused: Counter[str] = field(default_factory=Counter)  # over tcp_max_connections
+    rate_limited: Counter[str] = field(default_factory=Counter)  # handshake_rate_per_source
     outbound_opened: Counter[str] = field(default_factory=Counter)
     closed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, reason)
     #: (listener, direction, result, version, cipher); failures have version and cipher
@@ -115,6 +116,7 @@ class RelayStats:
             # (at 0 on every listener, so a panel summing them always has a series)
             self.accepted[listener] += 0
             self.refused[listener] += 0
+            self.rate_limited[listener] += 0
             self.outbound_opened[listener] += 0
             for direction in directions:
                 self.handshakes[listener, direction, "failure", NOT_NEGOTIATED,

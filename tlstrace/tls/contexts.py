@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlstrace.config import ClientDomain, Config, ConfigError, Listener, ServerDomain
-from tlstrace.tls import certgen, certinfo
+from tlstrace.tls import certgen, certinfo, groups
 
 log = logging.getLogger("tlstrace.tls")
 
@@ -158,6 +158,7 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
             log.info("generated a self-signed certificate %s (key %s)", cert_file, key_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
+    groups.apply(ctx, domain.groups, lambda why: ConfigError(source, f"{key}.groups", why))
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
     # client-initiated renegotiation is answered with a no_renegotiation alert (OpenSSL 3's
     # default; explicit for older ones): a renegotiation would be a full handshake on demand
@@ -184,6 +185,7 @@ def state_dir_error(config: Config, source: str, reason: str) -> ConfigError:
 def build_client_context(domain: ClientDomain, key: str, source: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
+    groups.apply(ctx, domain.groups, lambda why: ConfigError(source, f"{key}.groups", why))
     if domain.verify_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
         if domain.ca_list is not None:
