@@ -13,8 +13,8 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from hep.destination import parse_hep_ids
-from hep.sender import HepSenderGroup
+from hep.destination import HepDestination, parse_hep_ids
+from hep.sender import HepSender, HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
@@ -22,6 +22,8 @@ from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
+from tlstrace.reload import ReloadOutcome
+from tlstrace.reload import plan as reload_plan
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.tracer import TraceManager
 
@@ -29,6 +31,9 @@ if TYPE_CHECKING:
     from api.server import ApiServer
 
 log = logging.getLogger("tlstrace")
+
+#: seconds a HEP sender replaced by a reload may take to send what it queued
+HEP_DRAIN_SECONDS = 5.0
 
 
 class StartupError(Exception):
@@ -122,38 +127,87 @@ class Sidecar:
                         "switch tracing and close connections; set api_token or "
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
 
-    def reload(self) -> tuple[bool, str]:
-        """Re-read the configuration file and the certificates. New connections get the new
-        certificates; open ones keep theirs. On any error nothing changes."""
+    def reload(self) -> ReloadOutcome:
+        """Re-read the configuration file and the certificates, and apply what changed as
+        `tlstrace.reload` decides for each key; say which changed keys need a restart (they
+        keep their running value). New connections get the new certificates; open ones keep
+        theirs. On any error nothing changes."""
         try:
-            config = load_config(self.config_path, self.overrides) if self.config_path \
+            loaded = load_config(self.config_path, self.overrides) if self.config_path \
                 else self.config
+            plan = reload_plan(self.config, loaded)
+            config = plan.config
             by_listen = {str(li.listen): li for li in config.listener}
             replacements: list[tuple[InboundListener, ServerContexts]] = []
             for lst in self.inbound:
                 li = by_listen.get(str(lst.listener.listen), lst.listener)
                 replacements.append((lst, build_server_contexts(config, li, self.source)))
             client_contexts = ClientContexts(config, self.source)
+            senders = self._new_senders(config)
         except ConfigError as e:
             self.relay.stats.reloads["failure"] += 1
             log.error("reload failed, keeping the current configuration and certificates: %s", e)
-            return False, str(e)
-        if [str(li.listen) for li in config.listener] != \
-                [str(li.listen) for li in self.config.listener]:
-            log.warning("reload: listener changes need a restart; kept the current listeners")
+            return ReloadOutcome(False, str(e))
+        for key, why in plan.not_applied.items():
+            log.warning("reload: %s changed but %s; kept the running value", key, why)
         # keys first, so that the new contexts are hooked when keys are (now) wanted
         self.relay.set_keys(config.keys_wanted)
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
         self.relay.replace_client_contexts(client_contexts)
-        if config.hep_id != self.config.hep_id:
-            log.warning("reload: hep_id changes need a restart; kept the current destinations")
+        had_senders = bool(len(self.senders))
+        if senders is not None:
+            self._swap_senders(senders)
+        if "log_level" in plan.applied:
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         self.relay.config = config
         self.tracing.apply_config(config)
+        if "trace_on" in plan.applied or (config.trace_on and not had_senders):
+            self.tracing.set_enabled(config.trace_on and bool(len(self.senders)))
+        elif self.tracing.enabled and not len(self.senders):
+            self.tracing.set_enabled(False)  # nowhere to trace to
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
+        if plan.applied:
+            msg += "; applied: " + ", ".join(plan.applied)
+        if plan.not_applied:
+            msg += "; not applied (needs a restart): " + ", ".join(plan.not_applied)
         log.info(msg)
-        return True, msg
+        return ReloadOutcome(True, msg, plan.applied, plan.not_applied)
+
+    def _new_senders(self, config: Config) -> HepSenderGroup | None:
+        """The senders `config` asks for, reusing the running sender of every destination
+        that did not change (its queue and counters go on); None when nothing changed."""
+        dests = {d.name: d for d in trace_destinations(config)}
+        tls_changed = (config.hep_ca_list, config.hep_verify_cert) != \
+            (self.config.hep_ca_list, self.config.hep_verify_cert)
+        running = {s.name: s for s in self.senders}
+        keep = {name for name, s in running.items() if dests.get(name) == s.dest
+                and not (tls_changed and s.dest.transport == "tls")}
+        if keep == set(running) == set(dests):
+            return None
+        group = HepSenderGroup()
+        for name, dest in dests.items():
+            try:
+                group.add(running[name] if name in keep else sender_for(config, dest))
+            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
+                raise ConfigError(self.source, "hep_ca_list", f"{dest}: {e}") from None
+        return group
+
+    def _swap_senders(self, group: HepSenderGroup) -> None:
+        """Put `group` in force: start its new senders; the ones it dropped send what they
+        queued (at most HEP_DRAIN_SECONDS) and stop."""
+        old, self.senders = self.senders, group
+        self.tracing.senders = list(group)
+        for s in group:
+            if s.name not in old or old[s.name] is not s:
+                self.relay.spawn(s.start())
+                log.info("reload: HEP destination %s (%s) started", s.name, s.dest)
+        for s in old:
+            if s.name not in group or group[s.name] is not s:
+                self.relay.spawn(s.aclose(HEP_DRAIN_SECONDS))
+                log.info("reload: HEP destination %s (%s) replaced: sending what it queued "
+                         "(%d packets), then stopping", s.name, s.dest, s.stats.queue_depth)
 
     @property
     def config(self) -> Config:
@@ -195,12 +249,20 @@ class Sidecar:
         self.stopped.set()
 
 
-def build_senders(config: Config) -> HepSenderGroup:
-    """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
+def trace_destinations(config: Config) -> list[HepDestination]:
+    """The destinations traced to (all hep_id destinations when none is named)."""
     dests = parse_hep_ids(config.hep_id)
     wanted = set(config.trace_destination) or {d.name for d in dests}
-    return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
-                                   ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+    return [d for d in dests if d.name in wanted]
+
+
+def sender_for(config: Config, dest: HepDestination) -> HepSender:
+    return HepSender(dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+
+
+def build_senders(config: Config) -> HepSenderGroup:
+    """HEP senders for the trace destinations."""
+    return HepSenderGroup(sender_for(config, d) for d in trace_destinations(config))
 
 
 def raise_fd_limit() -> None:

@@ -203,7 +203,7 @@ WS = [b"", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t"]
 def length_lines(draw: st.DrawFn) -> bytes:
     indent = draw(st.sampled_from([b"", b"", b"", b" ", b"\t", b"  "]))
     name = draw(st.sampled_from(LENGTH_NAMES))
-    before = draw(st.sampled_from(WS[:4] + [b"", b""] + WS[4:]))
+    before = draw(st.sampled_from([*WS[:4], b"", b"", *WS[4:]]))
     after = draw(st.sampled_from(WS))
     value = draw(st.sampled_from(LENGTH_VALUES))
     return indent + name + before + b":" + after + value
