@@ -36,6 +36,9 @@ EXPECTED: dict[str, str] = {
     "tls_max_msg_chunks": NEW, "cert_check_on_conn_reusage": NOW,
     "tls_handshake_timeout": NEW, "tls_send_timeout": NOW, "max_msg_size": NEW,
     "tcp_max_msg_time": NOW, "tcp_connection_lifetime": NOW, "tcp_max_connections": NOW,
+    "registration_margin": NOW, "trunk_max_transactions": NEW, "trunk_max_dialogs": NEW,
+    "trunk_max_table_bytes": NEW, "trunk_dialog_idle": NEW, "trace_on_for_seconds": NOW,
+    "hep_max_packet": NOW,
     "conn_buffer_limit": NOW, "shutdown_timeout": NOW, "backend_probe_interval": NOW,
     "reuse_port": RESTART, "state_dir": NEW, "log_level": NOW, "trace_on": NOW,
     "hep_id": NOW, "trace_destination": NOW, "hep_capture_id": NEW, "hep_auth_key": NEW,
@@ -85,6 +88,9 @@ def changes(env: Env, key: str) -> Any:
         "tls_max_msg_chunks": 8, "cert_check_on_conn_reusage": True,
         "tls_handshake_timeout": 3000, "tls_send_timeout": 5000, "max_msg_size": 32768,
         "tcp_max_msg_time": 2.0, "tcp_connection_lifetime": 60.0, "tcp_max_connections": 1,
+        "registration_margin": 10.0, "trunk_max_transactions": 100, "trunk_max_dialogs": 100,
+        "trunk_max_table_bytes": 131072, "trunk_dialog_idle": 60.0,
+        "trace_on_for_seconds": 600.0, "hep_max_packet": 4000,
         "conn_buffer_limit": 131072, "shutdown_timeout": 2.0, "backend_probe_interval": 5.0,
         "reuse_port": True, "state_dir": str(env.tmp / "state2"), "log_level": "debug",
         "trace_on": False,
@@ -186,7 +192,16 @@ def probe_listener(env: Env, applied: bool, tag: str) -> None:
         TlsClient(port, timeout=2)
 
 
+def probe_trace_on_for_seconds(env: Env, applied: bool, tag: str) -> None:
+    remaining = env.http().get("/api/trace").json()["remaining_seconds"]
+    if applied:
+        assert remaining is not None and 0 < remaining <= 600
+    else:
+        assert remaining is None
+
+
 PROBES: dict[str, Callable[[Env, bool, str], None]] = {
+    "trace_on_for_seconds": probe_trace_on_for_seconds,
     "hep_id": probe_hep_id, "trace_destination": probe_trace_destination,
     "trace_on": probe_trace_on, "hep_capture_id": probe_hep_capture_id,
     "log_level": probe_log_level, "api_token": probe_api_token,

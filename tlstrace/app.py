@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
-from hep.destination import HepDestination, parse_hep_ids
-from hep.sender import HepSender, HepSenderGroup
+from hep.sender import HepSenderGroup
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.metrics import make_registry
+from tlstrace.preflight import prepare, sender_for, trace_destinations
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
@@ -25,6 +25,7 @@ from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.reload import ReloadOutcome
 from tlstrace.reload import plan as reload_plan
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
+from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import TraceManager
 
 if TYPE_CHECKING:
@@ -45,13 +46,17 @@ class Sidecar:
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  overrides: Overrides | None = None) -> None:
+        """Raises ConfigError (see `preflight.prepare`)."""
         self.config_path = config_path
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
-        self.relay = Relay(config, self.loop, source=self.source)
-        self.senders = build_senders(config)
+        self.prepared = prepare(config, self.source)
+        self.relay = Relay(config, self.loop, source=self.source,
+                           client_contexts=self.prepared.client)
+        self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
+        self.trace_timer = TracingTimer(self.tracing, self.loop)
         self.relay.observer = self.tracing
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
@@ -66,7 +71,7 @@ class Sidecar:
         cfg = self.config
         for i, li in enumerate(cfg.listener):
             if li.listen.scheme == "tls":
-                lst = InboundListener(self.relay, li, build_server_contexts(cfg, li, self.source))
+                lst = InboundListener(self.relay, li, self.prepared.server[str(li.listen)])
                 self.inbound.append(lst)
                 starter = lst.start
             else:
@@ -89,6 +94,8 @@ class Sidecar:
                      else "tracing is off")
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        if self.tracing.enabled and self.config.trace_on_for_seconds:
+            self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
             log.warning("TLS session keys are collected%s%s",
                         " and sent in traces" if self.config.trace_keys else "",
@@ -116,7 +123,9 @@ class Sidecar:
             sock = bind(*address)
         except OSError as e:
             self.close_listeners()
-            raise StartupError(f"{self.source}: api_listen: cannot listen on "
+            where = "--api" if self.overrides and self.overrides.api is not None else \
+                self.source if "api_listen" in self.config.model_fields_set else "defaults"
+            raise StartupError(f"{where}: api_listen: cannot listen on "
                                f"{self.config.api_listen}: {e.strerror or e}") from None
         self.api = make_server(create_app(self))
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
@@ -162,10 +171,12 @@ class Sidecar:
             logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         self.relay.config = config
         self.tracing.apply_config(config)
-        if "trace_on" in plan.applied or (config.trace_on and not had_senders):
-            self.tracing.set_enabled(config.trace_on and bool(len(self.senders)))
+        limit_changed = "trace_on_for_seconds" in plan.applied and self.tracing.enabled
+        if "trace_on" in plan.applied or (config.trace_on and (not had_senders or limit_changed)):
+            self.trace_timer.switch(config.trace_on and bool(len(self.senders)),
+                                    config.trace_on_for_seconds or None)
         elif self.tracing.enabled and not len(self.senders):
-            self.tracing.set_enabled(False)  # nowhere to trace to
+            self.trace_timer.switch(False)  # nowhere to trace to
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         if plan.applied:
@@ -188,10 +199,7 @@ class Sidecar:
             return None
         group = HepSenderGroup()
         for name, dest in dests.items():
-            try:
-                group.add(running[name] if name in keep else sender_for(config, dest))
-            except (OSError, ValueError) as e:  # ssl.SSLError is an OSError
-                raise ConfigError(self.source, "hep_ca_list", f"{dest}: {e}") from None
+            group.add(running[name] if name in keep else sender_for(config, dest, self.source))
         return group
 
     def _swap_senders(self, group: HepSenderGroup) -> None:
@@ -249,22 +257,6 @@ class Sidecar:
         self.stopped.set()
 
 
-def trace_destinations(config: Config) -> list[HepDestination]:
-    """The destinations traced to (all hep_id destinations when none is named)."""
-    dests = parse_hep_ids(config.hep_id)
-    wanted = set(config.trace_destination) or {d.name for d in dests}
-    return [d for d in dests if d.name in wanted]
-
-
-def sender_for(config: Config, dest: HepDestination) -> HepSender:
-    return HepSender(dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
-
-
-def build_senders(config: Config) -> HepSenderGroup:
-    """HEP senders for the trace destinations."""
-    return HepSenderGroup(sender_for(config, d) for d in trace_destinations(config))
-
-
 def raise_fd_limit() -> None:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
@@ -272,8 +264,8 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
-    sidecar = Sidecar(config, config_path, overrides)
     try:
+        sidecar = Sidecar(config, config_path, overrides)
         await sidecar.start()
     except (ConfigError, StartupError) as e:
         log.error("cannot start: %s", e)

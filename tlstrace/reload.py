@@ -37,14 +37,26 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "max_msg_size": (_NEW, "each connection's framer is set up when it opens"),
     "tcp_max_msg_time": (_NOW, "read at each timeout check"),
     "tcp_connection_lifetime": (_NOW, "read at each timeout check"),
+    "registration_margin": (_NOW, "read at each timeout check"),
     "tcp_max_connections": (_NOW, "read at each accept"),
     "conn_buffer_limit": (_NOW, "read at each write"),
     "shutdown_timeout": (_NOW, "read when shutting down"),
     "backend_probe_interval": (_NOW, "read before each probe round"),
+    "trunk_max_transactions": (_NEW, "a trunk's routing tables are sized when its link to "
+                                     "the peer is made"),
+    "trunk_max_dialogs": (_NEW, "a trunk's routing tables are sized when its link to the "
+                                "peer is made"),
+    "trunk_max_table_bytes": (_NEW, "a trunk's routing tables are sized when its link to the "
+                                    "peer is made"),
+    "trunk_dialog_idle": (_NEW, "a trunk's routing tables are sized when its link to the "
+                                "peer is made"),
     "reuse_port": (_RESTART, "a socket option of the listening sockets, bound at start-up"),
     "state_dir": (_NEW, "the generated certificate is taken from it for new connections"),
     "log_level": (_NOW, "the root logger's level is set"),
     "trace_on": (_NOW, "tracing is switched as the file now says (as PUT /api/trace does)"),
+    "trace_on_for_seconds": (_NOW, "tracing that the file switches on runs for the new "
+                                   "limit from the reload on"),
+    "hep_max_packet": (_NOW, "read for each packet"),
     "hep_id": (_NOW, "new senders start; the old ones send what they queued, then stop"),
     "trace_destination": (_NOW, "new senders start; the old ones send what they queued, "
                                 "then stop"),

@@ -61,6 +61,8 @@ class Connection:
     started: float = field(default_factory=time.time)
     state: Literal["handshake", "open", "closed"] = "handshake"
     sni: str | None = None
+    #: the server domain (by name) whose context the handshake ran on
+    server_domain: str | None = None
     tls_version: str | None = None
     cipher: str | None = None
     alpn: str | None = None
@@ -74,6 +76,9 @@ class Connection:
     msgs_in: int = 0
     msgs_out: int = 0
     traced: bool = False
+    #: until when (epoch seconds) the SIP server keeps a registration made over this
+    #: connection, which holds it open past tcp_connection_lifetime
+    registered_until: float | None = None
     close_reason: CloseReason | None = None
     #: NSS key-log lines, filled during the handshake when keys are enabled
     keylog: list[str] = field(default_factory=list)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from tlstrace.config import Listener
@@ -14,6 +15,7 @@ from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
 from tlstrace.tls.certinfo import CertInfo
+from tlstrace.tls.clienthello import HelloReader
 from tlstrace.tls.contexts import ServerContexts
 
 if TYPE_CHECKING:
@@ -55,8 +57,12 @@ class InboundTls(TlsLeg):
 
     def __init__(self, relay: Relay, listener: InboundListener) -> None:
         conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
-        super().__init__(relay, conn, listener.contexts.initial, server_side=True)
+        contexts = listener.contexts
+        super().__init__(relay, conn, contexts.initial, server_side=True)
         self.listener = listener
+        self.contexts = contexts  # the set this connection started with, whatever reloads do
+        if not contexts.single:
+            self.hello = HelloReader()
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
 
@@ -72,7 +78,7 @@ class InboundTls(TlsLeg):
             return
         if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
             self.refused = self.closed = True
-            relay.stats.refused += 1
+            relay.stats.refused[self.conn.listener] += 1
             now = relay.loop.time()
             if now - self.listener.refused_logged > 10:
                 self.listener.refused_logged = now
@@ -81,7 +87,7 @@ class InboundTls(TlsLeg):
             transport.abort()
             return
         relay.inbound_open += 1
-        relay.stats.accepted += 1
+        relay.stats.accepted[self.conn.listener] += 1
         self.conn.remote = peer[:2]
         self.conn.local = local[:2]
         super().connection_made(transport)
@@ -99,8 +105,13 @@ class InboundTls(TlsLeg):
         # the leg keeps its task (asyncio only keeps weak references to tasks)
         self.connecting = self.relay.loop.create_task(self._connect_backend())
 
+    def choose_context(self, server_name: str | None) -> ssl.SSLContext:
+        return self.contexts.select(server_name)
+
     def local_cert(self) -> CertInfo | None:
-        ident = self.listener.contexts.identity_of(self.obj.context if self.obj else self.context)
+        ident = self.contexts.identity_of(self.obj.context if self.obj else self.context)
+        if ident is not None and self.obj is not None:  # the domain the handshake ran on
+            self.conn.server_domain = ident.domain.name
         return ident.cert if ident is not None else None
 
     async def _connect_backend(self) -> None:
@@ -116,7 +127,8 @@ class InboundTls(TlsLeg):
             if backend.scheme == "tcp":
                 leg = PlainLeg(relay, self, name="backend", preamble=preamble)
             else:
-                leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
+                leg = BackendTls.open(relay, backend, lst.client_domain, self.conn.listener,
+                                      preamble)
                 leg.partner = self
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)

@@ -15,6 +15,10 @@ class HandshakeFailure(StrEnum):
     NO_SHARED_CIPHER = "no_shared_cipher"
     UNSUPPORTED_VERSION = "unsupported_version"
     UNRECOGNIZED_NAME = "unrecognized_name"
+    #: OpenSSL read another SNI from the ClientHello than tlstrace did (see tls/contexts.py)
+    SNI_MISMATCH = "sni_mismatch"
+    #: no complete ClientHello within MAX_HELLO_BYTES (tls/clienthello.py)
+    HELLO_TOO_LARGE = "hello_too_large"
     HOSTNAME_MISMATCH = "hostname_mismatch"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     NOT_TLS = "not_tls"
