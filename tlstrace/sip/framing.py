@@ -87,10 +87,11 @@ WHITESPACE = frozenset(b"\r\n \t")
 _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
 #: every header line any of the SIP servers tlstrace fronts could read as a length: after
 #: leading whitespace, `Content-Length`, `Content_Length` or anything starting like them, or
-#: `l` before whitespace, a colon or the end of the line; then the rest of the line, and the
-#: first byte of the next line when it is whitespace (a folded continuation)
+#: `l` before whitespace, a colon or the end of the line; then the rest of the line and its
+#: folded continuation lines, if any
 _LENGTH_LINE = re.compile(
-    rb"\r\n([ \t]*(?:content[-_]length|l(?=[ \t:\r]))[^\r\n]*)(?=\r\n([ \t]?))", re.IGNORECASE)
+    rb"\r\n([ \t]*(?:content[-_]length|l(?=[ \t:\r]))[^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE)
 #: the one form of a length line every server reads the same way
 _CANONICAL_LENGTH = re.compile(rb"(?:content-length|l):[ \t]*([0-9]{1,10})[ \t]*", re.IGNORECASE)
 _BLANKS = b" \t"
@@ -249,9 +250,8 @@ class SipFramer:
         server reads the same way (see the module docstring)."""
         lines = _LENGTH_LINE.findall(buf, pos, head_end + 2)
         if len(lines) == 1:
-            line, folded = lines[0]
-            m = _CANONICAL_LENGTH.fullmatch(line)
-            if m is not None and not folded:
+            m = _CANONICAL_LENGTH.fullmatch(lines[0])  # no CRLF in it: not folded
+            if m is not None:
                 size = head_end + 4 - pos + int(m[1])
                 if size <= self.max_msg_size:
                     return size
@@ -289,16 +289,16 @@ class SipFramer:
         self._chunks = 0
 
 
-def _length_error(lines: list[tuple[bytes, bytes]]) -> FramingError:
+def _length_error(lines: list[bytes]) -> FramingError:
     """Why the length lines found are not exactly one in the canonical form."""
     if not lines:
         return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
                             "no Content-Length header (required on stream transports)")
     if len(lines) > 1:
-        shown = b" | ".join(line for line, _ in lines)[:80]
+        shown = b" | ".join(lines)[:80]
         return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH,
                             f"{len(lines)} length headers: {shown!r}")
-    line, folded = lines[0]
+    line, folded = lines[0], b"\r\n" in lines[0]
     name_end = 1 if line.lstrip(_BLANKS)[:1] in (b"l", b"L") else 14
     name = line.lstrip(_BLANKS)[:name_end]
     rest = line.lstrip(_BLANKS)[name_end:]
