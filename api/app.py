@@ -166,13 +166,27 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
               responses={409: {"model": models.ReloadResult}, 401: problems[401]})
     async def reload(response: Response) -> models.ReloadResult:
-        """Re-read the configuration file and the certificates, as SIGHUP does. New
-        connections get the new certificates; open ones keep theirs. On any error nothing
-        changes (409, with the reason)."""
-        ok, message = await sidecar.reloader.request()
-        if not ok:
+        """Re-read the configuration file and the certificates, as SIGHUP does, and apply
+        what changed; `not_applied` lists the changed keys that need a restart (they keep
+        their running value). New connections get the new certificates; open ones keep
+        theirs. Reloads are coalesced: the answer is that of the first reload that starts
+        after this request. On any error nothing changes (409, with the reason)."""
+        outcome = await sidecar.reloader.request()
+        if not outcome.ok:
             response.status_code = 409
-        return models.ReloadResult(reloaded=ok, message=message)
+        return models.ReloadResult(reloaded=outcome.ok, message=outcome.message,
+                                   applied=outcome.applied, not_applied=outcome.not_applied)
+
+    @app.get("/api/config", tags=["control"], responses={401: problems[401]})
+    async def config() -> dict[str, Any]:
+        """The configuration in force (after reloads: what was applied; keys that need a
+        restart keep their running value). Secrets (`api_token`, `hep_auth_key`) show as
+        "<set>"."""
+        data = sidecar.config.model_dump(mode="json")
+        for key in ("api_token", "hep_auth_key"):
+            if data.get(key) is not None:
+                data[key] = "<set>"
+        return data
 
     @app.get("/healthz", response_model=models.Health, tags=["health"])
     async def healthz() -> models.Health:

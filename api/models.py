@@ -110,6 +110,14 @@ class Destination(BaseModel):
 class ReloadResult(BaseModel):
     reloaded: bool
     message: str
+    applied: dict[str, str] = Field(
+        default_factory=dict,
+        description="changed top-level keys now in force: key -> 'applied' or 'applied to new "
+                    "connections'")
+    not_applied: dict[str, str] = Field(
+        default_factory=dict,
+        description="changed top-level keys that need a restart (the running value stays): "
+                    "key -> why")
 
 
 class Health(BaseModel):

@@ -31,7 +31,8 @@ def test_requests_during_a_reload_share_the_next_one() -> None:
             applied.append(gen)
             return True, f"reload {gen}"
 
-        reloader: Reloader[int] = Reloader(loop, prepare, apply, lambda e: (False, str(e)))
+        reloader: Reloader[int, tuple[bool, str]]
+        reloader = Reloader(loop, prepare, apply, lambda e: (False, str(e)))
         first = reloader.request()
         await loop.run_in_executor(None, started.wait, 5)
         # a storm while the first reload runs: all of it is answered by one more reload

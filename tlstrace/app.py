@@ -15,17 +15,20 @@ from typing import TYPE_CHECKING
 
 import uvloop
 
+from hep.sender import HepSenderGroup
 from tlstrace import fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.metrics import make_registry
-from tlstrace.preflight import prepare
+from tlstrace.preflight import prepare, sender_for, trace_destinations
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.ratelimit import HandshakeGate
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
+from tlstrace.reload import ReloadOutcome, ReloadPlan
+from tlstrace.reload import plan as reload_plan
 from tlstrace.reloader import Reloader
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.timer import TracingTimer
@@ -36,6 +39,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tlstrace")
 
+#: seconds a HEP sender replaced by a reload may take to send what it queued
+HEP_DRAIN_SECONDS = 5.0
+
 
 class StartupError(Exception):
     pass
@@ -45,7 +51,7 @@ class StartupError(Exception):
 class PreparedReload:
     """What a reload built off the event loop, swapped in by `Sidecar.apply_reload`."""
 
-    config: Config
+    plan: ReloadPlan
     replacements: list[tuple[InboundListener, ServerContexts]]
     client_contexts: ClientContexts
 
@@ -155,59 +161,112 @@ class Sidecar:
                         "switch tracing and close connections; set api_token or "
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
 
-    def reload(self) -> tuple[bool, str]:
+    def reload(self) -> ReloadOutcome:
         """Reload at once, in the caller's thread (SIGHUP and the API go through
         `self.reloader`, which coalesces requests and builds off the event loop)."""
         try:
             prepared = self.prepare_reload()
-        except ConfigError as e:
+        except Exception as e:  # any failure keeps what runs
             return self.reload_failed(e)
         return self.apply_reload(prepared)
 
     def prepare_reload(self) -> PreparedReload:
-        """The slow part of a reload: re-read the configuration file, build the SSL contexts
-        and parse the certificates. Runs in a worker thread: it touches nothing live."""
-        config = load_config(self.config_path, self.overrides) if self.config_path \
+        """The slow part of a reload: re-read the configuration file, decide what each changed
+        key does (`tlstrace.reload`), build the SSL contexts and parse the certificates. Runs
+        in a worker thread: it touches nothing live."""
+        loaded = load_config(self.config_path, self.overrides) if self.config_path \
             else self.config
+        plan = reload_plan(self.config, loaded)
+        config = plan.config
         by_listen = {str(li.listen): li for li in config.listener}
         replacements: list[tuple[InboundListener, ServerContexts]] = []
         for lst in self.inbound:
             li = by_listen.get(str(lst.listener.listen), lst.listener)
             replacements.append((lst, build_server_contexts(config, li, self.source)))
-        return PreparedReload(config, replacements, ClientContexts(config, self.source))
+        return PreparedReload(plan, replacements, ClientContexts(config, self.source))
 
-    def reload_failed(self, e: Exception) -> tuple[bool, str]:
+    def reload_failed(self, e: Exception) -> ReloadOutcome:
         self.relay.stats.reloads["failure"] += 1
         if not isinstance(e, ConfigError):
             log.error("reload failed, keeping the current configuration and certificates",
                       exc_info=e)
-            return False, f"{type(e).__name__}: {e}"
+            return ReloadOutcome(False, f"{type(e).__name__}: {e}")
         log.error("reload failed, keeping the current configuration and certificates: %s", e)
-        return False, str(e)
+        return ReloadOutcome(False, str(e))
 
-    def apply_reload(self, prepared: PreparedReload) -> tuple[bool, str]:
-        """Swap in what `prepare_reload` built (in the event loop). New connections get the new
-        certificates; open ones keep theirs."""
-        config, replacements = prepared.config, prepared.replacements
+    def apply_reload(self, prepared: PreparedReload) -> ReloadOutcome:
+        """Put what `prepare_reload` built in force (in the event loop) and apply what changed
+        as `tlstrace.reload` decides for each key; say which changed keys need a restart (they
+        keep their running value). New connections get the new certificates; open ones keep
+        theirs. On any error nothing changes."""
+        plan, replacements = prepared.plan, prepared.replacements
         client_contexts = prepared.client_contexts
-        if [str(li.listen) for li in config.listener] != \
-                [str(li.listen) for li in self.config.listener]:
-            log.warning("reload: listener changes need a restart; kept the current listeners")
+        config = plan.config
+        try:
+            senders = self._new_senders(config)
+        except ConfigError as e:
+            return self.reload_failed(e)
+        for key, why in plan.not_applied.items():
+            log.warning("reload: %s changed but %s; kept the running value", key, why)
         # keys first, so that the new contexts are hooked when keys are (now) wanted
         self.relay.set_keys(config.keys_wanted)
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
         self.relay.replace_client_contexts(client_contexts)
-        if config.hep_id != self.config.hep_id:
-            log.warning("reload: hep_id changes need a restart; kept the current destinations")
+        had_senders = bool(len(self.senders))
+        if senders is not None:
+            self._swap_senders(senders)
+        if "log_level" in plan.applied:
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         self.relay.config = config
         self.relay.handshake_gate = HandshakeGate.from_config(config, self.relay.stats,
                                                               self.relay.handshake_gate)
         self.tracing.apply_config(config)
+        limit_changed = "trace_on_for_seconds" in plan.applied and self.tracing.enabled
+        if "trace_on" in plan.applied or (config.trace_on and (not had_senders or limit_changed)):
+            self.trace_timer.switch(config.trace_on and bool(len(self.senders)),
+                                    config.trace_on_for_seconds or None)
+        elif self.tracing.enabled and not len(self.senders):
+            self.trace_timer.switch(False)  # nowhere to trace to
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
+        if plan.applied:
+            msg += "; applied: " + ", ".join(plan.applied)
+        if plan.not_applied:
+            msg += "; not applied (needs a restart): " + ", ".join(plan.not_applied)
         log.info(msg)
-        return True, msg
+        return ReloadOutcome(True, msg, plan.applied, plan.not_applied)
+
+    def _new_senders(self, config: Config) -> HepSenderGroup | None:
+        """The senders `config` asks for, reusing the running sender of every destination
+        that did not change (its queue and counters go on); None when nothing changed."""
+        dests = {d.name: d for d in trace_destinations(config)}
+        tls_changed = (config.hep_ca_list, config.hep_verify_cert) != \
+            (self.config.hep_ca_list, self.config.hep_verify_cert)
+        running = {s.name: s for s in self.senders}
+        keep = {name for name, s in running.items() if dests.get(name) == s.dest
+                and not (tls_changed and s.dest.transport == "tls")}
+        if keep == set(running) == set(dests):
+            return None
+        group = HepSenderGroup()
+        for name, dest in dests.items():
+            group.add(running[name] if name in keep else sender_for(config, dest, self.source))
+        return group
+
+    def _swap_senders(self, group: HepSenderGroup) -> None:
+        """Put `group` in force: start its new senders; the ones it dropped send what they
+        queued (at most HEP_DRAIN_SECONDS) and stop."""
+        old, self.senders = self.senders, group
+        self.tracing.senders = list(group)
+        for s in group:
+            if s.name not in old or old[s.name] is not s:
+                self.relay.spawn(s.start())
+                log.info("reload: HEP destination %s (%s) started", s.name, s.dest)
+        for s in old:
+            if s.name not in group or group[s.name] is not s:
+                self.relay.spawn(s.aclose(HEP_DRAIN_SECONDS))
+                log.info("reload: HEP destination %s (%s) replaced: sending what it queued "
+                         "(%d packets), then stopping", s.name, s.dest, s.stats.queue_depth)
 
     async def _watch_listeners(self) -> None:
         """Serve again any listener uvloop stopped after a failed accept (see

@@ -27,10 +27,10 @@ _SPACING = 4.0
 _MAX_SECONDS = 1.0
 
 Prepared = TypeVar("Prepared")
-Result = tuple[bool, str]
+Result = TypeVar("Result")
 
 
-class Reloader(Generic[Prepared]):
+class Reloader(Generic[Prepared, Result]):
     def __init__(self, loop: asyncio.AbstractEventLoop, prepare: Callable[[], Prepared],
                  apply: Callable[[Prepared], Result],
                  failed: Callable[[Exception], Result]) -> None:
