@@ -27,6 +27,9 @@ from tlstrace.config import Config
 from tlstrace.fds import FdReserve
 from tlstrace.relay.stats import RelayStats
 
+#: periods of api_request_timeout an answer may take to be written (its client reading slowly)
+_ANSWER_PERIODS = 6
+
 log = logging.getLogger("tlstrace.api")
 
 
@@ -69,6 +72,8 @@ class GuardedH11Protocol(H11Protocol):
         super().__init__(*args, **kwargs)
         self.refused = False
         self.deadline: asyncio.TimerHandle | None = None
+        #: periods of api_request_timeout the answer being written has taken so far
+        self.answering = 0
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         guard = self.guard
@@ -99,8 +104,14 @@ class GuardedH11Protocol(H11Protocol):
         self.deadline = None
         if self.transport.is_closing():
             return
-        if self.cycle is not None and not self.cycle.response_complete:
-            self._arm()  # a request is being answered: its next one gets the time again
+        cycle = self.cycle
+        if cycle is not None and not cycle.more_body and not cycle.response_complete \
+                and self.answering < _ANSWER_PERIODS:
+            # a complete request is being answered: its next one gets the time again (a
+            # request whose body is still arriving is not complete and gets no more time; an
+            # answer its client does not read gets a few periods)
+            self.answering += 1
+            self._arm()
             return
         self.guard.stats.api_timeouts += 1
         self.guard.note("timeout", "closing API connections that sent no complete request "
@@ -109,6 +120,7 @@ class GuardedH11Protocol(H11Protocol):
         self.transport.close()
 
     def on_response_complete(self) -> None:
+        self.answering = 0
         super().on_response_complete()
         if not self.transport.is_closing():
             self._arm()

@@ -318,3 +318,27 @@ def test_sighup_storm(tmp_path: Path, legit: Legit, record: Record) -> None:
     assert 1 <= reloads <= signals
     assert during * 3 >= baseline, (during, baseline)
     assert "Traceback" not in log
+
+
+def test_api_requests_whose_body_never_ends_are_closed(tmp_path: Path) -> None:
+    """Request heads announcing a body that then arrives a byte at a time (or never): each
+    used to keep its connection for ever (the timer was re-armed while uvicorn waited for the
+    body), so api_max_connections of them locked the API out, /healthz and /metrics too."""
+    relay = RelayProcess(tmp_path / "slow-body", {
+        "api_max_connections": 4, "api_request_timeout": 1.0,
+        "listener": [RelayProcess.tls_listener(free_port())]})
+    try:
+        host, port = str(relay.config["api_listen"]).rsplit(":", 1)
+        socks = []
+        for _ in range(4):
+            s = socket.create_connection((host, int(port)), timeout=10)
+            s.sendall(b"PUT /api/trace HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            socks.append(s)
+        outcome = wait_all_closed(socks, timeout=15)
+        for s in socks:
+            s.close()
+        assert outcome["open"] == 0, outcome
+        assert httpx.get(f"{relay.api_url}/healthz", timeout=10).status_code == 200
+    finally:
+        relay.stop()
