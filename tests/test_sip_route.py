@@ -191,6 +191,29 @@ def test_transactions_expire_after_timer_b_and_final_retransmissions_are_covered
     assert len(r.client) == 0 and r.client.bytes == 0
 
 
+def test_a_call_that_rings_for_minutes_keeps_its_transactions() -> None:
+    """INVITE transactions outlive Timer B while provisional responses come (Timer C): a
+    final response or a CANCEL after minutes of ringing still finds its transaction."""
+    r: TrunkRoutes[str] = TrunkRoutes()
+    invite = req("INVITE", "ring", from_tag="l-ring")
+    r.from_local("A", invite, 0)
+    r.from_local("B", req("OPTIONS", "other"), 0.5)  # B sent last
+    assert r.to_local(resp(invite, 100), 1)[:2] == (Route.TRANSACTION, "A")
+    assert r.to_local(resp(invite, 100), 100)[:2] == (Route.TRANSACTION, "A")
+    assert r.to_local(resp(invite, 486), 250)[:2] == (Route.TRANSACTION, "A")
+    # the peer calls: the local side rings, the peer cancels two minutes later
+    pinv = req("INVITE", "in", via="SIP/2.0/TLS 203.0.113.5:5061", branch="z9hG4bKpeer-in",
+               from_tag="p-in")
+    _, _, p = r.to_local(pinv, 0)
+    assert p is not None
+    r.delivered(p, "A", 0)
+    r.from_local("A", resp(pinv, 100, received=False), 1)
+    r.from_local("A", resp(pinv, 180, "l-in", received=False), 60)
+    cancel = req("CANCEL", "in", via="SIP/2.0/TLS 203.0.113.5:5061", branch="z9hG4bKpeer-in",
+                 from_tag="p-in")
+    assert r.to_local(cancel, 200)[:2] == (Route.PEER_TRANSACTION, "A")
+
+
 # -- dialogs --------------------------------------------------------------------------------
 
 

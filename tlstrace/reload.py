@@ -42,14 +42,14 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "conn_buffer_limit": (_NOW, "read at each write"),
     "shutdown_timeout": (_NOW, "read when shutting down"),
     "backend_probe_interval": (_NOW, "read before each probe round"),
-    "trunk_max_transactions": (_NEW, "a trunk's routing tables are sized when its link to "
-                                     "the peer is made"),
-    "trunk_max_dialogs": (_NEW, "a trunk's routing tables are sized when its link to the "
-                                "peer is made"),
-    "trunk_max_table_bytes": (_NEW, "a trunk's routing tables are sized when its link to the "
-                                    "peer is made"),
-    "trunk_dialog_idle": (_NEW, "a trunk's routing tables are sized when its link to the "
-                                "peer is made"),
+    "trunk_max_transactions": (_RESTART, "a trunk's routing tables are sized when its link "
+                                         "to the peer is first made, and kept"),
+    "trunk_max_dialogs": (_RESTART, "a trunk's routing tables are sized when its link to the "
+                                    "peer is first made, and kept"),
+    "trunk_max_table_bytes": (_RESTART, "a trunk's routing tables are sized when its link to "
+                                        "the peer is first made, and kept"),
+    "trunk_dialog_idle": (_RESTART, "a trunk's routing tables are sized when its link to the "
+                                    "peer is first made, and kept"),
     "reuse_port": (_RESTART, "a socket option of the listening sockets, bound at start-up"),
     "state_dir": (_NEW, "the generated certificate is taken from it for new connections"),
     "log_level": (_NOW, "the root logger's level is set"),

@@ -50,6 +50,12 @@ log = logging.getLogger("tlstrace.relay")
 _READ_SIZE = 65536
 #: seconds of tls_keepalive_rate a connection may send at once
 _KEEPALIVE_BURST = 10
+
+
+def keepalive_burst(rate: float) -> float:
+    """Keep-alives a connection may send at once: ten seconds' worth, and at least two (a rate
+    of one every 20 s still allows the RFC 5626 ping and its CRLF)."""
+    return max(rate * _KEEPALIVE_BURST, 2.0)
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
@@ -119,7 +125,7 @@ class TlsLeg(BaseLeg):
         self.records_seen = 0
         self.non_sip_records = 0
         #: keep-alive budget (a token bucket refilled at tls_keepalive_rate a second)
-        self.ka_tokens = cfg.tls_keepalive_rate * _KEEPALIVE_BURST
+        self.ka_tokens = keepalive_burst(cfg.tls_keepalive_rate)
         self.ka_time = self.last_activity
 
     # -- asyncio callbacks -------------------------------------------------------------------
@@ -196,10 +202,12 @@ class TlsLeg(BaseLeg):
                     tracer.message(chunk, False, now)
         reg = self.registrations
         if reg is not None and reg.pending:
+            until = reg.until
             for chunk in chunks:
                 if chunk.startswith(b"SIP/2.0 "):
                     reg.response(chunk, self.last_activity)
-            self._note_registration(reg)
+            if reg.until != until:
+                self._note_registration(reg)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         if self.outq and self.conn.state == "handshake" and not self.closed:
@@ -394,7 +402,7 @@ class TlsLeg(BaseLeg):
                     if label == "REGISTER" and self.server_side:
                         if self.registrations is None:
                             self.registrations = RegistrationTracker()
-                        self.registrations.request(data)
+                        self.registrations.request(data, self.relay.loop.time())
                 elif cls is Ping:
                     pings += 1
                 elif cls is KeepAlive:
@@ -462,7 +470,7 @@ class TlsLeg(BaseLeg):
         rate = self.relay.config.tls_keepalive_rate
         if not rate:
             return True
-        tokens = min(rate * _KEEPALIVE_BURST, self.ka_tokens + (now - self.ka_time) * rate)
+        tokens = min(keepalive_burst(rate), self.ka_tokens + (now - self.ka_time) * rate)
         self.ka_time = now
         self.ka_tokens = tokens - n
         return self.ka_tokens >= 0

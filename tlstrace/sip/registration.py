@@ -29,6 +29,8 @@ MAX_BINDINGS = 16
 MAX_CONTACTS = 8
 #: seconds: the longest registration that holds a connection open (24 h)
 MAX_EXPIRY = 86400.0
+#: seconds a REGISTER waits for its final answer before it is forgotten (RFC 3261 Timer F)
+TRANSACTION_SECONDS = 32.0
 
 _HEADER = re.compile(rb"\r\n(call-id|i|cseq|contact|m|expires|to|t)[ \t]*:[ \t]*([^\r\n]*)",
                      re.IGNORECASE)
@@ -115,47 +117,52 @@ class RegistrationTracker:
     """The registrations of one connection. `until` is the time (the caller's clock) up to
     which the SIP server keeps at least one of this connection's bindings, 0 when none."""
 
-    __slots__ = ("_bindings", "_pending", "until")
+    __slots__ = ("_bindings", "_pending", "pending", "until")
 
     def __init__(self) -> None:
-        #: (Call-ID, CSeq) hash -> (address-of-record hash, contact URI hashes, removes all)
-        self._pending: dict[int, tuple[int, frozenset[int], bool]] = {}
+        #: (Call-ID, CSeq) hash -> (address-of-record hash, contact URI hashes, removes all,
+        #: when the REGISTER was sent)
+        self._pending: dict[int, tuple[int, frozenset[int], bool, float]] = {}
         #: address-of-record hash -> expiry time
         self._bindings: dict[int, float] = {}
         self.until = 0.0
+        #: a REGISTER awaits its final answer (only then are responses worth a look)
+        self.pending = False
 
-    @property
-    def pending(self) -> bool:
-        """A REGISTER awaits its final answer (only then are responses worth a look)."""
-        return bool(self._pending)
-
-    def request(self, message: bytes) -> None:
+    def request(self, message: bytes, now: float) -> None:
         """A REGISTER request the client sent on this connection."""
         h = _Headers(message)
-        if not h.call_id or not h.cseq:
+        number = h.cseq.split(None, 1)
+        if not h.call_id or not number:
             return
         removes_all = any(uri == 0 for uri, _ in h.contacts) or (
             h.expires == 0 and all(exp in (None, 0) for _, exp in h.contacts))
         contacts = frozenset(uri for uri, _ in h.contacts[:MAX_CONTACTS] if uri)
-        key = hash((h.call_id, h.cseq.split(None, 1)[0]))
-        self._pending.pop(key, None)
-        if len(self._pending) >= MAX_PENDING:
-            del self._pending[next(iter(self._pending))]
-        self._pending[key] = (h.aor(), contacts, removes_all)
+        key = hash((h.call_id, number[0]))
+        pending = self._pending
+        pending.pop(key, None)
+        # a REGISTER not answered within a transaction's lifetime (Timer F) never will be
+        for old in [k for k, v in pending.items() if now - v[3] > TRANSACTION_SECONDS]:
+            del pending[old]
+        if len(pending) >= MAX_PENDING:
+            del pending[next(iter(pending))]
+        pending[key] = (h.aor(), contacts, removes_all, now)
+        self.pending = True
 
     def response(self, message: bytes, now: float) -> None:
         """A response going to the client on this connection (call only while `pending`)."""
         code = message[8:11]
-        if code[:1] == b"1" or not code.isdigit():
+        if code[:1] == b"1" or not code.isdigit() or b"REGISTER" not in message:
             return
         h = _Headers(message)
         parts = h.cseq.split()
         if len(parts) != 2 or parts[1].upper() != b"REGISTER":
             return
         entry = self._pending.pop(hash((h.call_id, parts[0])), None)
+        self.pending = bool(self._pending)
         if entry is None or code[:1] != b"2":
             return
-        aor, contacts, removes_all = entry
+        aor, contacts, removes_all, _ = entry
         if not contacts and not removes_all:
             return  # a query (no Contact): the bindings stay as they are
         granted: int | None = None

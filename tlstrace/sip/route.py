@@ -44,6 +44,10 @@ from typing import Generic, TypeVar
 MAGIC = b"z9hG4bK"
 #: Timer B / Timer F: 64*T1 (T1 = 500 ms)
 TRANSACTION_TTL = 32.0
+#: seconds an INVITE transaction lives after its last provisional or final response: a call
+#: may ring for minutes (RFC 3261 Timer C: more than 3 minutes), and its CANCEL, final
+#: response and ACK must still find their connection
+INVITE_TTL = 181.0
 #: what an entry costs beyond its key bytes (dict slot, entry object, key tuple, index slot)
 ENTRY_OVERHEAD = 440
 #: methods whose request without a To tag can create a dialog (RFC 3261, 6665, 3515)
@@ -283,16 +287,26 @@ class TrunkRoutes(Generic[K]):
         #: requests local connections sent, waiting for the peer's responses
         self.client: Table[K] = Table("transactions", ttl=TRANSACTION_TTL,
                                       max_entries=max_transactions, max_bytes=max_bytes)
+        self.client_invite: Table[K] = Table("transactions", ttl=INVITE_TTL,
+                                             max_entries=max_transactions, max_bytes=max_bytes)
         #: requests the peer sent, by the local connection they were given to
         self.server: Table[K] = Table("peer_transactions", ttl=TRANSACTION_TTL,
                                       max_entries=max_transactions, max_bytes=max_bytes)
+        self.server_invite: Table[K] = Table("peer_transactions", ttl=INVITE_TTL,
+                                             max_entries=max_transactions, max_bytes=max_bytes)
         #: dialogs by (Call-ID, the local side's tag)
         self.dialogs: Table[K] = Table("dialogs", ttl=dialog_idle, max_entries=max_dialogs,
                                        max_bytes=max_bytes)
 
     @property
-    def tables(self) -> tuple[Table[K], Table[K], Table[K]]:
-        return self.client, self.server, self.dialogs
+    def tables(self) -> tuple[Table[K], ...]:
+        return self.client, self.client_invite, self.server, self.server_invite, self.dialogs
+
+    def _client(self, method: bytes) -> Table[K]:
+        return self.client_invite if method == b"INVITE" else self.client
+
+    def _server(self, method: bytes) -> Table[K]:
+        return self.server_invite if method == b"INVITE" else self.server
 
     # -- what local connections send -----------------------------------------------------------
 
@@ -307,13 +321,19 @@ class TrunkRoutes(Generic[K]):
                     self._dialog_used(conn, p.call_id, p.from_tag, now)
                 return  # a non-2xx ACK gets no response
             creating = not p.to_tag and p.method in DIALOG_CREATING
-            self.client.put(transaction_key(p, p.method),
+            self._client(p.method).put(transaction_key(p, p.method),
                             Entry(conn, p.call_id, p.from_tag, creating=creating), now)
             if p.to_tag:
                 self._dialog_used(conn, p.call_id, p.from_tag, now)
             return
-        # a response to a request from the peer: the local side's tag is the To tag
+        # a response to a request from the peer: its transaction lives on (a call ringing
+        # for minutes); the local side's tag is the To tag
         status = p.status
+        server = self._server(p.cseq_method)
+        skey = transaction_key(p, p.cseq_method)
+        sentry = server.get(skey, now)
+        if sentry is not None:
+            server.touch(skey, sentry, now)
         if not p.to_tag:
             return
         key = (p.call_id, p.to_tag)
@@ -335,11 +355,12 @@ class TrunkRoutes(Generic[K]):
             return Route.NONE, None, None
         if p.status:
             return self._response(p, now)
-        method = p.method
-        key = transaction_key(p, b"INVITE" if method in (b"ACK", b"CANCEL") else method)
-        entry = self.server.get(key, now)
+        method = b"INVITE" if p.method in (b"ACK", b"CANCEL") else p.method
+        key = transaction_key(p, method)
+        server = self._server(method)
+        entry = server.get(key, now)
         if entry is not None:
-            self.server.touch(key, entry, now)
+            server.touch(key, entry, now)
             return Route.PEER_TRANSACTION, entry.conn, p
         if p.to_tag:
             dkey = (p.call_id, p.to_tag)
@@ -355,15 +376,17 @@ class TrunkRoutes(Generic[K]):
         if not p.method or p.method == b"ACK":
             return
         key = transaction_key(p, p.method)
-        entry = self.server.get(key, now)
+        server = self._server(p.method)
+        entry = server.get(key, now)
         if entry is not None and entry.conn == conn:
-            self.server.touch(key, entry, now)
+            server.touch(key, entry, now)
         else:
-            self.server.put(key, Entry(conn), now)
+            server.put(key, Entry(conn), now)
 
     def _response(self, p: Peek, now: float) -> tuple[Route, K | None, Peek | None]:
         key = transaction_key(p, p.cseq_method)
-        entry = self.client.get(key, now)
+        client = self._client(p.cseq_method)
+        entry = client.get(key, now)
         status = p.status
         if entry is None:
             # a 2xx retransmitted after its transaction ended still belongs to its dialog
@@ -371,9 +394,10 @@ class TrunkRoutes(Generic[K]):
             if d is not None:
                 return Route.DIALOG, d.conn, p
             return Route.NONE, None, p
-        if status >= 200:
-            # the final response: its retransmissions may follow for a while
-            self.client.touch(key, entry, now)
+        if status >= 200 or client is self.client_invite:
+            # the final response: its retransmissions may follow for a while; a provisional
+            # one to an INVITE: the call is ringing, its final response may take minutes
+            client.touch(key, entry, now)
         dkey = (entry.call_id, entry.tag)
         if entry.creating:
             if p.to_tag and 100 < status < 300:
