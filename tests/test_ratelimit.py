@@ -10,7 +10,13 @@ import pytest
 
 from tlstrace.config import Config, ConfigError
 from tlstrace.config.load import validate
-from tlstrace.relay.ratelimit import LOG_INTERVAL, HandshakeGate, SourceRateLimiter, source_key
+from tlstrace.relay.ratelimit import (
+    LOG_INTERVAL,
+    OVERFLOW_FACTOR,
+    HandshakeGate,
+    SourceRateLimiter,
+    source_key,
+)
 from tlstrace.relay.stats import RelayStats
 
 
@@ -53,16 +59,22 @@ def test_sources_are_independent() -> None:
     assert admitted(lim, "2001:db8::1", 0.0, 10) == 2
 
 
-def test_memory_is_bounded_and_the_oldest_source_goes() -> None:
+def test_memory_is_bounded_and_rotating_sources_share_one_bucket() -> None:
+    """1,000 sources rotating against a table of 3 (an attack spread over more sources than
+    the table holds, e.g. many IPv6 /64s): the table stays at 3, no limited source is
+    forgotten (which would give it a fresh burst), and the newcomers share one bucket of
+    OVERFLOW_FACTOR times the rate and burst."""
     lim = SourceRateLimiter(rate=1.0, burst=1, max_sources=3)
-    for i in range(1000):
-        lim.allow(f"10.0.{i // 256}.{i % 256}", 0.0)
-        assert len(lim) <= 3
-    assert lim.evicted == 997
-    # the most recently seen are the ones kept: still limited
-    assert not lim.allow("10.0.3.231", 0.0)
-    # a source forgotten gets a fresh burst (the price of the bound)
-    assert lim.allow("10.0.0.0", 0.0)
+    admitted = 0
+    for rnd in range(3):
+        for i in range(1000):
+            admitted += lim.allow(f"10.0.{i // 256}.{i % 256}", rnd * 0.01)
+            assert len(lim) <= 3
+    assert lim.evicted == 0
+    assert admitted == 3 + OVERFLOW_FACTOR
+    # once the tracked sources have refilled, the oldest makes room (losing nothing)
+    assert lim.allow("10.9.9.9", 5.0)
+    assert lim.evicted == 1
 
 
 def test_a_refused_source_counts_as_seen() -> None:
@@ -70,9 +82,9 @@ def test_a_refused_source_counts_as_seen() -> None:
     assert lim.allow("attacker", 0.0)
     assert lim.allow("phone", 0.0)
     assert not lim.allow("attacker", 0.5)  # seen again: now "phone" is the oldest
-    assert lim.allow("newcomer", 0.5)
-    assert "phone" not in lim.tracked
-    assert not lim.allow("attacker", 0.6)
+    assert lim.allow("newcomer", 2.0)  # phone's bucket has refilled: it goes
+    assert "phone" not in lim.tracked and "attacker" in lim.tracked
+    assert lim.allow("attacker", 2.0)  # its own bucket has refilled too
 
 
 def test_the_table_stays_small() -> None:

@@ -275,7 +275,7 @@ class Config(_Model):
 
     #: New TLS connections a second one source address (an IPv6 /64) may open on tls:
     #: listeners after its burst; more are refused at accept. 0: no limit.
-    handshake_rate_per_source: float = Field(0.0, ge=0)
+    handshake_rate_per_source: float = Field(0.0, ge=0, allow_inf_nan=False)
     #: Connections a source may open at once before handshake_rate_per_source applies.
     handshake_rate_burst: int = Field(10, ge=1)
     #: Most source addresses tracked for handshake_rate_per_source (the least recently seen

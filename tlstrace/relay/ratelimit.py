@@ -6,8 +6,11 @@ accept, before OpenSSL sees a byte. Sans-IO: the caller passes the clock in.
 
 Each source costs one float (the generic cell rate algorithm, GCRA: the time at which its
 bucket is full again), and at most `max_sources` sources are tracked: the one seen longest
-ago makes room for a new one. A source forgotten that way gets a full burst again next time;
-one whose bucket had refilled loses nothing. IPv6 sources count per /64 (one host's usual
+ago makes room for a new one when its bucket has refilled (so it loses nothing). When even
+that one is still over its rate, the table is full of limited sources (an attack spread over
+more sources than it holds): the newcomer is not tracked but checked against one bucket that
+all such newcomers share, `OVERFLOW_FACTOR` times the per-source rate and burst, so rotating
+sources cannot get a fresh burst each. IPv6 sources count per /64 (one host's usual
 allocation), IPv4-mapped IPv6 addresses as the IPv4 address.
 """
 
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass
 
 from tlstrace.config import Config
@@ -39,39 +43,65 @@ def source_key(address: str) -> str:
     return str(ipaddress.IPv6Network((int(ip) >> 64 << 64, 64)))
 
 
+#: the bucket that sources not in the table share while every tracked source is still over
+#: its rate: this many times the per-source rate and burst
+OVERFLOW_FACTOR = 16
+
+
 class SourceRateLimiter:
     """GCRA per source, bounded to `max_sources` tracked sources (least recently seen go)."""
 
-    __slots__ = ("burst", "evicted", "interval", "max_sources", "tolerance", "tracked")
+    __slots__ = ("burst", "evicted", "interval", "max_sources", "overflow_at",
+                 "overflow_interval", "overflow_tolerance", "overflowed", "tolerance", "tracked")
 
     def __init__(self, rate: float, burst: int, max_sources: int) -> None:
-        if rate <= 0 or burst < 1 or max_sources < 1:
-            raise ValueError("rate > 0, burst >= 1 and max_sources >= 1 are needed")
+        if not 0 < rate < float("inf") or burst < 1 or max_sources < 1:
+            raise ValueError("0 < rate < inf, burst >= 1 and max_sources >= 1 are needed")
         self.burst = burst
         self.interval = 1.0 / rate
         # (a hair over, so that rounding never refuses the last connection of a burst)
         self.tolerance = (burst - 1) * self.interval + 1e-9
         self.max_sources = max_sources
-        #: source -> when its bucket is full again; in order of last admission (oldest first)
-        self.tracked: dict[str, float] = {}
-        #: sources forgotten to make room
+        #: source -> when its bucket is full again; in order of last sight (oldest first)
+        self.tracked: OrderedDict[str, float] = OrderedDict()
+        #: sources forgotten to make room (their buckets had refilled: they lost nothing)
         self.evicted = 0
+        # the shared bucket of sources that find the table full of limited sources (an attack
+        # spread over more sources than the table holds): forgetting a limited source to make
+        # room would give it a new burst, and rotating sources would never be limited
+        self.overflow_interval = self.interval / OVERFLOW_FACTOR
+        self.overflow_tolerance = (burst * OVERFLOW_FACTOR - 1) * self.overflow_interval + 1e-9
+        self.overflow_at = float("-inf")
+        #: connections checked against the shared bucket
+        self.overflowed = 0
 
     def allow(self, source: str, now: float) -> bool:
         """Whether `source` may open one more connection at `now` (seconds, monotonic)."""
         tracked = self.tracked
-        full_at = tracked.pop(source, None)
+        full_at = tracked.get(source)
         if full_at is None:
             if len(tracked) >= self.max_sources:
-                del tracked[next(iter(tracked))]
+                if next(iter(tracked.values())) > now:
+                    return self._overflow(now)
+                tracked.popitem(last=False)
                 self.evicted += 1
             full_at = now
-        elif full_at < now:
-            full_at = now
+        else:
+            tracked.move_to_end(source)
+            if full_at < now:
+                full_at = now
         if full_at - now > self.tolerance:
             tracked[source] = full_at  # refused: nothing spent, but seen just now
             return False
         tracked[source] = full_at + self.interval
+        return True
+
+    def _overflow(self, now: float) -> bool:
+        self.overflowed += 1
+        full_at = max(self.overflow_at, now)
+        if full_at - now > self.overflow_tolerance:
+            return False
+        self.overflow_at = full_at + self.overflow_interval
         return True
 
     def __len__(self) -> int:
