@@ -177,3 +177,25 @@ def test_each_domain_keeps_its_client_certificate_policy(
     session, _ = take_session(relay, ctx, "phones.example")
     _, resumed = take_session(relay, ctx, "phones.example", session)
     assert resumed
+
+
+def test_the_sni_shown_is_the_one_sent_on_a_tls12_resumption(
+        relay_factory: Factory, backend: Any, pki: Pki) -> None:
+    """OpenSSL hands the SNI callback the name stored in a TLS 1.2 session when it resumes
+    it: /api/connections (and SNI trace filters) must see the name the client sent now."""
+    relay = relay_factory({
+        "server_domain": [domain(pki, "wild", "any.b.example", ["*.b.example"],
+                                 session_tickets=0),
+                          domain(pki, "other", "other.example", ["*"], session_tickets=0)],
+        "listener": [RelayProcess.tls_listener(backend.port)],
+    })
+    ctx = phone_context(None, TLS12, 0)
+    session, _ = take_session(relay, ctx, "x.b.example")
+    with TlsClient(relay.port(), ctx=ctx, server_hostname="y.b.example",
+                   session=session) as client:
+        assert client.sock.session_reused
+        client.send(request())
+        client.recv_messages(1)
+        [conn] = [c for c in connections(relay) if c["state"] == "open"]
+        assert (conn["sni"], conn["server_domain"], conn["resumed"]) == \
+            ("y.b.example", "wild", True)

@@ -251,18 +251,18 @@ class TlsLeg(BaseLeg):
         if self.obj is None:
             # the whole ClientHello first: its SNI chooses the context (OpenSSL's session
             # cache, ticket keys and client-certificate policy are the domain's own)
-            assert self.hello is not None
-            self.first_bytes += data  # also parsed if the handshake fails
-            hello = self.hello.feed(data)
+            reader = self.hello
+            assert reader is not None
+            hello = reader.feed(data)
             if hello.kind is HelloKind.INCOMPLETE:
-                if self.hello.total > MAX_HELLO_BYTES:
+                if reader.total > MAX_HELLO_BYTES:
                     self._handshake_failed(HandshakeFailure.HELLO_TOO_LARGE,
                                            f"no complete ClientHello in {MAX_HELLO_BYTES} bytes")
                 return
             self.hello = None
             self.hello_facts = hello
             self._start_tls(self.choose_context(hello.sni))
-            data, self.first_bytes = self.first_bytes, b""
+            data = bytes(reader.raw)
         elif not self.first_bytes and self.server_side:
             self.first_bytes = data  # parsed only if the handshake fails
         self.incoming.write(data)
@@ -315,8 +315,16 @@ class TlsLeg(BaseLeg):
         conn.handshake_ms = elapsed * 1000
         conn.peer_cert_der = obj.getpeercert(binary_form=True)
         conn.local_cert = self.local_cert()
-        conn.sni = getattr(obj, "tlstrace_sni", None) if self.server_side \
-            else self.server_hostname
+        if self.server_side:
+            # the name the client sent now: on a TLS 1.2 resumption OpenSSL's callback is given
+            # the one stored in the session
+            facts = self.hello_facts
+            if facts is None and conn.resumed and self.first_bytes:
+                facts = sniff(self.first_bytes)
+            conn.sni = facts.sni if facts is not None and facts.client_random is not None \
+                else getattr(obj, "tlstrace_sni", None)
+        else:
+            conn.sni = self.server_hostname
         self.first_bytes, self.hello_facts = b"", None
         self.records_seen = self.records_in  # the handshake's records are not counted
         self.relay.handshake_done(self, elapsed)
@@ -335,9 +343,13 @@ class TlsLeg(BaseLeg):
             return
         conn = self.conn
         conn.local_cert = self.local_cert()
-        hello = self.hello_facts or (sniff(self.first_bytes) if self.first_bytes else None)
+        hello = self.hello_facts
+        if hello is None and self.first_bytes:
+            hello = sniff(self.first_bytes)
+        elif hello is None and self.hello is not None and self.hello.total:
+            hello = sniff(bytes(self.hello.raw))
         if hello is not None:
-            self.first_bytes, self.hello_facts = b"", None
+            self.first_bytes, self.hello_facts, self.hello = b"", None, None
             conn.sni, conn.client_random = hello.sni, hello.client_random
             if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
                     hello.max_version and hello.max_version < TLS1_2:

@@ -62,47 +62,62 @@ class HelloReader:
     """Reads a ClientHello that may arrive in pieces and span several handshake records.
 
     `feed()` takes the next bytes of the stream and returns a Hello of kind INCOMPLETE until the
-    whole ClientHello message is there; then its facts (kind TLS). Each byte is looked at once
-    however the stream is cut. Anything that is not a ClientHello in handshake records gives a
-    Hello of kind TLS without facts: OpenSSL decides what is wrong with it.
+    whole ClientHello message is there; then its facts (kind TLS). The bytes are kept once, in
+    `raw` (what OpenSSL is given afterwards); each is looked at once however the stream is
+    cut, and the message is joined from its record fragments only when complete. Anything that
+    is not a ClientHello in handshake records gives a Hello of kind TLS without facts: OpenSSL
+    decides what is wrong with it.
     """
 
-    __slots__ = ("_buf", "_message", "_total")
+    __slots__ = ("_frags", "_have", "_need", "_pos", "raw")
 
     def __init__(self) -> None:
-        self._buf = bytearray()  # bytes of the record being read
-        self._message = bytearray()  # the handshake message, joined from record fragments
-        self._total = 0
+        #: every byte fed, in order
+        self.raw = bytearray()
+        self._pos = 0  # where the next record starts in raw
+        self._frags: list[tuple[int, int]] = []  # the message's fragments: (start, end) in raw
+        self._have = 0  # message bytes in the fragments
+        self._need = 0  # the message's length with its header, once known
 
     @property
     def total(self) -> int:
         """Raw bytes fed so far."""
-        return self._total
+        return len(self.raw)
 
     def feed(self, data: bytes) -> Hello:
-        self._total += len(data)
-        buf = self._buf
-        buf += data
-        message = self._message
+        raw = self.raw
+        raw += data
         while True:
-            if len(buf) < 5:
+            p = self._pos
+            if len(raw) < p + 5:
                 return Hello(HelloKind.INCOMPLETE)
-            record_len = buf[3] << 8 | buf[4]
-            if buf[0] != 0x16 or record_len == 0 or record_len > _MAX_RECORD:
+            record_len = raw[p + 3] << 8 | raw[p + 4]
+            if raw[p] != 0x16 or record_len == 0 or record_len > _MAX_RECORD:
                 return Hello(HelloKind.TLS)
-            if len(buf) < 5 + record_len:
+            if len(raw) < p + 5 + record_len:
                 return Hello(HelloKind.INCOMPLETE)
-            message += buf[5 : 5 + record_len]
-            del buf[: 5 + record_len]
-            if message[0] != 0x01:
+            if not self._frags and raw[p + 5] != 0x01:
                 return Hello(HelloKind.TLS)
-            if len(message) >= 4:
-                size = 4 + int.from_bytes(message[1:4], "big")
-                if len(message) >= size:
-                    try:
-                        return _parse_client_hello(bytes(message[:size]))
-                    except (struct.error, IndexError, UnicodeDecodeError):
-                        return Hello(HelloKind.TLS)
+            self._frags.append((p + 5, p + 5 + record_len))
+            self._have += record_len
+            self._pos = p + 5 + record_len
+            if not self._need and self._have >= 4:
+                head = self._join(4)
+                self._need = 4 + int.from_bytes(head[1:4], "big")
+            if self._need and self._have >= self._need:
+                try:
+                    return _parse_client_hello(self._join(self._need))
+                except (struct.error, IndexError, UnicodeDecodeError):
+                    return Hello(HelloKind.TLS)
+
+    def _join(self, n: int) -> bytes:
+        """The first `n` bytes of the message."""
+        out = bytearray()
+        for start, end in self._frags:
+            out += self.raw[start : min(end, start + n - len(out))]
+            if len(out) >= n:
+                break
+        return bytes(out)
 
 
 def _parse_client_hello(body: bytes) -> Hello:
