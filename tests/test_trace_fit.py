@@ -179,7 +179,7 @@ def test_a_long_call_id_is_shortened_in_messages_and_session_records() -> None:
     assert packets[0].payload == sip(cid, b"v" * 100)  # the message itself fits: untouched
     assert b'"call_id_length":33000' in packets[1].payload
     assert manager.oversize["long_call_id"] == 2
-    assert len(tracer.seen) == 1 and len(next(iter(tracer.seen))) == CALL_ID_MAX
+    assert len(tracer.seen) == 1  # one Call-ID remembered (as a hash of its short id)
 
 
 def test_early_messages_refit_for_a_backend_leg_with_larger_packets() -> None:
