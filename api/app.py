@@ -22,6 +22,7 @@ from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.sweeper import probe_backend
 from tlstrace.trace.filters import TraceFilter
+from tlstrace.trace.tracer import SwitchedBy
 
 if TYPE_CHECKING:
     from tlstrace.app import Sidecar
@@ -81,12 +82,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={409: {"model": models.Problem}, 401: problems[401],
                         400: {"model": models.Problem}})
-    async def put_trace(body: models.TraceSwitch) -> models.TraceState:
+    async def put_trace(body: models.TraceSwitch, request: Request) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command."""
         on = body.tracing == "on"
         if on and not len(sidecar.senders):
             raise HTTPException(409, "no HEP destination is configured (hep_id)")
-        sidecar.tracing.set_enabled(on)
+        sidecar.tracing.set_enabled(on, _api_client(request))
         return await get_trace()
 
     @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
@@ -155,11 +156,11 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
               responses={409: {"model": models.ReloadResult}, 401: problems[401]})
-    async def reload(response: Response) -> models.ReloadResult:
+    async def reload(response: Response, request: Request) -> models.ReloadResult:
         """Re-read the configuration file and the certificates, as SIGHUP does. New
         connections get the new certificates; open ones keep theirs. On any error nothing
         changes (409, with the reason)."""
-        ok, message = sidecar.reload()
+        ok, message = sidecar.reload(_api_client(request))
         if not ok:
             response.status_code = 409
         return models.ReloadResult(reloaded=ok, message=message)
@@ -193,6 +194,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _api_client(request: Request) -> SwitchedBy:
+    """The API client, for the log lines of what it switches."""
+    client = join_host_port(*request.client) if request.client else "unknown"
+    return SwitchedBy("api", f"API client {client}", client)
 
 
 async def _with_allow_header(request: Request, exc: Exception) -> Response:

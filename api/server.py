@@ -32,6 +32,7 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def make_server(app: FastAPI) -> ApiServer:
+    # log_config=None: uvicorn's records go to tlstrace's handler, in its log_format
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            loop="none", server_header=False)
+                            loop="none", server_header=False, log_config=None)
     return ApiServer(config)

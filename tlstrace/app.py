@@ -6,8 +6,10 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import platform
 import resource
 import signal
+import ssl
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +17,7 @@ import uvloop
 
 from hep.destination import parse_hep_ids
 from hep.sender import HepSenderGroup
+from tlstrace import __version__
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
@@ -23,12 +26,14 @@ from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
-from tlstrace.trace.tracer import TraceManager
+from tlstrace.trace.tracer import SwitchedBy, TraceManager
 
 if TYPE_CHECKING:
     from api.server import ApiServer
 
 log = logging.getLogger("tlstrace")
+
+SIGHUP = SwitchedBy("signal", "SIGHUP")
 
 
 class StartupError(Exception):
@@ -82,6 +87,10 @@ class Sidecar:
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
                      else "tracing is off")
+        if self.tracing.enabled:
+            by = SwitchedBy("flag", "--trace") if self.overrides and self.overrides.trace \
+                else SwitchedBy("file", f"trace_on = true in {self.source}")
+            log.info("tracing on from start-up: %s", by.text, extra=by.log_fields(True))
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
         if self.config.keys_wanted:
@@ -122,9 +131,10 @@ class Sidecar:
                         "switch tracing and close connections; set api_token or "
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
 
-    def reload(self) -> tuple[bool, str]:
+    def reload(self, by: SwitchedBy = SIGHUP) -> tuple[bool, str]:
         """Re-read the configuration file and the certificates. New connections get the new
-        certificates; open ones keep theirs. On any error nothing changes."""
+        certificates; open ones keep theirs. On any error nothing changes. A changed
+        `trace_on` switches tracing (`by` is who asked for the reload)."""
         try:
             config = load_config(self.config_path, self.overrides) if self.config_path \
                 else self.config
@@ -148,11 +158,19 @@ class Sidecar:
         self.relay.replace_client_contexts(client_contexts)
         if config.hep_id != self.config.hep_id:
             log.warning("reload: hep_id changes need a restart; kept the current destinations")
+        trace_on_changed = config.trace_on != self.config.trace_on
         self.relay.config = config
         self.tracing.apply_config(config)
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
-        log.info(msg)
+        log.info("%s (%s)", msg, by.text, extra={"reloaded_by": by.kind} if by.client is None
+                 else {"reloaded_by": by.kind, "client": by.client})
+        if trace_on_changed:
+            if config.trace_on and not len(self.senders):
+                log.warning("reload: trace_on is set but no hep_id destination is configured")
+            self.tracing.set_enabled(config.trace_on and bool(len(self.senders)), SwitchedBy(
+                by.kind, f"a reload ({by.text}): trace_on = {str(config.trace_on).lower()} in "
+                f"{self.source}", by.client))
         return True, msg
 
     @property
@@ -210,6 +228,12 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
+    log.info("tlstrace %s starting (Python %s, %s); configuration: %s", __version__,
+             platform.python_version(), ssl.OPENSSL_VERSION,
+             config_path or "embedded defaults",
+             extra={"version": __version__, "python": platform.python_version(),
+                    "openssl": ssl.OPENSSL_VERSION,
+                    "config": str(config_path) if config_path else None})
     sidecar = Sidecar(config, config_path, overrides)
     try:
         await sidecar.start()

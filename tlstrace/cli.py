@@ -11,7 +11,8 @@ from typing import get_args
 
 from tlstrace import __version__
 from tlstrace.config import ConfigError, Overrides, load_config
-from tlstrace.config.model import LogLevel
+from tlstrace.config.model import LogFormat, LogLevel
+from tlstrace.logs import setup_logging
 
 log = logging.getLogger("tlstrace")
 
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--ca", type=Path, help="CA bundle for client and peer certificates")
     run.add_argument("--state-dir", type=Path, help="where the generated certificate lives")
     run.add_argument("--log-level", choices=get_args(LogLevel))
+    run.add_argument("--log-format", choices=get_args(LogFormat),
+                     help="text, or json: one JSON object per line (default: text)")
     run.add_argument(
         "--hep", action="append", default=[], metavar="DEST",
         help="HEP destination '[name]HOST:PORT;transport=udp|tcp|tls' (repeatable)",
@@ -53,14 +56,6 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hep-listen":
@@ -74,7 +69,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return demo()
     overrides = Overrides(
         listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
-        state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
+        state_dir=args.state_dir, log_level=args.log_level, log_format=args.log_format,
+        hep=args.hep, trace=args.trace,
         trace_keys=args.trace_keys, api=args.api,
     )
     try:
@@ -82,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tlstrace: configuration error: {e}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from tlstrace.app import run_sidecar
 
     return run_sidecar(config, config_path=args.config, overrides=overrides)
