@@ -179,6 +179,7 @@ def test_log_format_is_checked(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as e:
         load_config(path)
     assert str(e.value).startswith(f"{path}: log_format: ")
+    assert "'text' or 'json'" in str(e.value)
     r = subprocess.run([sys.executable, "-m", "tlstrace", "run", "--log-format", "xml"],
                        capture_output=True, text=True, timeout=20)
-    assert r.returncode == 2 and "--log-format" in r.stderr
+    assert r.returncode == 2 and "--log-format: invalid choice: 'xml'" in r.stderr
