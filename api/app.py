@@ -14,6 +14,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
 from api.auth import token_middleware
+from api.status import install_status
 from hep.address import join_host_port
 from tlstrace import __version__
 from tlstrace.config import Endpoint
@@ -66,6 +67,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
                                                  401: {"model": models.Problem}}
+    install_status(app, sidecar)  # the status page at /, /api/status, /api/events
 
     @app.get("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={401: problems[401]})

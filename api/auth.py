@@ -8,7 +8,9 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+from api.status import PUBLIC_PATHS
+
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PUBLIC_PATHS  # the status page: no data
 
 
 def token_middleware(

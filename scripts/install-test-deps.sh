@@ -6,9 +6,10 @@
 set -eu
 venv=${1:-.venv}
 apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl"
+apt_pkgs="$apt_pkgs chromium chromium-driver"  # headless browser tests of the status page
 
 missing=""
-for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl; do
+for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl chromium chromedriver; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 # the sqlite and tls modules of kamailio are separate packages

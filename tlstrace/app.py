@@ -10,6 +10,7 @@ import platform
 import resource
 import signal
 import ssl
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -19,6 +20,7 @@ from hep.destination import parse_hep_ids
 from hep.sender import HepSenderGroup
 from tlstrace import __version__
 from tlstrace.config import Config, ConfigError, Overrides, load_config
+from tlstrace.feed import EventFeed, FeedObserver
 from tlstrace.metrics import make_registry
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
@@ -52,7 +54,9 @@ class Sidecar:
         self.relay = Relay(config, self.loop, source=self.source)
         self.senders = build_senders(config)
         self.tracing = TraceManager(config, list(self.senders), self.relay)
-        self.relay.observer = self.tracing
+        self.feed = EventFeed()
+        self.relay.observer = FeedObserver(self.tracing, self.feed)
+        self.started = time.time()
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
         self.stopped = asyncio.Event()
@@ -192,6 +196,7 @@ class Sidecar:
         relay.shutting_down = True
         log.info("shutting down: %d connection(s) open", len(relay.connections))
         self.close_listeners()
+        self.feed.close()
         for leg in list(relay.legs):
             leg.close(CloseReason.SHUTDOWN)
         deadline = self.loop.time() + self.config.shutdown_timeout
