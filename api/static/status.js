@@ -12,6 +12,7 @@ const $ = (id) => document.getElementById(id);
 let token = sessionStorage.getItem(TOKEN_KEY) || "";
 let tracingOn = null;
 let pollTimer = null;
+let pollRun = 0; // one polling loop at a time: a loop from an older run stops itself
 let stream = null; // AbortController of the event stream
 let needToken = false;
 
@@ -178,17 +179,19 @@ function render(status, trace, conns, dests) {
   ], "no HEP destination configured (hep_id)");
 }
 
-async function poll() {
+async function poll(run) {
   try {
     const [status, trace, conns, dests] = await Promise.all([
       getJson("/api/status"), getJson("/api/trace"),
       getJson("/api/connections?limit=" + MAX_ROWS), getJson("/api/destinations"),
     ]);
+    if (run !== pollRun) return;
     render(status, trace, conns, dests);
     setPill($("link-state"), "connected", "connected");
     $("message").hidden = true;
     if (!stream) startEvents();
   } catch (e) {
+    if (run !== pollRun) return;
     if (e instanceof AuthError) {
       askToken(token ? "That token was refused." : "");
       return;
@@ -196,10 +199,11 @@ async function poll() {
     setPill($("link-state"), "unreachable", "error");
     showMessage("Cannot reach the tlstrace API (" + e.message + "); retrying.");
   }
-  pollTimer = setTimeout(poll, POLL_MS);
+  pollTimer = setTimeout(() => poll(run), POLL_MS);
 }
 
 function stopPolling() {
+  pollRun += 1;
   if (pollTimer !== null) clearTimeout(pollTimer);
   pollTimer = null;
 }
@@ -229,8 +233,7 @@ $("trace-toggle").addEventListener("click", async () => {
     if (e instanceof AuthError) { askToken("That token was refused."); return; }
     showMessage("Tracing not switched: " + e.message);
   }
-  stopPolling();
-  poll();
+  start();
 });
 
 // -- live events --------------------------------------------------------------------------
@@ -323,7 +326,7 @@ function stopEvents() {
 
 function start() {
   stopPolling();
-  poll();
+  poll(pollRun);
 }
 
 start();
