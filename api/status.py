@@ -14,7 +14,7 @@ import platform
 import ssl
 import time
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from importlib import resources
 from typing import TYPE_CHECKING
 
@@ -151,15 +151,20 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
         if viewer is None:
             raise HTTPException(503, f"{sidecar.feed.max_viewers} event viewers are "
                                      "connected already")
+        token = sidecar.config.api_token
         return StreamingResponse(
-            _stream(sidecar.feed, viewer), media_type="text/event-stream",
+            _stream(sidecar.feed, viewer, lambda: sidecar.config.api_token == token),
+            media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
 
-async def _stream(feed: EventFeed, viewer: Viewer) -> AsyncIterator[str]:
+async def _stream(feed: EventFeed, viewer: Viewer,
+                  allowed: Callable[[], bool]) -> AsyncIterator[str]:
+    """The viewer's events until it goes, the sidecar stops, or a reload changes the token
+    the stream was opened with (the viewer must then come back with the new one)."""
     try:
         yield "retry: 3000\n: tlstrace connection events\n\n"
-        while not viewer.closed:
+        while not viewer.closed and allowed():
             try:
                 await asyncio.wait_for(viewer.wakeup.wait(), HEARTBEAT)
             except TimeoutError:

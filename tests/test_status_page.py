@@ -20,7 +20,7 @@ import pytest
 
 from tests.support.backend import SipBackend
 from tests.support.hepsink import HepSink
-from tests.support.relay import RelayProcess
+from tests.support.relay import RelayProcess, to_toml
 from tests.support.sip import TlsClient, request
 
 Factory = Callable[..., RelayProcess]
@@ -175,9 +175,19 @@ def test_events_arrive_as_connections_come_and_go_without_keys(
     for secret in ("keylog", "CLIENT_", "SECRET", "master"):
         assert secret not in raw  # trace_keys is on: keys go to HEP, never to viewers
 
+    # a reload that changes the token ends the streams opened with the old one
+    relay.config_path.write_text(to_toml({**relay.config, "api_token": "rotated"}))
+    r = httpx.post(f"{relay.api_url}/api/reload", headers={"Authorization": f"Bearer {TOKEN}"})
+    assert r.status_code == 200
+    assert EventReader(relay, TOKEN).status == 401
+    renewed = EventReader(relay, "rotated")
+    with TlsClient(relay.port()):
+        assert viewer.ended.wait(10)
+        renewed.wait(lambda kind, e: kind == "connection", "an event with the new token")
+
     # shutdown ends the stream and the process exits cleanly
     assert relay.stop() == 0
-    assert viewer.ended.wait(10)
+    assert renewed.ended.wait(10)
 
 
 def test_a_viewer_that_stops_reading_loses_events_never_slows_the_relay(
