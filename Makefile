@@ -1,5 +1,6 @@
-# tlstrace: `make run` starts the sidecar on its embedded defaults, `make test` runs the whole
-# test suite. Both create the virtual environment (.venv) when it is missing or stale.
+# tlstrace: `make run` starts the sidecar on its embedded defaults (`make run ARGS="--config
+# FILE --trace"` passes flags to `tlstrace run`), `make test` runs the whole test suite. Both
+# create the virtual environment (.venv) when it is missing or stale.
 PYTHON ?= python3
 VENV   ?= .venv
 BIN     = $(VENV)/bin
@@ -12,8 +13,10 @@ $(BIN)/.installed: pyproject.toml
 	$(BIN)/pip install --quiet -e '.[dev]'
 	touch $@
 
+ARGS ?=
+
 run: $(BIN)/.installed
-	$(BIN)/tlstrace run
+	$(strip $(BIN)/tlstrace run $(ARGS))
 
 demo: $(BIN)/.installed
 	$(BIN)/tlstrace demo

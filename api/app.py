@@ -13,8 +13,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
-from api.auth import token_middleware
+from api.auth import OPEN_PATHS, token_middleware
+from api.body import JsonBodies
+from api.docs import app_with_docs, declare_bearer
 from api.status import install_status
+from api.timing import time_limit
 from hep.address import join_host_port
 from tlstrace import __version__
 from tlstrace.config import Endpoint
@@ -37,12 +40,15 @@ def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
         "id": str(conn.id), "direction": conn.direction, "state": conn.state,
         "listener": conn.listener, "remote": join_host_port(*conn.remote),
         "local": join_host_port(*conn.local),
-        "sni": conn.sni, "tls_version": conn.tls_version, "cipher": conn.cipher,
+        "sni": conn.sni, "server_domain": conn.server_domain,
+        "tls_version": conn.tls_version, "cipher": conn.cipher,
         "alpn": conn.alpn, "resumed": conn.resumed, "handshake_ms": conn.handshake_ms,
         "peer_subject": peer.subject if peer else None,
         "age_seconds": round(time.time() - conn.started, 3),
         "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
         "messages_in": conn.msgs_in, "messages_out": conn.msgs_out, "traced": conn.traced,
+        "registered_for_seconds": None if conn.registered_until is None
+        else max(0.0, round(conn.registered_until - time.time(), 1)),
     }
     if not detail:
         return models.ConnectionInfo(**fields)  # type: ignore[arg-type]
@@ -57,12 +63,14 @@ def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
 def create_app(sidecar: Sidecar) -> FastAPI:
     """Every handler is `async def`: it runs in the event loop's thread, the only thread that
     may touch the relay (a plain `def` would run in a worker thread)."""
-    app = FastAPI(
+    app = app_with_docs(
         title="tlstrace", version=__version__,
         description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
-                    "configured, every endpoint but /healthz and /readyz needs "
-                    "`Authorization: Bearer <token>`.",
+                    "configured, every endpoint but /healthz, /readyz and these pages needs "
+                    "`Authorization: Bearer <token>` (the Authorize button).",
     )
+    declare_bearer(app, OPEN_PATHS)
+    app.add_middleware(JsonBodies)
     app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
@@ -79,17 +87,19 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             keys=sidecar.config.trace_keys,
             filter_rules=len(tracing.filter.rules),
             traced_connections=sum(1 for c in sidecar.relay.connections.values() if c.traced),
+            **time_limit(sidecar.trace_timer),
         )
 
     @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={409: {"model": models.Problem}, 401: problems[401],
                         400: {"model": models.Problem}})
     async def put_trace(body: models.TraceSwitch, request: Request) -> models.TraceState:
-        """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command."""
+        """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command. With
+        `for_seconds`, tracing switches itself off after that time."""
         on = body.tracing == "on"
         if on and not len(sidecar.senders):
             raise HTTPException(409, "no HEP destination is configured (hep_id)")
-        sidecar.tracing.set_enabled(on, _api_client(request))
+        sidecar.trace_timer.switch(on, body.for_seconds, _api_client(request))
         return await get_trace()
 
     @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
@@ -159,13 +169,27 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
               responses={409: {"model": models.ReloadResult}, 401: problems[401]})
     async def reload(response: Response, request: Request) -> models.ReloadResult:
-        """Re-read the configuration file and the certificates, as SIGHUP does. New
-        connections get the new certificates; open ones keep theirs. On any error nothing
-        changes (409, with the reason)."""
-        ok, message = sidecar.reload(_api_client(request))
-        if not ok:
+        """Re-read the configuration file and the certificates, as SIGHUP does, and apply
+        what changed; `not_applied` lists the changed keys that need a restart (they keep
+        their running value). New connections get the new certificates; open ones keep
+        theirs. Reloads are coalesced: the answer is that of the first reload that starts
+        after this request. On any error nothing changes (409, with the reason)."""
+        outcome = await sidecar.request_reload(_api_client(request))
+        if not outcome.ok:
             response.status_code = 409
-        return models.ReloadResult(reloaded=ok, message=message)
+        return models.ReloadResult(reloaded=outcome.ok, message=outcome.message,
+                                   applied=outcome.applied, not_applied=outcome.not_applied)
+
+    @app.get("/api/config", tags=["control"], responses={401: problems[401]})
+    async def config() -> dict[str, Any]:
+        """The configuration in force (after reloads: what was applied; keys that need a
+        restart keep their running value). Secrets (`api_token`, `hep_auth_key`) show as
+        "<set>"."""
+        data = sidecar.config.model_dump(mode="json")
+        for key in ("api_token", "hep_auth_key"):
+            if data.get(key) is not None:
+                data[key] = "<set>"
+        return data
 
     @app.get("/healthz", response_model=models.Health, tags=["health"])
     async def healthz() -> models.Health:

@@ -1,4 +1,4 @@
-"""Bearer-token check for every endpoint but the health checks."""
+"""Bearer-token check for every endpoint but the health checks and the documentation pages."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ from collections.abc import Awaitable, Callable
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
+from api.docs import is_docs_path
 from api.status import PUBLIC_PATHS
 
-OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PUBLIC_PATHS  # the status page: no data
+#: API operations open without the token (and the status page's files: they hold no data)
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PUBLIC_PATHS
 
 
 def token_middleware(
@@ -21,7 +23,8 @@ def token_middleware(
     async def check(request: Request,
                     call_next: Callable[[Request], Awaitable[Response]]) -> Response:
         expected = token()
-        if expected and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        if expected and path not in OPEN_PATHS and not is_docs_path(path):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
                     given.strip().encode(), expected.encode()):

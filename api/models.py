@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from tlstrace.config.model import TraceRule
+from tlstrace.config.model import MAX_TRACE_SECONDS, TraceRule
 
 
 class _Body(BaseModel):
@@ -15,6 +16,16 @@ class _Body(BaseModel):
 
 class TraceSwitch(_Body):
     tracing: Literal["on", "off"]
+    for_seconds: float | None = Field(
+        None, gt=0, le=MAX_TRACE_SECONDS, allow_inf_nan=False, strict=True, examples=[600],
+        description="with on: tracing switches itself off after this many seconds; "
+                    "unset: it stays on (a switch without a limit removes the one in force)")
+
+    @model_validator(mode="after")
+    def _limit_needs_on(self) -> TraceSwitch:
+        if self.for_seconds is not None and self.tracing != "on":
+            raise ValueError("for_seconds goes with tracing: on")
+        return self
 
 
 class TraceState(BaseModel):
@@ -23,6 +34,10 @@ class TraceState(BaseModel):
     keys: bool = Field(description="whether session keys go into the traces")
     filter_rules: int
     traced_connections: int = Field(description="open connections being traced")
+    until: datetime | None = Field(
+        None, description="when tracing switches itself off (UTC); null: no limit")
+    remaining_seconds: float | None = Field(
+        None, description="seconds until then; null: no limit")
     applies_to: str = Field(
         default="on: connections already open are traced from now on (without their past "
         "handshake event) and new ones from their handshake; off: nothing more is sent for any "
@@ -52,6 +67,9 @@ class ConnectionInfo(BaseModel):
     remote: str
     local: str
     sni: str | None
+    server_domain: str | None = Field(
+        description="the [[server_domain]] whose certificate, session cache and "
+                    "client-certificate policy the handshake ran on (inbound)")
     tls_version: str | None
     cipher: str | None
     alpn: str | None
@@ -64,6 +82,9 @@ class ConnectionInfo(BaseModel):
     messages_in: int
     messages_out: int
     traced: bool
+    registered_for_seconds: float | None = Field(
+        description="seconds until the registration the SIP server granted over this "
+                    "connection expires (it is held open until then plus registration_margin)")
 
 
 class ConnectionDetail(ConnectionInfo):
@@ -89,6 +110,14 @@ class Destination(BaseModel):
 class ReloadResult(BaseModel):
     reloaded: bool
     message: str
+    applied: dict[str, str] = Field(
+        default_factory=dict,
+        description="changed top-level keys now in force: key -> 'applied' or 'applied to new "
+                    "connections'")
+    not_applied: dict[str, str] = Field(
+        default_factory=dict,
+        description="changed top-level keys that need a restart (the running value stays): "
+                    "key -> why")
 
 
 class Health(BaseModel):

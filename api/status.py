@@ -118,21 +118,24 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
             open_[conn.direction] += 1
         failures: Counter[tuple[str, str]] = Counter()
         for key, n in st.handshake_failures.items():
-            if n:  # keyed (direction, ..., reason)
-                failures[key[0], key[-1]] += n
+            if n:  # keyed (listener, direction, reason): summed over the listeners
+                failures["outbound" if "outbound" in key else "inbound", key[-1]] += n
+        closed: Counter[str] = Counter()
+        for (*_, reason), n in st.closed.items():
+            closed[reason] += n
         feed = sidecar.feed
         return Status(
             version=__version__, python=platform.python_version(),
             openssl=ssl.OPENSSL_VERSION,
             uptime_seconds=round(time.time() - sidecar.started, 1),
             tracing="on" if sidecar.tracing.enabled else "off",
-            connections_open=open_, connections_accepted=st.accepted,
-            connections_refused=st.refused,
+            connections_open=open_, connections_accepted=sum(st.accepted.values()),
+            connections_refused=sum(st.refused.values()),
             handshakes_ok=sum(n for key, n in st.handshakes.items() if "success" in key),
             handshakes_failed=sum(failures.values()),
             handshake_failures=[FailureCount(direction=d, reason=r, count=n)
                                 for (d, r), n in failures.most_common()],
-            closed={reason: n for reason, n in st.closed.items() if n},
+            closed={reason: n for reason, n in closed.items() if n},
             events=EventsInfo(viewers=len(feed.viewers), max_viewers=feed.max_viewers,
                               queue_size=QUEUE_SIZE, published=feed.published,
                               dropped=feed.dropped),

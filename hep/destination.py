@@ -2,9 +2,11 @@
 
     [name]host[:port][;transport=udp|tcp|tls][;version=3]
 
-- `name` is required and always comes first, in brackets. An IPv6 host then gets its own
-  brackets: `[homer][2001:db8::1]:9060`. The first bracket pair is always the name, so
-  `[::1]:9060` is refused (it would be a destination named "::1" with no host).
+- `name` comes first, in brackets. An IPv6 host then gets its own brackets:
+  `[homer][2001:db8::1]:9060`. `parse_hep_id` requires the name, as OpenSIPS does: the first
+  bracket pair is always the name, so `[::1]:9060` is refused there (a destination named "::1"
+  with no host). tlstrace's configuration and `--hep` also take a destination without a name
+  (`10.0.0.5:9060`, `[::1]:9060`): `with_names` names it hep1, hep2, ... first.
 - `host` is a name (resolved when connecting), an IPv4 address, or an IPv6 address in
   brackets. The port defaults to 9060.
 - Parameters may come in any order, with optional spaces around `;` and `=`. The keys are
@@ -125,6 +127,35 @@ def _host_port(text: str, addr: str) -> tuple[str, int]:
     if not port_text.isdigit() or not 0 < int(port_text) < 65536:
         raise ValueError(f"hep_id {text!r}: port {port_text!r} is not a number from 1 to 65535")
     return host, int(port_text)
+
+
+def has_name(text: str) -> bool:
+    """Whether a `hep_id` starts with its `[name]` (`[::1]:9060` is an unnamed IPv6 host)."""
+    s = text.strip()
+    if not s.startswith("["):
+        return False
+    try:
+        ipaddress.IPv6Address(s[1:].split("]", 1)[0])
+    except ValueError:
+        return True
+    return False
+
+
+def with_names(texts: Iterable[str]) -> list[str]:
+    """The `hep_id`s with a name in front of those written without one: hep1, hep2, ... in
+    order, skipping names the others use (tlstrace accepts both forms; OpenSIPS wants the
+    name)."""
+    texts = list(texts)
+    taken = {t.strip()[1:].split("]", 1)[0].strip() for t in texts if has_name(t)}
+    out, n = [], 0
+    for t in texts:
+        if not has_name(t):
+            n += 1
+            while f"hep{n}" in taken:
+                n += 1
+            t = f"[hep{n}]{t.strip()}"
+        out.append(t)
+    return out
 
 
 def parse_hep_ids(texts: Iterable[str]) -> list[HepDestination]:

@@ -11,6 +11,11 @@ never blocks, never raises. It returns False when the packet was dropped, and co
   exponential backoff (`backoff_initial` doubling up to `backoff_max`, ±20 % jitter).
   Packets queued while disconnected are sent once connected; queued packets lost with a
   connection that drops are not counted again (`sent` counts packets handed to the socket).
+  A connection the collector closes at once (even before `create_connection` returns, which
+  uvloop reports as an already-closed transport) is a lost connection like any other.
+- A sender never stops on its own: whatever ends its task other than `aclose` (an exception,
+  a bug) is logged with its traceback and counted (`restarts`), and the task starts again
+  after a backoff.
 - **UDP**: a connected datagram socket. `send` only queues; the datagrams queued during one
   event-loop iteration are written right after it by one callback (one `send` syscall each,
   after the relay's own work for the message). Datagrams the kernel refuses with EAGAIN wait
@@ -93,6 +98,8 @@ class SenderStats:
     #: "stopped", "resolving", "connecting", "connected", "backoff", "refused", "closed"
     state: str
     last_error: str | None
+    #: times the sender's task ended unexpectedly and was started again
+    restarts: int = 0
 
 
 class Backoff:
@@ -187,7 +194,7 @@ class HepSender:
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._sent = self._dropped = self._send_errors = self._connect_errors = 0
-        self._reconnects = self._bytes = 0
+        self._reconnects = self._bytes = self._restarts = 0
         self._state = "stopped"
         self._last_error: str | None = None
         self._drops_logged_time = 0.0
@@ -219,7 +226,7 @@ class HepSender:
             connect_errors=self._connect_errors, reconnects=self._reconnects,
             bytes_sent=self._bytes, queue_depth=len(self._queue), queue_bytes=self._queued,
             buffered_bytes=self._buffered(), connected=self.connected, state=self._state,
-            last_error=self._last_error,
+            last_error=self._last_error, restarts=self._restarts,
         )
 
     @property
@@ -233,8 +240,36 @@ class HepSender:
         if self._task is not None or self._closing:
             return
         self._loop = asyncio.get_running_loop()
-        run = self._run_udp() if self.dest.transport == "udp" else self._run_stream()
-        self._task = self._loop.create_task(run, name=f"hep-sender-{self.dest.name}")
+        self._task = self._loop.create_task(self._supervise(),
+                                            name=f"hep-sender-{self.dest.name}")
+
+    async def _supervise(self) -> None:
+        """Run the sender's task; if it ends while the sender is not closing (an exception
+        nobody expected, or a return), say so and run it again after a backoff."""
+        backoff = Backoff(self.backoff_initial, self.backoff_max)
+        while not self._closing:
+            udp = self.dest.transport == "udp"
+            try:
+                await (self._run_udp() if udp else self._run_stream())
+                if self._closing or (udp and self._sock is not None):
+                    return  # UDP: the socket is open, callbacks do the rest
+                why = "its task ended"
+                exc: BaseException | None = None
+            except asyncio.CancelledError:
+                raise
+            except Exception as e:
+                why, exc = f"its task failed: {_describe(e)}", e
+            self._restarts += 1
+            self._last_error = why
+            log.error("HEP %s sender: %s (state %s); restarting it (%d so far)",
+                      self.dest.name, why, self._state, self._restarts, exc_info=exc)
+            t, self._transport = self._transport, None
+            if t is not None:
+                with contextlib.suppress(Exception):
+                    t.abort()
+            self._idle = False
+            self._state = "backoff"
+            await asyncio.sleep(backoff.next())
 
     async def wait_connected(self, timeout: float) -> bool:
         """Wait until connected (UDP: the socket exists); False on timeout. For tests/tools."""
@@ -366,13 +401,18 @@ class HepSender:
             except Exception as e:
                 await self._retry_later(backoff, "connect failed", e)
                 continue
-            transport.set_write_buffer_limits(high=self.write_buffer_limit)
-            self._transport = transport
-            self._state = "connected"
-            log.info("HEP %s connected to %s over %s", self.dest.name, self.dest.address,
-                     self.dest.transport)
             since = time.monotonic()
             try:
+                if proto.lost or transport.is_closing():
+                    # closed by the collector before we got the transport (uvloop hands it
+                    # over closed): a connection lost, not a reason to stop
+                    proto.lost = True
+                else:
+                    transport.set_write_buffer_limits(high=self.write_buffer_limit)
+                    self._transport = transport
+                    self._state = "connected"
+                    log.info("HEP %s connected to %s over %s", self.dest.name,
+                             self.dest.address, self.dest.transport)
                 await self._pump(transport, proto)
             finally:
                 self._transport = None

@@ -1,15 +1,17 @@
 #!/bin/sh
 # Installs what the test suite drives and nobody on this team wrote: Kamailio (a real SIP server
 # and the sipcapture HEP receiver), sngrep (HEP receiver that checks the auth key), tshark
-# (decryption checks), Prometheus and promtool, and the npm package hep-js.
+# (decryption checks), Prometheus and promtool, systemd-analyze (checks the systemd unit; works
+# without systemd running), headless Chromium and its driver (the API docs pages, the status page), and the npm
+# package hep-js.
 # Usage: scripts/install-test-deps.sh VENV_DIR
+# sip-tester is SIPp: the local SIP clients of tests/hardening/test_shared_trunk.py.
 set -eu
 venv=${1:-.venv}
-apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl"
-apt_pkgs="$apt_pkgs chromium chromium-driver"  # headless browser tests of the status page
+apt_pkgs="kamailio kamailio-sqlite-modules kamailio-tls-modules sqlite3 sngrep tshark prometheus openssl systemd chromium chromium-driver sip-tester"
 
 missing=""
-for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl chromium chromedriver; do
+for cmd in kamailio sqlite3 sngrep tshark prometheus promtool openssl systemd-analyze chromium chromedriver sipp; do
     command -v "$cmd" >/dev/null 2>&1 || missing="$missing $cmd"
 done
 # the sqlite and tls modules of kamailio are separate packages

@@ -5,6 +5,7 @@ enforced, bad input gets 4xx, and schemathesis finds no server error in the Open
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -38,6 +39,18 @@ def sidecar(relay_factory: Factory, backend: SipBackend, sink: HepSink) -> Relay
 def api(relay: RelayProcess, token: str | None = None) -> httpx.Client:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     return httpx.Client(base_url=relay.api_url, headers=headers, timeout=10)
+
+
+def raw_get(relay: RelayProcess, path: str) -> tuple[int, bytes]:
+    """GET `path` exactly as written (an HTTP client would resolve dot segments first)."""
+    host, port = relay.config["api_listen"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    return int(head.split()[1]), body
 
 
 def test_switching_tracing_changes_what_reaches_the_receiver(sidecar: RelayProcess,
@@ -139,10 +152,19 @@ def test_token_is_enforced(relay_factory: Factory, backend: SipBackend) -> None:
     relay = relay_factory({"api_token": TOKEN,
                            "listener": [RelayProcess.tls_listener(backend.port)]})
     anonymous, wrong, good = api(relay), api(relay, "nope"), api(relay, TOKEN)
-    for path in ("/api/trace", "/api/connections", "/metrics", "/openapi.json", "/docs"):
+    for path in ("/api/trace", "/api/connections", "/metrics", "/api/destinations"):
         assert anonymous.get(path).status_code == 401, path
         assert wrong.get(path).status_code == 401, path
         assert good.get(path).status_code == 200, path
+    # the documentation describes the API and exposes nothing: it opens without the token
+    for path in ("/docs", "/redoc", "/openapi.json", "/docs/static/swagger-ui-bundle.js",
+                 "/docs/static/redoc.standalone.js"):
+        assert anonymous.get(path).status_code == 200, path
+    # ... but nothing else hides behind the docs' paths
+    for path in ("/docs/static/../../api/trace", "/docs/static/%2e%2e/%2e%2e/api/trace",
+                 "/docs/api/trace", "/openapi.json/../api/trace"):
+        status, _ = raw_get(relay, path)
+        assert status in (401, 404), path
     assert anonymous.get("/api/trace").headers["www-authenticate"].startswith("Bearer")
     assert anonymous.get("/healthz").status_code == 200
     assert anonymous.get("/readyz").status_code == 200

@@ -131,3 +131,65 @@ def test_port_in_use_names_the_listener(tmp_path: Path) -> None:
         r = run_tlstrace("--config", str(f))
     assert r.returncode == 2
     assert "listener[0].listen" in r.stderr and "in use" in r.stderr
+
+
+def test_api_port_in_use_names_where_it_was_set(tmp_path: Path) -> None:
+    import socket
+
+    from tests.support.net import free_port
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        busy = s.getsockname()[1]
+        flag = run_tlstrace("--listen", f"tls:127.0.0.1:{free_port()}",
+                            "--api", f"127.0.0.1:{busy}")
+        f = tmp_path / "c.toml"
+        f.write_text(f'api_listen = "127.0.0.1:{busy}"\n[[listener]]\n'
+                     f'listen = "tls:127.0.0.1:{free_port()}"\n')
+        file = run_tlstrace("--config", str(f))
+    assert flag.returncode == 2 and file.returncode == 2
+    assert f"--api: api_listen: cannot listen on 127.0.0.1:{busy}" in flag.stderr, flag.stderr
+    error = next(ln for ln in flag.stderr.splitlines() if "cannot listen" in ln)
+    assert "defaults" not in error  # (the start-up line says "embedded defaults", rightly)
+    assert f"{f}: api_listen: cannot listen on 127.0.0.1:{busy}" in file.stderr, file.stderr
+
+
+def test_hep_id_name_is_optional_in_the_file_too(tmp_path: Path) -> None:
+    from tlstrace.preflight import build_senders
+
+    f = tmp_path / "c.toml"
+    f.write_text('hep_id = ["10.0.0.5:9060;transport=udp", "[homer]10.0.0.6", "[::1]:9061",\n'
+                 '          "[hep1]10.0.0.7;transport=tcp"]\n')
+    c = load_config(f)
+    assert c.hep_id == ["[hep2]10.0.0.5:9060;transport=udp", "[homer]10.0.0.6",
+                        "[hep3][::1]:9061", "[hep1]10.0.0.7;transport=tcp"]
+    senders = {s.dest.name: s.dest for s in build_senders(c)}
+    assert (senders["hep2"].host, senders["hep3"].host, senders["hep3"].port) == (
+        "10.0.0.5", "::1", 9061)
+    # --hep adds to them, the names never clash
+    c = load_config(f, Overrides(hep=["192.0.2.1", "[trunk]192.0.2.2"]))
+    assert c.hep_id[4:] == ["[hep4]192.0.2.1", "[trunk]192.0.2.2"]
+    assert len({d.split("]")[0] for d in c.hep_id}) == 6
+    # a bad one still names the file and the key
+    f.write_text('hep_id = ["10.0.0.5:99999"]\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert e.value.key == "hep_id" and "99999" in e.value.problem
+
+
+def test_trace_destination_may_be_one_string(tmp_path: Path) -> None:
+    f = tmp_path / "c.toml"
+    f.write_text('hep_id = ["[homer]10.0.0.5", "[backup]10.0.0.6"]\n'
+                 'trace_destination = "homer"\n')
+    c = load_config(f)
+    assert c.trace_destination == ["homer"]
+    from tlstrace.preflight import build_senders
+
+    assert [s.dest.name for s in build_senders(c)] == ["homer"]
+    f.write_text('hep_id = ["[homer]10.0.0.5"]\ntrace_destination = ["homer"]\n')
+    assert load_config(f).trace_destination == ["homer"]
+    f.write_text('hep_id = ["[homer]10.0.0.5"]\ntrace_destination = "nope"\n')
+    with pytest.raises(ConfigError) as e:
+        load_config(f)
+    assert e.value.key == "trace_destination[0]" and "no hep_id named 'nope'" in e.value.problem

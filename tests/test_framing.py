@@ -46,7 +46,7 @@ def test_coalesced_messages_and_response() -> None:
 
 def test_compact_content_length_and_case_insensitive_names() -> None:
     m1 = request("MESSAGE", body=b"hello", compact=True)
-    m2 = b"MESSAGE sip:x SIP/2.0\r\ncontent-LENGTH :  3\r\nCall-ID: z\r\n\r\nabc"
+    m2 = b"MESSAGE sip:x SIP/2.0\r\ncontent-LENGTH:  3\t\r\nCall-ID: z\r\n\r\nabc"
     assert messages(SipFramer().feed(m1 + m2)) == [m1, m2]
 
 
@@ -67,11 +67,59 @@ def test_bad_content_lengths_are_errors() -> None:
         assert errors(SipFramer().feed(msg)) == [FramingErrorKind.BAD_CONTENT_LENGTH], value
 
 
-def test_conflicting_content_lengths_are_an_error() -> None:
-    msg = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\nl: 5\r\n\r\nhello"
-    assert errors(SipFramer().feed(msg)) == [FramingErrorKind.BAD_CONTENT_LENGTH]
-    same = b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 5\r\nl: 5\r\n\r\nhello"
-    assert messages(SipFramer().feed(same)) == [same]
+def test_two_length_headers_are_ambiguous_even_when_equal() -> None:
+    """Kamailio, OpenSIPS and pjsip take the first, chan_sip the long form wherever it is,
+    sofia-sip refuses the message: any second length header is refused."""
+    for lines in (b"Content-Length: 0\r\nl: 5", b"Content-Length: 5\r\nl: 5",
+                  b"Content-Length: 5\r\nContent-Length: 5", b"l: 5\r\nL: 5"):
+        msg = b"OPTIONS sip:x SIP/2.0\r\n" + lines + b"\r\n\r\nhello"
+        assert errors(SipFramer().feed(msg)) == [FramingErrorKind.AMBIGUOUS_LENGTH], lines
+
+
+AMBIGUOUS = {
+    # Kamailio/OpenSIPS read "_" as "-"
+    b"Content_Length: 5": "not spelled Content-Length",
+    b"content_length: 5": "not spelled Content-Length",
+    # after leading whitespace: a folded line Kamailio/OpenSIPS still read as a length
+    b"X-A: b\r\n Content-Length: 5": "after leading whitespace",
+    b"X-A: b\r\n\tl: 5": "after leading whitespace",
+    # chan_sip needs the colon right after the name
+    b"Content-Length : 5": "whitespace before the colon",
+    b"Content-Length\t: 5": "whitespace before the colon",
+    b"l : 5": "whitespace before the colon",
+    # pjsip, chan_sip and sofia-sip join a folded value; Kamailio/OpenSIPS do not
+    b"Content-Length: 5\r\n 6": "continued on a folded line",
+    b"Content-Length:\r\n 5": "continued on a folded line",
+    b"Content-Length\r\n : 5": "continued on a folded line",
+    # only starts like a length header
+    b"Content-Lengthx: 5": "no colon right after the name",
+    b"l": "no colon right after the name",
+}
+
+
+def test_length_headers_a_server_could_read_differently() -> None:
+    for lines, why in AMBIGUOUS.items():
+        msg = b"OPTIONS sip:x SIP/2.0\r\nCall-ID: a\r\n" + lines + b"\r\n\r\nhello"
+        (err,) = [e for e in SipFramer().feed(msg) if isinstance(e, FramingError)]
+        assert err.kind == FramingErrorKind.AMBIGUOUS_LENGTH, lines
+        assert why in err.detail, (lines, err.detail)
+
+
+def test_start_line_that_reads_as_a_length() -> None:
+    """Kamailio/OpenSIPS look for the length from the first byte of a message."""
+    for start in (b"l: 0 SIP/2.0", b"Content-Length: 0 SIP/2.0", b"content_length:0 sip/2.0"):
+        msg = start + b"\r\nContent-Length: 5\r\n\r\nhello"
+        assert errors(SipFramer().feed(msg)) == [FramingErrorKind.AMBIGUOUS_LENGTH], start
+    ok = b"CANCEL sip:x SIP/2.0\r\nl: 0\r\n\r\n"
+    assert messages(SipFramer().feed(ok)) == [ok]
+
+
+def test_forms_every_server_reads_the_same_pass() -> None:
+    for lines in (b"Content-Length: 5", b"content-length:5", b"CONTENT-LENGTH:\t 5 \t",
+                  b"l: 5", b"L:5", b"Content-Length: 0005", b"Subject: a\r\n b\r\nl: 5",
+                  b"X-Content-Length: 9\r\nl: 5", b"Lines: 9\r\nl: 5"):
+        msg = b"OPTIONS sip:x SIP/2.0\r\n" + lines + b"\r\n\r\nhello"
+        assert messages(SipFramer().feed(msg)) == [msg], lines
 
 
 def test_too_large_declared_and_too_large_headers() -> None:

@@ -35,7 +35,7 @@ PROM_DIR = ROOT / "dashboards" / "prometheus"
 PROVISIONING = ROOT / "dashboards" / "provisioning"
 TLSTRACE_TOML = ROOT / "deploy" / "tlstrace.toml"
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
-DS_REF = {"type": "prometheus", "uid": "Prometheus"}
+DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
 needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
                                     reason="promtool is not installed: make deps")
@@ -351,11 +351,16 @@ def test_alert_rules_are_complete() -> None:
 
 # ---------------------------------------------------------------------------- Grafana
 
-def test_dashboard_uses_only_the_provisioned_datasource() -> None:
+def test_dashboard_names_no_datasource_uid() -> None:
+    """The dashboard imports into any Grafana: every query goes to the datasource its
+    "datasource" variable picks (no fixed uid, nothing to map at import)."""
     text = DASHBOARD.read_text()
     d = json.loads(text)
     assert "${DS" not in text and "__inputs" not in d
     assert d["uid"] == "tlstrace" and d.get("id") is None
+    (ds_var,) = [v for v in d["templating"]["list"] if v["type"] == "datasource"]
+    assert (ds_var["name"], ds_var["query"]) == ("datasource", "prometheus")
+    assert not ds_var.get("current"), "a current value would pin one Grafana's datasource"
     seen: list[Any] = []
 
     def walk(node: Any) -> None:
@@ -371,8 +376,101 @@ def test_dashboard_uses_only_the_provisioned_datasource() -> None:
     walk(d["panels"])
     walk(d["templating"])
     assert seen and all(ds == DS_REF for ds in seen), {json.dumps(ds) for ds in seen}
-    for a in d["annotations"]["list"]:
-        assert a["datasource"]["type"] == "grafana"
+    for a in d["annotations"]["list"]:  # Grafana's own built-in annotations
+        assert a["datasource"] == {"type": "grafana", "uid": "-- Grafana --"}
+
+
+# what a per-second rate of each counter is counted in (Grafana unit ids; "count:X" is a
+# custom unit that scales like "short" and appends X)
+_MSG, _CONN, _HS = "count:msg/s", "count:conn/s", "count:handshakes/s"
+RATE_UNITS: dict[str, set[str]] = {
+    "tlstrace_sip_messages_total": {_MSG},
+    "tlstrace_messages_dropped_total": {_MSG},
+    "tlstrace_trace_oversize_total": {_MSG},
+    "tlstrace_bytes_total": {"Bps", "binBps"},
+    "tlstrace_bytes_dropped_total": {"Bps", "binBps"},
+    "tlstrace_hep_packets_sent_total": {"pps"},
+    "tlstrace_hep_packets_dropped_total": {"pps"},
+    "tlstrace_trace_packets_total": {"pps"},
+    "tlstrace_connections_accepted_total": {_CONN},
+    "tlstrace_connections_refused_total": {_CONN},
+    "tlstrace_connections_rate_limited_total": {_CONN},
+    "tlstrace_connections_opened_total": {_CONN},
+    "tlstrace_connections_closed_total": {_CONN},
+    "tlstrace_backend_connect_failures_total": {_CONN},
+    "tlstrace_framing_errors_total": {_CONN},  # each one closes a connection
+    "tlstrace_handshakes_total": {_HS},
+    "tlstrace_handshake_failures_total": {_HS},
+}
+#: other counters are counted in plain events a second
+_EVENTS = {"ops", "cps"}
+_METRIC = re.compile(r"\b(?:tlstrace|process|python)_\w+|\bup\b")
+
+
+def expected_units(expr: str) -> set[str]:
+    """The Grafana units that fit what `expr` computes."""
+    names = set(_METRIC.findall(expr))
+    if "histogram_quantile(" in expr:
+        assert all(n.endswith("_seconds_bucket") for n in names), expr
+        return {"s", "ms"}
+    if names and all(re.search(r"_seconds_(sum|count)$", n) for n in names):
+        return {"s", "ms"}  # a histogram's mean
+    if "rate(" in expr:
+        if names == {"process_cpu_seconds_total"}:
+            return {"percentunit"}  # CPU seconds a second: the share of one core
+        if len(names) == 1 and re.search(r"\)\s*/\s*sum", expr):
+            return {"percentunit"}  # part of a rate over the whole of it
+        units = [RATE_UNITS.get(n, _EVENTS) for n in names]
+        allowed = set.intersection(*units)
+        if names == {"tlstrace_sip_messages_total"} and 'kind!~"[1-6]xx"' in expr:
+            allowed.add("reqps")  # requests only
+        return allowed
+    if "increase(" in expr:
+        return {"short", "none"}  # a count over the time range
+    if re.search(r"-\s*time\(\)\s*\)\s*/\s*86400", expr):
+        return {"d", "suffix: days"}
+    if "time() -" in expr:
+        return {"s", "dtdurations"}
+    if names and all(n.endswith("_bytes") for n in names):
+        return {"bytes", "decbytes"}
+    return {"short", "none", ""}  # a gauge of things, or a 0/1 state
+
+
+def effective_unit(panel: dict[str, Any], ref: str) -> str:
+    fc = panel.get("fieldConfig", {})
+    unit = str(fc.get("defaults", {}).get("unit", ""))
+    for o in fc.get("overrides", []):
+        if o["matcher"] == {"id": "byFrameRefID", "options": ref}:
+            for prop in o["properties"]:
+                if prop["id"] == "unit":
+                    unit = prop["value"]
+    return unit
+
+
+def test_expected_units_reads_expressions() -> None:
+    sel = '{job=~"$job"}'
+    assert expected_units(f"sum(rate(tlstrace_bytes_dropped_total{sel}[1m]))") == {
+        "Bps", "binBps"}
+    assert "reqps" not in expected_units(f"sum(rate(tlstrace_sip_messages_total{sel}[1m]))")
+    assert "reqps" in expected_units(
+        'sum(rate(tlstrace_sip_messages_total{kind!~"[1-6]xx"}[1m]))')
+    assert expected_units(f"sum(rate(tlstrace_handshakes_total{{result=\"failure\"}}[1m])) / "
+                          f"sum(rate(tlstrace_handshakes_total{sel}[1m]))") == {"percentunit"}
+    assert expected_units("histogram_quantile(0.5, sum by (le) (rate("
+                          f"tlstrace_relay_latency_seconds_bucket{sel}[1m])))") == {"s", "ms"}
+    assert expected_units(f"tlstrace_connections_open{sel}") == {"short", "none", ""}
+
+
+def test_every_panel_unit_matches_its_expression() -> None:
+    d = json.loads(DASHBOARD.read_text())
+    wrong = []
+    for p in d["panels"]:
+        for t in p.get("targets", []):
+            unit, want = effective_unit(p, t["refId"]), expected_units(t["expr"])
+            if unit not in want:
+                wrong.append(f"{p['title']!r} {t['refId']}: {unit!r}, expected one of "
+                             f"{sorted(want)} for {t['expr']}")
+    assert not wrong, "\n".join(wrong)
 
 
 def test_dashboard_layout_is_sound() -> None:
@@ -391,7 +489,8 @@ def test_dashboard_layout_is_sound() -> None:
             assert p["targets"] and p.get("description"), p["title"]
             refs = [t["refId"] for t in p["targets"]]
             assert len(refs) == len(set(refs)), p["title"]
-    assert {v["name"] for v in d["templating"]["list"]} == {"job", "instance"}
+    assert [v["name"] for v in d["templating"]["list"]] == ["datasource", "job", "instance",
+                                                             "listener"]
 
 
 # ---------------------------------------------------------------------------- tlstrace config

@@ -74,6 +74,8 @@ def variable_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """Template variable queries as PromQL: label_values(SEL, L) -> count by (L) (SEL)."""
     out = []
     for v in dashboard["templating"]["list"]:
+        if v["type"] == "datasource":  # picks the datasource, queries nothing
+            continue
         q = v["query"] if isinstance(v["query"], str) else v["query"]["query"]
         m = re.fullmatch(r"label_values\((.+),\s*(\w+)\)", q.strip())
         assert m, f"variable {v['name']}: unexpected query {q!r}"
@@ -223,8 +225,17 @@ class Stack:
     instance: str
 
     @property
+    def listeners(self) -> list[str]:
+        return [str(li["listen"]) for li in self.relay.config["listener"]]
+
+    @property
     def grafana_vars(self) -> dict[str, str]:
-        return {**GRAFANA_VARS, "$job": "tlstrace", "$instance": self.instance}
+        # "All" of a multi-value variable, as Grafana writes it for Prometheus: each value
+        # regex-escaped, its backslashes escaped again inside the PromQL string
+        every = "(" + "|".join(re.escape(li).replace("\\", "\\\\")
+                               for li in self.listeners) + ")"
+        return {**GRAFANA_VARS, "$job": "tlstrace", "$instance": self.instance,
+                "$listener": every}
 
 
 def blackhole() -> tuple[socket.socket, socket.socket]:
@@ -370,8 +381,8 @@ def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     results = wait_for_data(stack.prom, queries)
     # label filters the panels rely on hold values the sidecar really uses
     closed = results[substitute(
-        'sum by (reason) (rate(tlstrace_connections_closed_total{job=~"$job", '
-        'instance=~"$instance"}[$__rate_interval]))', stack.grafana_vars)]
+        'sum by (listener, reason) (rate(tlstrace_connections_closed_total{job=~"$job", '
+        'instance=~"$instance", listener=~"$listener"}[$__rate_interval]))', stack.grafana_vars)]
     assert {r["metric"]["reason"] for r in closed} >= {"eof", "handshake_failed",
                                                        "framing_error", "backend_unreachable"}
 
@@ -415,3 +426,41 @@ def test_caused_failures_raise_their_alerts(stack: Stack) -> None:
     assert active["TlstraceHepPacketsDropped"]["labels"]["destination"] == "down"
     assert active["TlstraceMessagesDropped"]["labels"]["reason"] == "backend_unreachable"
     assert "TlstraceDown" not in active and "TlstraceCertificateExpiresSoon" not in active
+
+
+def test_connection_handshake_and_message_metrics_tell_listeners_apart(stack: Stack) -> None:
+    good, dead = stack.listeners
+    for metric in ("tlstrace_connections_open", "tlstrace_connections_accepted_total",
+                   "tlstrace_connections_refused_total", "tlstrace_connections_closed_total",
+                   "tlstrace_handshakes_total", "tlstrace_handshake_failures_total",
+                   "tlstrace_handshake_duration_seconds_count", "tlstrace_sip_messages_total",
+                   "tlstrace_bytes_total"):
+        found = stack.prom.query(f'count by (listener) ({metric}{{job="tlstrace"}})')
+        assert {r["metric"].get("listener") for r in found} == {good, dead}, metric
+    q = stack.prom.query
+    # the REGISTER and the plain-text SIP came to the first listener only
+    registers = q('sum by (listener) (tlstrace_sip_messages_total{kind="REGISTER"}) > 0')
+    assert [r["metric"]["listener"] for r in registers] == [good]
+    plain = q('sum by (listener) (tlstrace_handshake_failures_total{reason="plain_sip"}) > 0')
+    assert [r["metric"]["listener"] for r in plain] == [good]
+    unreachable = q('sum by (listener) '
+                    '(tlstrace_connections_closed_total{reason="backend_unreachable"}) > 0')
+    assert [r["metric"]["listener"] for r in unreachable] == [dead]
+    # handshake durations by listener and direction
+    durations = q("sum by (listener, direction) (tlstrace_handshake_duration_seconds_count) > 0")
+    assert {(r["metric"]["listener"], r["metric"]["direction"]) for r in durations} == {
+        (good, "inbound"), (dead, "inbound")}
+
+
+def test_no_series_has_an_empty_label_value(stack: Stack) -> None:
+    """Prometheus drops empty labels, so this reads /metrics itself; a failed handshake says
+    that it negotiated no version and no cipher."""
+    text = httpx.get(f"{stack.relay.api_url}/metrics",
+                     headers={"Authorization": f"Bearer {TOKEN}"}).text
+    empty = [(s.name, s.labels) for fam in text_string_to_metric_families(text)
+             for s in fam.samples if any(v == "" for v in s.labels.values())]
+    assert not empty, empty
+    failures = stack.prom.query('tlstrace_handshakes_total{result="failure"} > 0')
+    assert failures
+    for r in failures:
+        assert (r["metric"]["version"], r["metric"]["cipher"]) == ("none", "none"), r

@@ -76,6 +76,8 @@ BAD_MESSAGES = {
     "too_large": request("MESSAGE", body=b"x" * 70000)[:60000],
     "bad_header_bytes": b"OPTIONS sip:x SIP/2.0\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "bad_start_line": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
+    "ambiguous_length": request("OPTIONS", call_id="outer").replace(
+        b"Content-Length: 0", b"Content_Length: 0\r\nContent-Length: 10") + b"0123456789",
 }
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tlstrace.tls.records import advance
+from tlstrace.tls.records import advance, advance_counting
 
 
 def record(body: bytes) -> bytes:
@@ -37,3 +37,17 @@ def test_any_split(bodies: list[bytes], data: st.DataObject) -> None:
     state = advance(0, b"", stream[:cut])
     assert (state == (0, b"")) == (cut in boundaries)
     assert advance(*state, stream[cut:]) == (0, b"")
+
+
+@given(st.lists(st.binary(max_size=300), min_size=1, max_size=8), st.data())
+def test_records_ended_are_counted_however_the_stream_is_split(bodies: list[bytes],
+                                                              data: st.DataObject) -> None:
+    stream = b"".join(record(b) for b in bodies)
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
+    state: tuple[int, bytes] = (0, b"")
+    ended = 0
+    for start, end in zip([0, *cuts], [*cuts, len(stream)], strict=True):
+        left, head, n = advance_counting(*state, stream[start:end])
+        state = (left, head)
+        ended += n
+    assert state == (0, b"") and ended == len(bodies)

@@ -9,37 +9,58 @@ import logging
 import platform
 import resource
 import signal
+import socket
 import ssl
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import uvloop
 
-from hep.destination import parse_hep_ids
 from hep.sender import HepSenderGroup
-from tlstrace import __version__
+from tlstrace import __version__, fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
+from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.feed import EventFeed, FeedObserver
+from tlstrace.logs import set_format
 from tlstrace.metrics import make_registry
+from tlstrace.preflight import prepare, sender_for, trace_destinations
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
+from tlstrace.relay.ratelimit import HandshakeGate
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
+from tlstrace.reload import ReloadOutcome, ReloadPlan
+from tlstrace.reload import plan as reload_plan
+from tlstrace.reloader import Reloader
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
+from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import SwitchedBy, TraceManager
 
 if TYPE_CHECKING:
-    from api.server import ApiServer
+    from api.server import ApiGuard, ApiServer
 
 log = logging.getLogger("tlstrace")
 
 SIGHUP = SwitchedBy("signal", "SIGHUP")
 
+#: seconds a HEP sender replaced by a reload may take to send what it queued
+HEP_DRAIN_SECONDS = 5.0
+
 
 class StartupError(Exception):
     pass
+
+
+@dataclass
+class PreparedReload:
+    """What a reload built off the event loop, swapped in by `Sidecar.apply_reload`."""
+
+    plan: ReloadPlan
+    replacements: list[tuple[InboundListener, ServerContexts]]
+    client_contexts: ClientContexts
 
 
 class Sidecar:
@@ -47,13 +68,18 @@ class Sidecar:
 
     def __init__(self, config: Config, config_path: Path | None = None,
                  overrides: Overrides | None = None) -> None:
+        """Raises ConfigError (see `preflight.prepare`)."""
         self.config_path = config_path
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
         self.loop = asyncio.get_running_loop()
-        self.relay = Relay(config, self.loop, source=self.source)
-        self.senders = build_senders(config)
+        fds.prepare()
+        self.prepared = prepare(config, self.source)
+        self.relay = Relay(config, self.loop, source=self.source,
+                           client_contexts=self.prepared.client)
+        self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
+        self.trace_timer = TracingTimer(self.tracing, self.loop)
         self.feed = EventFeed()
         self.relay.observer = FeedObserver(self.tracing, self.feed)
         self.started = time.time()
@@ -62,15 +88,22 @@ class Sidecar:
         self.stopped = asyncio.Event()
         self._sweeper: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
+        self._watcher: asyncio.Task[None] | None = None
+        self._api_keep: socket.socket | None = None
         self.metrics = make_registry(self)
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
+        self._api_guard: ApiGuard | None = None
+        self.reloader = Reloader(self.loop, self.prepare_reload, self.apply_reload,
+                                 self.reload_failed)
+        #: who asked for the reload that runs next
+        self.reload_by = SIGHUP
 
     async def start(self) -> None:
         cfg = self.config
         for i, li in enumerate(cfg.listener):
             if li.listen.scheme == "tls":
-                lst = InboundListener(self.relay, li, build_server_contexts(cfg, li, self.source))
+                lst = InboundListener(self.relay, li, self.prepared.server[str(li.listen)])
                 self.inbound.append(lst)
                 starter = lst.start
             else:
@@ -87,6 +120,8 @@ class Sidecar:
         await self._start_api()
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         self._prober = self.loop.create_task(probe_backends_forever(self.relay))
+        self._watcher = self.loop.create_task(self._watch_listeners())
+        check_fd_limit(self.config)
         await self.senders.start()
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
@@ -97,6 +132,8 @@ class Sidecar:
             log.info("tracing on from start-up: %s", by.text, extra=by.log_fields(True))
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        if self.tracing.enabled and self.config.trace_on_for_seconds:
+            self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
             log.warning("TLS session keys are collected%s%s",
                         " and sent in traces" if self.config.trace_keys else "",
@@ -118,15 +155,19 @@ class Sidecar:
         if address is None:
             return
         from api.app import create_app
-        from api.server import bind, make_server
+        from api.server import ApiGuard, bind, make_server
 
         try:
             sock = bind(*address)
         except OSError as e:
             self.close_listeners()
-            raise StartupError(f"{self.source}: api_listen: cannot listen on "
+            where = "--api" if self.overrides and self.overrides.api is not None else \
+                self.source if "api_listen" in self.config.model_fields_set else "defaults"
+            raise StartupError(f"{where}: api_listen: cannot listen on "
                                f"{self.config.api_listen}: {e.strerror or e}") from None
-        self.api = make_server(create_app(self))
+        self._api_keep = sock.dup()  # see tlstrace.relay.listening
+        self._api_guard = ApiGuard(lambda: self.config, self.relay.stats)
+        self.api = make_server(create_app(self), self._api_guard)
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
                  "bearer token required" if self.config.api_token else "no token")
@@ -135,47 +176,188 @@ class Sidecar:
                         "switch tracing and close connections; set api_token or "
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
 
-    def reload(self, by: SwitchedBy = SIGHUP) -> tuple[bool, str]:
-        """Re-read the configuration file and the certificates. New connections get the new
-        certificates; open ones keep theirs. On any error nothing changes. A changed
-        `trace_on` switches tracing (`by` is who asked for the reload)."""
+    def request_reload(self, by: SwitchedBy = SIGHUP) -> asyncio.Future[ReloadOutcome]:
+        """Ask `self.reloader` for a reload (SIGHUP, `POST /api/reload`); `by` is who asked,
+        for the log lines (of coalesced requests, the latest names the reload)."""
+        self.reload_by = by
+        return self.reloader.request()
+
+    def reload(self) -> ReloadOutcome:
+        """Reload at once, in the caller's thread (SIGHUP and the API go through
+        `self.reloader`, which coalesces requests and builds off the event loop)."""
         try:
-            config = load_config(self.config_path, self.overrides) if self.config_path \
-                else self.config
-            by_listen = {str(li.listen): li for li in config.listener}
-            replacements: list[tuple[InboundListener, ServerContexts]] = []
-            for lst in self.inbound:
-                li = by_listen.get(str(lst.listener.listen), lst.listener)
-                replacements.append((lst, build_server_contexts(config, li, self.source)))
-            client_contexts = ClientContexts(config, self.source)
+            prepared = self.prepare_reload()
+        except Exception as e:  # any failure keeps what runs
+            return self.reload_failed(e)
+        return self.apply_reload(prepared)
+
+    def prepare_reload(self) -> PreparedReload:
+        """The slow part of a reload: re-read the configuration file, decide what each changed
+        key does (`tlstrace.reload`), build the SSL contexts and parse the certificates. Runs
+        in a worker thread: it touches nothing live."""
+        loaded = load_config(self.config_path, self.overrides) if self.config_path \
+            else self.config
+        plan = reload_plan(self.config, loaded)
+        config = plan.config
+        by_listen = {str(li.listen): li for li in config.listener}
+        replacements: list[tuple[InboundListener, ServerContexts]] = []
+        for lst in self.inbound:
+            li = by_listen.get(str(lst.listener.listen), lst.listener)
+            replacements.append((lst, build_server_contexts(config, li, self.source)))
+        return PreparedReload(plan, replacements, ClientContexts(config, self.source))
+
+    def reload_failed(self, e: Exception) -> ReloadOutcome:
+        self.relay.stats.reloads["failure"] += 1
+        if not isinstance(e, ConfigError):
+            log.error("reload failed, keeping the current configuration and certificates",
+                      exc_info=e)
+            return ReloadOutcome(False, f"{type(e).__name__}: {e}")
+        log.error("reload failed, keeping the current configuration and certificates: %s", e)
+        return ReloadOutcome(False, str(e))
+
+    def apply_reload(self, prepared: PreparedReload) -> ReloadOutcome:
+        """Put what `prepare_reload` built in force (in the event loop) and apply what changed
+        as `tlstrace.reload` decides for each key; say which changed keys need a restart (they
+        keep their running value). New connections get the new certificates; open ones keep
+        theirs. On any error nothing changes."""
+        plan, replacements = prepared.plan, prepared.replacements
+        client_contexts = prepared.client_contexts
+        config = plan.config
+        try:
+            senders = self._new_senders(config)
         except ConfigError as e:
-            self.relay.stats.reloads["failure"] += 1
-            log.error("reload failed, keeping the current configuration and certificates: %s", e)
-            return False, str(e)
-        if [str(li.listen) for li in config.listener] != \
-                [str(li.listen) for li in self.config.listener]:
-            log.warning("reload: listener changes need a restart; kept the current listeners")
+            return self.reload_failed(e)
+        for key, why in plan.not_applied.items():
+            log.warning("reload: %s changed but %s; kept the running value", key, why)
         # keys first, so that the new contexts are hooked when keys are (now) wanted
         self.relay.set_keys(config.keys_wanted)
         for lst, contexts in replacements:
             lst.replace_contexts(contexts)
         self.relay.replace_client_contexts(client_contexts)
-        if config.hep_id != self.config.hep_id:
-            log.warning("reload: hep_id changes need a restart; kept the current destinations")
-        trace_on_changed = config.trace_on != self.config.trace_on
+        had_senders = bool(len(self.senders))
+        if senders is not None:
+            self._swap_senders(senders)
+        if "log_level" in plan.applied:
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         self.relay.config = config
+        self.relay.handshake_gate = HandshakeGate.from_config(config, self.relay.stats,
+                                                              self.relay.handshake_gate)
         self.tracing.apply_config(config)
+        limit_changed = "trace_on_for_seconds" in plan.applied and self.tracing.enabled
+        by = self.reload_by
+        if "trace_on" in plan.applied or (config.trace_on and (not had_senders or limit_changed)):
+            self.trace_timer.switch(config.trace_on and bool(len(self.senders)),
+                                    config.trace_on_for_seconds or None, SwitchedBy(
+                                        by.kind, f"a reload ({by.text}): trace_on = "
+                                        f"{str(config.trace_on).lower()} in {self.source}",
+                                        by.client))
+        elif self.tracing.enabled and not len(self.senders):
+            self.trace_timer.switch(False, by=SwitchedBy(  # nowhere to trace to
+                by.kind, f"a reload ({by.text}): no HEP destination is left", by.client))
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
+        if plan.applied:
+            msg += "; applied: " + ", ".join(plan.applied)
+        if plan.not_applied:
+            msg += "; not applied (needs a restart): " + ", ".join(plan.not_applied)
         log.info("%s (%s)", msg, by.text, extra={"reloaded_by": by.kind} if by.client is None
                  else {"reloaded_by": by.kind, "client": by.client})
-        if trace_on_changed:
-            if config.trace_on and not len(self.senders):
-                log.warning("reload: trace_on is set but no hep_id destination is configured")
-            self.tracing.set_enabled(config.trace_on and bool(len(self.senders)), SwitchedBy(
-                by.kind, f"a reload ({by.text}): trace_on = {str(config.trace_on).lower()} in "
-                f"{self.source}", by.client))
-        return True, msg
+        if "log_format" in plan.applied:
+            set_format(config.log_format)  # after the reload's own line
+        return ReloadOutcome(True, msg, plan.applied, plan.not_applied)
+
+    def _new_senders(self, config: Config) -> HepSenderGroup | None:
+        """The senders `config` asks for, reusing the running sender of every destination
+        that did not change (its queue and counters go on); None when nothing changed."""
+        dests = {d.name: d for d in trace_destinations(config)}
+        tls_changed = (config.hep_ca_list, config.hep_verify_cert) != \
+            (self.config.hep_ca_list, self.config.hep_verify_cert)
+        running = {s.name: s for s in self.senders}
+        keep = {name for name, s in running.items() if dests.get(name) == s.dest
+                and not (tls_changed and s.dest.transport == "tls")}
+        if keep == set(running) == set(dests):
+            return None
+        group = HepSenderGroup()
+        for name, dest in dests.items():
+            group.add(running[name] if name in keep else sender_for(config, dest, self.source))
+        return group
+
+    def _swap_senders(self, group: HepSenderGroup) -> None:
+        """Put `group` in force: start its new senders; the ones it dropped send what they
+        queued (at most HEP_DRAIN_SECONDS) and stop."""
+        old, self.senders = self.senders, group
+        self.tracing.senders = list(group)
+        for s in group:
+            if s.name not in old or old[s.name] is not s:
+                self.relay.spawn(s.start())
+                log.info("reload: HEP destination %s (%s) started", s.name, s.dest)
+        for s in old:
+            if s.name not in group or group[s.name] is not s:
+                self.relay.spawn(s.aclose(HEP_DRAIN_SECONDS))
+                log.info("reload: HEP destination %s (%s) replaced: sending what it queued "
+                         "(%d packets), then stopping", s.name, s.dest, s.stats.queue_depth)
+
+    async def _watch_listeners(self) -> None:
+        """Serve again any listener uvloop stopped after a failed accept (see
+        tlstrace.relay.listening); log it and count it."""
+        listeners: list[InboundListener | OutboundListener] = [*self.inbound, *self.outbound]
+        for lst in listeners:
+            self.relay.stats.accept_failures[str(lst.listener.listen)] += 0
+        self.relay.stats.accept_failures["api"] += 0
+        exhausted = False
+        while True:
+            await asyncio.sleep(0.5)
+            # libuv answers EMFILE on accept by accepting and closing the pending connections
+            # with a descriptor it keeps for that, and tells nobody: the descriptor count is
+            # the only sign
+            if not free_at_least(_FD_EXHAUSTED):
+                if not exhausted:
+                    self.relay.stats.fd_exhausted += 1
+                    log.error("out of file descriptors (%d of %d open): new connections are "
+                              "accepted and closed at once until some are freed",
+                              open_fds(), fd_limit())
+                exhausted = True
+            elif free_at_least(2 * _FD_EXHAUSTED):
+                exhausted = False
+            for lst in listeners:
+                if lst.listening is None or not lst.listening.stopped():
+                    continue
+                name = str(lst.listener.listen)
+                self._accept_failed(name)
+                try:
+                    lst.server = await lst.listening.restart()
+                except OSError as e:
+                    log.error("listener %s: cannot serve it again yet: %s", name, e)
+            await self._watch_api()
+
+    async def _watch_api(self) -> None:
+        api, keep = self.api, self._api_keep
+        if api is None or keep is None or self.relay.shutting_down:
+            return
+        servers = getattr(api, "servers", [])
+        if not any(s.is_serving() and any(k is None or k.fileno() < 0 for k in s.sockets)
+                   for s in servers):
+            return
+        self._accept_failed("api")
+        from api.app import create_app
+        from api.server import make_server
+
+        try:
+            sock = keep.dup()
+        except OSError as e:
+            log.error("API: cannot serve it again yet: %s", e)
+            return
+        api.should_exit = True
+        if self._api_task is not None:
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(self._api_task, 3)
+        self.api = make_server(create_app(self), self._api_guard)
+        self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
+
+    def _accept_failed(self, name: str) -> None:
+        self.relay.stats.accept_failures[name] += 1
+        log.error("%s: accept failed (%d of %d file descriptors open): the event loop stopped "
+                  "this listener; serving it again", name, open_fds(), fd_limit())
 
     @property
     def config(self) -> Config:
@@ -210,20 +392,32 @@ class Sidecar:
             self._sweeper.cancel()
         if self._prober is not None:
             self._prober.cancel()
+        if self._watcher is not None:
+            self._watcher.cancel()
         if self.api is not None and self._api_task is not None:
             self.api.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._api_task, 3)
         await self.senders.aclose()
+        self.reloader.close()
         self.stopped.set()
 
 
-def build_senders(config: Config) -> HepSenderGroup:
-    """HEP senders for the trace destinations (all hep_id destinations when none is named)."""
-    dests = parse_hep_ids(config.hep_id)
-    wanted = set(config.trace_destination) or {d.name for d in dests}
-    return HepSenderGroup.from_ids([d for d in dests if d.name in wanted],
-                                   ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+#: fewer free descriptors than this: accepts are failing (or about to)
+_FD_EXHAUSTED = 4
+
+
+def check_fd_limit(config: Config) -> None:
+    """Warn when RLIMIT_NOFILE cannot hold tcp_max_connections (two descriptors each: the
+    client and its backend connection), the API's connections and the reserve."""
+    need = 2 * config.tcp_max_connections + config.api_max_connections + config.fd_reserve + 32
+    limit = fd_limit()
+    if limit < need:
+        log.warning("the file descriptor limit (RLIMIT_NOFILE %d) is below what "
+                    "tcp_max_connections (%d), api_max_connections (%d) and fd_reserve (%d) "
+                    "need (about %d): accepts will fail before tcp_max_connections is reached",
+                    limit, config.tcp_max_connections, config.api_max_connections,
+                    config.fd_reserve, need)
 
 
 def raise_fd_limit() -> None:
@@ -239,8 +433,8 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
              extra={"version": __version__, "python": platform.python_version(),
                     "openssl": ssl.OPENSSL_VERSION,
                     "config": str(config_path) if config_path else None})
-    sidecar = Sidecar(config, config_path, overrides)
     try:
+        sidecar = Sidecar(config, config_path, overrides)
         await sidecar.start()
     except (ConfigError, StartupError) as e:
         log.error("cannot start: %s", e)
@@ -248,7 +442,7 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: sidecar.relay.spawn(sidecar.shutdown()))
-    loop.add_signal_handler(signal.SIGHUP, sidecar.reload)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.request_reload)
     await sidecar.stopped.wait()
     log.info("stopped")
     return 0

@@ -3,7 +3,9 @@
 One process runs the relay on its defaults (TLS on 127.0.0.1:5061, relaying to 127.0.0.1:5060),
 a minimal SIP responder as its backend, a HEP listener that prints what tracing sends, and a
 client that places calls over TLS 1.2 and TLS 1.3. Busy default ports are replaced by free
-ones, and the output says so.
+ones, and the output says so. The generated certificate, its private key and the key-log file
+live in a temporary directory the output names, removed when the demo ends (also on Ctrl-C or
+SIGTERM) unless `--keep` is given.
 """
 
 from __future__ import annotations
@@ -11,6 +13,8 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import shutil
+import signal
 import socket
 import ssl
 import sys
@@ -111,8 +115,10 @@ async def _call(port: int, version: ssl.TLSVersion, n: int) -> None:
     await writer.wait_closed()
 
 
-async def _demo() -> int:
-    state = Path(tempfile.mkdtemp(prefix="tlstrace-demo-"))
+async def _demo(state: Path, keep: bool) -> int:
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     tls_port, tls_default = _port(5061)
     sip_port, sip_default = _port(5060)
     hep_port, hep_default = _port(9060, socket.SOCK_DGRAM)
@@ -130,7 +136,9 @@ async def _demo() -> int:
           f"(a minimal SIP responder){note}")
     print(f"  HEP listener udp:127.0.0.1:{hep_port}"
           f"{'' if hep_default else '  (9060 was busy)'} prints what tracing sends")
-    print(f"  key-log file {keylog}\n")
+    print(f"  files        {state}: the generated certificate and its private key, and the "
+          f"key-log file {keylog.name};")
+    print(f"               {'kept (--keep)' if keep else 'removed when the demo ends'}\n")
 
     responder = await serve_responder("127.0.0.1", sip_port)
     hep = await serve_hep(f"udp:127.0.0.1:{hep_port}", Printer())
@@ -148,14 +156,32 @@ async def _demo() -> int:
         hep.close()
         responder.close()
     lines = keylog.read_text().splitlines() if keylog.exists() else []
+    if not keep:
+        print(f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines; they also travelled "
+              "in the HEP events above.")
+        print(f"Removing {state} (the private key and the key-log file); `tlstrace demo --keep` "
+              "keeps them, to read a capture with tshark.")
+        return 0
     print(f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines in {keylog} (mode 0600);"
           " they also travelled in the HEP events above.")
-    print("To read SIP from a capture of port 5061 in the clear:")
+    print(f"Kept {state} (the private key and the key-log file): remove it when done.")
+    print(f"To read SIP from a capture of port {tls_port} in the clear:")
     print(f"  tshark -r capture.pcapng -d tcp.port=={tls_port},tls -d tls.port=={tls_port},sip "
           f"-o tls.keylog_file:{keylog} -Y sip")
     return 0
 
 
-def run() -> int:
+def run(keep: bool = False) -> int:
+    """Run the demo; its temporary files go when it ends, however it ends, unless `keep`."""
     logging.basicConfig(level=logging.ERROR, format="%(levelname)s %(name)s: %(message)s")
-    return uvloop.run(_demo())
+    state = Path(tempfile.mkdtemp(prefix="tlstrace-demo-"))
+    try:
+        return uvloop.run(_demo(state, keep))
+    except KeyboardInterrupt:
+        print("\ninterrupted")
+        return 130
+    except asyncio.CancelledError:  # SIGTERM
+        return 128 + signal.SIGTERM
+    finally:
+        if not keep:
+            shutil.rmtree(state, ignore_errors=True)

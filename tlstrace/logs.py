@@ -51,19 +51,30 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(out, ensure_ascii=False, default=str)
 
 
+_handler: logging.Handler | None = None
+
+
 def setup_logging(level: str, fmt: LogFormat = "text") -> None:
-    """Log to stderr at `level` in `fmt`. In JSON, Python warnings and an uncaught exception
-    are logged records too, so that every line of the output is one JSON object."""
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    """Log to stderr at `level` in `fmt`."""
+    global _handler
+    _handler = logging.StreamHandler(sys.stderr)
     root = logging.getLogger()
     for old in list(root.handlers):
         root.removeHandler(old)
-    root.addHandler(handler)
+    root.addHandler(_handler)
     root.setLevel(getattr(logging, level.upper()))
-    if fmt == "json":
-        logging.captureWarnings(True)
-        sys.excepthook = _log_uncaught
+    set_format(fmt)
+
+
+def set_format(fmt: LogFormat) -> None:
+    """Write the lines from now on in `fmt` (a reload can change it). In JSON, Python warnings
+    and an uncaught exception are logged records too, so that every line is one JSON
+    object."""
+    if _handler is None:
+        return
+    _handler.setFormatter(JsonFormatter() if fmt == "json" else logging.Formatter(TEXT_FORMAT))
+    logging.captureWarnings(fmt == "json")
+    sys.excepthook = _log_uncaught if fmt == "json" else sys.__excepthook__
 
 
 def _log_uncaught(kind: type[BaseException], exc: BaseException,

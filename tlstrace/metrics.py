@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import platform
 import ssl
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
@@ -23,11 +24,15 @@ from tlstrace.relay.stats import Histogram
 
 if TYPE_CHECKING:
     from tlstrace.app import Sidecar
+    from tlstrace.relay.runtime import Relay
+
+
+def _buckets(h: Histogram) -> list[tuple[str, float]]:
+    return [(("+Inf" if b == float("inf") else repr(b)), n) for b, n in h.cumulative()]
 
 
 def _histogram(name: str, doc: str, h: Histogram) -> HistogramMetricFamily:
-    buckets = [(("+Inf" if b == float("inf") else repr(b)), n) for b, n in h.cumulative()]
-    return HistogramMetricFamily(name, doc, buckets=buckets, sum_value=h.sum)
+    return HistogramMetricFamily(name, doc, buckets=_buckets(h), sum_value=h.sum)
 
 
 def _counter(name: str, doc: str, labels: list[str],
@@ -36,6 +41,28 @@ def _counter(name: str, doc: str, labels: list[str],
     for values, n in items:
         m.add_metric(list(values), n)
     return m
+
+
+def _trunk(relay: Relay) -> Iterator[Metric]:
+    """Routing of what tcp: listeners' peers send to the local connections."""
+    yield _counter("tlstrace_trunk_routed_total",
+                   "SIP messages from tcp: listeners' peers, by how their local connection "
+                   "was found", ["by"], (((k,), n) for k, n in relay.stats.trunk_routed.items()))
+    sizes = {"transactions": 0, "peer_transactions": 0, "dialogs": 0}
+    evicted = dict.fromkeys(sizes, 0)
+    for link in list(relay.pool.links.values()):
+        for table in link.routes.tables:
+            sizes[table.name] += len(table)
+            evicted[table.name] += table.evicted
+    entries = GaugeMetricFamily("tlstrace_trunk_table_entries",
+                                "Transactions and dialogs remembered for tcp: listeners",
+                                labels=["table"])
+    for name, n in sizes.items():
+        entries.add_metric([name], n)
+    yield entries
+    yield _counter("tlstrace_trunk_table_evictions_total",
+                   "Entries pushed out of a full transaction or dialog table before they "
+                   "expired", ["table"], (((k,), n) for k, n in evicted.items()))
 
 
 class RelayCollector(Collector):
@@ -52,40 +79,54 @@ class RelayCollector(Collector):
         yield info
 
         open_ = GaugeMetricFamily("tlstrace_connections_open", "Open TLS connections",
-                                  labels=["direction"])
-        counts = {"inbound": 0, "outbound": 0}
-        for conn in relay.connections.values():
-            counts[conn.direction] += 1
-        for direction, n in counts.items():
-            open_.add_metric([direction], n)
+                                  labels=["listener", "direction"])
+        counts = {(name, d): 0 for name, directions in st.listeners for d in directions}
+        for conn in list(relay.connections.values()):
+            key = (conn.listener, conn.direction)
+            counts[key] = counts.get(key, 0) + 1
+        for (listener, direction), n in counts.items():
+            open_.add_metric([listener, direction], n)
         yield open_
         yield _counter("tlstrace_connections_accepted_total",
-                       "TLS connections accepted from clients", [], [((), st.accepted)])
+                       "TLS connections accepted from clients", ["listener"],
+                       (((k,), n) for k, n in st.accepted.items()))
         yield _counter("tlstrace_connections_refused_total",
-                       "Connections refused because tcp_max_connections was reached", [],
-                       [((), st.refused)])
+                       "Connections refused because tcp_max_connections was reached",
+                       ["listener"], (((k,), n) for k, n in st.refused.items()))
+        yield _counter("tlstrace_connections_rate_limited_total",
+                       "Connections refused at accept because their source address was over "
+                       "handshake_rate_per_source", ["listener"],
+                       (((k,), n) for k, n in st.rate_limited.items()))
         yield _counter("tlstrace_connections_opened_total",
-                       "TLS connections opened to peers and TLS backends", [],
-                       [((), st.outbound_opened)])
+                       "TLS connections opened to peers and TLS backends", ["listener"],
+                       (((k,), n) for k, n in st.outbound_opened.items()))
         yield _counter("tlstrace_connections_closed_total", "TLS connections closed, by reason",
-                       ["reason"], (((r,), n) for r, n in st.closed.items()))
+                       ["listener", "reason"], st.closed.items())
         yield _counter("tlstrace_handshakes_total",
-                       "TLS handshakes by direction, result, version and cipher",
-                       ["direction", "result", "version", "cipher"], st.handshakes.items())
+                       "TLS handshakes by direction, result, version and cipher (a failed "
+                       "handshake negotiated neither: \"none\")",
+                       ["listener", "direction", "result", "version", "cipher"],
+                       st.handshakes.items())
         yield _counter("tlstrace_handshake_failures_total", "Failed TLS handshakes by reason",
-                       ["direction", "reason"], st.handshake_failures.items())
-        yield _histogram("tlstrace_handshake_duration_seconds",
-                         "Time from the first byte to the end of a successful handshake",
-                         st.handshake_seconds)
+                       ["listener", "direction", "reason"], st.handshake_failures.items())
+        duration = HistogramMetricFamily(
+            "tlstrace_handshake_duration_seconds",
+            "Time from the first byte to the end of a successful handshake",
+            labels=["listener", "direction"])
+        for (listener, direction), h in list(st.handshake_seconds.items()):
+            duration.add_metric([listener, direction], _buckets(h), sum_value=h.sum)
+        yield duration
         yield _counter("tlstrace_sip_messages_total",
                        "SIP messages relayed, by direction and method or status class",
-                       ["direction", "kind"],
-                       (((d, k), n) for d, c in list(st.messages.items()) for k, n in c.items()))
-        live_in = sum(c.bytes_in for c in list(relay.connections.values()))
-        live_out = sum(c.bytes_out for c in list(relay.connections.values()))
+                       ["listener", "direction", "kind"],
+                       (((lst, d, k), n) for (lst, d), c in list(st.messages.items())
+                        for k, n in c.items()))
+        live = Counter(st.bytes)
+        for c in list(relay.connections.values()):
+            live[c.listener, "from_tls"] += c.bytes_in
+            live[c.listener, "to_tls"] += c.bytes_out
         yield _counter("tlstrace_bytes_total", "SIP bytes relayed on TLS legs",
-                       ["direction"], [(("from_tls",), st.bytes["from_tls"] + live_in),
-                                       (("to_tls",), st.bytes["to_tls"] + live_out)])
+                       ["listener", "direction"], live.items())
         yield _histogram("tlstrace_relay_latency_seconds",
                          "From a read that completed messages to their write on the other leg "
                          "(one relay operation in four is sampled)",
@@ -108,6 +149,20 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_reloads_total",
                        "Configuration and certificate reloads, by result", ["result"],
                        (((r,), n) for r, n in st.reloads.items()))
+        yield from _trunk(relay)
+        yield _counter("tlstrace_api_connections_refused_total",
+                       "API connections refused at accept, by reason", ["reason"],
+                       (((r,), n) for r, n in st.api_refused.items()))
+        yield _counter("tlstrace_api_connections_timed_out_total",
+                       "API connections closed for sending no complete request in time", [],
+                       [((), st.api_timeouts)])
+        yield _counter("tlstrace_accept_failures_total",
+                       "Listeners stopped by a failed accept (out of file descriptors) and "
+                       "restarted, by listener", ["listener"],
+                       (((k,), n) for k, n in st.accept_failures.items()))
+        yield _counter("tlstrace_fd_exhausted_total",
+                       "Times the process ran out of file descriptors (new connections are "
+                       "accepted and closed at once meanwhile)", [], [((), st.fd_exhausted)])
         up = GaugeMetricFamily("tlstrace_upstream_up",
                                "1 if the last connection attempt to a backend or peer worked",
                                labels=["upstream", "role"])
@@ -126,8 +181,10 @@ class RelayCollector(Collector):
         yield _counter("tlstrace_trace_packets_total", "HEP packets built by tracing", [],
                        [((), sc.tracing.packets)])
         yield _counter("tlstrace_trace_oversize_total",
-                       "Messages too large for one HEP packet (not traced)", [],
-                       [((), sc.tracing.too_big)])
+                       "SIP messages too large for one HEP packet (traced truncated) or with a "
+                       "Call-ID too long for the correlation id (shortened), and packets not "
+                       "sent, by reason", ["reason"],
+                       (((r,), n) for r, n in sc.tracing.oversize.items()))
         keyfile = sc.tracing.keyfile
         yield _counter("tlstrace_keylog_file_errors_total",
                        "Key-log file writes that failed", [],
@@ -171,11 +228,13 @@ class RelayCollector(Collector):
                 key = ("server", ident.domain.name)
                 if key not in seen:
                     seen.add(key)
-                    m.add_metric([*key, ident.cert.subject], ident.cert.not_after.timestamp())
+                    m.add_metric([*key, ident.cert.subject or "none"],
+                                 ident.cert.not_after.timestamp())
         for domain in sc.config.client_domain:
             info = sc.relay.client_contexts.cert_info(domain.name)
             if info is not None:
-                m.add_metric(["client", domain.name, info.subject], info.not_after.timestamp())
+                m.add_metric(["client", domain.name, info.subject or "none"],
+                             info.not_after.timestamp())
         yield m
 
 

@@ -8,6 +8,12 @@ cuts), split them at random into reads, and feed them with random settings. The 
 never raise, must only return the documented event types, must return each message byte for
 byte as it was in the stream and in stream order, must hold back no more than max_msg_size,
 and must give the same messages however the stream is split.
+
+`test_servers_frame_it_the_same` is differential: every message tlstrace frames, from
+messages built out of every spelling of a length header (names, case, whitespace and folding
+around the colon, values, duplicates, start lines), must be framed to the same size by the
+models of Kamailio/OpenSIPS, pjsip (Asterisk), chan_sip (Asterisk) and sofia-sip (FreeSWITCH)
+in server_framing.py.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.hardening.server_framing import SERVERS
 from tlstrace.sip.framing import (
     Dropped,
     Event,
@@ -50,7 +57,7 @@ def test_seed_outcome(name: str) -> None:
     data = SEEDS[name]
     for pieces in ([data], [data[i:i + 1] for i in range(len(data))]):
         framer = SipFramer(max_chunks=None)
-        events = [ev for piece in pieces for ev in framer.feed(piece)]
+        events = run(framer, pieces)  # stops at an error, as the relay does
         errors = [ev for ev in events if isinstance(ev, FramingError)]
         messages = [ev for ev in events if isinstance(ev, Message)]
         if outcome in ("ok", "keepalive", "incomplete"):
@@ -64,7 +71,9 @@ def test_seed_outcome(name: str) -> None:
 
 TOKENS = [b"\r\n", b"\r\n\r\n", b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"Content-Length: ",
           b"l: ", b"-1", b"0", b"65536", b"99999999999", b"4294967296", b" SIP/2.0", b"SIP/2.0 ",
-          b"INVITE ", b"\xff", b"\x16\x03\x01", b"Content-Length: 0\r\n\r\n"]
+          b"INVITE ", b"\xff", b"\x16\x03\x01", b"Content-Length: 0\r\n\r\n",
+          b"\r\nContent_Length: 0", b"\r\n Content-Length: 0", b"\r\n\tl: 0", b"\r\nl : 0",
+          b"\r\nl: 0", b"\r\nContent-Length:\r\n 5", b"+", b" :", b"_", b"\r\n ", b"l: 0 "]
 
 
 @st.composite
@@ -181,3 +190,55 @@ def test_splitting_never_changes_the_messages(data: st.DataObject, stream: bytes
 @FUZZ
 def test_random_bytes(data: bytes, step: int, framer: SipFramer) -> None:
     run(framer, [data[i:i + step] for i in range(0, len(data), step)])
+
+
+LENGTH_NAMES = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content_Length",
+                b"l", b"L", b"Content-Lengthx", b"Content-Lengt", b"XContent-Length"]
+LENGTH_VALUES = [b"0", b"5", b"05", b"0005", b"+5", b"-5", b"5 ", b"5\t", b"5x", b"5 6", b"",
+                 b"99999999999", b"0x5", b"5\r\n 6", b"\r\n 5", "\u0665".encode()]
+WS = [b"", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t"]
+
+
+@st.composite
+def length_lines(draw: st.DrawFn) -> bytes:
+    indent = draw(st.sampled_from([b"", b"", b"", b" ", b"\t", b"  "]))
+    name = draw(st.sampled_from(LENGTH_NAMES))
+    before = draw(st.sampled_from([*WS[:4], b"", b"", *WS[4:]]))
+    after = draw(st.sampled_from(WS))
+    value = draw(st.sampled_from(LENGTH_VALUES))
+    return indent + name + before + b":" + after + value
+
+
+@st.composite
+def length_messages(draw: st.DrawFn) -> bytes:
+    """A message with 0 to 3 length lines of any spelling among its headers, and a body."""
+    start = draw(st.sampled_from([b"OPTIONS sip:x SIP/2.0", b"SIP/2.0 200 OK",
+                                  b"l: 0 SIP/2.0", b"Content_Length: 0 SIP/2.0",
+                                  b"CANCEL sip:x SIP/2.0", b"lala sip:x SIP/2.0"]))
+    headers = [b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1", b"Call-ID: c@x",
+               b"CSeq: 1 OPTIONS", b"Subject: a\r\n folded", b"X-L: 1"]
+    for line in draw(st.lists(length_lines(), max_size=3)):
+        headers.insert(draw(st.integers(0, len(headers))), line)
+    body = draw(st.sampled_from([b"", b"12345", b"0123456789",
+                                 b"INVITE sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n"]))
+    return start + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
+
+
+@given(st.lists(length_messages(), min_size=1, max_size=3), st.booleans())
+@settings(max_examples=1500, deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_servers_frame_it_the_same(msgs: list[bytes], byte_by_byte: bool) -> None:
+    """A message tlstrace relays is, for every server, exactly that message: none of them
+    can find a different end, and so none can see a message tlstrace did not frame."""
+    stream = b"".join(msgs)
+    pieces = [stream[i:i + 1] for i in range(len(stream))] if byte_by_byte else [stream]
+    for msg in messages(run(SipFramer(max_chunks=None), pieces)):
+        for name, server in SERVERS.items():
+            assert server(msg + stream) == len(msg), (name, msg)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in SEEDS if n.startswith("ok--")))
+def test_servers_agree_on_the_ok_seeds(name: str) -> None:
+    for msg in messages(SipFramer(max_chunks=None).feed(SEEDS[name])):
+        for server_name, server in SERVERS.items():
+            assert server(msg) == len(msg), server_name

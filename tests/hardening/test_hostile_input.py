@@ -464,7 +464,7 @@ CONTENT_LENGTHS = {
     "12 34": "bad_content_length",
     "": "bad_content_length",
     "\u0661\u0662": "bad_content_length",  # Arabic-Indic digits: not ASCII
-    "5\r\nContent-Length: 6": "bad_content_length",
+    "5\r\nContent-Length: 6": "ambiguous_length",
 }
 
 

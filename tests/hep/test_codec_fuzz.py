@@ -43,8 +43,10 @@ def check_exact(data: bytes, p: HepPacket) -> None:
 
     src = seen.get(0x03) or seen[0x05]
     dst = seen.get(0x04) or seen[0x06]
-    assert p.src_ip == str(ipaddress.ip_address(src))
-    assert p.dst_ip == str(ipaddress.ip_address(dst))
+    # the same address (the text may differ: glibc's inet_ntop writes ::1.0.0.0 where
+    # ipaddress writes ::100:0)
+    assert ipaddress.ip_address(p.src_ip) == ipaddress.ip_address(src)
+    assert ipaddress.ip_address(p.dst_ip) == ipaddress.ip_address(dst)
     assert p.family == num(0x01)
     assert p.ip_proto == num(0x02)
     assert (p.src_port, p.dst_port) == (num(0x07), num(0x08))

@@ -15,7 +15,11 @@ from hep.codec import PacketTemplate, decode
 from hep.destination import HepDestination
 from hep.listen import Collector, serve
 from hep.sender import Backoff, HepIdentity, HepSender, HepSenderGroup, SenderStats
-from tests.support.hep_collectors import StreamCollector, deaf_tcp_listener
+from tests.support.hep_collectors import (
+    FlappingCollector,
+    StreamCollector,
+    deaf_tcp_listener,
+)
 from tests.support.net import free_port
 from tests.support.pki import Pki
 
@@ -191,6 +195,83 @@ def test_tcp_reconnects_after_the_collector_restarts(
         await col2.stop()
 
     run(scenario())
+
+
+@pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
+def test_tcp_collector_that_flaps_then_recovers(run: Callable[[Awaitable[None]], None],
+                                                rst: bool) -> None:
+    """A collector that closes every connection as soon as it accepts it (under uvloop,
+    `create_connection` can then return an already-closed transport) must never end the
+    sender: once the collector behaves, every packet sent arrives."""
+    col = FlappingCollector(rst=rst)
+
+    async def scenario() -> None:
+        sender = HepSender(HepDestination("flappy", "127.0.0.1", col.port, "tcp"),
+                           backoff_initial=0.001, backoff_max=0.005, connect_timeout=2.0)
+        await sender.start()
+        total = 0
+        while col.flapped < 200:  # a few hundred accept-and-close, packets sent throughout
+            sender.send(packet(total))
+            total += 1
+            await asyncio.sleep(0.002)
+            if total > 20000:
+                raise AssertionError(f"only {col.flapped} connections in {total} rounds")
+        col.flap = False  # recovered
+        await until(lambda: col.connections >= 1 and sender.connected,
+                    f"the sender connected to the recovered collector ({sender.stats})")
+        first = total
+        for _ in range(300):
+            assert sender.send(packet(total)) is True
+            total += 1
+        await until(lambda: sum(p.ts_usec >= first for p in col.packets) >= 300,
+                    f"300 packets after recovery arrived ({sender.stats})")
+        after = sorted(p.ts_usec for p in col.packets if p.ts_usec >= first)
+        assert after == list(range(first, total))
+        s = sender.stats
+        assert accounted(s, total) and s.queue_depth == 0 and s.state == "connected"
+        assert s.reconnects >= 100  # it kept trying through the flapping
+        await sender.aclose()
+
+    try:
+        run(scenario())
+    finally:
+        col.close()
+
+
+def test_a_sender_whose_task_fails_is_logged_and_restarted(
+        run: Callable[[Awaitable[None]], None], caplog: pytest.LogCaptureFixture) -> None:
+    """Whatever ends a sender's task (here an exception injected into its writer, standing
+    for a bug nobody foresaw) is logged and the sender starts again."""
+    async def scenario() -> None:
+        col = await StreamCollector().start()
+        sender = HepSender(HepDestination("buggy", "127.0.0.1", col.port, "tcp"), **FAST)
+        pump = sender._pump
+        failures = 0
+
+        async def failing_once(*args: Any) -> None:
+            nonlocal failures
+            if failures == 0:
+                failures += 1
+                raise RuntimeError("injected failure")
+            await pump(*args)
+
+        sender._pump = failing_once  # type: ignore[method-assign]
+        await sender.start()
+        for i in range(50):
+            sender.send(packet(i))
+        await until(lambda: len(col.packets) >= 50, f"50 packets arrived ({sender.stats})")
+        assert sorted(p.ts_usec for p in col.packets) == list(range(50))
+        s = sender.stats
+        assert s.restarts == 1 and s.state == "connected"
+        assert "injected failure" in (s.last_error or "")
+        await sender.aclose()
+        await col.stop()
+
+    with caplog.at_level("ERROR", logger="hep.sender"):
+        run(scenario())
+    (rec,) = [r for r in caplog.records if "restarting" in r.getMessage()]
+    assert "HEP buggy sender: its task failed: RuntimeError: injected failure" in rec.getMessage()
+    assert rec.exc_info is not None
 
 
 def test_tcp_collector_that_never_reads_ends_in_drops_not_memory(

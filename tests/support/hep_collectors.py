@@ -3,6 +3,9 @@
 - `StreamCollector`: TCP or TLS (asyncio), decodes with `StreamDecoder`; can read slowly
   (`read_delay`), and can be stopped and started again on the same port.
 - `deaf_tcp_listener()`: accepts TCP connections (the kernel does) and never reads.
+- `FlappingCollector`: a TCP collector in its own threads (so it races the sender as a
+  remote one does) that, while `flap` is set, closes each connection as soon as it accepts
+  it (with a RST when `rst`), and otherwise reads and decodes like a collector.
 """
 
 from __future__ import annotations
@@ -11,6 +14,8 @@ import asyncio
 import contextlib
 import socket
 import ssl
+import struct
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -98,3 +103,68 @@ def deaf_tcp_listener(host: str = "127.0.0.1", rcvbuf: int = 4096) -> Iterator[i
         s.bind((host, 0))
         s.listen(8)
         yield int(s.getsockname()[1])
+
+
+class FlappingCollector:
+    """HEP over TCP on 127.0.0.1, served by threads: flaps while `flap` is set."""
+
+    def __init__(self, *, rst: bool = False) -> None:
+        self.flap = True
+        self.rst = rst
+        self.flapped = 0
+        self.connections = 0  # served normally
+        self.packets: list[HepPacket] = []
+        self.errors: list[HepDecodeError] = []
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.bind(("127.0.0.1", 0))
+        self._sock.listen(128)
+        self._sock.settimeout(0.05)
+        self.port = int(self._sock.getsockname()[1])
+        self._threads = [threading.Thread(target=self._accept, daemon=True)]
+        self._threads[0].start()
+
+    def _accept(self) -> None:
+        while not self._stop.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                continue
+            if self.flap:
+                if self.rst:
+                    conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                conn.close()
+                self.flapped += 1
+                continue
+            self.connections += 1
+            t = threading.Thread(target=self._serve, args=(conn,), daemon=True)
+            self._threads.append(t)
+            t.start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        decoder = StreamDecoder()
+        conn.settimeout(0.05)
+        with conn:
+            while not self._stop.is_set():
+                try:
+                    data = conn.recv(65536)
+                except TimeoutError:
+                    continue
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    got = decoder.feed(data)
+                except HepDecodeError as e:
+                    self.errors.append(e)
+                    return
+                with self._lock:
+                    self.packets += got
+
+    def close(self) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(2)
+        self._sock.close()

@@ -17,6 +17,9 @@ tag each row with `instance`.
 
 What Kamailio stores (hep.md §5C): `sip_capture` gets HEP type 1 over any transport;
 `logs_capture` gets type 100 over UDP only, and only with a correlation id (0x0011).
+Over TCP and TLS Kamailio reads a HEP frame whole into its read buffer: `tcp_rd_buf_size` is
+raised to 65536 here, so frames of 65,507 bytes are taken (65,535 is not; with the default,
+16,382; a longer frame makes it drop the connection).
 Columns: `micro_ts` = sec * 1e6 + usec; `proto` = Kamailio's enum (1 UDP, 2 TCP); `family` 2
 or 10; `node` = "<capture_node>:<capture id>"; `correlation_id` = 0x0011, else the Call-ID;
 `msg` = the payload (bytes). The processes are in their own process group, capped by
@@ -301,7 +304,7 @@ class KamailioCapture:
         if udp:
             listen.append("disable_tcp=yes")
         else:
-            listen += ["tcp_accept_hep3=yes", "tcp_accept_no_cl=yes"]
+            listen += ["tcp_accept_hep3=yes", "tcp_accept_no_cl=yes", "tcp_rd_buf_size=65536"]
             hook = 'modparam("sipcapture", "nonsip_hook", 1)'
             event_route = STREAM_EVENT_ROUTE
             if "tls" in self.transports:

@@ -40,6 +40,7 @@ loadmodule "usrloc.so"
 loadmodule "registrar.so"
 loadmodule "nathelper.so"
 modparam("usrloc", "db_mode", 0)
+modparam("registrar", "min_expires", 1)
 
 request_route {{
     xlog("L_NOTICE", "KAM $rm from $si:$sp ci=$ci\\n");

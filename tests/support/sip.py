@@ -68,10 +68,10 @@ class TlsClient:
 
     def __init__(self, port: int, host: str = "127.0.0.1", *,
                  ctx: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 timeout: float = 10.0) -> None:
+                 timeout: float = 10.0, session: ssl.SSLSession | None = None) -> None:
         self.ctx = ctx or client_context()
         raw = socket.create_connection((host, port), timeout=timeout)
-        self.sock = self.ctx.wrap_socket(raw, server_hostname=server_hostname)
+        self.sock = self.ctx.wrap_socket(raw, server_hostname=server_hostname, session=session)
         self.framer = SipFramer(max_msg_size=1 << 24, pingpong=False, max_chunks=None)
         self.received: list[bytes] = []
         self.keepalives: list[bytes] = []

@@ -159,7 +159,7 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
             data["client_domain"] = clients
         data["server_domain"] = domains
     if o.hep:
-        data["hep_id"] = [*data.get("hep_id", []), *_hep_flags(o.hep, data.get("hep_id", []))]
+        data["hep_id"] = _hep_flags(o.hep, data.get("hep_id", []))
     if o.trace:
         data["trace_on"] = True
     if o.trace_keys:
@@ -184,35 +184,21 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
 
 
 def _hep_flags(flags: Sequence[str], existing: Any) -> list[str]:
-    """`--hep` values; the `[name]` part is optional there (names hep1, hep2, ... are given)."""
-    import ipaddress
+    """The file's `hep_id`s and then the `--hep` values, each named (the `[name]` part is
+    optional in both: names hep1, hep2, ... are given); a bad flag is reported as --hep."""
+    from hep.destination import parse_hep_id, with_names
 
-    from hep.destination import parse_hep_id
-
-    taken = {str(e)[1:].split("]", 1)[0] for e in existing if isinstance(e, str)} \
-        if isinstance(existing, list) else set()
-    out = []
-    for text in flags:
-        named = text.startswith("[")
-        if named:
-            inside = text[1:].split("]", 1)[0]
-            try:
-                ipaddress.IPv6Address(inside)
-                named = False  # "[::1]:9060": an unnamed IPv6 destination
-            except ValueError:
-                pass
-        if not named:
-            n = len(taken) + 1
-            while f"hep{n}" in taken:
-                n += 1
-            text = f"[hep{n}]{text}"
+    file_ids = [e for e in existing if isinstance(e, str)] \
+        if isinstance(existing, list) and all(isinstance(e, str) for e in existing) else None
+    if file_ids is None:  # not a list of strings: the model reports the file's mistake
+        return [*(existing if isinstance(existing, list) else [existing]), *flags]
+    named = with_names([*file_ids, *flags])
+    for text in named[len(file_ids):]:
         try:
-            dest = parse_hep_id(text)
+            parse_hep_id(text)
         except ValueError as e:
             raise ConfigError("--hep", "hep_id", str(e)) from None
-        taken.add(dest.name)
-        out.append(text)
-    return out
+    return named
 
 
 def _is_tls_listener(li: Any, tls_port: int) -> bool:

@@ -23,6 +23,11 @@ TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+#: the longest time tracing can be switched on for (30 days)
+MAX_TRACE_SECONDS = 30 * 86400
+#: Key-exchange groups offered and accepted unless a domain says otherwise: cheap and safe
+#: (no finite-field group: a client choosing ffdhe8192 costs the server 200-300 X25519s).
+DEFAULT_GROUPS = ("X25519", "P-256", "P-384")
 
 
 def default_state_dir() -> Path:
@@ -69,6 +74,14 @@ class ServerDomain(_Model):
     #: TLS 1.3 session tickets sent after each full handshake (OpenSSL's default is 2); 0 turns
     #: session resumption off (TLS 1.2 tickets too).
     session_tickets: int = Field(default=2, ge=0, le=16)
+    #: Key-exchange groups accepted (OpenSSL's names), most preferred first: TLS 1.3 key
+    #: shares and TLS 1.2 ECDHE curves. Finite-field groups (ffdhe*) only when listed.
+    groups: list[str] = list(DEFAULT_GROUPS)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return _check_groups(value)
 
     @model_validator(mode="after")
     def _check(self) -> ServerDomain:
@@ -95,6 +108,13 @@ class ClientDomain(_Model):
     min_version: TlsVersionName = "TLSv1.2"
     max_version: TlsVersionName = "TLSv1.3"
     ciphers_list: str | None = None
+    #: Key-exchange groups offered (OpenSSL's names), most preferred first.
+    groups: list[str] = list(DEFAULT_GROUPS)
+
+    @field_validator("groups")
+    @classmethod
+    def _groups(cls, value: list[str]) -> list[str]:
+        return _check_groups(value)
 
     @model_validator(mode="after")
     def _check(self) -> ClientDomain:
@@ -108,6 +128,17 @@ def _check_identity(d: ServerDomain | ClientDomain) -> None:
         raise ValueError("private_key: certificate and private_key must be set together")
     if d.min_version > d.max_version:
         raise ValueError("min_version: min_version is above max_version")
+
+
+def _check_groups(names: list[str]) -> list[str]:
+    """Each name known to the OpenSSL in use, none twice."""
+    from tlstrace.tls.groups import GroupsError, check_names
+
+    try:
+        check_names(names)
+    except GroupsError as e:
+        raise ValueError(str(e)) from None
+    return names
 
 
 _NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
@@ -159,8 +190,12 @@ class Listener(_Model):
     client_domain: str | None = None
     #: Send a PROXY protocol v2 header first on each backend connection.
     proxy_protocol: bool = False
+    #: tcp: listeners: `tcp:HOST:PORT` of the local SIP server, to which tlstrace opens a
+    #: connection for requests from the peer that belong to no known local connection; unset:
+    #: they go to the local connection that sent last.
+    local_target: EndpointField | None = None
 
-    @field_validator("listen", "backend", "peer", mode="before")
+    @field_validator("listen", "backend", "peer", "local_target", mode="before")
     @classmethod
     def _parse(cls, value: Any, info: ValidationInfo) -> Any:
         return _endpoint(value, info)
@@ -187,6 +222,12 @@ class Listener(_Model):
                 raise ValueError("backend: for tls: listeners; a tcp: listener relays to peer")
             if self.proxy_protocol:
                 raise ValueError("proxy_protocol: applies to the backend of tls: listeners only")
+        if self.local_target is not None:
+            if self.listen.scheme != "tcp":
+                raise ValueError("local_target: for tcp: listeners; a tls: listener relays to "
+                                 "backend")
+            if self.local_target.scheme != "tcp":
+                raise ValueError("local_target: must be tcp:HOST:PORT (the local SIP server)")
         return self
 
 
@@ -214,16 +255,48 @@ class Config(_Model):
     tcp_max_msg_time: float = Field(4.0, gt=0)
     #: Seconds without traffic before a connection is closed (OpenSIPS core default 120).
     tcp_connection_lifetime: float = Field(120.0, gt=0)
+    #: Seconds past the expiry of a registration (granted in the SIP server's 2xx to a
+    #: REGISTER sent over a client connection) during which that connection is not closed
+    #: for idleness: the SIP server routes calls to the phone over it.
+    registration_margin: float = Field(30.0, ge=0)
     #: Most client connections open at once; more are refused and counted.
     tcp_max_connections: int = Field(8192, ge=1)
     #: Bytes written to a peer and not yet read by it, per connection and direction, above
     #: which reading from the other side pauses.
     conn_buffer_limit: int = Field(262144, ge=4096)
+    #: Keep-alives (CRLFCRLF pings, lone CRLFs) a client may send per second on average,
+    #: with bursts of ten seconds' worth; more close it. 0: no limit.
+    tls_keepalive_rate: float = Field(2.0, ge=0)
+    #: TLS records in a row that carry no SIP (renegotiation requests, KeyUpdates, empty
+    #: records, warning alerts) after which the connection is closed.
+    tls_max_non_sip_records: int = Field(16, ge=1)
+    #: File descriptors kept free for SIP connections: the API refuses connections when fewer
+    #: than this are left under RLIMIT_NOFILE.
+    fd_reserve: int = Field(64, ge=0)
+
+    #: New TLS connections a second one source address (an IPv6 /64) may open on tls:
+    #: listeners after its burst; more are refused at accept. 0: no limit.
+    handshake_rate_per_source: float = Field(0.0, ge=0)
+    #: Connections a source may open at once before handshake_rate_per_source applies.
+    handshake_rate_burst: int = Field(10, ge=1)
+    #: Most source addresses tracked for handshake_rate_per_source (the least recently seen
+    #: is forgotten to make room).
+    handshake_rate_sources: int = Field(65536, ge=1, le=16 * 1024 * 1024)
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
     #: tlstrace_upstream_up current); 0 turns the probes off.
     backend_probe_interval: float = Field(15.0, ge=0)
+    #: tcp: listeners: transactions remembered per pooled peer destination, for each direction
+    #: (responses go back to the local connection that sent the request).
+    trunk_max_transactions: int = Field(32768, ge=16)
+    #: tcp: listeners: dialogs remembered per pooled peer destination.
+    trunk_max_dialogs: int = Field(32768, ge=16)
+    #: tcp: listeners: bytes each of those tables may take (keys plus 440 bytes per entry,
+    #: about what CPython takes).
+    trunk_max_table_bytes: int = Field(16 << 20, ge=65536)
+    #: tcp: listeners: seconds a dialog is remembered after its last message.
+    trunk_dialog_idle: float = Field(3600.0, gt=0)
     #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.
     reuse_port: bool = False
     #: Where the generated certificate and key live.
@@ -234,9 +307,13 @@ class Config(_Model):
     # -- tracing (OpenSIPS proto_tls / proto_hep names) ------------------------------------
     #: Trace when the sidecar starts; switch at run time with the API.
     trace_on: bool = False
-    #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp).
+    #: With trace_on: seconds after start-up when tracing switches itself off; 0: no limit.
+    trace_on_for_seconds: float = Field(0, ge=0, le=MAX_TRACE_SECONDS)
+    #: HEP destinations, `[name]host:port;transport=udp|tcp|tls` (port 9060, transport udp);
+    #: without `[name]` they are named hep1, hep2, ...
     hep_id: list[str] = []
-    #: Names of the hep_id destinations to trace to; empty: all of them.
+    #: Names of the hep_id destinations to trace to (a list, or one name as a string);
+    #: empty: all of them.
     trace_destination: list[str] = []
     #: Capture agent id (HEP chunk 0x000c).
     hep_capture_id: int = Field(1, ge=0, le=0xFFFFFFFF)
@@ -244,6 +321,10 @@ class Config(_Model):
     hep_auth_key: str | None = None
     #: Capture node name (HEP chunk 0x0013); unset: none.
     hep_node_name: str | None = None
+    #: Largest HEP packet tracing sends, in bytes (the whole packet): a SIP message that does
+    #: not fit is traced truncated. 65507: the largest UDP payload over IPv4, and what
+    #: heplify-server and Kamailio (tcp_rd_buf_size = 65536) take over TCP.
+    hep_max_packet: int = Field(65507, ge=1024, le=65535)
     #: CA bundle for tls collectors; unset: the system's. hep_verify_cert = false skips checks.
     hep_ca_list: Path | None = None
     hep_verify_cert: bool = True
@@ -271,6 +352,11 @@ class Config(_Model):
     #: Bearer token required on every endpoint but /healthz and /readyz; unset: no token
     #: (the environment variable TLSTRACE_API_TOKEN sets it too).
     api_token: str | None = None
+    #: API connections open at once; more are refused at accept.
+    api_max_connections: int = Field(32, ge=1)
+    #: Seconds an API connection may take to send a complete request (from its opening, or
+    #: from the end of its previous answer) before it is closed.
+    api_request_timeout: float = Field(10.0, gt=0)
     listener: list[Listener] = Field(
         default_factory=lambda: [Listener.model_validate(DEFAULT_LISTENER)]
     )
@@ -298,14 +384,7 @@ class Config(_Model):
                 raise ValueError(
                     f"listener[{i}].client_domain: no client_domain named {li.client_domain!r}"
                 )
-        for i, li in enumerate(self.listener):
-            modes = {d.client_cert for d in self.server_domains_for(li)}
-            if li.listen.scheme == "tls" and len(modes) > 1:
-                # OpenSSL keeps the verify mode of the first context when SNI switches domains
-                raise ValueError(
-                    f"listener[{i}].domains: domains sharing a listener must use the same "
-                    f"client_cert mode (found {sorted(modes)})"
-                )
+        self._check_local_targets()
         self._check_tracing()
         for d in self.server_domain:
             if d.certificate is None and d.name != "default":
@@ -315,6 +394,24 @@ class Config(_Model):
                     "private_key (only the domain named 'default' may use the generated one)"
                 )
         return self
+
+    @field_validator("hep_id", mode="before")
+    @classmethod
+    def _name_hep_ids(cls, value: Any) -> Any:
+        """`[name]` is optional: hep1, hep2, ... name those without one."""
+        from hep.destination import with_names
+
+        if isinstance(value, list) and all(isinstance(v, str) for v in value):
+            return with_names(value)
+        return value
+
+    @field_validator("trace_destination", mode="before")
+    @classmethod
+    def _one_destination(cls, value: Any) -> Any:
+        """One name as a string, as OpenSIPS writes it, or a list of names."""
+        if isinstance(value, str):
+            return [value] if value.strip() else []
+        return value
 
     @field_validator("api_listen")
     @classmethod
@@ -326,6 +423,18 @@ class Config(_Model):
     @property
     def api_address(self) -> tuple[str, int] | None:
         return api_address(self.api_listen) if self.api_listen else None
+
+    def _check_local_targets(self) -> None:
+        # tcp: listeners with the same peer share its pooled connection, hence one target
+        targets: dict[Endpoint, tuple[int, Endpoint]] = {}
+        for i, li in enumerate(self.listener):
+            if li.peer is None or li.local_target is None:
+                continue
+            first = targets.setdefault(li.peer, (i, li.local_target))
+            if first[1] != li.local_target:
+                raise ValueError(
+                    f"listener[{i}].local_target: listener[{first[0]}] sends to the same peer "
+                    f"{li.peer} (one pooled connection) with local_target {first[1]}")
 
     def _check_tracing(self) -> None:
         from hep.destination import parse_hep_ids

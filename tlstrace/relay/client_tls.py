@@ -40,7 +40,7 @@ class ClientTls(TlsLeg):
         # None when the connection was reset at once; connection_lost follows
         self.conn.remote = (transport.get_extra_info("peername") or self.conn.remote)[:2]
         self.conn.local = (transport.get_extra_info("sockname") or ("", 0))[:2]
-        self.relay.stats.outbound_opened += 1
+        self.relay.stats.outbound_opened[self.conn.listener] += 1
         if self.preamble:
             transport.write(self.preamble)
         super().connection_made(transport)

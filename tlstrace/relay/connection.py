@@ -29,6 +29,8 @@ class CloseReason(StrEnum):
     HANDSHAKE_FAILED = "Handshake failed"
     CONNECT_FAILED = "Async connect failed"
     CLOSED_BY_API = "Closed by API"
+    NON_SIP_RECORDS = "Too many TLS records without SIP"
+    KEEPALIVE_FLOOD = "Keep-alive rate exceeded"
     SHUTDOWN = "Shutdown"
 
     @property
@@ -61,6 +63,8 @@ class Connection:
     started: float = field(default_factory=time.time)
     state: Literal["handshake", "open", "closed"] = "handshake"
     sni: str | None = None
+    #: the server domain (by name) whose context the handshake ran on
+    server_domain: str | None = None
     tls_version: str | None = None
     cipher: str | None = None
     alpn: str | None = None
@@ -74,6 +78,9 @@ class Connection:
     msgs_in: int = 0
     msgs_out: int = 0
     traced: bool = False
+    #: until when (epoch seconds) the SIP server keeps a registration made over this
+    #: connection, which holds it open past tcp_connection_lifetime
+    registered_until: float | None = None
     close_reason: CloseReason | None = None
     #: NSS key-log lines, filled during the handshake when keys are enabled
     keylog: list[str] = field(default_factory=list)

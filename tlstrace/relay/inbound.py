@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
+import ssl
 from typing import TYPE_CHECKING, cast
 
 from tlstrace.config import Listener
@@ -12,9 +12,11 @@ from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
 from tlstrace.tls.certinfo import CertInfo
+from tlstrace.tls.clienthello import HelloReader
 from tlstrace.tls.contexts import ServerContexts
 
 if TYPE_CHECKING:
@@ -29,6 +31,7 @@ class InboundListener:
         self.listener = listener
         self.contexts = contexts
         self.server: asyncio.Server | None = None
+        self.listening: Listening | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
         relay.prepare_contexts(ident.context for ident in contexts.identities)
@@ -40,15 +43,15 @@ class InboundListener:
 
     async def start(self) -> None:
         ep = self.listener.listen
-        self.server = await self.relay.loop.create_server(
-            lambda: InboundTls(self.relay, self), ep.host, ep.port, backlog=4096,
-            family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
-            reuse_address=True, reuse_port=self.relay.config.reuse_port or None,
-        )
+        sock = bind_listening(ep.host, ep.port, backlog=4096,
+                              reuse_port=self.relay.config.reuse_port)
+        self.listening = Listening(self.relay.loop, lambda: InboundTls(self.relay, self), sock,
+                                   4096)
+        self.server = await self.listening.start()
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listening is not None:
+            self.listening.close()
 
 
 class InboundTls(TlsLeg):
@@ -56,8 +59,12 @@ class InboundTls(TlsLeg):
 
     def __init__(self, relay: Relay, listener: InboundListener) -> None:
         conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
-        super().__init__(relay, conn, listener.contexts.initial, server_side=True)
+        contexts = listener.contexts
+        super().__init__(relay, conn, contexts.initial, server_side=True)
         self.listener = listener
+        self.contexts = contexts  # the set this connection started with, whatever reloads do
+        if not contexts.single:
+            self.hello = HelloReader()
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
 
@@ -73,7 +80,7 @@ class InboundTls(TlsLeg):
             return
         if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
             self.refused = self.closed = True
-            relay.stats.refused += 1
+            relay.stats.refused[self.conn.listener] += 1
             now = relay.loop.time()
             if now - self.listener.refused_logged > 10:
                 self.listener.refused_logged = now
@@ -81,8 +88,13 @@ class InboundTls(TlsLeg):
                             self.conn.listener, relay.config.tcp_max_connections)
             transport.abort()
             return
+        gate = relay.handshake_gate
+        if gate is not None and not gate.admit(peer[0], relay.loop.time(), self.conn.listener):
+            self.refused = self.closed = True
+            transport.abort()  # before OpenSSL sees a byte
+            return
         relay.inbound_open += 1
-        relay.stats.accepted += 1
+        relay.stats.accepted[self.conn.listener] += 1
         self.conn.remote = peer[:2]
         self.conn.local = local[:2]
         super().connection_made(transport)
@@ -100,8 +112,13 @@ class InboundTls(TlsLeg):
         # the leg keeps its task (asyncio only keeps weak references to tasks)
         self.connecting = self.relay.loop.create_task(self._connect_backend())
 
+    def choose_context(self, server_name: str | None) -> ssl.SSLContext:
+        return self.contexts.select(server_name)
+
     def local_cert(self) -> CertInfo | None:
-        ident = self.listener.contexts.identity_of(self.obj.context if self.obj else self.context)
+        ident = self.contexts.identity_of(self.obj.context if self.obj else self.context)
+        if ident is not None and self.obj is not None:  # the domain the handshake ran on
+            self.conn.server_domain = ident.domain.name
         return ident.cert if ident is not None else None
 
     async def _connect_backend(self) -> None:
@@ -117,7 +134,8 @@ class InboundTls(TlsLeg):
             if backend.scheme == "tcp":
                 leg = PlainLeg(relay, self, name="backend", preamble=preamble)
             else:
-                leg = BackendTls.open(relay, backend, lst.client_domain, "backend", preamble)
+                leg = BackendTls.open(relay, backend, lst.client_domain, self.conn.listener,
+                                      preamble)
                 leg.partner = self
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)

@@ -2,23 +2,36 @@
 
 Outbound TLS connections are pooled per destination (peer host and port; with
 `cert_check_on_conn_reusage`, also per client domain), so several local TCP connections share
-one TLS connection and it outlives them until its idle lifetime. Messages from the peer go to
-the local connection that most recently sent something; with none attached they are dropped
-and counted.
+one TLS connection and it outlives them until its idle lifetime.
+
+A SIP server opens several connections to the same address (one per worker), so what the peer
+sends is routed (`tlstrace.sip.route`, learnt from what the local connections sent):
+
+- a response goes to the local connection that sent its request (by transaction), or else
+  to the local connection of its dialog;
+- a request goes where the request it belongs to went (a retransmission, a CANCEL or ACK of
+  an INVITE), or else to the local connection of its dialog;
+- anything else: a request goes to `local_target` (a TCP connection tlstrace opens to the
+  local SIP server and keeps), or, without `local_target`, to the local connection that sent
+  last; a response goes to the local connection that sent last only without `local_target`.
+  What has nowhere to go is dropped, counted (`tlstrace_messages_dropped_total`) and logged
+  at most once per 10 s per reason.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 from collections import OrderedDict
 from typing import TYPE_CHECKING
 
 from tlstrace.config import Endpoint, Listener
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
+from tlstrace.sip.framing import WHITESPACE
+from tlstrace.sip.route import Peek, Route, TrunkRoutes
 from tlstrace.tls.failures import HandshakeFailure
 
 if TYPE_CHECKING:
@@ -27,6 +40,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 PoolKey = tuple[str, int, str | None]
+#: seconds between sweeps of expired transactions and dialogs
+_EXPIRY_INTERVAL = 5.0
+#: a drop reason is logged at most this often (seconds); the lines in between are counted
+_DROP_LOG_INTERVAL = 10.0
+#: seconds after a failed connection to local_target before the next attempt
+_TARGET_RETRY = 1.0
 
 
 class OutboundListener:
@@ -34,14 +53,14 @@ class OutboundListener:
         self.relay = relay
         self.listener = listener
         self.server: asyncio.Server | None = None
+        self.listening: Listening | None = None
 
     async def start(self) -> None:
         ep = self.listener.listen
-        self.server = await self.relay.loop.create_server(
-            self._accept, ep.host, ep.port, backlog=1024, reuse_address=True,
-            reuse_port=self.relay.config.reuse_port or None,
-            family=socket.AF_INET6 if ":" in ep.host else socket.AF_UNSPEC,
-        )
+        sock = bind_listening(ep.host, ep.port, backlog=1024,
+                              reuse_port=self.relay.config.reuse_port)
+        self.listening = Listening(self.relay.loop, self._accept, sock, 1024)
+        self.server = await self.listening.start()
 
     def _accept(self) -> PlainLeg:
         link = self.relay.pool.link_for(self.listener)
@@ -50,8 +69,8 @@ class OutboundListener:
         return local
 
     def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
+        if self.listening is not None:
+            self.listening.close()
 
 
 class PeerPool:
@@ -68,6 +87,9 @@ class PeerPool:
         link = self.links.get(key)
         if link is None:
             link = self.links[key] = PeerLink(self.relay, peer, domain, str(listener.listen))
+            # the listeners sharing this peer agree on it (the configuration checks that)
+            link.local_target = next((li.local_target for li in self.relay.config.listener
+                                      if li.peer == peer and li.local_target is not None), None)
         return link
 
 
@@ -83,9 +105,21 @@ class PeerLink:
         self.domain = domain
         self.listener = listener
         self.tls: PeerTls | None = None
-        #: attached local connections, the most recent sender last (what the peer sends goes
-        #: to it)
+        #: attached local connections, the most recent sender last (without local_target,
+        #: what the peer sends that belongs to no known connection goes to it)
         self.locals: OrderedDict[PlainLeg, None] = OrderedDict()
+        cfg = relay.config
+        self.routes: TrunkRoutes[PlainLeg] = TrunkRoutes(
+            max_transactions=cfg.trunk_max_transactions, max_dialogs=cfg.trunk_max_dialogs,
+            max_bytes=cfg.trunk_max_table_bytes, dialog_idle=cfg.trunk_dialog_idle)
+        self.expiry: asyncio.TimerHandle | None = None
+        #: where requests from the peer go that belong to no known local connection
+        self.local_target: Endpoint | None = None
+        #: tlstrace's own connection to local_target, while it is open (or opening)
+        self.target: TargetLeg | None = None
+        self.target_failed_at = -1e9
+        #: by drop reason: when it was last logged, and drops since then
+        self.drops_logged: dict[str, tuple[float, int]] = {}
 
     @property
     def latest(self) -> PlainLeg | None:
@@ -97,6 +131,14 @@ class PeerLink:
         if self.latest is not local and local in self.locals:
             self.locals.move_to_end(local)
             self._tls_update()
+        if nmsgs:
+            now = self.relay.loop.time()
+            learn = self.routes.from_local
+            for chunk in chunks:
+                if chunk[0] not in WHITESPACE:
+                    learn(local, chunk, now)
+            if self.expiry is None:
+                self.expiry = self.relay.loop.call_later(_EXPIRY_INTERVAL, self._expire)
         tls = self.tls
         if tls is None or tls.closed:
             tls = self._open()
@@ -108,8 +150,17 @@ class PeerLink:
         self.locals.move_to_end(local, last=False)
 
     def detach(self, local: PlainLeg) -> None:
+        self.routes.forget(local)
+        if local is self.target:
+            self.target = None
         if self.locals.pop(local, False) is None:
             self._tls_update()
+
+    def _expire(self) -> None:
+        self.expiry = None
+        self.routes.expire(self.relay.loop.time())
+        if any(self.routes.tables):
+            self.expiry = self.relay.loop.call_later(_EXPIRY_INTERVAL, self._expire)
 
     def _tls_update(self) -> None:
         if self.tls is not None and not self.tls.closed:
@@ -140,8 +191,8 @@ class PeerLink:
             relay.stats.dropped_messages["peer_unreachable"] += leg.outq_msgs
             leg.outq.clear()
             leg.outq_msgs = leg.outq_size = 0
-            relay.stats.handshake_failures["outbound", HandshakeFailure.CONNECT_FAILED.value] += 1
-            relay.stats.handshakes["outbound", "failure", "", ""] += 1
+            relay.stats.handshake_failed(leg.conn.listener, "outbound",
+                                         HandshakeFailure.CONNECT_FAILED.value)
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             # counts the close, sends CLOSED when traced, and lets this link reconnect later
             # (also when the timeout came after the TCP connection was made)
@@ -152,22 +203,114 @@ class PeerLink:
     # -- Partner interface for the pooled TLS leg ----------------------------------------------
 
     def send(self, chunks: list[bytes], nmsgs: int) -> None:
+        if not nmsgs:  # keep-alives only: to the most recent sender, if any
+            latest = self.latest
+            if latest is not None:
+                latest.send(chunks, 0)
+            return
+        now = self.relay.loop.time()
+        route = self.routes.to_local
+        routed = self.relay.stats.trunk_routed
+        out: dict[PlainLeg, tuple[list[bytes], list[int]]] = {}
+        for chunk in chunks:
+            dest: PlainLeg | None
+            if chunk[0] in WHITESPACE:
+                dest = self.latest
+                if dest is not None:
+                    out.setdefault(dest, ([], [0]))[0].append(chunk)
+                continue
+            how, dest, p = route(chunk, now)
+            if dest is None:
+                dest, by = self._fallback(p, chunk)
+                if dest is None:
+                    continue
+            else:
+                by = how.value
+            if p is not None and p.method and how is not Route.PEER_TRANSACTION:
+                self.routes.delivered(p, dest, now)
+            routed[by] += 1
+            batch = out.get(dest)
+            if batch is None:
+                batch = out[dest] = ([], [0])
+            batch[0].append(chunk)
+            batch[1][0] += 1
+        for dest, (msgs, n) in out.items():
+            dest.send(msgs, n[0])
+
+    def _fallback(self, p: Peek | None, chunk: bytes) -> tuple[PlainLeg | None, str]:
+        """Where a message from the peer goes that belongs to no known local connection."""
+        is_request = p.method != b"" if p is not None else not chunk.startswith(b"SIP/")
+        if self.local_target is not None:
+            if not is_request:
+                self._drop("unmatched_response", chunk)
+                return None, ""
+            target = self._target()
+            if target is None:
+                self._drop("local_target_unreachable", chunk)
+                return None, ""
+            return target, "local_target"
         latest = self.latest
         if latest is None:
-            if nmsgs:  # a keep-alive with nobody to give it to is not news
-                self.relay.stats.dropped_messages["no_local_connection"] += nmsgs
-                log.warning("peer %s sent %d message(s) but no local connection is attached",
-                            self.peer, nmsgs)
+            self._drop("no_local_connection", chunk)
+            return None, ""
+        return latest, "latest"
+
+    def _drop(self, reason: str, chunk: bytes) -> None:
+        self.relay.stats.dropped_messages[reason] += 1
+        now = self.relay.loop.time()
+        last, since = self.drops_logged.get(reason, (-1e9, 0))
+        if now - last < _DROP_LOG_INTERVAL:
+            self.drops_logged[reason] = (last, since + 1)
             return
-        latest.send(chunks, nmsgs)
+        self.drops_logged[reason] = (now, 0)
+        first = chunk[:chunk.find(b"\r\n")][:80].decode("ascii", "replace")
+        log.warning("peer %s: dropped a message (%s): %r%s", self.peer, reason, first,
+                    f"; {since} more dropped for this reason since the last such line"
+                    if since else "")
+
+    def _target(self) -> TargetLeg | None:
+        """The connection to local_target, opened when needed (not within a second of a
+        failed attempt)."""
+        target = self.target
+        if target is not None and not target.closed:
+            return target
+        now = self.relay.loop.time()
+        if now - self.target_failed_at < _TARGET_RETRY:
+            return None
+        assert self.local_target is not None
+        target = self.target = TargetLeg(self.relay)
+        target.partner = LocalEnd(self, target)
+        self.relay.spawn(self._connect_target(target, self.local_target))
+        return target
+
+    async def _connect_target(self, leg: TargetLeg, where: Endpoint) -> None:
+        relay = self.relay
+        # one series per upstream: a local_target that is also a backend stays "backend"
+        role = "backend" if where in relay.config.backends else "local_target"
+        try:
+            await asyncio.wait_for(
+                relay.loop.create_connection(lambda: leg, where.host, where.port),
+                relay.config.tls_handshake_timeout / 1000)
+        except Exception as e:  # any failure ends this attempt, never the relay
+            why = str(e) or type(e).__name__
+            self.target_failed_at = relay.loop.time()
+            relay.upstream_result(str(where), role, False, why)
+            for _ in range(leg.queued_msgs):
+                self._drop("local_target_unreachable", leg.queued[0] if leg.queued else b"")
+            leg.queued.clear()
+            leg.queued_msgs = leg.queued_size = 0
+            log.warning("peer %s: local_target %s unreachable: %s", self.peer, where, why)
+            leg.close(CloseReason.BACKEND_UNREACHABLE, f"local_target {where}: {why}")
+            return
+        relay.upstream_result(str(where), role, True)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         self.tls = None  # the local connections stay; the next message reconnects
         self._locals_update()
 
     def is_blocked(self) -> bool:
-        latest = self.latest
-        return latest is not None and latest.is_blocked()
+        # what the peer sends may go to any of them
+        return any(local.is_blocked() for local in self.locals)
 
     def update_reading(self) -> None:
         self._locals_update()
@@ -193,6 +336,39 @@ class LocalEnd:
 
     def update_reading(self) -> None:
         self.link._tls_update()
+
+
+class TargetLeg(PlainLeg):
+    """tlstrace's TCP connection to a tcp: listener's local_target; what is sent to it while
+    it connects waits (bounded by conn_buffer_limit: above it the peer is not read)."""
+
+    def __init__(self, relay: Relay) -> None:
+        super().__init__(relay, None, name="local")
+        self.queued: list[bytes] = []
+        self.queued_msgs = 0
+        self.queued_size = 0
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.queued:
+            chunks, n = self.queued, self.queued_msgs
+            self.queued, self.queued_msgs, self.queued_size = [], 0, 0
+            super().send(chunks, n)
+            if self.partner is not None:
+                self.partner.update_reading()
+
+    def send(self, chunks: list[bytes], nmsgs: int) -> None:
+        if self.live or self.closed:
+            super().send(chunks, nmsgs)
+            return
+        self.queued.extend(chunks)
+        self.queued_msgs += nmsgs
+        self.queued_size += sum(map(len, chunks))
+        if self.backlog_out() and self.partner is not None:
+            self.partner.update_reading()
+
+    def backlog_out(self) -> bool:
+        return self.queued_size > self.relay.config.conn_buffer_limit
 
 
 class PeerTls(ClientTls):

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import ConnectionObserver, NullObserver
-from tlstrace.relay.stats import RelayStats
+from tlstrace.relay.ratelimit import HandshakeGate
+from tlstrace.relay.stats import NOT_NEGOTIATED, RelayStats
 from tlstrace.tls.contexts import ClientContexts
 from tlstrace.tls.keylog import KeyLogTap
 
@@ -32,15 +33,31 @@ class UpstreamStatus:
     error: str = ""
 
 
+def listener_directions(config: Config) -> list[tuple[str, tuple[str, ...]]]:
+    """Each listener's address and the directions of the TLS connections it can have: a tls:
+    listener accepts (inbound) and, towards a tls: backend, connects (outbound); a tcp:
+    listener connects to its peer."""
+    out: list[tuple[str, tuple[str, ...]]] = []
+    for li in config.listener:
+        if li.listen.scheme == "tcp":
+            out.append((str(li.listen), ("outbound",)))
+        elif li.backend is not None and li.backend.scheme == "tls":
+            out.append((str(li.listen), ("inbound", "outbound")))
+        else:
+            out.append((str(li.listen), ("inbound",)))
+    return out
+
+
 class Relay:
     def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, source: str,
-                 observer: ConnectionObserver | None = None) -> None:
+                 observer: ConnectionObserver | None = None,
+                 client_contexts: ClientContexts | None = None) -> None:
         from tlstrace.relay.outbound import PeerPool
 
         self.config = config
         self.loop = loop
         self.source = source
-        self.stats = RelayStats()
+        self.stats = RelayStats(listener_directions(config))
         self.observer: ConnectionObserver = observer or NullObserver()
         self.keylog: KeyLogTap | None = KeyLogTap() if config.keys_wanted else None
         #: open TLS connections by id, with their legs
@@ -49,7 +66,8 @@ class Relay:
         #: every live leg, for the timeout sweep and shutdown
         self.legs: set[BaseLeg] = set()
         self.inbound_open = 0
-        self.client_contexts = ClientContexts(config, source)
+        self.handshake_gate = HandshakeGate.from_config(config, self.stats)
+        self.client_contexts = client_contexts or ClientContexts(config, source)
         self.prepare_contexts(self.client_contexts.contexts())
         self.pool: PeerPool = PeerPool(self)
         self.shutting_down = False
@@ -105,14 +123,15 @@ class Relay:
 
     def handshake_done(self, leg: TlsLeg, elapsed: float) -> None:
         conn = leg.conn
-        self.stats.handshakes[conn.direction, "success", conn.tls_version or "",
-                              conn.cipher or ""] += 1
-        self.stats.handshake_seconds.observe(elapsed)
+        self.stats.handshakes[conn.listener, conn.direction, "success",
+                              conn.tls_version or NOT_NEGOTIATED,
+                              conn.cipher or NOT_NEGOTIATED] += 1
+        self.stats.handshake_seconds[conn.listener, conn.direction].observe(elapsed)
 
     def connection_closed(self, leg: TlsLeg) -> None:
         # bytes are counted on the connection while it lives (cheaper on the message path)
-        self.stats.bytes["from_tls"] += leg.conn.bytes_in
-        self.stats.bytes["to_tls"] += leg.conn.bytes_out
+        self.stats.bytes[leg.conn.listener, "from_tls"] += leg.conn.bytes_in
+        self.stats.bytes[leg.conn.listener, "to_tls"] += leg.conn.bytes_out
         self.connections.pop(leg.conn.id, None)
         self.tls_legs.pop(leg.conn.id, None)
         if leg.conn.direction == "inbound":

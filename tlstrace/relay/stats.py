@@ -44,23 +44,39 @@ class Histogram:
         return out
 
 
+def _handshake_histogram() -> Histogram:
+    return Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0))
+
+
+#: version and cipher labels of a failed handshake: nothing was negotiated
+NOT_NEGOTIATED = "none"
+
+
 @dataclass
 class RelayStats:
-    accepted: int = 0
-    refused: int = 0  # over tcp_max_connections
-    outbound_opened: int = 0
-    closed: Counter[str] = field(default_factory=Counter)  # by CloseReason.label
-    handshakes: Counter[tuple[str, str, str, str]] = field(default_factory=Counter)
-    # (direction, result, version, cipher); failures also by reason:
-    handshake_failures: Counter[tuple[str, str]] = field(default_factory=Counter)
-    handshake_seconds: Histogram = field(
-        default_factory=lambda: Histogram((0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
-                                           0.5, 1.0, 2.5, 5.0))
-    )
-    #: messages by direction (from_client, to_client, ...) then method or status class
-    messages: defaultdict[str, Counter[str]] = field(
+    """Counters by listener (its address as configured, e.g. "tls:127.0.0.1:5061") where a
+    connection has one: keyed per connection, so a leg looks its counters up once."""
+
+    #: (listener address, the directions its connections can have): the series exported at 0
+    #: from the start
+    listeners: list[tuple[str, tuple[str, ...]]] = field(default_factory=list)
+    accepted: Counter[str] = field(default_factory=Counter)  # by listener
+    refused: Counter[str] = field(default_factory=Counter)  # over tcp_max_connections
+    rate_limited: Counter[str] = field(default_factory=Counter)  # handshake_rate_per_source
+    outbound_opened: Counter[str] = field(default_factory=Counter)
+    closed: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, reason)
+    #: (listener, direction, result, version, cipher); failures have version and cipher
+    #: NOT_NEGOTIATED and are also counted by reason:
+    handshakes: Counter[tuple[str, str, str, str, str]] = field(default_factory=Counter)
+    handshake_failures: Counter[tuple[str, str, str]] = field(default_factory=Counter)
+    #: successful handshakes' durations by (listener, direction)
+    handshake_seconds: defaultdict[tuple[str, str], Histogram] = field(
+        default_factory=lambda: defaultdict(_handshake_histogram))
+    #: messages by (listener, direction: from_client, to_client, ...) then method or status
+    #: class
+    messages: defaultdict[tuple[str, str], Counter[str]] = field(
         default_factory=lambda: defaultdict(Counter))
-    bytes: Counter[str] = field(default_factory=Counter)
+    bytes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, direction)
     framing_errors: Counter[str] = field(default_factory=Counter)
     keepalives: Counter[str] = field(default_factory=Counter)  # ping, pong, crlf_relayed, dropped
     relay_seconds: Histogram = field(
@@ -71,7 +87,17 @@ class RelayStats:
     #: bytes accepted for a peer that stopped reading, thrown away with its connection
     bytes_dropped: Counter[str] = field(default_factory=Counter)
     backend_connect_failures: int = 0
+    #: messages from a tcp: listener's peer, by how their local connection was found
+    trunk_routed: Counter[str] = field(default_factory=Counter)
     reloads: Counter[str] = field(default_factory=Counter)  # success, failure
+    #: API connections refused at accept, by reason (limit, fd_reserve), and closed for
+    #: sending no complete request in time
+    api_refused: Counter[str] = field(default_factory=Counter)
+    api_timeouts: int = 0
+    #: listeners uvloop stopped after a failed accept (out of descriptors), by listener
+    accept_failures: Counter[str] = field(default_factory=Counter)
+    #: times the process ran out of file descriptors (accepts fail: libuv closes them)
+    fd_exhausted: int = 0
 
     def __post_init__(self) -> None:
         # every label value known in advance starts at 0, so that rate() and increase() see
@@ -81,15 +107,28 @@ class RelayStats:
         from tlstrace.tls.failures import HandshakeFailure
 
         for reason in CloseReason:
-            self.closed[reason.label] += 0
             self.dropped_messages[reason.label] += 0
+        for listener, directions in self.listeners:
+            for reason in CloseReason:
+                self.closed[listener, reason.label] += 0
+            for name in ("from_tls", "to_tls"):
+                self.bytes[listener, name] += 0
+            # (at 0 on every listener, so a panel summing them always has a series)
+            self.accepted[listener] += 0
+            self.refused[listener] += 0
+            self.rate_limited[listener] += 0
+            self.outbound_opened[listener] += 0
+            for direction in directions:
+                self.handshakes[listener, direction, "failure", NOT_NEGOTIATED,
+                                NOT_NEGOTIATED] += 0
+                self.handshake_seconds.setdefault((listener, direction),
+                                                  _handshake_histogram())
+                for failure in HandshakeFailure:
+                    self.handshake_failures[listener, direction, failure.value] += 0
         self.bytes_dropped[CloseReason.SEND_TIMEOUT.label] += 0
-        for name in ("peer_unreachable", "no_local_connection"):
+        for name in ("peer_unreachable", "no_local_connection", "unmatched_response",
+                     "local_target_unreachable"):
             self.dropped_messages[name] += 0
-        for direction in ("inbound", "outbound"):
-            self.handshakes[direction, "failure", "", ""] += 0
-            for failure in HandshakeFailure:
-                self.handshake_failures[direction, failure.value] += 0
         for kind in FramingErrorKind:
             for prefix in ("", "backend_", "local_"):
                 self.framing_errors[prefix + kind.value] += 0
@@ -97,10 +136,16 @@ class RelayStats:
             self.framing_errors[name] += 0
         for name in ("ping", "crlf_relayed", "crlf_dropped"):
             self.keepalives[name] += 0
-        for name in ("from_tls", "to_tls"):
-            self.bytes[name] += 0
         for name in ("success", "failure"):
             self.reloads[name] += 0
+        for name in ("transaction", "peer_transaction", "dialog", "local_target", "latest"):
+            self.trunk_routed[name] += 0
+        for name in ("limit", "fd_reserve"):
+            self.api_refused[name] += 0
+
+    def handshake_failed(self, listener: str, direction: str, reason: str) -> None:
+        self.handshake_failures[listener, direction, reason] += 1
+        self.handshakes[listener, direction, "failure", NOT_NEGOTIATED, NOT_NEGOTIATED] += 1
 
 
 _STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}

@@ -30,9 +30,17 @@ from tlstrace.sip.framing import (
     Ping,
     SipFramer,
 )
+from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls import records
 from tlstrace.tls.certinfo import CertInfo
-from tlstrace.tls.clienthello import TLS1_2, HelloKind, sniff
+from tlstrace.tls.clienthello import (
+    MAX_HELLO_BYTES,
+    TLS1_2,
+    Hello,
+    HelloKind,
+    HelloReader,
+    sniff,
+)
 from tlstrace.tls.failures import HandshakeFailure, classify
 
 if TYPE_CHECKING:
@@ -41,6 +49,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("tlstrace.relay")
 
 _READ_SIZE = 65536
+#: seconds of tls_keepalive_rate a connection may send at once
+_KEEPALIVE_BURST = 10
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
@@ -84,10 +94,18 @@ class TlsLeg(BaseLeg):
         #: set when the partner closed while its last messages waited for our handshake
         self.close_after_flush: tuple[CloseReason, str] | None = None
         self.tracer: MessageTracer | None = None
+        #: REGISTERs a client sent on this connection and the expiry its SIP server granted
+        #: (server legs, made at the first REGISTER): the connection is held open for them
+        self.registrations: RegistrationTracker | None = None
         # this leg's message counters, looked up once
-        self.in_counts = relay.stats.messages[self.relay_direction_in]
-        self.out_counts = relay.stats.messages[self.relay_direction_out]
+        self.in_counts = relay.stats.messages[conn.listener, self.relay_direction_in]
+        self.out_counts = relay.stats.messages[conn.listener, self.relay_direction_out]
         self.sniffed = not server_side
+        #: set on a server leg that must read the whole ClientHello (for its SNI) before it
+        #: knows the context to start on (see choose_context)
+        self.hello: HelloReader | None = None
+        #: what that reading found (kept to explain a failed handshake)
+        self.hello_facts: Hello | None = None
         # where the incoming byte stream stands between TLS records (see data_received)
         self.rec_left = 0
         self.rec_head = b""
@@ -96,6 +114,14 @@ class TlsLeg(BaseLeg):
         self.last_activity = relay.loop.time()
         self.handshake_started = time.perf_counter()
         self.handshake_timer: asyncio.TimerHandle | None = None
+        #: TLS records seen whole (records_in), and those already accounted for by _read;
+        #: records in a row that carried no SIP (see tls_max_non_sip_records)
+        self.records_in = 0
+        self.records_seen = 0
+        self.non_sip_records = 0
+        #: keep-alive budget (a token bucket refilled at tls_keepalive_rate a second)
+        self.ka_tokens = cfg.tls_keepalive_rate * _KEEPALIVE_BURST
+        self.ka_time = self.last_activity
 
     # -- asyncio callbacks -------------------------------------------------------------------
 
@@ -105,9 +131,8 @@ class TlsLeg(BaseLeg):
             return
         self.attach(transport)
         self.relay.register_tls(self)
-        self.obj = self.context.wrap_bio(self.incoming, self.outgoing,
-                                         server_side=self.server_side,
-                                         server_hostname=self.server_hostname)
+        if self.hello is None:
+            self._start_tls(self.context)
         self.handshake_timer = self.relay.loop.call_later(
             self.relay.config.tls_handshake_timeout / 1000, self._handshake_timed_out)
         if not self.server_side:
@@ -118,7 +143,11 @@ class TlsLeg(BaseLeg):
         # case, one whole record, costs a length check
         n = len(data)
         if self.rec_left or self.rec_head or n < 5 or 5 + (data[3] << 8 | data[4]) != n:
-            self.rec_left, self.rec_head = records.advance(self.rec_left, self.rec_head, data)
+            self.rec_left, self.rec_head, ended = records.advance_counting(
+                self.rec_left, self.rec_head, data)
+            self.records_in += ended
+        else:
+            self.records_in += 1
         if self.conn.state != "open":
             self._handshake_data(data)
             return
@@ -166,6 +195,12 @@ class TlsLeg(BaseLeg):
                 counts[message_label(chunk)] += 1
                 if tracer is not None:
                     tracer.message(chunk, False, now)
+        reg = self.registrations
+        if reg is not None and reg.pending:
+            for chunk in chunks:
+                if chunk.startswith(b"SIP/2.0 "):
+                    reg.response(chunk, self.last_activity)
+            self._note_registration(reg)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> None:
         if self.outq and self.conn.state == "handshake" and not self.closed:
@@ -176,29 +211,53 @@ class TlsLeg(BaseLeg):
 
     # -- handshake -----------------------------------------------------------------------------
 
+    def _start_tls(self, context: ssl.SSLContext) -> None:
+        self.context = context
+        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
+                                    server_hostname=self.server_hostname)
+
+    def choose_context(self, server_name: str | None) -> ssl.SSLContext:
+        """The context for a client's handshake, from the SNI tlstrace read in its ClientHello
+        (server legs that set `hello`)."""
+        return self.context
+
     def _handshake_data(self, data: bytes) -> None:
         if self.closed:
             return
         if not self.sniffed:
             self.sniffed = True
-            if data[0] == 0x16:  # a TLS handshake record: OpenSSL takes it from here
-                self.first_bytes = data  # parsed only if the handshake fails
-                self.incoming.write(data)
-                self._do_handshake()
+            if data[0] != 0x16:  # not a TLS handshake record: say what it is
+                hello = sniff(data)
+                if hello.kind is HelloKind.PLAIN_SIP:
+                    self._handshake_failed(HandshakeFailure.PLAIN_SIP,
+                                           "plain SIP sent to the TLS port")
+                    return
+                if hello.kind is HelloKind.NOT_TLS:
+                    self._handshake_failed(
+                        HandshakeFailure.NOT_TLS,
+                        f"not a TLS ClientHello (first bytes {data[:8].hex()})")
+                    return
+                if hello.kind is HelloKind.SSLV2:
+                    self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
+                                           "SSLv2-style ClientHello")
+                    return
+        if self.obj is None:
+            # the whole ClientHello first: its SNI chooses the context (OpenSSL's session
+            # cache, ticket keys and client-certificate policy are the domain's own)
+            assert self.hello is not None
+            self.first_bytes += data  # also parsed if the handshake fails
+            hello = self.hello.feed(data)
+            if hello.kind is HelloKind.INCOMPLETE:
+                if self.hello.total > MAX_HELLO_BYTES:
+                    self._handshake_failed(HandshakeFailure.HELLO_TOO_LARGE,
+                                           f"no complete ClientHello in {MAX_HELLO_BYTES} bytes")
                 return
-            hello = sniff(data)
-            if hello.kind is HelloKind.PLAIN_SIP:
-                self._handshake_failed(HandshakeFailure.PLAIN_SIP,
-                                       "plain SIP sent to the TLS port")
-                return
-            if hello.kind is HelloKind.NOT_TLS:
-                self._handshake_failed(HandshakeFailure.NOT_TLS,
-                                       f"not a TLS ClientHello (first bytes {data[:8].hex()})")
-                return
-            if hello.kind is HelloKind.SSLV2:
-                self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
-                                       "SSLv2-style ClientHello")
-                return
+            self.hello = None
+            self.hello_facts = hello
+            self._start_tls(self.choose_context(hello.sni))
+            data, self.first_bytes = self.first_bytes, b""
+        elif not self.first_bytes and self.server_side:
+            self.first_bytes = data  # parsed only if the handshake fails
         self.incoming.write(data)
         self._do_handshake()
 
@@ -215,6 +274,12 @@ class TlsLeg(BaseLeg):
             return
         except (ssl.SSLError, ssl.CertificateError, ValueError) as e:
             self._flush()  # the alert
+            if getattr(obj, "tlstrace_sni_mismatch", False):
+                self._handshake_failed(
+                    HandshakeFailure.SNI_MISMATCH,
+                    f"OpenSSL read the SNI {getattr(obj, 'tlstrace_sni', None)!r} where "
+                    "tlstrace read another: refused")
+                return
             self._handshake_failed(*classify(e))
             return
         finally:
@@ -245,7 +310,8 @@ class TlsLeg(BaseLeg):
         conn.local_cert = self.local_cert()
         conn.sni = getattr(obj, "tlstrace_sni", None) if self.server_side \
             else self.server_hostname
-        self.first_bytes = b""
+        self.first_bytes, self.hello_facts = b"", None
+        self.records_seen = self.records_in  # the handshake's records are not counted
         self.relay.handshake_done(self, elapsed)
         if self.closed:
             return
@@ -262,15 +328,14 @@ class TlsLeg(BaseLeg):
             return
         conn = self.conn
         conn.local_cert = self.local_cert()
-        if self.first_bytes:
-            hello = sniff(self.first_bytes)
-            self.first_bytes = b""
+        hello = self.hello_facts or (sniff(self.first_bytes) if self.first_bytes else None)
+        if hello is not None:
+            self.first_bytes, self.hello_facts = b"", None
             conn.sni, conn.client_random = hello.sni, hello.client_random
             if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
                     hello.max_version and hello.max_version < TLS1_2:
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
-        self.relay.stats.handshake_failures[conn.direction, kind.value] += 1
-        self.relay.stats.handshakes[conn.direction, "failure", "", ""] += 1
+        self.relay.stats.handshake_failed(conn.listener, conn.direction, kind.value)
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
         log.log(level, "conn %d %s %s:%d: TLS handshake failed: %s (%s)", conn.id,
                 conn.direction, conn.remote[0], conn.remote[1], kind.value, message,
@@ -298,9 +363,14 @@ class TlsLeg(BaseLeg):
         out: list[bytes] = []
         nmsgs = 0
         counts = self.in_counts
+        # what OpenSSL had to send before this read (TLS 1.3 session tickets wait for the
+        # first response); anything it adds while reading goes out at once
+        queued = self.outgoing.pending
+        pings = 0
+        keepalives = 0
+        sip = False  # application data arrived (SIP, or part of it)
         # stop when OpenSSL has consumed every raw byte: reading on would only raise
         # SSLWantReadError, which costs more than the check
-        ponged = False
         while incoming.pending:
             try:
                 chunk = read(_READ_SIZE)
@@ -314,41 +384,90 @@ class TlsLeg(BaseLeg):
                 self._deliver(out, nmsgs)
                 self.close(CloseReason.EOF, "close_notify received")
                 return
+            sip = True
             for ev in feed(chunk):
                 cls = ev.__class__
                 if cls is Message:
                     data = ev.data  # type: ignore[union-attr]
                     out.append(data)
                     nmsgs += 1
-                    counts[message_label(data)] += 1
+                    label = message_label(data)
+                    counts[label] += 1
+                    if label == "REGISTER" and self.server_side:
+                        if self.registrations is None:
+                            self.registrations = RegistrationTracker()
+                        self.registrations.request(data)
                 elif cls is Ping:
-                    # pong here; a single CRLF goes on, so the backend's connection does not
-                    # idle out while the client only sends keep-alives
-                    self.relay.stats.keepalives["ping"] += 1
-                    obj.write(PONG)
-                    out.append(PONG)
-                    ponged = True
+                    pings += 1
                 elif cls is KeepAlive:
                     out.append(ev.data)  # type: ignore[union-attr]
+                    keepalives += 1
                     self.relay.stats.keepalives["crlf_relayed"] += 1
                 elif cls is Dropped:
+                    keepalives += 1
                     self.relay.stats.keepalives["crlf_dropped"] += 1
                 else:
                     assert isinstance(ev, FramingError)
                     self._deliver(out, nmsgs)
                     self._framing_error(ev)
                     return
-        if ponged:
-            self._flush()
-        # (other TLS-level output, such as a KeyUpdate answer, goes with the next write, as
-        # RFC 8446 §4.6.3 allows)
         now = self.relay.loop.time()
-        self.last_activity = now
+        if pings or keepalives:
+            # (a client's; a peer's keep-alives answer those of the local SIP server, which
+            # shares the pooled connection between its workers: not limited)
+            if self.server_side and not self._keepalives_allowed(pings + keepalives, now):
+                self._deliver(out, nmsgs)
+                rate = self.relay.config.tls_keepalive_rate
+                self.close(CloseReason.KEEPALIVE_FLOOD,
+                           f"over {rate:g} keep-alives a second (tls_keepalive_rate)")
+                return
+            if pings:
+                # the pongs for the pings read together leave in one record; one CRLF goes on,
+                # so the backend's connection does not idle out while the client only sends
+                # keep-alives
+                self.relay.stats.keepalives["ping"] += pings
+                obj.write(PONG * pings)
+                out.append(PONG)
+        if self.outgoing.pending > queued:
+            # alerts (no_renegotiation), a KeyUpdate answer, pongs: never left waiting in
+            # memory for the next SIP message
+            self._flush()
+        ended = self.records_in - self.records_seen
+        self.records_seen = self.records_in
+        if sip or pings or keepalives:
+            # only SIP and keep-alives count as traffic for tcp_connection_lifetime
+            self.last_activity = now
+            self.non_sip_records = 0
+        elif ended:
+            self.non_sip_records += ended
+            limit = self.relay.config.tls_max_non_sip_records
+            if self.non_sip_records >= limit:
+                self._deliver(out, nmsgs)
+                self.close(CloseReason.NON_SIP_RECORDS,
+                           f"{self.non_sip_records} TLS records in a row without SIP "
+                           "(tls_max_non_sip_records)")
+                return
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
-        # one record byte by byte never reaches the framer)
-        self.note_partial(bool(self.rec_left or self.rec_head or self.framer.buffered))
+        # one record byte by byte never reaches the framer). What is incomplete after a read
+        # that completed a message, or a record with no message pending, started in this read:
+        # its clock starts now (a client streaming whole records is not a slow-loris)
+        partial = bool(self.rec_left or self.rec_head or self.framer.buffered)
+        if partial and (nmsgs or pings or keepalives or (ended and not self.framer.buffered)):
+            self.partial_since = now
+        else:
+            self.note_partial(partial)
         if out:
             self._deliver(out, nmsgs, started)
+
+    def _keepalives_allowed(self, n: int, now: float) -> bool:
+        """Take `n` keep-alives from this connection's budget; False when it is overdrawn."""
+        rate = self.relay.config.tls_keepalive_rate
+        if not rate:
+            return True
+        tokens = min(rate * _KEEPALIVE_BURST, self.ka_tokens + (now - self.ka_time) * rate)
+        self.ka_time = now
+        self.ka_tokens = tokens - n
+        return self.ka_tokens >= 0
 
     def _deliver(self, out: list[bytes], nmsgs: int, started: float = 0.0) -> None:
         if not out:
@@ -463,7 +582,7 @@ class TlsLeg(BaseLeg):
                 self.obj.unwrap()
             self._flush()
         self.shut_transport(reason, abort)
-        self.relay.stats.closed[reason.label] += 1
+        self.relay.stats.closed[conn.listener, reason.label] += 1
         level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
         if reason is CloseReason.FRAMING_ERROR:
             level = logging.WARNING
@@ -499,6 +618,16 @@ class TlsLeg(BaseLeg):
 
     def overdue(self, now: float) -> tuple[CloseReason, str] | None:
         due = super().overdue(now)
-        if due is None and now - self.last_activity > self.relay.config.tcp_connection_lifetime:
+        cfg = self.relay.config
+        if due is None and now - self.last_activity > cfg.tcp_connection_lifetime:
+            reg = self.registrations
+            if reg is not None and now < reg.until + cfg.registration_margin:
+                return None  # the SIP server still routes calls to this phone over it
             return CloseReason.IDLE_TIMEOUT, ""
         return due
+
+    def _note_registration(self, reg: RegistrationTracker) -> None:
+        """Show the registration's expiry on the connection (wall clock, for the API)."""
+        until = reg.until
+        self.conn.registered_until = \
+            time.time() + (until - self.relay.loop.time()) if until else None

@@ -3,8 +3,16 @@
 `SipFramer.feed(bytes)` returns events; it never touches a socket or a clock. Rules follow
 OpenSIPS's TCP/TLS read path (`tcp_common.h`) where they make sense for a relay:
 
-- Content-Length (or compact `l`) is required; missing, unparsable, negative, conflicting or
-  too large values are framing errors, after which the stream cannot be trusted.
+- Content-Length (or compact `l`) is required; missing, unparsable, negative or too large
+  values are framing errors, after which the stream cannot be trusted.
+- A header section that a SIP server behind tlstrace (Kamailio, OpenSIPS, Asterisk,
+  FreeSWITCH) could take a different length from is an `ambiguous_length` error: more than one
+  length header (even with equal values), `Content_Length` (Kamailio and OpenSIPS read it as
+  Content-Length), a length header after leading whitespace (a folded line: Kamailio and
+  OpenSIPS read it, the others do not), whitespace before its colon (Asterisk's chan_sip does
+  not read it, the others do), a name that only starts like one (`Content-Lengthx`), or a
+  length value continued on a folded line (pjsip, chan_sip and sofia-sip join it). The README
+  (SIP framing) lists each rule with the server behaviour it comes from.
 - A message (headers and body) larger than `max_msg_size` is an error.
 - Between messages, `CRLFCRLF` is a keep-alive ping (RFC 5626) when `pingpong` is on: the
   caller answers it with a CRLF pong. Other whitespace between messages (a lone CRLF) is
@@ -31,6 +39,7 @@ class FramingErrorKind(StrEnum):
     TOO_MANY_CHUNKS = "too_many_chunks"
     BAD_HEADER_BYTES = "bad_header_bytes"
     BAD_START_LINE = "bad_start_line"
+    AMBIGUOUS_LENGTH = "ambiguous_length"
 
 
 @dataclass(slots=True)
@@ -76,6 +85,19 @@ _PING_BYTES = b"\r\n\r\n"
 #: first bytes of keep-alives (whitespace), which are not SIP messages
 WHITESPACE = frozenset(b"\r\n \t")
 _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE)
+#: every header line any of the SIP servers tlstrace fronts could read as a length: after
+#: leading whitespace, `Content-Length`, `Content_Length` or anything starting like them, or
+#: `l` before whitespace, a colon or the end of the line; then the rest of the line and its
+#: folded continuation lines, if any
+_LENGTH_LINE = re.compile(
+    rb"\r\n([ \t]*(?:content[-_]length|l(?=[ \t:\r]))[^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
+    re.IGNORECASE)
+#: the one form of a length line every server reads the same way
+_CANONICAL_LENGTH = re.compile(rb"(?:content-length|l):[ \t]*([0-9]{1,10})[ \t]*", re.IGNORECASE)
+_BLANKS = b" \t"
+#: Kamailio and OpenSIPS look for the length from a message's first byte: a start line
+#: `l: 5 SIP/2.0` sets it for them, and the real length header is then ignored
+_START_LENGTH = re.compile(rb"(?:content[-_]length|l)[ \t]*:", re.IGNORECASE)
 _STATUS_PREFIX = b"SIP/2.0 "
 _REQUEST_SUFFIX = b" SIP/2.0"
 
@@ -204,7 +226,7 @@ class SipFramer:
     def _parse_head(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
         """Validate the header section at buf[pos:head_end]; return the message size."""
         if not self.strict:
-            return self._content_length(buf, pos, head_end)
+            return self._lenient_content_length(buf, pos, head_end)
         line_end = buf.find(b"\r\n", pos, head_end + 2)
         if not (
             buf.startswith(_STATUS_PREFIX, pos)
@@ -213,6 +235,9 @@ class SipFramer:
         ):
             return FramingError(FramingErrorKind.BAD_START_LINE,
                                 f"not a SIP request or status line: {buf[pos:line_end][:60]!r}")
+        if buf[pos] in b"cClL" and _START_LENGTH.match(buf, pos, line_end):
+            return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH,
+                                f"start line reads as a length header: {buf[pos:line_end][:60]!r}")
         head = buf[pos:head_end]
         # every CR and LF must belong to a CRLF pair, and there must be no NUL
         if len(head) - len(head.translate(None, b"\x00\r\n")) != 2 * head.count(b"\r\n"):
@@ -221,6 +246,22 @@ class SipFramer:
         return self._content_length(buf, pos, head_end)
 
     def _content_length(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
+        """The message size from its only length header, which must be in the one form every
+        server reads the same way (see the module docstring)."""
+        lines = _LENGTH_LINE.findall(buf, pos, head_end + 2)
+        if len(lines) == 1:
+            m = _CANONICAL_LENGTH.fullmatch(lines[0])  # no CRLF in it: not folded
+            if m is not None:
+                size = head_end + 4 - pos + int(m[1])
+                if size <= self.max_msg_size:
+                    return size
+                return FramingError(FramingErrorKind.TOO_LARGE, f"message of {size} bytes "
+                                    f"exceeds max_msg_size {self.max_msg_size}")
+        return _length_error(lines)
+
+    def _lenient_content_length(self, buf: bytes, pos: int,
+                                head_end: int) -> int | FramingError:
+        """The trusted SIP server's side: only the Content-Length value is checked."""
         values = _CONTENT_LENGTH.findall(buf, pos, head_end + 2)
         if not values:
             return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
@@ -246,3 +287,32 @@ class SipFramer:
         self._buf = b""
         self._need = 0
         self._chunks = 0
+
+
+def _length_error(lines: list[bytes]) -> FramingError:
+    """Why the length lines found are not exactly one in the canonical form."""
+    if not lines:
+        return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
+                            "no Content-Length header (required on stream transports)")
+    if len(lines) > 1:
+        shown = b" | ".join(lines)[:80]
+        return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH,
+                            f"{len(lines)} length headers: {shown!r}")
+    line, folded = lines[0], b"\r\n" in lines[0]
+    name_end = 1 if line.lstrip(_BLANKS)[:1] in (b"l", b"L") else 14
+    name = line.lstrip(_BLANKS)[:name_end]
+    rest = line.lstrip(_BLANKS)[name_end:]
+    if line[:1] in (b" ", b"\t"):
+        why = "after leading whitespace (a folded line)"
+    elif name_end == 14 and name[7:8] != b"-":
+        why = "not spelled Content-Length"
+    elif folded:
+        why = "continued on a folded line"
+    elif rest[:1] != b":":
+        why = ("whitespace before the colon" if rest.lstrip(_BLANKS)[:1] == b":"
+               else "no colon right after the name")
+    else:
+        text = rest[1:].strip(_BLANKS)
+        return FramingError(FramingErrorKind.BAD_CONTENT_LENGTH,
+                            f"Content-Length {text[:40]!r} is not one number")
+    return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH, f"length header {line[:60]!r}: {why}")

@@ -129,10 +129,14 @@ def issue(
     return Issued(cert, key)
 
 
+def self_signed_paths(state_dir: Path) -> tuple[Path, Path]:
+    """Where the default identity lives: (cert, key)."""
+    return state_dir / "default-cert.pem", state_dir / "default-key.pem"
+
+
 def ensure_self_signed(state_dir: Path, names: list[str]) -> tuple[Path, Path, bool]:
     """Return (cert, key, created): the default identity kept in `state_dir`, made on first use."""
-    cert_path = state_dir / "default-cert.pem"
-    key_path = state_dir / "default-key.pem"
+    cert_path, key_path = self_signed_paths(state_dir)
     if cert_path.is_file() and key_path.is_file():
         return cert_path, key_path, False
     state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)

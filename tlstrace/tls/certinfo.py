@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import itertools
 from dataclasses import dataclass
 from functools import lru_cache
 
 from cryptography import x509
+from cryptography.exceptions import InvalidSignature
 from cryptography.x509.oid import NameOID
 
 _SHORT = {NameOID.EMAIL_ADDRESS: "emailAddress"}
@@ -67,3 +69,30 @@ def from_der(der: bytes) -> CertInfo | None:
 def from_pem_file(path: str) -> CertInfo:
     with open(path, "rb") as f:
         return from_certificate(x509.load_pem_x509_certificate(f.read()))
+
+
+def chain_problem(certificate_pem: bytes, chain_pem: bytes | None) -> str | None:
+    """What is wrong with the chain sent after a certificate, or None: each certificate must be
+    issued (name and signature) by the one that follows it, whether the chain is in the
+    certificate's file or in a chain file, and a chain file must hold a certificate. OpenSSL
+    sends them as they are, so a wrong chain would only show when a client refuses it. (A
+    certificate file without any certificate is left to OpenSSL's own message.)"""
+    try:
+        certs = x509.load_pem_x509_certificates(certificate_pem)
+    except ValueError:
+        return None
+    if chain_pem is not None:
+        try:
+            certs += x509.load_pem_x509_certificates(chain_pem)
+        except ValueError:
+            return "the chain file holds no readable PEM certificate"
+    for cert, issuer in itertools.pairwise(certs):
+        try:
+            cert.verify_directly_issued_by(issuer)
+        except (ValueError, TypeError) as e:
+            return (f"{oneline(cert.subject)} is not issued by the certificate after it, "
+                    f"{oneline(issuer.subject)} ({e})")
+        except InvalidSignature:
+            return (f"{oneline(cert.subject)} is not signed by the certificate after it, "
+                    f"{oneline(issuer.subject)}")
+    return None

@@ -2,7 +2,8 @@
 
 It tells apart "not TLS at all" (plain SIP, HTTP, garbage), SSLv2-style hellos, and TLS
 ClientHellos, and reads from a ClientHello the versions offered, the SNI and the client random,
-so that a failed handshake can be reported with a precise reason.
+so that a failed handshake can be reported with a precise reason, and so that a tls: listener
+can choose the server domain (by SNI) before OpenSSL sees the hello (see tls/contexts.py).
 """
 
 from __future__ import annotations
@@ -35,13 +36,20 @@ class Hello:
     client_random: bytes | None = None
 
 
+#: raw bytes a tls: listener holds while it waits for a whole ClientHello (OpenSSL would take up
+#: to 128 KiB; real hellos, post-quantum key shares included, stay under 4 KiB)
+MAX_HELLO_BYTES = 32768
+#: the largest TLS plaintext record (RFC 8446 §5.1); OpenSSL refuses larger ones
+_MAX_RECORD = 16384
+
+
 def sniff(data: bytes) -> Hello:
     """Classify the first bytes of a connection (at least 1 byte)."""
     if not data:
         return Hello(HelloKind.INCOMPLETE)
     first = data[0]
     if first == 0x16:
-        return _parse_tls(data)
+        return HelloReader().feed(data)
     if first & 0x80 and len(data) >= 3 and data[2] == 0x01:
         return Hello(HelloKind.SSLV2, max_version=SSL3)
     upper = data[:8].upper()
@@ -50,18 +58,51 @@ def sniff(data: bytes) -> Hello:
     return Hello(HelloKind.NOT_TLS)
 
 
-def _parse_tls(data: bytes) -> Hello:
-    if len(data) < 5:
-        return Hello(HelloKind.INCOMPLETE)
-    record_len = struct.unpack_from("!H", data, 3)[0]
-    body = data[5 : 5 + record_len]
-    # a ClientHello in one record is all we read; anything odd stays "tls" and OpenSSL decides
-    if len(body) < 4 or body[0] != 0x01:
-        return Hello(HelloKind.TLS if len(data) >= 5 + record_len else HelloKind.INCOMPLETE)
-    try:
-        return _parse_client_hello(body)
-    except (struct.error, IndexError, UnicodeDecodeError):
-        return Hello(HelloKind.TLS)
+class HelloReader:
+    """Reads a ClientHello that may arrive in pieces and span several handshake records.
+
+    `feed()` takes the next bytes of the stream and returns a Hello of kind INCOMPLETE until the
+    whole ClientHello message is there; then its facts (kind TLS). Each byte is looked at once
+    however the stream is cut. Anything that is not a ClientHello in handshake records gives a
+    Hello of kind TLS without facts: OpenSSL decides what is wrong with it.
+    """
+
+    __slots__ = ("_buf", "_message", "_total")
+
+    def __init__(self) -> None:
+        self._buf = bytearray()  # bytes of the record being read
+        self._message = bytearray()  # the handshake message, joined from record fragments
+        self._total = 0
+
+    @property
+    def total(self) -> int:
+        """Raw bytes fed so far."""
+        return self._total
+
+    def feed(self, data: bytes) -> Hello:
+        self._total += len(data)
+        buf = self._buf
+        buf += data
+        message = self._message
+        while True:
+            if len(buf) < 5:
+                return Hello(HelloKind.INCOMPLETE)
+            record_len = buf[3] << 8 | buf[4]
+            if buf[0] != 0x16 or record_len == 0 or record_len > _MAX_RECORD:
+                return Hello(HelloKind.TLS)
+            if len(buf) < 5 + record_len:
+                return Hello(HelloKind.INCOMPLETE)
+            message += buf[5 : 5 + record_len]
+            del buf[: 5 + record_len]
+            if message[0] != 0x01:
+                return Hello(HelloKind.TLS)
+            if len(message) >= 4:
+                size = 4 + int.from_bytes(message[1:4], "big")
+                if len(message) >= size:
+                    try:
+                        return _parse_client_hello(bytes(message[:size]))
+                    except (struct.error, IndexError, UnicodeDecodeError):
+                        return Hello(HelloKind.TLS)
 
 
 def _parse_client_hello(body: bytes) -> Hello:
@@ -74,6 +115,8 @@ def _parse_client_hello(body: bytes) -> Hello:
     p += 2 + struct.unpack_from("!H", body, p)[0]  # cipher suites
     p += 1 + body[p]  # compression methods
     max_version, sni = legacy_version, None
+    if p > len(body):
+        raise IndexError("truncated ClientHello")
     if p + 2 <= len(body):
         end = min(len(body), p + 2 + struct.unpack_from("!H", body, p)[0])
         p += 2

@@ -1,9 +1,19 @@
 """SSL contexts built from the configuration: server domains chosen by SNI, client domains.
 
-A listener gets its own set of server contexts. The handshake starts on the context of the
-domain that matches "no SNI"; the SNI callback switches to the first domain whose
-`match_sip_domain` globs match the name (exact names first, then wildcards, then "*", as
-OpenSIPS's tls_mgm does). A name nothing matches is refused with an unrecognized_name alert.
+A listener gets its own set of server contexts. The domain is the first whose
+`match_sip_domain` globs match the SNI (exact names first, then wildcards, then "*", as
+OpenSIPS's tls_mgm does); with no SNI, the one that matches "none" or "*". A name nothing
+matches is refused with an unrecognized_name alert.
+
+Domains are isolated: the relay reads the SNI from the ClientHello itself (tls/clienthello.py)
+and starts the handshake on that domain's context (`select`), so each domain has its own
+OpenSSL session cache, its own ticket keys and its own client-certificate policy, and a session
+resumes only in the domain that created it. Switching contexts in OpenSSL's SNI callback would
+not do: OpenSSL looks the session up (and decrypts the ticket) on the context the handshake
+began on, before the callback runs, so a session taken on one domain would resume on another
+without its certificate checks. The callback therefore never switches: it refuses a name that
+belongs to another domain than the one chosen (`sni_mismatch`, when OpenSSL reads a hello
+differently from tlstrace) and unknown names.
 """
 
 from __future__ import annotations
@@ -18,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from tlstrace.config import ClientDomain, Config, ConfigError, Listener, ServerDomain
-from tlstrace.tls import certgen, certinfo
+from tlstrace.tls import certgen, certinfo, groups
 
 log = logging.getLogger("tlstrace.tls")
 
@@ -47,10 +57,10 @@ class ServerContexts:
         no_sni = self._match(None)
         self.initial = (no_sni or identities[0]).context
         self._by_context = {id(i.context): i for i in identities}
-        # one domain that takes any name: nothing to choose, only the name to note
-        only_any = len(identities) == 1 and "*" in identities[0].domain.match_sip_domain
+        #: one domain that takes any name: nothing to choose, only the name to note
+        self.single = len(identities) == 1 and "*" in identities[0].domain.match_sip_domain
         for ident in identities:
-            ident.context.sni_callback = _note_sni if only_any else self._on_sni
+            ident.context.sni_callback = _note_sni if self.single else self._on_sni
 
     def _match(self, server_name: str | None) -> ServerIdentity | None:
         for pattern, ident in self._patterns:
@@ -61,6 +71,12 @@ class ServerContexts:
                 return ident
         return None
 
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        """The context a handshake with this SNI starts on (read from the ClientHello). A name
+        no domain takes starts on the initial one, whose SNI callback then refuses it."""
+        ident = self._match(server_name)
+        return self.initial if ident is None else ident.context
+
     def _on_sni(self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
                 ctx: ssl.SSLContext) -> int | None:
         obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
@@ -70,7 +86,10 @@ class ServerContexts:
                 return None  # no SNI and no domain for it: continue on the initial one
             return ssl.ALERT_DESCRIPTION_UNRECOGNIZED_NAME
         if ident.context is not ctx:
-            obj.context = ident.context
+            # never switch (see the module's docstring): the session, if any, was already
+            # taken from `ctx`'s cache
+            obj.tlstrace_sni_mismatch = True  # type: ignore[union-attr]
+            return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
         return None
 
     def identity_of(self, ctx: ssl.SSLContext) -> ServerIdentity | None:
@@ -129,14 +148,21 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
                           source: str) -> ServerIdentity:
     cert_file, key_file = domain.certificate, domain.private_key
     if cert_file is None or key_file is None:
-        cert_file, key_file, created = certgen.ensure_self_signed(
-            config.state_dir, ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
-        )
+        try:
+            cert_file, key_file, created = certgen.ensure_self_signed(
+                config.state_dir, ["localhost", socket.gethostname(), "127.0.0.1", "::1"]
+            )
+        except OSError as e:
+            raise state_dir_error(config, source, e.strerror or str(e)) from None
         if created:
             log.info("generated a self-signed certificate %s (key %s)", cert_file, key_file)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
+    groups.apply(ctx, domain.groups, lambda why: ConfigError(source, f"{key}.groups", why))
     ctx.options |= ssl.OP_CIPHER_SERVER_PREFERENCE
+    # client-initiated renegotiation is answered with a no_renegotiation alert (OpenSSL 3's
+    # default; explicit for older ones): a renegotiation would be a full handshake on demand
+    ctx.options |= ssl.OP_NO_RENEGOTIATION
     ctx.num_tickets = domain.session_tickets
     if not domain.session_tickets:
         ctx.options |= ssl.OP_NO_TICKET
@@ -151,9 +177,15 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
     return ServerIdentity(domain, ctx, Path(cert_file), info)
 
 
+def state_dir_error(config: Config, source: str, reason: str) -> ConfigError:
+    return ConfigError(source, "state_dir", f"{config.state_dir}: cannot create the "
+                                            f"self-signed certificate there: {reason}")
+
+
 def build_client_context(domain: ClientDomain, key: str, source: str) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     _apply_common(ctx, domain.min_version, domain.max_version, domain.ciphers_list, key, source)
+    groups.apply(ctx, domain.groups, lambda why: ConfigError(source, f"{key}.groups", why))
     if domain.verify_cert:
         ctx.verify_mode = ssl.CERT_REQUIRED
         if domain.ca_list is not None:
@@ -187,6 +219,14 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key_file: Path, chain: Path | N
             raise ConfigError(source, f"{key}.{name}", f"{path}: missing or not readable")
     certfile = str(cert)
     tmp = None
+    try:
+        problem = certinfo.chain_problem(Path(cert).read_bytes(),
+                                         Path(chain).read_bytes() if chain is not None else None)
+    except OSError as e:
+        raise ConfigError(source, f"{key}.certificate", f"{e.filename}: {e.strerror}") from None
+    if problem is not None:
+        raise ConfigError(source, f"{key}.chain" if chain is not None else f"{key}.certificate",
+                          f"{chain or cert}: {problem}")
     if chain is not None:
         # OpenSSL reads the chain from the certificate file: join them in a private temp file
         tmp = tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False)  # noqa: SIM115

@@ -13,8 +13,14 @@ class HandshakeFailure(StrEnum):
     BAD_CERTIFICATE = "bad_certificate"
     CERTIFICATE_REQUIRED = "certificate_required"
     NO_SHARED_CIPHER = "no_shared_cipher"
+    #: no key-exchange group both sides allow (the server's `groups`)
+    NO_SHARED_GROUP = "no_shared_group"
     UNSUPPORTED_VERSION = "unsupported_version"
     UNRECOGNIZED_NAME = "unrecognized_name"
+    #: OpenSSL read another SNI from the ClientHello than tlstrace did (see tls/contexts.py)
+    SNI_MISMATCH = "sni_mismatch"
+    #: no complete ClientHello within MAX_HELLO_BYTES (tls/clienthello.py)
+    HELLO_TOO_LARGE = "hello_too_large"
     HOSTNAME_MISMATCH = "hostname_mismatch"
     HANDSHAKE_TIMEOUT = "handshake_timeout"
     NOT_TLS = "not_tls"
@@ -35,6 +41,9 @@ _BY_OPENSSL_REASON: dict[str, HandshakeFailure] = {
     "NO_SHARED_CIPHER": HandshakeFailure.NO_SHARED_CIPHER,
     "SSLV3_ALERT_HANDSHAKE_FAILURE": HandshakeFailure.NO_SHARED_CIPHER,
     "NO_CIPHERS_AVAILABLE": HandshakeFailure.NO_SHARED_CIPHER,
+    "NO_SUITABLE_KEY_SHARE": HandshakeFailure.NO_SHARED_GROUP,
+    "NO_SHARED_GROUPS": HandshakeFailure.NO_SHARED_GROUP,
+    "NO_SUITABLE_GROUPS": HandshakeFailure.NO_SHARED_GROUP,
     "UNSUPPORTED_PROTOCOL": HandshakeFailure.UNSUPPORTED_VERSION,
     "TLSV1_ALERT_PROTOCOL_VERSION": HandshakeFailure.UNSUPPORTED_VERSION,
     "VERSION_TOO_LOW": HandshakeFailure.UNSUPPORTED_VERSION,

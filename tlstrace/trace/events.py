@@ -8,7 +8,12 @@
   direction. Differences on purpose: `master-key` is hex (OpenSIPS ≥ 1.1 writes raw bytes) and
   only exists for TLS 1.2; `keylog` (the NSS key-log lines) and `Reason` (a stable failure
   reason) follow `Message` when present.
-- Per-call TLS session records (HEP type 100, JSON), one per Call-ID, for Homer's Logs tab.
+- Per-call TLS session records (HEP type 100, JSON), one per Call-ID, for Homer's Logs tab,
+  and a type-100 record for each SIP message traced truncated (`truncated_record`).
+
+Text a peer controls (its certificate's subject and issuer) is shortened past
+`fit.FIELD_MAX` characters, and a Call-ID past `fit.CALL_ID_MAX` bytes arrives shortened
+(`fit.short_id`), so that no event outgrows a HEP packet.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Literal
 from hep.address import join_host_port
 from tlstrace.relay.connection import Connection
 from tlstrace.tls.certinfo import CertInfo
+from tlstrace.trace.fit import short_text
 
 Format = Literal["json", "homer5"]
 
@@ -47,10 +53,11 @@ def _cert_parts(conn: Connection) -> list[tuple[str, str]]:
     parts = []
     peer = conn.peer_cert
     if peer is not None:
-        parts += [("client-subject", peer.subject), ("client-issuer", peer.issuer)]
+        parts += [("client-subject", short_text(peer.subject)),
+                  ("client-issuer", short_text(peer.issuer))]
     if conn.local_cert is not None:
-        parts += [("server-subject", conn.local_cert.subject),
-                  ("server-issuer", conn.local_cert.issuer)]
+        parts += [("server-subject", short_text(conn.local_cert.subject)),
+                  ("server-issuer", short_text(conn.local_cert.issuer))]
     return parts
 
 
@@ -76,7 +83,11 @@ def closed_event(reason: str) -> list[tuple[str, str]]:
 
 
 def _cert_json(info: CertInfo | None) -> dict[str, str] | None:
-    return info.as_dict() if info is not None else None
+    if info is None:
+        return None
+    d = info.as_dict()
+    d["subject"], d["issuer"] = short_text(d["subject"]), short_text(d["issuer"])
+    return d
 
 
 def session_record_prefix(conn: Connection, *, keys: bool) -> str:
@@ -102,6 +113,32 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
     return json.dumps(record, separators=(",", ":"))[:-1]
 
 
-def session_record(prefix: str, call_id: bytes) -> bytes:
+def session_record(prefix: str, call_id: bytes, call_id_length: int | None = None) -> bytes:
+    """The record for one Call-ID; `call_id_length` is the real length of a Call-ID that
+    arrives shortened."""
     cid = json.dumps(call_id.decode("utf-8", "replace"))
-    return f'{prefix},"call_id":{cid}}}'.encode()
+    if call_id_length is None:
+        return f'{prefix},"call_id":{cid}}}'.encode()
+    return f'{prefix},"call_id":{cid},"call_id_length":{call_id_length}}}'.encode()
+
+
+def truncated_record(conn: Connection, *, received: bool, length: int, traced: int, cut: str,
+                     max_packet: int, call_id: bytes | None,
+                     call_id_length: int | None) -> bytes:
+    """The type-100 record sent with a SIP message traced truncated."""
+    record: dict[str, Any] = {
+        "type": "tls-trace-truncated",
+        "connection_id": str(conn.id),
+        "direction": conn.direction,
+        "remote": join_host_port(*conn.remote),
+        "local": join_host_port(*conn.local),
+        "message": "received" if received else "sent",
+        "length": length,
+        "traced_length": traced,
+        "cut": cut,
+        "max_packet": max_packet,
+        "call_id": call_id.decode("utf-8", "replace") if call_id is not None else None,
+    }
+    if call_id_length is not None:
+        record["call_id_length"] = call_id_length
+    return json.dumps(record, separators=(",", ":")).encode()

@@ -1,5 +1,11 @@
 """Tracing glue: decides per connection whether it is traced, builds its HEP templates once,
-and per message does one encode and one enqueue per destination."""
+and per message does one encode and one enqueue per destination.
+
+Every relayed message leaves a trace: a message whose packet would exceed `hep_max_packet` is
+traced truncated (`fit.truncate_sip`) with a type-100 record saying so, and a Call-ID longer
+than `fit.CALL_ID_MAX` goes into the packets shortened (`fit.short_id`). A message pays two
+length comparisons for this (its size, its Call-ID's) unless it is that large or its Call-ID
+that long."""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
-from hep.codec import PacketTemplate
+from hep.address import join_host_port
+from hep.codec import MAX_PACKET, PacketTemplate
 from hep.sender import HepIdentity, HepSender
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
@@ -18,6 +25,7 @@ from tlstrace.sip.peek import call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
 from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
+from tlstrace.trace.fit import CALL_ID_MAX, short_id, truncate_sip
 from tlstrace.trace.keyfile import KeyLogFile
 
 if TYPE_CHECKING:
@@ -28,12 +36,22 @@ log = logging.getLogger("tlstrace.trace")
 PROTO_SIP = 1
 PROTO_NET = 89  # OpenSIPS's "net" type for transport events
 PROTO_LOG = 100
-#: Call-IDs remembered per connection for the once-per-call session record
+#: Call-IDs remembered per connection for the once-per-call session record. Each is kept as
+#: its 64-bit hash (an int in an ordered dict: about 100 bytes), whatever the Call-ID's length:
+#: at most about 100 KiB per connection
 SEEN_CALL_IDS = 1024
 
 #: messages kept for the backend leg's trace while it connects (a safety bound: backend_leg()
-#: ends the wait, with or without a plain leg to trace)
+#: ends the wait, with or without a plain leg to trace), by count and by bytes
 EARLY_MAX = 256
+EARLY_MAX_BYTES = 256 * 1024
+
+#: Reasons of tlstrace_trace_oversize_total: a message traced with its body cut, with header
+#: lines left out, a Call-ID shortened in the packets, a packet that could not be built at all
+OVERSIZE_REASONS = ("truncated_body", "truncated_headers", "long_call_id", "not_traced")
+#: At most LOG_BURST oversize lines per LOG_INTERVAL seconds (the counter counts them all)
+LOG_BURST = 5
+LOG_INTERVAL = 10.0
 
 Addr = tuple[str, int]
 
@@ -48,10 +66,11 @@ def _hep_ip(host: str, other: str) -> str:
 
 @dataclass(frozen=True)
 class SwitchedBy:
-    """Who switched tracing, for the log line that records it: `kind` is api, signal, file or
-    flag, `text` how the line says it, `client` the API client's HOST:PORT."""
+    """Who switched tracing, for the log line that records it: `kind` is api, signal, file,
+    flag or limit (a time limit ran out), `text` how the line says it, `client` the API
+    client's HOST:PORT."""
 
-    kind: Literal["api", "signal", "file", "flag"]
+    kind: Literal["api", "signal", "file", "flag", "limit"]
     text: str
     client: str | None = None
 
@@ -73,11 +92,17 @@ class TraceManager:
         self.apply_config(config)
         self.enabled = config.trace_on and bool(senders)
         self.packets = 0
-        self.too_big = 0
+        #: messages or packets that did not fit as they were, by reason (OVERSIZE_REASONS)
+        self.oversize = dict.fromkeys(OVERSIZE_REASONS, 0)
+        self._log_since = -LOG_INTERVAL
+        self._log_lines = 0
+        self._log_suppressed = 0
 
     def apply_config(self, config: Config) -> None:
         session_changed = (self.config.trace_keys, self.config.trace_sessions) != \
             (config.trace_keys, config.trace_sessions)
+        size_changed = self.config.hep_max_packet != config.hep_max_packet
+        self.max_packet = config.hep_max_packet
         self.config = config
         self.filter = TraceFilter(config.trace_filter, config.trace_filter_default)
         if config.keylog_file is not None:
@@ -93,11 +118,12 @@ class TraceManager:
             config.hep_auth_key.encode() if config.hep_auth_key else None,
             config.hep_node_name.encode() if config.hep_node_name else None,
         )
-        if session_changed and self.relay is not None:
-            # the session records of open connections follow the new settings at once
+        if (session_changed or size_changed) and self.relay is not None:
+            # open connections follow the new settings at once
             for leg in list(self.relay.tls_legs.values()):
                 if isinstance(leg.tracer, ConnectionTracer):
                     leg.tracer.build_session()
+                    leg.tracer.set_room()
 
     # -- switching -----------------------------------------------------------------------------
 
@@ -183,25 +209,69 @@ class TraceManager:
         tpl = self.template(conn.remote, conn.local, PROTO_NET)
         now = time.time()
         sec = int(now)
-        self.send(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode())
+        self.send_checked(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(),
+                          conn)
 
     def send(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
              cid: bytes | None) -> None:
+        """A SIP message's packet: `ConnectionTracer.message` made it fit."""
         try:
             packet = tpl.encode(sec, usec, payload, cid)
-        except ValueError:
-            self.too_big += 1
+        except ValueError as e:  # a safety net: not expected
+            self._not_sent(tpl, e, None)
             return
         self.packets += 1
         for sender in self.senders:
             sender.send(packet)
 
+    def send_checked(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
+                     cid: bytes | None, conn: Connection) -> None:
+        """An event or record's packet (once per connection, call or truncated message):
+        its fields are bounded, and what still does not fit `hep_max_packet` is not sent."""
+        try:
+            packet = tpl.encode(sec, usec, payload, cid)
+            if len(packet) > self.max_packet:
+                raise ValueError(f"{len(packet)} bytes, hep_max_packet is {self.max_packet}")
+        except ValueError as e:
+            self._not_sent(tpl, e, conn)
+            return
+        self.packets += 1
+        for sender in self.senders:
+            sender.send(packet)
+
+    def _not_sent(self, tpl: PacketTemplate, error: ValueError, conn: Connection | None) -> None:
+        self.oversize["not_traced"] += 1
+        suppressed = self.may_log()
+        if suppressed is not None:
+            who = f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: " \
+                if conn is not None else ""
+            log.warning("%sa HEP packet of type %d was not sent: %s%s", who,
+                        tpl.packet.proto_type, error, _suppressed(suppressed))
+
+    def may_log(self) -> int | None:
+        """None when this oversize line must not be logged (more than LOG_BURST in the
+        current LOG_INTERVAL); otherwise how many were left out since the last one logged."""
+        now = time.monotonic()
+        if now - self._log_since >= LOG_INTERVAL:
+            self._log_since = now
+            self._log_lines = 0
+        if self._log_lines >= LOG_BURST:
+            self._log_suppressed += 1
+            return None
+        self._log_lines += 1
+        suppressed, self._log_suppressed = self._log_suppressed, 0
+        return suppressed
+
+
+def _suppressed(n: int) -> str:
+    return f" ({n} similar lines not logged before this one)" if n else ""
+
 
 class ConnectionTracer:
     """Traces one connection's SIP messages and per-call session records."""
 
-    __slots__ = ("backend_in", "backend_out", "conn", "early", "manager", "seen", "session",
-                 "tpl_in", "tpl_out")
+    __slots__ = ("backend_in", "backend_out", "conn", "early", "early_size", "fixed", "manager",
+                 "room", "seen", "session", "tpl_in", "tpl_out")
 
     def __init__(self, manager: TraceManager, conn: Connection) -> None:
         self.manager = manager
@@ -212,13 +282,26 @@ class ConnectionTracer:
         self.backend_in: PacketTemplate | None = None
         self.backend_out: PacketTemplate | None = None
         cfg = manager.config
-        # messages read before the backend leg was up, traced on that leg once it is
-        self.early: list[tuple[int, int, bytes, bytes | None]] | None = \
+        # messages read before the backend leg was up, traced on that leg once it is (with
+        # the message as it was read when the traced copy is a truncated one)
+        self.early: list[tuple[int, int, bytes, bytes | None, bytes | None]] | None = \
             [] if cfg.trace_backend and conn.direction == "inbound" else None
+        self.early_size = 0
         #: the session record's per-connection prefix and its template (trace_sessions)
         self.session: tuple[str, PacketTemplate] | None = None
         self.build_session()
-        self.seen: OrderedDict[bytes, None] = OrderedDict()
+        #: hashes of the Call-IDs whose session record went out, oldest first
+        self.seen: OrderedDict[int, None] = OrderedDict()
+        #: bytes of the SIP packets of this connection besides payload and correlation id
+        self.fixed = 0
+        #: the largest message that fits whatever its Call-ID: one comparison per message
+        self.room = 0
+        self.set_room()
+
+    def set_room(self) -> None:
+        templates = [self.tpl_in, self.tpl_out, self.backend_in, self.backend_out]
+        self.fixed = max(MAX_PACKET - t.max_payload() for t in templates if t is not None)
+        self.room = self.manager.max_packet - self.fixed - 6 - CALL_ID_MAX
 
     def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
@@ -233,28 +316,104 @@ class ConnectionTracer:
         if self.early is not None and addresses is not None:
             self.backend_out = self.manager.template(*addresses, PROTO_SIP)
             self.backend_in = self.backend_out.swapped()
-            for sec, usec, data, cid in self.early:
+            self.set_room()
+            for sec, usec, data, cid, original in self.early:
+                room = self.manager.max_packet - self.fixed - (0 if cid is None else 6 + len(cid))
+                if len(data) > room:  # the backend leg's packets are larger (IPv6)
+                    data = truncate_sip(original or data, room, cid)[0]
                 self.manager.send(self.backend_out, sec, usec, data, cid)
         self.early = None
+        self.early_size = 0
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
         cid = call_id(data)
         sec = int(timestamp)
         usec = int((timestamp - sec) * 1e6)
+        original: bytes | None = None
+        cid_length: int | None = None
+        if len(data) > self.room or (cid is not None and len(cid) > CALL_ID_MAX):
+            original = data
+            fitted, cid, cid_length = self._fit(data, cid, received, sec, usec)
+            if fitted is None:
+                return
+            data = fitted
         if received:
             manager.send(self.tpl_in, sec, usec, data, cid)
             if self.backend_out is not None:
                 manager.send(self.backend_out, sec, usec, data, cid)
             elif self.early is not None and len(self.early) < EARLY_MAX:
-                self.early.append((sec, usec, data, cid))
+                kept = original if original is not data else None
+                size = len(data) + (len(kept) if kept is not None else 0)
+                if self.early_size + size <= EARLY_MAX_BYTES:
+                    self.early.append((sec, usec, data, cid, kept))
+                    self.early_size += size
         else:
             if self.backend_in is not None:
                 manager.send(self.backend_in, sec, usec, data, cid)
             manager.send(self.tpl_out, sec, usec, data, cid)
         session = self.session
-        if cid is not None and session is not None and cid not in self.seen:
-            self.seen[cid] = None
+        if cid is not None and session is not None and (key := hash(cid)) not in self.seen:
+            self.seen[key] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
-            manager.send(session[1], sec, usec, events.session_record(session[0], cid), cid)
+            manager.send_checked(session[1], sec, usec,
+                                 events.session_record(session[0], cid, cid_length), cid,
+                                 self.conn)
+
+    def _fit(self, data: bytes, cid: bytes | None, received: bool, sec: int,
+             usec: int) -> tuple[bytes | None, bytes | None, int | None]:
+        """The slow path of `message`: shorten a long Call-ID, truncate a message too large
+        for one packet, count, log (rate-limited) and send the type-100 record about it.
+        Returns what to trace: (payload or None, correlation id, real Call-ID length)."""
+        manager = self.manager
+        cid_length: int | None = None
+        if cid is not None and len(cid) > CALL_ID_MAX:
+            cid_length = len(cid)
+            cid = short_id(cid)
+            manager.oversize["long_call_id"] += 1
+        room = manager.max_packet - self.fixed - (0 if cid is None else 6 + len(cid))
+        length = len(data)
+        cut: str | None = None
+        traced: bytes | None = data
+        if length > room:
+            traced, cut = truncate_sip(data, room, cid)
+            if len(traced) > room:  # hep_max_packet too small for the template's chunks
+                traced, cut = None, "not_traced"
+                manager.oversize["not_traced"] += 1
+            else:
+                manager.oversize[f"truncated_{cut}"] += 1
+            conn = self.conn
+            record = events.truncated_record(
+                conn, received=received, length=length,
+                traced=len(traced) if traced is not None else 0, cut=cut,
+                max_packet=manager.max_packet, call_id=cid, call_id_length=cid_length)
+            manager.send_checked(manager.template(conn.remote, conn.local, PROTO_LOG), sec,
+                                 usec, record,
+                                 cid if cid is not None else str(conn.id).encode(), conn)
+        if traced is data and cid_length is None:
+            return data, cid, None  # it fits: near the limit, nothing to say
+        suppressed = manager.may_log()
+        if suppressed is not None:
+            self._log(data, received, traced, cut, cid, cid_length, suppressed)
+        return traced, cid, cid_length
+
+    def _log(self, data: bytes, received: bool, traced: bytes | None, cut: str | None,
+             cid: bytes | None, cid_length: int | None, suppressed: int) -> None:
+        conn = self.conn
+        first = data[:data.find(b" ", 0, 32)] if b" " in data[:32] else data[:32]
+        what = f"{first.decode('ascii', 'replace')!r} of {len(data)} bytes " \
+            f"{'received' if received else 'sent'}"
+        notes = []
+        if cut == "not_traced":
+            notes.append(f"not traced: hep_max_packet {self.manager.max_packet} leaves no room")
+        elif cut is not None and traced is not None:
+            notes.append(f"does not fit one HEP packet (hep_max_packet "
+                         f"{self.manager.max_packet}): traced truncated to {len(traced)} bytes, "
+                         f"{cut} cut")
+        if cid_length is not None and cid is not None:
+            notes.append(f"Call-ID of {cid_length} bytes traced as its first "
+                         f"{len(cid) - 33} bytes and ...{cid[-33:].decode('ascii', 'replace')}")
+        log.warning("conn %s %s %s: %s: %s%s", conn.id, conn.direction,
+                    join_host_port(*conn.remote), what, "; ".join(notes),
+                    _suppressed(suppressed))

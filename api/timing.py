@@ -1,0 +1,18 @@
+"""The time limit on tracing as GET /api/trace shows it."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from tlstrace.trace.timer import TracingTimer
+
+
+def time_limit(timer: TracingTimer) -> dict[str, Any]:
+    """`until` (UTC) and `remaining_seconds`, both None without a limit."""
+    until = timer.until
+    if until is None:
+        return {"until": None, "remaining_seconds": None}
+    return {"until": datetime.fromtimestamp(until, UTC).replace(microsecond=0),
+            "remaining_seconds": round(max(0.0, until - time.time()), 1)}

@@ -1,0 +1,220 @@
+"""Fitting what a client controls into one HEP packet, without sockets: the stable short form
+of long Call-IDs and event fields, SIP truncation headers first, and the tracer's use of them
+(room per connection, a reload of hep_max_packet, a backend leg with larger packets).
+The relay-level tests, read back by Kamailio and hep-js, are in
+tests/hardening/test_trace_oversize.py."""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+import time
+from types import SimpleNamespace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from hep.codec import decode
+from tlstrace.config.load import validate
+from tlstrace.relay.connection import Connection
+from tlstrace.tls.certinfo import CertInfo
+from tlstrace.trace import events
+from tlstrace.trace.fit import CALL_ID_MAX, FIELD_MAX, short_id, short_text, truncate_sip
+from tlstrace.trace.tracer import ConnectionTracer, TraceManager
+
+
+def sip(call_id: bytes = b"fit@x", body: bytes = b"", extra: list[bytes] | None = None) -> bytes:
+    lines = [b"INVITE sip:bob@example.com SIP/2.0", b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1",
+             *(extra or []), b"From: <sip:a@x>;tag=1", b"To: <sip:b@x>", b"Call-ID: " + call_id,
+             b"CSeq: 1 INVITE", b"Content-Length: " + str(len(body)).encode()]
+    return b"\r\n".join(lines) + b"\r\n\r\n" + body
+
+
+# -- short forms -------------------------------------------------------------------------------
+
+def test_short_id_keeps_ids_up_to_the_bound_and_shortens_longer_ones_stably() -> None:
+    at = b"a" * CALL_ID_MAX
+    assert short_id(at) is at and short_id(at[:-1]) == at[:-1]
+    over = b"o" * (CALL_ID_MAX + 1)
+    s = short_id(over)
+    assert len(s) == CALL_ID_MAX == 256
+    assert s == over[:223] + b"~" + hashlib.sha256(over).hexdigest()[:32].encode()
+    huge = b"h" * 33000
+    assert short_id(huge) == short_id(bytes(huge)) and short_id(huge) != short_id(huge + b"!")
+    # the same prefix, another tail: another short id
+    assert short_id(b"x" * 300 + b"1") != short_id(b"x" * 300 + b"2")
+
+
+def test_short_id_does_not_cut_a_utf8_character() -> None:
+    for lead in range(0, 4):
+        value = b"a" * lead + "é€😀".encode() * 100
+        s = short_id(value)
+        assert len(s) <= CALL_ID_MAX
+        s[:-33].decode("utf-8")  # a whole number of characters
+        assert s[-33:-32] == b"~"
+
+
+def test_short_text_bounds_event_fields() -> None:
+    assert short_text("/CN=x") == "/CN=x"
+    long = "/CN=" + "é" * 5000
+    s = short_text(long)
+    assert len(s) == FIELD_MAX == 1024 and s.startswith("/CN=éé")
+    assert s.endswith("~" + hashlib.sha256(long.encode()).hexdigest()[:32])
+
+
+def test_events_shorten_certificate_fields() -> None:
+    conn = Connection("inbound", ("192.0.2.1", 5061), ("127.0.0.1", 5061), "tls:x")
+    conn.local_cert = CertInfo("/CN=" + "s" * 70000, "/CN=" + "i" * 70000, "01", "ab",
+                               dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    parts = dict(events.handshake_event(conn, ok=True, message="", reason=None, keys=False))
+    assert len(parts["server-subject"]) == len(parts["server-issuer"]) == FIELD_MAX
+    prefix = events.session_record_prefix(conn, keys=False)
+    assert len(prefix) < 4 * FIELD_MAX
+
+
+# -- truncation --------------------------------------------------------------------------------
+
+def test_truncation_cuts_the_body_first_and_marks_the_copy() -> None:
+    msg = sip(body=b"v" * 5000)
+    out, cut = truncate_sip(msg, 1000)
+    assert (cut, len(out)) == ("body", 1000)
+    first, rest = msg.split(b"\r\n", 1)
+    mark = b"X-Tlstrace-Truncated: length=%d;cut=body\r\n" % len(msg)
+    assert out == (first + b"\r\n" + mark + rest)[:1000]
+
+
+def test_truncation_leaves_header_lines_out_keeping_the_dialogs() -> None:
+    pad = [b"X-Pad-%03d: " % i + b"p" * 80 for i in range(100)]
+    msg = sip(b"hdr@x", b"v" * 100, pad)
+    out, cut = truncate_sip(msg, 2000)
+    assert cut == "headers" and len(out) <= 2000 and out.endswith(b"\r\n\r\n")
+    lines = out.split(b"\r\n")
+    assert lines[0] == b"INVITE sip:bob@example.com SIP/2.0"
+    assert lines[1] == b"X-Tlstrace-Truncated: length=%d;cut=headers" % len(msg)
+    for h in (b"Via:", b"From:", b"To:", b"Call-ID: hdr@x", b"CSeq:"):
+        assert any(x.startswith(h) for x in lines), h
+    kept = [x for x in lines if x.startswith(b"X-Pad-")]
+    assert kept == pad[:len(kept)] and 0 < len(kept) < 100  # in order, the last ones left out
+
+
+def test_truncation_keeps_folded_headers_whole_and_shortens_a_huge_call_id() -> None:
+    folded = [b"Subject: one", b" two", b"\tthree"]
+    cid = b"c" * 40000
+    msg = sip(cid, b"", folded)
+    out, cut = truncate_sip(msg, 1500, short_id(cid))
+    assert cut == "headers" and len(out) <= 1500
+    assert b"Subject: one\r\n two\r\n\tthree\r\n" in out
+    assert b"\r\nCall-ID: " + short_id(cid) + b"\r\n" in out
+
+
+def test_truncation_of_a_padded_start_line_and_of_no_header_end() -> None:
+    msg = b"INVITE sip:" + b"u" * 70000 + b"@x SIP/2.0\r\nCall-ID: s@x\r\n\r\n"
+    out, cut = truncate_sip(msg, 1000)
+    assert cut == "headers" and len(out) <= 1000 and out.startswith(b"INVITE sip:uuu")
+    assert b"Call-ID: s@x\r\n" in out
+    out, cut = truncate_sip(b"OPTIONS sip:x SIP/2.0\r\nVia: " + b"v" * 5000, 500)
+    assert len(out) <= 500 and out.startswith(b"OPTIONS sip:x SIP/2.0\r\nX-Tlstrace-Truncated")
+
+
+@given(st.binary(max_size=3000), st.integers(300, 3000))
+@settings(max_examples=300, deadline=None)
+def test_truncation_never_exceeds_its_room(data: bytes, room: int) -> None:
+    msg = b"MESSAGE sip:x SIP/2.0\r\n" + data
+    if len(msg) <= room:
+        return
+    out, cut = truncate_sip(msg, room, short_id(b"k" * 300))
+    assert len(out) <= room and cut in ("body", "headers")
+    assert b"\r\nX-Tlstrace-Truncated: length=%d;cut=" % len(msg) in out
+
+
+# -- the tracer --------------------------------------------------------------------------------
+
+class Collect:
+    def __init__(self) -> None:
+        self.packets: list[bytes] = []
+
+    def send(self, data: bytes) -> bool:
+        self.packets.append(data)
+        return True
+
+
+def tracer_for(**settings: Any) -> tuple[TraceManager, ConnectionTracer, Collect, Any]:
+    config = validate({"hep_id": ["[h]127.0.0.1:9"], "trace_on": True, **settings}, "test")
+    relay: Any = SimpleNamespace(tls_legs={})
+    out = Collect()
+    manager = TraceManager(config, [out], relay)  # type: ignore[list-item]
+    conn = Connection("inbound", ("192.0.2.1", 5061), ("127.0.0.1", 5061), "tls:127.0.0.1:5061")
+    tracer = ConnectionTracer(manager, conn)
+    relay.tls_legs[conn.id] = SimpleNamespace(tracer=tracer)
+    return manager, tracer, out, config
+
+
+def test_hep_max_packet_bounds_every_packet_and_a_reload_applies_to_open_connections() -> None:
+    manager, tracer, out, config = tracer_for(hep_max_packet=4096)
+    tracer.message(sip(body=b"v" * 3000), True, time.time())
+    assert manager.oversize["truncated_body"] == 0
+    tracer.message(sip(body=b"v" * 5000), True, time.time())
+    assert manager.oversize["truncated_body"] == 1
+    assert max(map(len, out.packets)) == 4096
+    sips = [decode(p) for p in out.packets if decode(p).proto_type == 1]
+    assert b"X-Tlstrace-Truncated: length=" in sips[-1].payload
+    notes = [decode(p) for p in out.packets if b"tls-trace-truncated" in decode(p).payload]
+    assert len(notes) == 1 and notes[0].proto_type == 100 and notes[0].correlation_id == b"fit@x"
+
+    manager.apply_config(config.model_copy(update={"hep_max_packet": 65507}))
+    out.packets.clear()
+    tracer.message(sip(body=b"v" * 5000), False, time.time())
+    assert manager.oversize["truncated_body"] == 1 and b"X-Tlstrace" not in out.packets[0]
+
+
+def test_a_long_call_id_is_shortened_in_messages_and_session_records() -> None:
+    manager, tracer, out, _ = tracer_for()
+    cid = b"L" * 33000
+    tracer.message(sip(cid, b"v" * 100), True, time.time())
+    tracer.message(sip(cid, b"v" * 100), False, time.time())
+    packets = [decode(p) for p in out.packets]
+    assert {p.correlation_id for p in packets} == {short_id(cid)}
+    assert [p.proto_type for p in packets] == [1, 100, 1]
+    assert packets[0].payload == sip(cid, b"v" * 100)  # the message itself fits: untouched
+    assert b'"call_id_length":33000' in packets[1].payload
+    assert manager.oversize["long_call_id"] == 2
+    assert len(tracer.seen) == 1 and len(next(iter(tracer.seen))) == CALL_ID_MAX
+
+
+def test_early_messages_refit_for_a_backend_leg_with_larger_packets() -> None:
+    """A message that fits the client's IPv4 packets exactly, read before an IPv6 backend leg
+    was up, is traced on that leg truncated to its (24 bytes smaller) room."""
+    manager, tracer, out, _ = tracer_for(trace_backend=True, trace_sessions=False)
+    probe = sip(body=b"v")
+    tracer.message(probe, True, time.time())
+    overhead = len(out.packets[0]) - len(probe)
+    n = 65507 - overhead - len(probe) + 1 - 4  # "Content-Length: 1" becomes 5 digits
+    msg = sip(body=b"v" * n)
+    assert len(msg) + overhead == 65507
+    tracer.message(msg, True, time.time())
+    assert len(out.packets[1]) == 65507 and manager.oversize["truncated_body"] == 0
+    tracer.backend_leg((("2001:db8::1", 40000), ("2001:db8::2", 5060)))
+    backend = [decode(p) for p in out.packets[2:]]
+    assert [p.src_ip for p in backend] == ["2001:db8::1", "2001:db8::1"]
+    assert backend[0].payload == probe
+    assert len(out.packets[3]) == 65507
+    assert backend[1].payload.startswith(b"INVITE sip:bob@example.com SIP/2.0\r\n"
+                                         b"X-Tlstrace-Truncated: length=%d;cut=body" % len(msg))
+
+
+def test_what_cannot_fit_at_all_is_counted_not_sent(caplog: Any) -> None:
+    """A hep_max_packet that the configured chunks nearly fill: the SIP message and the events
+    that cannot be built are counted (not_traced) and logged, never sent over the bound."""
+    manager, tracer, out, _ = tracer_for(hep_max_packet=1024, hep_auth_key="k" * 900)
+    conn = tracer.conn
+    conn.local_cert = CertInfo("/CN=" + "s" * 2000, "/CN=i", "01", "ab",
+                               dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    tracer.build_session()
+    with caplog.at_level("WARNING", logger="tlstrace.trace"):
+        tracer.message(sip(body=b"v" * 2000), True, time.time())
+        manager.send_event(conn, events.closed_event("EOF received"))
+    assert all(len(p) <= 1024 for p in out.packets)
+    assert manager.oversize["not_traced"] >= 2  # the message, the session record
+    assert f"conn {conn.id} inbound 192.0.2.1:5061: " in caplog.text
+    assert "not traced: hep_max_packet 1024 leaves no room" in caplog.text
