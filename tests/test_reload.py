@@ -47,6 +47,9 @@ EXPECTED: dict[str, str] = {
     "trace_backend": NEW, "trace_event_format": NOW, "homer5_delim": NOW,
     "trace_sessions": NOW, "trace_keys": NOW, "keylog_file": NOW, "trace_filter": NEW,
     "trace_filter_default": NEW, "api_listen": RESTART, "api_token": NOW,
+    "api_max_connections": NOW, "api_request_timeout": NOW, "fd_reserve": NOW,
+    "tls_keepalive_rate": NOW, "tls_max_non_sip_records": NOW, "handshake_rate_per_source": NOW,
+    "handshake_rate_burst": NOW, "handshake_rate_sources": NOW,
     "listener": RESTART, "server_domain": NEW, "client_domain": NEW,
 }
 
