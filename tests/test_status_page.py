@@ -248,3 +248,14 @@ def test_a_viewer_that_stops_reading_loses_events_never_slows_the_relay(
 def test_readme_documents_the_page_and_its_endpoints() -> None:
     for text in ("`GET /api/status`", "`GET /api/events`", "`GET /`", "text/event-stream"):
         assert text in README, text
+
+
+def test_an_event_stream_outlives_the_api_request_timeout(relay_factory: Factory,
+                                                          backend: SipBackend) -> None:
+    relay = relay_factory({"api_request_timeout": 1.0,
+                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    viewer = EventReader(relay)
+    time.sleep(2.5)  # longer than api_request_timeout, with no event
+    assert not viewer.ended.is_set()
+    with TlsClient(relay.port()) as phone:
+        viewer.wait(connection_event("accepted", phone.local_port), "accepted event")
