@@ -16,6 +16,7 @@ from api import models
 from api.auth import OPEN_PATHS, token_middleware
 from api.body import JsonBodies
 from api.docs import app_with_docs, declare_bearer
+from api.status import install_status
 from api.timing import time_limit
 from hep.address import join_host_port
 from tlstrace import __version__
@@ -25,6 +26,7 @@ from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
 from tlstrace.relay.sweeper import probe_backend
 from tlstrace.trace.filters import TraceFilter
+from tlstrace.trace.tracer import SwitchedBy
 
 if TYPE_CHECKING:
     from tlstrace.app import Sidecar
@@ -73,6 +75,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
                                                  401: {"model": models.Problem}}
+    install_status(app, sidecar)  # the status page at /, /api/status, /api/events
 
     @app.get("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={401: problems[401]})
@@ -90,13 +93,13 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
              responses={409: {"model": models.Problem}, 401: problems[401],
                         400: {"model": models.Problem}})
-    async def put_trace(body: models.TraceSwitch) -> models.TraceState:
+    async def put_trace(body: models.TraceSwitch, request: Request) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command. With
         `for_seconds`, tracing switches itself off after that time."""
         on = body.tracing == "on"
         if on and not len(sidecar.senders):
             raise HTTPException(409, "no HEP destination is configured (hep_id)")
-        sidecar.trace_timer.switch(on, body.for_seconds)
+        sidecar.trace_timer.switch(on, body.for_seconds, _api_client(request))
         return await get_trace()
 
     @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
@@ -165,13 +168,13 @@ def create_app(sidecar: Sidecar) -> FastAPI:
 
     @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
               responses={409: {"model": models.ReloadResult}, 401: problems[401]})
-    async def reload(response: Response) -> models.ReloadResult:
+    async def reload(response: Response, request: Request) -> models.ReloadResult:
         """Re-read the configuration file and the certificates, as SIGHUP does, and apply
         what changed; `not_applied` lists the changed keys that need a restart (they keep
         their running value). New connections get the new certificates; open ones keep
         theirs. Reloads are coalesced: the answer is that of the first reload that starts
         after this request. On any error nothing changes (409, with the reason)."""
-        outcome = await sidecar.reloader.request()
+        outcome = await sidecar.request_reload(_api_client(request))
         if not outcome.ok:
             response.status_code = 409
         return models.ReloadResult(reloaded=outcome.ok, message=outcome.message,
@@ -217,6 +220,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
 
     return app
+
+
+def _api_client(request: Request) -> SwitchedBy:
+    """The API client, for the log lines of what it switches."""
+    client = join_host_port(*request.client) if request.client else "unknown"
+    return SwitchedBy("api", f"API client {client}", client)
 
 
 async def _with_allow_header(request: Request, exc: Exception) -> Response:

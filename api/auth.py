@@ -9,9 +9,10 @@ from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
 from api.docs import is_docs_path
+from api.status import PUBLIC_PATHS
 
-#: API operations open without the token
-OPEN_PATHS = frozenset({"/healthz", "/readyz"})
+#: API operations open without the token (and the status page's files: they hold no data)
+OPEN_PATHS = frozenset({"/healthz", "/readyz"}) | PUBLIC_PATHS
 
 
 def token_middleware(

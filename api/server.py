@@ -166,5 +166,7 @@ def make_server(app: FastAPI, guard: ApiGuard | None = None) -> ApiServer:
     config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
                             loop="none", server_header=False, http=protocol,
                             timeout_keep_alive=max(1, int(timeout)),
-                            h11_max_incomplete_event_size=16 * 1024)
+                            h11_max_incomplete_event_size=16 * 1024,
+                            # uvicorn's records go to tlstrace's handler, in its log_format
+                            log_config=None)
     return ApiServer(config)

@@ -2,7 +2,7 @@
 # Installs what the test suite drives and nobody on this team wrote: Kamailio (a real SIP server
 # and the sipcapture HEP receiver), sngrep (HEP receiver that checks the auth key), tshark
 # (decryption checks), Prometheus and promtool, systemd-analyze (checks the systemd unit; works
-# without systemd running), headless Chromium and its driver (the API docs pages), and the npm
+# without systemd running), headless Chromium and its driver (the API docs pages, the status page), and the npm
 # package hep-js.
 # Usage: scripts/install-test-deps.sh VENV_DIR
 # sip-tester is SIPp: the local SIP clients of tests/hardening/test_shared_trunk.py.

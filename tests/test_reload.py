@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import signal
+import socket
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -41,7 +42,8 @@ EXPECTED: dict[str, str] = {
     "trace_on_for_seconds": NOW,
     "hep_max_packet": NOW,
     "conn_buffer_limit": NOW, "shutdown_timeout": NOW, "backend_probe_interval": NOW,
-    "reuse_port": RESTART, "state_dir": NEW, "log_level": NOW, "trace_on": NOW,
+    "reuse_port": RESTART, "state_dir": NEW, "log_level": NOW, "log_format": NOW,
+    "trace_on": NOW,
     "hep_id": NOW, "trace_destination": NOW, "hep_capture_id": NEW, "hep_auth_key": NEW,
     "hep_node_name": NEW, "hep_ca_list": NOW, "hep_verify_cert": NOW, "trace_ip_proto": NEW,
     "trace_backend": NEW, "trace_event_format": NOW, "homer5_delim": NOW,
@@ -101,6 +103,7 @@ def changes(env: Env, key: str) -> Any:
         "api_request_timeout": 5.0,
         "conn_buffer_limit": 131072, "shutdown_timeout": 2.0, "backend_probe_interval": 5.0,
         "reuse_port": True, "state_dir": str(env.tmp / "state2"), "log_level": "debug",
+        "log_format": "json",
         "trace_on": False,
         "hep_id": [f"[a]127.0.0.1:{c.port};transport=udp",
                    f"[b]127.0.0.1:{b.port};transport=udp"],
@@ -200,6 +203,22 @@ def probe_listener(env: Env, applied: bool, tag: str) -> None:
         TlsClient(port, timeout=2)
 
 
+def probe_log_format(env: Env, applied: bool, tag: str) -> None:
+    """A line logged after the reload (uvicorn's, for a bad request) is JSON when applied."""
+    assert env.relay is not None
+    before = env.relay.log.count("Invalid HTTP request")
+    host, port = env.relay.config["api_listen"].rsplit(":", 1)
+    with socket.create_connection((host, int(port)), timeout=10) as bad:
+        bad.sendall(b"NOT HTTP\x00\r\n\r\n")
+        bad.recv(1000)
+    deadline = time.monotonic() + 10
+    while env.relay.log.count("Invalid HTTP request") == before:
+        assert time.monotonic() < deadline, env.relay.log
+        time.sleep(0.05)
+    line = [ln for ln in env.relay.log.splitlines() if "Invalid HTTP request" in ln][-1]
+    assert line.startswith("{") == applied, line
+
+
 def probe_trace_on_for_seconds(env: Env, applied: bool, tag: str) -> None:
     remaining = env.http().get("/api/trace").json()["remaining_seconds"]
     if applied:
@@ -212,7 +231,7 @@ PROBES: dict[str, Callable[[Env, bool, str], None]] = {
     "trace_on_for_seconds": probe_trace_on_for_seconds,
     "hep_id": probe_hep_id, "trace_destination": probe_trace_destination,
     "trace_on": probe_trace_on, "hep_capture_id": probe_hep_capture_id,
-    "log_level": probe_log_level, "api_token": probe_api_token,
+    "log_level": probe_log_level, "log_format": probe_log_format, "api_token": probe_api_token,
     "tcp_max_connections": probe_tcp_max_connections, "listener": probe_listener,
 }
 

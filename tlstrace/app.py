@@ -6,9 +6,12 @@ import asyncio
 import contextlib
 import ipaddress
 import logging
+import platform
 import resource
 import signal
 import socket
+import ssl
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -16,9 +19,11 @@ from typing import TYPE_CHECKING
 import uvloop
 
 from hep.sender import HepSenderGroup
-from tlstrace import fds
+from tlstrace import __version__, fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.fds import fd_limit, free_at_least, open_fds
+from tlstrace.feed import EventFeed, FeedObserver
+from tlstrace.logs import set_format
 from tlstrace.metrics import make_registry
 from tlstrace.preflight import prepare, sender_for, trace_destinations
 from tlstrace.relay.connection import CloseReason
@@ -32,12 +37,14 @@ from tlstrace.reload import plan as reload_plan
 from tlstrace.reloader import Reloader
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.timer import TracingTimer
-from tlstrace.trace.tracer import TraceManager
+from tlstrace.trace.tracer import SwitchedBy, TraceManager
 
 if TYPE_CHECKING:
     from api.server import ApiGuard, ApiServer
 
 log = logging.getLogger("tlstrace")
+
+SIGHUP = SwitchedBy("signal", "SIGHUP")
 
 #: seconds a HEP sender replaced by a reload may take to send what it queued
 HEP_DRAIN_SECONDS = 5.0
@@ -73,7 +80,9 @@ class Sidecar:
         self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
         self.trace_timer = TracingTimer(self.tracing, self.loop)
-        self.relay.observer = self.tracing
+        self.feed = EventFeed()
+        self.relay.observer = FeedObserver(self.tracing, self.feed)
+        self.started = time.time()
         self.inbound: list[InboundListener] = []
         self.outbound: list[OutboundListener] = []
         self.stopped = asyncio.Event()
@@ -87,6 +96,8 @@ class Sidecar:
         self._api_guard: ApiGuard | None = None
         self.reloader = Reloader(self.loop, self.prepare_reload, self.apply_reload,
                                  self.reload_failed)
+        #: who asked for the reload that runs next
+        self.reload_by = SIGHUP
 
     async def start(self) -> None:
         cfg = self.config
@@ -115,6 +126,10 @@ class Sidecar:
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
                      else "tracing is off")
+        if self.tracing.enabled:
+            by = SwitchedBy("flag", "--trace") if self.overrides and self.overrides.trace \
+                else SwitchedBy("file", f"trace_on = true in {self.source}")
+            log.info("tracing on from start-up: %s", by.text, extra=by.log_fields(True))
         if self.config.trace_on and not len(self.senders):
             log.warning("trace_on is set but no hep_id destination is configured: not tracing")
         if self.tracing.enabled and self.config.trace_on_for_seconds:
@@ -160,6 +175,12 @@ class Sidecar:
             log.warning("the API listens on %s without a token: anyone who can reach it can "
                         "switch tracing and close connections; set api_token or "
                         "TLSTRACE_API_TOKEN", self.config.api_listen)
+
+    def request_reload(self, by: SwitchedBy = SIGHUP) -> asyncio.Future[ReloadOutcome]:
+        """Ask `self.reloader` for a reload (SIGHUP, `POST /api/reload`); `by` is who asked,
+        for the log lines (of coalesced requests, the latest names the reload)."""
+        self.reload_by = by
+        return self.reloader.request()
 
     def reload(self) -> ReloadOutcome:
         """Reload at once, in the caller's thread (SIGHUP and the API go through
@@ -223,18 +244,26 @@ class Sidecar:
                                                               self.relay.handshake_gate)
         self.tracing.apply_config(config)
         limit_changed = "trace_on_for_seconds" in plan.applied and self.tracing.enabled
+        by = self.reload_by
         if "trace_on" in plan.applied or (config.trace_on and (not had_senders or limit_changed)):
             self.trace_timer.switch(config.trace_on and bool(len(self.senders)),
-                                    config.trace_on_for_seconds or None)
+                                    config.trace_on_for_seconds or None, SwitchedBy(
+                                        by.kind, f"a reload ({by.text}): trace_on = "
+                                        f"{str(config.trace_on).lower()} in {self.source}",
+                                        by.client))
         elif self.tracing.enabled and not len(self.senders):
-            self.trace_timer.switch(False)  # nowhere to trace to
+            self.trace_timer.switch(False, by=SwitchedBy(  # nowhere to trace to
+                by.kind, f"a reload ({by.text}): no HEP destination is left", by.client))
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         if plan.applied:
             msg += "; applied: " + ", ".join(plan.applied)
         if plan.not_applied:
             msg += "; not applied (needs a restart): " + ", ".join(plan.not_applied)
-        log.info(msg)
+        log.info("%s (%s)", msg, by.text, extra={"reloaded_by": by.kind} if by.client is None
+                 else {"reloaded_by": by.kind, "client": by.client})
+        if "log_format" in plan.applied:
+            set_format(config.log_format)  # after the reload's own line
         return ReloadOutcome(True, msg, plan.applied, plan.not_applied)
 
     def _new_senders(self, config: Config) -> HepSenderGroup | None:
@@ -349,6 +378,7 @@ class Sidecar:
         relay.shutting_down = True
         log.info("shutting down: %d connection(s) open", len(relay.connections))
         self.close_listeners()
+        self.feed.close()
         for leg in list(relay.legs):
             leg.close(CloseReason.SHUTDOWN)
         deadline = self.loop.time() + self.config.shutdown_timeout
@@ -397,6 +427,12 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
+    log.info("tlstrace %s starting (Python %s, %s); configuration: %s", __version__,
+             platform.python_version(), ssl.OPENSSL_VERSION,
+             config_path or "embedded defaults",
+             extra={"version": __version__, "python": platform.python_version(),
+                    "openssl": ssl.OPENSSL_VERSION,
+                    "config": str(config_path) if config_path else None})
     try:
         sidecar = Sidecar(config, config_path, overrides)
         await sidecar.start()
@@ -406,7 +442,7 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: sidecar.relay.spawn(sidecar.shutdown()))
-    loop.add_signal_handler(signal.SIGHUP, sidecar.reloader.request)
+    loop.add_signal_handler(signal.SIGHUP, sidecar.request_reload)
     await sidecar.stopped.wait()
     log.info("stopped")
     return 0

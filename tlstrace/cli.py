@@ -12,7 +12,8 @@ from typing import get_args
 
 from tlstrace import __version__
 from tlstrace.config import ConfigError, Overrides, load_config
-from tlstrace.config.model import DEFAULT_LISTENER, Config, LogLevel
+from tlstrace.config.model import DEFAULT_LISTENER, Config, LogFormat, LogLevel
+from tlstrace.logs import setup_logging
 
 log = logging.getLogger("tlstrace")
 
@@ -45,6 +46,9 @@ def build_parser() -> argparse.ArgumentParser:
                           "(default: $XDG_STATE_HOME/tlstrace or ~/.local/state/tlstrace)")
     run.add_argument("--log-level", choices=get_args(LogLevel),
                      help="how much to log (default: the file's log_level, else info)")
+    run.add_argument("--log-format", choices=get_args(LogFormat),
+                     help="text, or json: one JSON object per line (default: the file's "
+                          "log_format, else text)")
     run.add_argument(
         "--hep", action="append", default=[], metavar="DEST",
         help="HEP destination '[name]HOST[:PORT][;transport=udp|tcp|tls]', [name] optional, "
@@ -103,14 +107,6 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
                    help="re-read the configuration file and the certificates (as SIGHUP)")
 
 
-def setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=getattr(logging, level.upper()),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "hep-listen":
@@ -128,7 +124,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return client(args)
     overrides = Overrides(
         listen=args.listen, backend=args.backend, cert=args.cert, key=args.key, ca=args.ca,
-        state_dir=args.state_dir, log_level=args.log_level, hep=args.hep, trace=args.trace,
+        state_dir=args.state_dir, log_level=args.log_level, log_format=args.log_format,
+        hep=args.hep, trace=args.trace,
         trace_keys=args.trace_keys, api=args.api,
     )
     if args.command == "check":
@@ -140,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"tlstrace: configuration error: {e}", file=sys.stderr)
         return 2
-    setup_logging(config.log_level)
+    setup_logging(config.log_level, config.log_format)
     from tlstrace.app import run_sidecar
 
     return run_sidecar(config, config_path=args.config, overrides=overrides)

@@ -53,6 +53,7 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "reuse_port": (_RESTART, "a socket option of the listening sockets, bound at start-up"),
     "state_dir": (_NEW, "the generated certificate is taken from it for new connections"),
     "log_level": (_NOW, "the root logger's level is set"),
+    "log_format": (_NOW, "the lines after the reload's own are written in the new format"),
     "trace_on": (_NOW, "tracing is switched as the file now says (as PUT /api/trace does)"),
     "trace_on_for_seconds": (_NOW, "tracing that the file switches on runs for the new "
                                    "limit from the reload on"),

@@ -60,11 +60,29 @@ def get_everything(relay: RelayProcess, token: str | None = None) -> dict[str, s
     out["/openapi.json"] = schema.text
     for path, ops in schema.json()["paths"].items():
         if "get" in ops and "{" not in path:
-            out[path] = http.get(path).text
+            if "text/event-stream" in ops["get"]["responses"]["200"].get("content", {}):
+                out[path] = read_stream(http, path)
+            else:
+                out[path] = http.get(path).text
     for conn in http.get("/api/connections", params={"limit": 100000}).json():
         out[f"/api/connections/{conn['id']}"] = http.get(f"/api/connections/{conn['id']}").text
     for path in ("/docs", "/redoc"):
         out[path] = http.get(path).text
+    return out
+
+
+def read_stream(http: httpx.Client, path: str, seconds: float = 2.0) -> str:
+    """What an endpoint that never ends (server-sent events) sends in `seconds`."""
+    out = ""
+    deadline = time.monotonic() + seconds
+    try:
+        with http.stream("GET", path, timeout=httpx.Timeout(10, read=seconds)) as r:
+            for text in r.iter_text():
+                out += text
+                if time.monotonic() > deadline:
+                    break
+    except httpx.ReadTimeout:
+        pass  # nothing more came
     return out
 
 

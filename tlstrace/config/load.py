@@ -42,6 +42,7 @@ class Overrides:
     ca: Path | None = None
     state_dir: Path | None = None
     log_level: str | None = None
+    log_format: str | None = None
     hep: Sequence[str] = ()
     trace: bool = False
     trace_keys: bool = False
@@ -177,6 +178,8 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
         data["state_dir"] = str(o.state_dir)
     if o.log_level is not None:
         data["log_level"] = o.log_level
+    if o.log_format is not None:
+        data["log_format"] = o.log_format
     return data
 
 

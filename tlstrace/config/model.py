@@ -22,6 +22,7 @@ from tlstrace.config.endpoint import Endpoint, parse_endpoint
 TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
+LogFormat = Literal["text", "json"]
 #: the longest time tracing can be switched on for (30 days)
 MAX_TRACE_SECONDS = 30 * 86400
 #: Key-exchange groups offered and accepted unless a domain says otherwise: cheap and safe
@@ -301,6 +302,8 @@ class Config(_Model):
     #: Where the generated certificate and key live.
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: LogLevel = "info"
+    #: "text", or "json": one JSON object per line (time, level, logger, message, fields).
+    log_format: LogFormat = "text"
     # -- tracing (OpenSIPS proto_tls / proto_hep names) ------------------------------------
     #: Trace when the sidecar starts; switch at run time with the API.
     trace_on: bool = False

@@ -8,6 +8,7 @@ import ssl
 from typing import TYPE_CHECKING, cast
 
 from tlstrace.config import Listener
+from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
@@ -146,7 +147,8 @@ class InboundTls(TlsLeg):
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
             relay.upstream_result(self.listener.backend_name, "backend", False, why)
-            log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why)
+            log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why,
+                        extra={**conn_fields(self.conn), "backend": str(backend)})
             self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
             return
         relay.upstream_result(self.listener.backend_name, "backend", True)

@@ -15,6 +15,7 @@ import ssl
 import time
 from typing import TYPE_CHECKING
 
+from tlstrace.logs import conn_fields
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.relay.leg import BaseLeg
@@ -357,7 +358,8 @@ class TlsLeg(BaseLeg):
         self.relay.stats.handshake_failed(conn.listener, conn.direction, kind.value)
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
         log.log(level, "conn %d %s %s:%d: TLS handshake failed: %s (%s)", conn.id,
-                conn.direction, conn.remote[0], conn.remote[1], kind.value, message)
+                conn.direction, conn.remote[0], conn.remote[1], kind.value, message,
+                extra={**conn_fields(conn), "reason": kind.value})
         self.relay.observer.handshake_failed(conn, kind, message)
         self.close(CloseReason.HANDSHAKE_FAILED, kind.value)
 
@@ -607,7 +609,8 @@ class TlsLeg(BaseLeg):
         if reason is not CloseReason.HANDSHAKE_FAILED:  # that one was logged with its cause
             log.log(level, "conn %d %s %s:%d closed: %s%s", conn.id, conn.direction,
                     conn.remote[0], conn.remote[1], reason.value,
-                    f" ({detail})" if detail else "")
+                    f" ({detail})" if detail else "",
+                    extra={**conn_fields(conn), "reason": reason.label})
         self.relay.connection_closed(self)
         self.relay.observer.closed(conn, reason, self.tracer)
         partner, self.partner = self.partner, None

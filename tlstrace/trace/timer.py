@@ -9,6 +9,8 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from tlstrace.trace.tracer import SwitchedBy
+
 if TYPE_CHECKING:
     from tlstrace.trace.tracer import TraceManager
 
@@ -23,11 +25,12 @@ class TracingTimer:
         self._handle: asyncio.TimerHandle | None = None
         self._until: float | None = None  # wall-clock time.time()
 
-    def switch(self, on: bool, for_seconds: float | None = None) -> None:
+    def switch(self, on: bool, for_seconds: float | None = None,
+               by: SwitchedBy | None = None) -> None:
         """On or off; on with `for_seconds`: off again after that many seconds. Without a limit
-        a switch cancels the one in force."""
+        a switch cancels the one in force. `by` (who switched) goes in the log line."""
         self._cancel()
-        self.tracing.set_enabled(on)
+        self.tracing.set_enabled(on, by)
         if on and for_seconds and self.tracing.enabled:
             self._until = time.time() + for_seconds
             self._handle = self.loop.call_later(for_seconds, self._expired, for_seconds)
@@ -43,7 +46,8 @@ class TracingTimer:
         self._until = None
         if self.tracing.enabled:
             log.info("tracing switched off: its %s limit ran out", format_seconds(seconds))
-            self.tracing.set_enabled(False)
+            self.tracing.set_enabled(False, SwitchedBy(
+                "limit", f"its {format_seconds(seconds)} limit running out"))
 
     def _cancel(self) -> None:
         if self._handle is not None:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Literal
 
 from hep.address import join_host_port
 from hep.codec import MAX_PACKET, PacketTemplate
@@ -63,6 +64,23 @@ def _hep_ip(host: str, other: str) -> str:
     return str(addr)
 
 
+@dataclass(frozen=True)
+class SwitchedBy:
+    """Who switched tracing, for the log line that records it: `kind` is api, signal, file,
+    flag or limit (a time limit ran out), `text` how the line says it, `client` the API
+    client's HOST:PORT."""
+
+    kind: Literal["api", "signal", "file", "flag", "limit"]
+    text: str
+    client: str | None = None
+
+    def log_fields(self, on: bool) -> dict[str, str]:
+        fields = {"tracing": "on" if on else "off", "switched_by": self.kind}
+        if self.client is not None:
+            fields["client"] = self.client
+        return fields
+
+
 class TraceManager:
     """The relay's ConnectionObserver when tracing is configured."""
 
@@ -109,9 +127,9 @@ class TraceManager:
 
     # -- switching -----------------------------------------------------------------------------
 
-    def set_enabled(self, on: bool) -> None:
+    def set_enabled(self, on: bool, by: SwitchedBy | None = None) -> None:
         """On: connections already open are traced from now on (their handshake event is
-        past). Off: nothing more is sent, for any connection."""
+        past). Off: nothing more is sent, for any connection. `by` goes in the log line."""
         if on == self.enabled:
             return
         self.enabled = on
@@ -128,7 +146,11 @@ class TraceManager:
             else:
                 leg.tracer = None
             leg.conn.traced = leg.tracer is not None
-        log.info("tracing switched %s", "on" if on else "off")
+        if by is None:
+            log.info("tracing switched %s", "on" if on else "off")
+        else:
+            log.info("tracing switched %s by %s", "on" if on else "off", by.text,
+                     extra=by.log_fields(on))
 
     def set_filter(self, rules: TraceFilter) -> None:
         """New rules; they decide for connections whose handshake ends from now on."""
