@@ -40,7 +40,7 @@ def files(tmp_path: Path, pki: Pki) -> dict[str, str]:
     return {"cert": str(a.cert), "key": str(a.key), "other_key": str(b.key),
             "garbage": str(garbage), "ca": str(pki.ca_file), "port": str(free_port()),
             "other_ca": str(pki.other_ca_file),
-            "a_file": str(a_file)}
+            "a_file": str(a_file), "dir": str(tmp_path)}
 
 
 def domain(**keys: str) -> str:
@@ -54,6 +54,9 @@ LISTENER = '[[listener]]\nlisten = "tls:127.0.0.1:{port}"'
 # (what is wrong, file text, flags, the key the message names)
 CASES = [
     ("no such file", None, ["--config", "/nonexistent/tlstrace.toml"], "--config"),
+    ("--config is a directory", None, ["--config", "{dir}"], "--config"),
+    ("api_token with spaces around it", 'api_token = " s3cret "', [], "api_token"),
+    ("api_token empty", 'api_token = ""', [], "api_token"),
     ("TOML syntax", "listener = [", [], "(syntax)"),
     ("unknown key", "colour = 1", [], "colour"),
     ("value out of range", "tls_max_msg_chunks = 0", [], "tls_max_msg_chunks"),
