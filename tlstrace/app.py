@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import resource
 import signal
@@ -20,7 +19,7 @@ from tlstrace import fds
 from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.metrics import make_registry
-from tlstrace.preflight import prepare, sender_for, trace_destinations
+from tlstrace.preflight import prepare, sender_for, trace_destinations, warnings
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
@@ -115,8 +114,8 @@ class Sidecar:
         for sender in self.senders:
             log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
                      else "tracing is off")
-        if self.config.trace_on and not len(self.senders):
-            log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        for warning in warnings(self.config, self.source):  # as `tlstrace check` prints them
+            log.warning("%s", warning)
         if self.tracing.enabled and self.config.trace_on_for_seconds:
             self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
@@ -156,10 +155,6 @@ class Sidecar:
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
                  "bearer token required" if self.config.api_token else "no token")
-        if not self.config.api_token and not ipaddress.ip_address(address[0]).is_loopback:
-            log.warning("the API listens on %s without a token: anyone who can reach it can "
-                        "switch tracing and close connections; set api_token or "
-                        "TLSTRACE_API_TOKEN", self.config.api_listen)
 
     def reload(self) -> ReloadOutcome:
         """Reload at once, in the caller's thread (SIGHUP and the API go through
