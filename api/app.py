@@ -8,14 +8,16 @@ from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
 from api.auth import OPEN_PATHS, token_middleware
-from api.body import JsonBodies
+from api.body import JsonBodies, json_safe_validation_errors
 from api.docs import app_with_docs, declare_bearer
+from api.origin import HostAndOrigin
 from api.status import install_status
 from api.timing import time_limit
 from hep.address import join_host_port
@@ -73,6 +75,9 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     app.add_middleware(JsonBodies)
     app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
+    app.add_exception_handler(RequestValidationError, json_safe_validation_errors)
+    # added last: the outermost, before the token check
+    app.add_middleware(HostAndOrigin, allowed=lambda: sidecar.config.api_allowed_hosts)
     problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
                                                  401: {"model": models.Problem}}
     install_status(app, sidecar)  # the status page at /, /api/status, /api/events

@@ -45,7 +45,8 @@ def raw_get(relay: RelayProcess, path: str) -> tuple[int, bytes]:
     """GET `path` exactly as written (an HTTP client would resolve dot segments first)."""
     host, port = relay.config["api_listen"].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
+                     .encode())
         data = b""
         while chunk := sock.recv(65536):
             data += chunk

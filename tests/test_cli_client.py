@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import json
 import os
+import socketserver
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -139,8 +142,111 @@ def test_errors_of_the_api_and_of_the_flags(relay: RelayProcess) -> None:
                           (["trace", "on", "--for", "0s"], "above 0")):
         r = tlstrace(*args, *where(relay))
         assert r.returncode == 1 and problem in r.stderr, r.stderr
-    r = tlstrace("connections", "--api", "localhost:8080")
+    r = tlstrace("connections", "--api", "127.0.0.1")
     assert r.returncode == 2 and "api_listen" in r.stderr
+
+
+def test_api_by_host_name(relay: RelayProcess) -> None:
+    port = relay.config["api_listen"].rsplit(":", 1)[1]
+    r = tlstrace("trace", "status", "--api", f"localhost:{port}")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("tracing off")
+
+
+def test_empty_api_flag_is_one_clear_line() -> None:
+    r = tlstrace("trace", "status", "--api", "")
+    assert r.returncode == 2
+    assert r.stderr.strip() == ("tlstrace: configuration error: --api: api_listen: empty: give "
+                                "HOST:PORT of the sidecar's API (e.g. --api 127.0.0.1:8080)")
+    assert "None" not in r.stderr
+
+
+def test_config_that_is_a_directory(tmp_path: Path) -> None:
+    r = tlstrace("trace", "status", "--config", str(tmp_path))
+    assert r.returncode == 2
+    assert r.stderr.strip() == (f"tlstrace: configuration error: --config: {tmp_path}: "
+                                "Is a directory")
+
+
+class NotTlstrace(socketserver.ThreadingTCPServer):
+    """A server on the API's port that is not tlstrace: `answer` is what it sends back."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, answer: bytes) -> None:
+        self.answer = answer
+        super().__init__(("127.0.0.1", 0), _Answer)
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+
+    @property
+    def where(self) -> str:
+        return f"127.0.0.1:{self.server_address[1]}"
+
+
+class _Answer(socketserver.BaseRequestHandler):
+    def handle(self) -> None:
+        self.request.recv(65536)
+        assert isinstance(self.server, NotTlstrace)
+        self.request.sendall(self.server.answer)
+
+
+HTML = b"<html><body>It works!</body></html>"
+NOT_TLSTRACE = {
+    "SIP server": b"SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
+    "web server, HTML": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "
+                        + str(len(HTML)).encode() + b"\r\nConnection: close\r\n\r\n" + HTML,
+    "web server, other JSON": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                              b"Content-Length: 11\r\nConnection: close\r\n\r\n{\"ok\": true}",
+    "web server, 404 page": b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n"
+                            b"Content-Length: 9\r\nConnection: close\r\n\r\nnot found",
+}
+
+
+@pytest.mark.parametrize("answer", list(NOT_TLSTRACE.values()), ids=list(NOT_TLSTRACE))
+def test_something_that_is_not_tlstrace(answer: bytes) -> None:
+    server = NotTlstrace(answer)
+    try:
+        for command in (["trace", "status"], ["trace", "on"], ["connections"], ["reload"]):
+            r = tlstrace(*command, "--api", server.where)
+            assert r.returncode == 1, r.stderr
+            assert "Traceback" not in r.stderr
+            (line,) = r.stderr.strip().splitlines()
+            assert line.startswith(f"tlstrace {command[0]}: not a tlstrace API at "
+                                   f"http://{server.where}"), line
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_the_token_is_taken_as_the_sidecar_takes_it(sidecar: RelayProcess,
+                                                    tmp_path: Path) -> None:
+    # the file's api_token wins over TLSTRACE_API_TOKEN, in the sidecar and in the client
+    config = tmp_path / "client.toml"
+    config.write_text(f'api_listen = "{sidecar.config["api_listen"]}"\napi_token = "{TOKEN}"\n')
+    r = tlstrace("trace", "status", "--config", str(config), token="wrong-token")
+    assert r.returncode == 0, r.stderr
+    config.write_text(f'api_listen = "{sidecar.config["api_listen"]}"\n'
+                      'api_token = "stale-token"\n')
+    r = tlstrace("trace", "status", "--config", str(config), token=TOKEN)
+    assert r.returncode == 1
+    assert f"the token in api_token of {config} was refused" in r.stderr
+    assert "stale-token" not in r.stderr
+
+
+def test_a_token_that_could_never_authenticate(tmp_path: Path) -> None:
+    config = tmp_path / "client.toml"
+    for text in ('api_token = " padded "', 'api_token = ""', 'api_token = "two words"'):
+        config.write_text(text + "\n")
+        r = tlstrace("trace", "status", "--config", str(config))
+        assert r.returncode == 2
+        assert r.stderr.startswith(f"tlstrace: configuration error: {config}: api_token: "), \
+            r.stderr
+        assert "padded" not in r.stderr and "words" not in r.stderr
+    r = tlstrace("trace", "status", token="tab\tinside")
+    assert r.returncode == 2
+    assert r.stderr.startswith("tlstrace: configuration error: TLSTRACE_API_TOKEN: api_token: ")
+    assert "inside" not in r.stderr
 
 
 @pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),

@@ -183,6 +183,8 @@ def test_services_agree_on_names_ports_and_the_token(monkeypatch: pytest.MonkeyP
     api_port = port_of(config.api_listen)
     assert config.api_listen.startswith("0.0.0.0:")
     assert jobs["tlstrace"]["static_configs"][0]["targets"] == [f"tlstrace:{api_port}"]
+    # ... by its service name, which the API answers only when listed (DNS rebinding)
+    assert "tlstrace" in config.api_allowed_hosts
     assert ("127.0.0.1", api_port, api_port, "tcp") in published(tl)
     assert jobs["heplify-server"]["static_configs"][0]["targets"] == [
         f"heplify-server:{port_of(env(heplify)['HEPLIFYSERVER_PROMADDR'])}"]

@@ -50,6 +50,7 @@ EXPECTED: dict[str, str] = {
     "trace_sessions": NOW, "trace_keys": NOW, "keylog_file": NOW, "trace_filter": NEW,
     "trace_filter_default": NEW, "api_listen": RESTART, "api_token": NOW,
     "api_max_connections": NOW, "api_request_timeout": NOW, "fd_reserve": NOW,
+    "api_allowed_hosts": NOW,
     "tls_keepalive_rate": NOW, "tls_max_non_sip_records": NOW, "handshake_rate_per_source": NOW,
     "handshake_rate_burst": NOW, "handshake_rate_sources": NOW,
     "listener": RESTART, "server_domain": NEW, "client_domain": NEW,
@@ -114,7 +115,7 @@ def changes(env: Env, key: str) -> Any:
         "trace_keys": True, "keylog_file": str(env.tmp / "keys.log"),
         "trace_filter": [{"action": "deny", "remote": "10.0.0.0/8"}],
         "trace_filter_default": "deny", "api_listen": f"127.0.0.1:{free_port()}",
-        "api_token": "reload-token",
+        "api_token": "reload-token", "api_allowed_hosts": ["tlstrace.reload.example"],
         "listener": [env.listener, RelayProcess.tls_listener(free_port())],
         "server_domain": [{"name": "default", "certificate": str(server.cert),
                            "private_key": str(server.key)}],
@@ -182,6 +183,11 @@ def probe_api_token(env: Env, applied: bool, tag: str) -> None:
     assert bare.status_code == (401 if applied else 200)
 
 
+def probe_api_allowed_hosts(env: Env, applied: bool, tag: str) -> None:
+    answer = env.http().get("/healthz", headers={"Host": "tlstrace.reload.example"})
+    assert answer.status_code == (200 if applied else 421)
+
+
 def probe_tcp_max_connections(env: Env, applied: bool, tag: str) -> None:
     assert env.relay is not None
     with TlsClient(env.relay.port()) as first:
@@ -232,6 +238,7 @@ PROBES: dict[str, Callable[[Env, bool, str], None]] = {
     "hep_id": probe_hep_id, "trace_destination": probe_trace_destination,
     "trace_on": probe_trace_on, "hep_capture_id": probe_hep_capture_id,
     "log_level": probe_log_level, "log_format": probe_log_format, "api_token": probe_api_token,
+    "api_allowed_hosts": probe_api_allowed_hosts,
     "tcp_max_connections": probe_tcp_max_connections, "listener": probe_listener,
 }
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
 import logging
 import platform
 import resource
@@ -25,7 +24,7 @@ from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.feed import EventFeed, FeedObserver
 from tlstrace.logs import set_format
 from tlstrace.metrics import make_registry
-from tlstrace.preflight import prepare, sender_for, trace_destinations
+from tlstrace.preflight import prepare, sender_for, trace_destinations, warnings
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
 from tlstrace.relay.outbound import OutboundListener
@@ -130,8 +129,8 @@ class Sidecar:
             by = SwitchedBy("flag", "--trace") if self.overrides and self.overrides.trace \
                 else SwitchedBy("file", f"trace_on = true in {self.source}")
             log.info("tracing on from start-up: %s", by.text, extra=by.log_fields(True))
-        if self.config.trace_on and not len(self.senders):
-            log.warning("trace_on is set but no hep_id destination is configured: not tracing")
+        for warning in warnings(self.config, self.source):  # as `tlstrace check` prints them
+            log.warning("%s", warning)
         if self.tracing.enabled and self.config.trace_on_for_seconds:
             self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
@@ -171,10 +170,6 @@ class Sidecar:
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
                  "bearer token required" if self.config.api_token else "no token")
-        if not self.config.api_token and not ipaddress.ip_address(address[0]).is_loopback:
-            log.warning("the API listens on %s without a token: anyone who can reach it can "
-                        "switch tracing and close connections; set api_token or "
-                        "TLSTRACE_API_TOKEN", self.config.api_listen)
 
     def request_reload(self, by: SwitchedBy = SIGHUP) -> asyncio.Future[ReloadOutcome]:
         """Ask `self.reloader` for a reload (SIGHUP, `POST /api/reload`); `by` is who asked,

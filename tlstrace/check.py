@@ -14,7 +14,7 @@ import tempfile
 from pathlib import Path
 
 from tlstrace.config import Config, ConfigError, Overrides, load_config
-from tlstrace.preflight import Prepared, prepare
+from tlstrace.preflight import Prepared, prepare, warnings
 from tlstrace.tls import certgen
 from tlstrace.tls.contexts import state_dir_error
 
@@ -27,6 +27,8 @@ def run(config_path: Path | None, overrides: Overrides) -> int:
     except ConfigError as e:
         print(f"tlstrace: configuration error: {e}", file=sys.stderr)
         return 2
+    for warning in warnings(config, source):
+        print(f"tlstrace: warning: {warning}", file=sys.stderr)
     print(f"tlstrace: configuration OK: {source}: {_summary(config, prepared, generated)}")
     return 0
 

@@ -87,8 +87,9 @@ def _add_client_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument(
         "--api", metavar="HOST:PORT",
-        help="the sidecar's API (default: api_listen of --config, else 127.0.0.1:8080); the "
-             "token comes from the environment variable TLSTRACE_API_TOKEN")
+        help="the sidecar's API, an IP address or a host name (default: api_listen of "
+             "--config, else 127.0.0.1:8080); the token comes from api_token of --config, else "
+             "from the environment variable TLSTRACE_API_TOKEN")
     common.add_argument("--config", type=Path, metavar="FILE",
                         help="read api_listen and api_token from this TOML file")
     trace = sub.add_parser("trace", parents=[common], help="switch tracing, or show it")

@@ -1,10 +1,12 @@
 """The command-line client of the REST API: `tlstrace trace on|off|status`, `tlstrace
-connections`, `tlstrace reload`. Standard library HTTP only; the token comes from
-TLSTRACE_API_TOKEN (or the file given with --config), never from a flag (a flag shows in `ps`).
+connections`, `tlstrace reload`. Standard library HTTP only; the token comes from the file given
+with --config (its api_token), else from TLSTRACE_API_TOKEN, as the sidecar takes it; never
+from a flag (a flag shows in `ps`).
 """
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import re
@@ -12,11 +14,13 @@ import socket
 import sys
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tlstrace.config import ConfigError, load_config
+from tlstrace.config.endpoint import parse_endpoint
 from tlstrace.config.model import MAX_TRACE_SECONDS, api_address
 from tlstrace.trace.timer import format_seconds
 
@@ -48,10 +52,14 @@ class Api:
     base: str  # http://HOST:PORT
     token: str | None
     timeout: float = 10.0
+    #: where the token came from, for the message when it is refused
+    token_source: str = "TLSTRACE_API_TOKEN"
 
     def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             ok: tuple[int, ...] = (200,)) -> Any:
-        """The decoded JSON answer; a ClientError for anything but the `ok` statuses."""
+             ok: tuple[int, ...] = (200,),
+             shape: Callable[[Any], bool] | None = None) -> Any:
+        """The decoded JSON answer; a ClientError for anything but the `ok` statuses, and for
+        an answer that `shape` (when given) does not accept: not a tlstrace API."""
         data = json.dumps(body).encode() if body is not None else None
         req = urllib.request.Request(self.base + path, data=data, method=method)
         req.add_header("Accept", "application/json")
@@ -64,6 +72,10 @@ class Api:
                 status, raw = resp.status, resp.read()
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
+        except http.client.HTTPException as e:  # it answered, but not in HTTP
+            raise ClientError(f"not a tlstrace API at {self.base}: its answer is not HTTP "
+                              f"({type(e).__name__}); is --api the address of tlstrace's "
+                              f"api_listen?") from None
         except (urllib.error.URLError, OSError) as e:
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             if isinstance(reason, OSError) and reason.strerror:
@@ -78,12 +90,42 @@ class Api:
         except ValueError:
             answer = raw.decode(errors="replace")
         if status == 401:
-            hint = "the token in TLSTRACE_API_TOKEN was refused" if self.token else \
+            hint = f"the token in {self.token_source} was refused" if self.token else \
                 "it needs a token: set TLSTRACE_API_TOKEN"
             raise ClientError(f"the API at {self.base} answered 401: {hint}")
         if status not in ok:
+            if 200 <= status < 300 or not _is_problem(answer):
+                raise ClientError(f"not a tlstrace API at {self.base}: {method} {path} "
+                                  f"answered {status} {_excerpt(answer)}")
             raise ClientError(f"{method} {path}: {status}: {_detail(answer)}")
+        if shape is not None and not shape(answer):
+            raise ClientError(f"not a tlstrace API at {self.base}: {method} {path} answered "
+                              f"{_excerpt(answer)}")
         return answer
+
+
+def _is_problem(answer: Any) -> bool:
+    """Whether an error answer is shaped as the API's (FastAPI's `{"detail": ...}`)."""
+    return isinstance(answer, dict) and ("detail" in answer or "message" in answer)
+
+
+def _excerpt(answer: Any) -> str:
+    text = answer if isinstance(answer, str) else json.dumps(answer)
+    text = " ".join(text.split())
+    return repr(text[:60] + ("..." if len(text) > 60 else ""))
+
+
+def _is_trace_state(answer: Any) -> bool:
+    return isinstance(answer, dict) and answer.get("tracing") in ("on", "off")
+
+
+def _is_connection_list(answer: Any) -> bool:
+    return isinstance(answer, list) and all(isinstance(r, dict) and "id" in r for r in answer)
+
+
+def _is_reload_result(answer: Any) -> bool:
+    return (isinstance(answer, dict) and isinstance(answer.get("reloaded"), bool)
+            and isinstance(answer.get("message"), str))
 
 
 def _detail(answer: Any) -> str:
@@ -97,22 +139,36 @@ def _detail(answer: Any) -> str:
 
 
 def api_from(api: str | None, config_path: Path | None) -> Api:
-    """--api, else the file's api_listen, else the default; the token from the environment,
-    else from the file."""
-    config = load_config(config_path)  # without a file: the defaults
-    listen = api if api is not None else config.api_listen
-    if not listen:
-        raise ConfigError(str(config_path), "api_listen", "the API is off in this file")
-    try:
-        host, port = api_address(listen)
-    except ValueError as e:
-        raise ConfigError("--api" if api is not None else str(config_path), "api_listen",
-                          str(e)) from None
+    """--api (an IP address or a host name), else the file's api_listen, else the default;
+    the token as the sidecar takes it: the file's api_token, else TLSTRACE_API_TOKEN."""
+    config = load_config(config_path)  # without a file: the defaults; with it, the env token
+    source = str(config_path) if config_path else "defaults"
+    if api is not None:
+        if not api.strip():
+            raise ConfigError("--api", "api_listen", "empty: give HOST:PORT of the sidecar's "
+                              "API (e.g. --api 127.0.0.1:8080)")
+        try:
+            ep = parse_endpoint(f"tcp:{api.strip()}")
+        except ValueError:
+            raise ConfigError("--api", "api_listen", f"{api!r} is not HOST:PORT (an IP address "
+                              "or a host name, IPv6 in brackets, and the port)") from None
+        host, port = ep.host, ep.port
+    else:
+        if not config.api_listen:
+            raise ConfigError(source, "api_listen", "the API is off in this file (give "
+                              "--api HOST:PORT)")
+        try:
+            host, port = api_address(config.api_listen)
+        except ValueError as e:
+            raise ConfigError(source, "api_listen", str(e)) from None
     if host in ("0.0.0.0", "::"):
         host = "127.0.0.1" if host == "0.0.0.0" else "::1"
     hostport = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-    token = os.environ.get("TLSTRACE_API_TOKEN") or config.api_token
-    return Api(f"http://{hostport}", token)
+    env = os.environ.get("TLSTRACE_API_TOKEN")
+    token = config.api_token
+    from_env = bool(env) and token == env
+    where = "TLSTRACE_API_TOKEN" if from_env else f"api_token of {config_path}"
+    return Api(f"http://{hostport}", token, token_source=where)
 
 
 # -- the commands ---------------------------------------------------------------------------
@@ -120,12 +176,12 @@ def api_from(api: str | None, config_path: Path | None) -> Api:
 
 def trace(api: Api, action: str, for_text: str | None) -> int:
     if action == "status":
-        state = api.call("GET", "/api/trace")
+        state = api.call("GET", "/api/trace", shape=_is_trace_state)
     else:
         body: dict[str, Any] = {"tracing": action}
         if for_text is not None:
             body["for_seconds"] = parse_duration(for_text)
-        state = api.call("PUT", "/api/trace", body)
+        state = api.call("PUT", "/api/trace", body, shape=_is_trace_state)
     print(describe_trace(state))
     return 0
 
@@ -157,7 +213,8 @@ def connections(api: Api, direction: str | None, traced: bool | None, limit: int
         query.append(f"direction={direction}")
     if traced is not None:
         query.append(f"traced={'true' if traced else 'false'}")
-    rows: list[dict[str, Any]] = api.call("GET", "/api/connections?" + "&".join(query))
+    rows: list[dict[str, Any]] = api.call("GET", "/api/connections?" + "&".join(query),
+                                          shape=_is_connection_list)
     if as_json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -188,7 +245,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def reload(api: Api) -> int:
-    result = api.call("POST", "/api/reload", ok=(200, 409))
+    result = api.call("POST", "/api/reload", ok=(200, 409), shape=_is_reload_result)
     print(result["message"] if result["reloaded"] else
           f"reload failed, nothing changed: {result['message']}")
     return 0 if result["reloaded"] else 1

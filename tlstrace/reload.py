@@ -77,6 +77,7 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "trace_filter_default": (_NEW, "the rules decide when a connection's handshake ends"),
     "api_listen": (_RESTART, "the API's socket is bound at start-up"),
     "api_token": (_NOW, "checked on each request"),
+    "api_allowed_hosts": (_NOW, "checked on each request"),
     "api_max_connections": (_NOW, "read at each API accept"),
     "api_request_timeout": (_NOW, "read when an API connection opens or answers"),
     "fd_reserve": (_NOW, "read at each API accept"),

@@ -439,11 +439,21 @@ def test_keylog_file_on_a_broken_disk(relay_factory: Factory, backend: SipBacken
                  f"{{ dd if=/dev/zero of={mnt}/fill bs=4k >/dev/null 2>&1 || true; }}")
         expected = f"cannot write to key-log file {mnt}/keys.log: No space left on device"
     else:
-        setup = f"mount -t tmpfs -o ro tmpfs {mnt}"
+        # read-only from after start-up: one that is read-only already stops the start
+        # (keylog_file: not writable, checked by tlstrace/preflight.py)
+        setup = (f"mount -t tmpfs tmpfs {mnt} && "
+                 f"{{ (sleep 1; mount -o remount,ro {mnt}) & }}")
         expected = f"cannot open key-log file {mnt}/keys.log: Read-only file system"
     monkeypatch.setattr(relay_module, "TLSTRACE", relay_in_mount_namespace(setup))
     relay = relay_factory({"keylog_file": str(mnt / "keys.log"),
                            "listener": [RelayProcess.tls_listener(backend.port)]})
+    if disk == "read-only":
+        mounts = Path(f"/proc/{relay.proc.pid}/mounts")
+        deadline = time.monotonic() + 15
+        while not any(line.split()[1] == str(mnt) and "ro" in line.split()[3].split(",")
+                      for line in mounts.read_text().splitlines()):
+            assert time.monotonic() < deadline, mounts.read_text()
+            time.sleep(0.05)
     before = Metrics.scrape(relay)
     ctx = client_context()
     ctx.keylog_filename = str(tmp_path / "client-keys.log")

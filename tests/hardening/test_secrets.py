@@ -181,7 +181,8 @@ def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipB
                      "/healthz%2F..%2Fapi%2Ftrace", "/readyz/../metrics", "/api/trace?/healthz",
                      "/api/trace#/healthz", "/metrics;/healthz"):
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+            s.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                      "Connection: close\r\n\r\n".encode())
             answer = b""
             while chunk := s.recv(65536):
                 answer += chunk

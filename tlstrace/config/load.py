@@ -61,13 +61,20 @@ def load_config(path: Path | None = None, overrides: Overrides | None = None) ->
             raise ConfigError(source, "--config", "file not found") from None
         except PermissionError:
             raise ConfigError(source, "--config", "file not readable") from None
+        except OSError as e:  # a directory, a dangling link loop, an I/O error
+            raise ConfigError("--config", source, e.strerror or str(e)) from None
         except tomllib.TOMLDecodeError as e:
             raise ConfigError(source, "(syntax)", f"not valid TOML: {e}") from None
         except UnicodeDecodeError:
             raise ConfigError(source, "(syntax)", "not UTF-8 text") from None
     if overrides is not None:
         data = _apply_overrides(data, overrides)
-    if token and "api_token" not in data:
+    if token and "api_token" not in data:  # the file's api_token wins over the environment
+        try:
+            Config.model_validate({"api_token": token})
+        except ValidationError as e:
+            msg = str(e.errors()[0]["msg"]).removeprefix("Value error, ")
+            raise ConfigError("TLSTRACE_API_TOKEN", "api_token", msg) from None
         data = {**data, "api_token": token}
     return validate(data, source)
 

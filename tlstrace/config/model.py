@@ -5,6 +5,7 @@ Names follow OpenSIPS (`proto_tls`, `tls_mgm`, core `tcp_*`) where it has one.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -140,6 +141,11 @@ def _check_groups(names: list[str]) -> list[str]:
         raise ValueError(str(e)) from None
     return names
 
+
+#: RFC 6750's b64token: the characters of a bearer token
+_B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
+_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
 
 _NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
 
@@ -352,6 +358,9 @@ class Config(_Model):
     #: Bearer token required on every endpoint but /healthz and /readyz; unset: no token
     #: (the environment variable TLSTRACE_API_TOKEN sets it too).
     api_token: str | None = None
+    #: Host names (besides IP addresses and localhost) the API answers requests for; a
+    #: request with another name in its Host header is refused (DNS rebinding).
+    api_allowed_hosts: list[str] = []
     #: API connections open at once; more are refused at accept.
     api_max_connections: int = Field(32, ge=1)
     #: Seconds an API connection may take to send a complete request (from its opening, or
@@ -418,6 +427,27 @@ class Config(_Model):
     def _api_listen(cls, value: str) -> str:
         if value:
             api_address(value)
+        return value
+
+    @field_validator("api_allowed_hosts")
+    @classmethod
+    def _api_allowed_hosts(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _HOST_NAME.fullmatch(name):
+                raise ValueError(f"{name!r} is not a host name (no port, no scheme)")
+        return [name.lower() for name in value]
+
+    @field_validator("api_token")
+    @classmethod
+    def _api_token(cls, value: str | None) -> str | None:
+        # the message never shows the token
+        if value is not None:
+            if not value:
+                raise ValueError("is empty (leave the key out for an API without a token)")
+            if not _B64TOKEN.fullmatch(value):
+                raise ValueError("has characters a bearer token cannot carry (RFC 6750: "
+                                 "letters, digits, - . _ ~ + / and = at the end; no spaces "
+                                 "or line breaks around it)")
         return value
 
     @property
