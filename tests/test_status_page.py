@@ -199,7 +199,7 @@ def test_a_viewer_that_stops_reading_loses_events_never_slows_the_relay(
     stuck.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     host, api_port = relay.config["api_listen"].rsplit(":", 1)
     stuck.connect((host, int(api_port)))
-    stuck.sendall(b"GET /api/events HTTP/1.1\r\nHost: tlstrace\r\n\r\n")
+    stuck.sendall(b"GET /api/events HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
     reader = EventReader(relay)
     deadline = time.monotonic() + 5
     while api.get("/api/status").json()["events"]["viewers"] < 2:
