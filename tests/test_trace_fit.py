@@ -25,6 +25,7 @@ from tlstrace.trace import events
 from tlstrace.trace.fit import (
     CALL_ID_MAX,
     FIELD_MAX,
+    MARK,
     short_id,
     short_text,
     truncate_sip,
@@ -203,6 +204,27 @@ def test_a_flood_of_via_headers_does_not_push_the_dialog_out() -> None:
                           b"To: <sip:b@x>", b"Call-ID: " + short_id(b"c" * 40000),
                           b"CSeq: 7 INVITE"]
     assert set(lines[7:-2]) == {b"Via: SIP/2.0/TLS 192.0.2.9"} and len(lines) > 40
+
+
+def test_a_mark_sent_by_the_client_is_renamed_in_the_trace_only() -> None:
+    """A message that fits is traced as it came, except that a header the client named like the
+    truncation mark is renamed (same length): in a traced copy, `X-Tlstrace-Truncated` is only
+    ever tlstrace's own mark, the second line of a message that was cut."""
+    manager, tracer, out, _ = tracer_for(hep_max_packet=4096)
+    forged = sip(b"forged@x", b"v" * 10, [b"X-Tlstrace-Truncated: length=99999;cut=body"])
+    sent = bytes(forged)
+    tracer.message(forged, True, time.time())
+    assert forged == sent  # what is relayed is never touched
+    traced = decode(out.packets[0]).payload
+    assert MARK not in traced and len(traced) == len(forged)
+    assert traced == forged.replace(b"X-Tlstrace-Truncated:", b"X-Tlstrace-Untrusted:")
+    assert manager.oversize["truncated_body"] == 0
+    # cut for real: the one mark is tlstrace's, the client's is renamed
+    big = sip(b"forged2@x", b"v" * 5000, [b"X-Tlstrace-Truncated: length=1;cut=headers"])
+    tracer.message(big, True, time.time())
+    traced = decode(out.packets[-2]).payload
+    assert traced.count(MARK) == 1 and b"X-Tlstrace-Untrusted: length=1;cut=headers" in traced
+    assert traced.split(b"\r\n")[1] == MARK + b": length=%d;cut=body" % len(big)
 
 
 # -- the tracer --------------------------------------------------------------------------------

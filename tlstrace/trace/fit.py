@@ -14,6 +14,10 @@
   says the original length. The work is a few scans in C (one regex split of the header
   section, one `rfind`, joins), none per header line, so a 65 kB message of 16,000 header
   lines or folds costs about what a short one does in Python.
+- `unmark`: a client cannot fake the mark. A message that fits is traced as it came, except
+  that each `X-Tlstrace-Truncated` in it (exactly so spelled) becomes `X-Tlstrace-Untrusted`
+  (the same length, so nothing else moves); the tracer calls it only when a substring test
+  finds the name. The relayed bytes are never changed.
 """
 
 from __future__ import annotations
@@ -48,6 +52,8 @@ _KINDS = tuple(re.compile(rb"\r\n(?:%s)[ \t]*:" % names, re.IGNORECASE)
 _HEADER_END = re.compile(rb"\r\n(?![ \t])")
 #: The longest prefix of a header text that ends where a header ends (see `_cut`).
 _LAST_HEADER_END = re.compile(rb".*\r(?=\n[^ \t])", re.DOTALL)
+#: What a client's own header named like the mark becomes in the traced copy (same length).
+CLIENT_MARK = b"X-Tlstrace-Untrusted"
 
 
 def short_id(value: bytes, bound: int = CALL_ID_MAX) -> bytes:
@@ -78,6 +84,13 @@ def short_text(value: str, bound: int = FIELD_MAX) -> str:
 
 def mark_line(length: int, cut: Cut) -> bytes:
     return MARK + f": length={length};cut={cut}\r\n".encode()
+
+
+def unmark(message: bytes) -> bytes:
+    """`message` with each `MARK` (exactly so spelled) renamed `CLIENT_MARK`: what the tracer
+    sends of a message whose bytes hold the name, so that a traced copy holds `MARK` only where
+    `truncate_sip` wrote it. Call it only when `MARK in message` (one substring test)."""
+    return message.replace(MARK, CLIENT_MARK)
 
 
 def _cut(rest: bytes, budget: int) -> int:
