@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
 import sys
 import time
 from collections.abc import Callable
@@ -26,6 +27,7 @@ from tlstrace.trace.fit import (
     CALL_ID_MAX,
     FIELD_MAX,
     MARK,
+    _cut,
     short_id,
     short_text,
     truncate_sip,
@@ -190,6 +192,20 @@ def test_truncation_puts_the_dialog_first_and_keeps_a_folded_header_whole_or_not
     out, _ = truncate_sip(compact, 400)
     assert out.split(b"\r\n")[2:7] == [b"v : SIP/2.0/TLS a", b"f: <sip:a@x>", b"i: c@x",
                                         b"t: <sip:b@x>", b"CSEQ: 2 MESSAGE"]
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b" ", b"\t", b"x", b"\r", b"\n", b"ab"]), max_size=80),
+       st.integers(0, 200))
+@settings(max_examples=500, deadline=None)
+def test_the_cut_ends_at_the_last_whole_header_that_fits(pieces: list[bytes], budget: int) -> None:
+    """`_cut` (one rfind, and for a folded header a translate and three rfinds) against the
+    plain definition: a header ends at a CRLF not followed by a space or a tab."""
+    rest = b"\r\nH" + b"".join(pieces)
+    rest = rest[:-2] if rest.endswith(b"\r\n") else rest
+    if b"\r\n\r\n" in rest:
+        return
+    ends = [m.start() for m in re.finditer(rb"\r\n(?![ \t])", rest)] + [len(rest)]
+    assert _cut(rest, budget) == max([0] + [e for e in ends if e <= budget])
 
 
 def test_a_flood_of_via_headers_does_not_push_the_dialog_out() -> None:
