@@ -25,6 +25,11 @@ never blocks, never raises. It returns False when the packet was dropped, and co
   (doubling like TCP), then tries again. A slow UDP collector loses datagrams in its own
   receive buffer, which no sender can see.
 
+- **TLS**: without an `ssl_context`, a sender builds one with `client_context` (TLS 1.2 and up,
+  OpenSSL's default key-exchange groups, finite-field ones included); tlstrace passes its own,
+  limited to its default groups (`tlstrace.preflight.sender_for`). This package never imports
+  tlstrace.
+
 `HepSenderGroup` holds several named senders.
 """
 
@@ -190,7 +195,7 @@ class HepSender:
         self._ssl: ssl.SSLContext | None = None
         self._server_name = server_name or self.dest.host
         if self.dest.transport == "tls":
-            self._ssl = ssl_context or _client_context(ca_file, verify, cert_file, key_file)
+            self._ssl = ssl_context or client_context(ca_file, verify, cert_file, key_file)
         self._queue: collections.deque[bytes] = collections.deque()
         self._queued = 0
         self._sent = self._dropped = self._send_errors = self._connect_errors = 0
@@ -578,8 +583,13 @@ class HepSender:
             sock.close()
 
 
-def _client_context(ca_file: str | Path | None, verify: bool, cert_file: str | Path | None,
-                    key_file: str | Path | None) -> ssl.SSLContext:
+def client_context(ca_file: str | Path | None, verify: bool, cert_file: str | Path | None = None,
+                   key_file: str | Path | None = None) -> ssl.SSLContext:
+    """The TLS client context a sender builds when it is given none (TLS 1.2 and up; the
+    collector's certificate checked against `ca_file` unless `verify` is false). It offers
+    OpenSSL's default key-exchange groups, finite-field ones included: an application that
+    can set the groups (tlstrace does, in `tlstrace.preflight`) builds it with this, sets them
+    and passes it as `ssl_context`. This package does not import tlstrace."""
     if verify:
         ctx = ssl.create_default_context(cafile=str(ca_file) if ca_file else None)
     else:

@@ -8,7 +8,10 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import re
+import sys
 import time
+from collections.abc import Callable
 from types import SimpleNamespace
 from typing import Any
 
@@ -20,7 +23,15 @@ from tlstrace.config.load import validate
 from tlstrace.relay.connection import Connection
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.trace import events
-from tlstrace.trace.fit import CALL_ID_MAX, FIELD_MAX, short_id, short_text, truncate_sip
+from tlstrace.trace.fit import (
+    CALL_ID_MAX,
+    FIELD_MAX,
+    MARK,
+    _cut,
+    short_id,
+    short_text,
+    truncate_sip,
+)
 from tlstrace.trace.tracer import ConnectionTracer, TraceManager
 
 
@@ -126,6 +137,110 @@ def test_truncation_never_exceeds_its_room(data: bytes, room: int) -> None:
     out, cut = truncate_sip(msg, room, short_id(b"k" * 300))
     assert len(out) <= room and cut in ("body", "headers")
     assert b"\r\nX-Tlstrace-Truncated: length=%d;cut=" % len(msg) in out
+
+
+def python_lines(fn: Callable[[], object]) -> int:
+    """How many Python lines `fn()` executes (work done in C, in bytes and re, is not seen)."""
+    count = 0
+
+    def trace(frame: Any, event: str, arg: Any) -> Any:
+        nonlocal count
+        if event == "line":
+            count += 1
+        return trace
+
+    sys.settrace(trace)
+    try:
+        fn()
+    finally:
+        sys.settrace(None)
+    return count
+
+
+def test_truncating_headers_costs_no_python_work_per_header_line() -> None:
+    """16,000 short header lines, folds or Via headers cost no more Python lines than 1,000:
+    the header section is handled in C (one regex split, one rfind, joins), never line by
+    line in Python nor by repeated `+=` on a folded header."""
+    def shapes(n: int) -> dict[str, bytes]:
+        return {"a:": sip(extra=[b"a:"] * n),
+                "folds": sip(extra=[b"Subject: s", *[b" f"] * n]),
+                "v:": sip(extra=[b"v:"] * n),
+                "folds in Via": sip(extra=[b"v: SIP/2.0/TLS x", *[b"\tf"] * n])}
+    small, large = shapes(1000), shapes(16000)
+    for name in small:
+        assert len(large[name]) <= 65535
+        truncate_sip(small[name], 1000, b"short@x")  # anything done once only, done
+        cost = [python_lines(lambda m=m: truncate_sip(m, 1000, b"short@x"))  # type: ignore[misc]
+                for m in (small[name], large[name])]
+        assert max(cost) < 200, (name, cost)  # on merge-stall: 13,513 and 208,513 for a:
+
+
+def test_truncation_puts_the_dialog_first_and_keeps_a_folded_header_whole_or_not_at_all() -> None:
+    folded = [b"Subject: " + b"s" * 50, *[b" " + b"f" * 50] * 40]  # 2 kB, one header
+    msg = sip(b"fold@x", b"v" * 100, [b"X-Before: 1", *folded, b"X-After: 2"])
+    out, cut = truncate_sip(msg, 1000)
+    assert cut == "headers" and len(out) <= 1000
+    lines = out.split(b"\r\n")
+    assert lines[2:7] == [b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1", b"From: <sip:a@x>;tag=1",
+                          b"To: <sip:b@x>", b"Call-ID: fold@x", b"CSeq: 1 INVITE"]
+    assert lines[7:] == [b"X-Before: 1", b"", b""]  # the folded header would not fit: out whole
+    out, _ = truncate_sip(msg, 3000)
+    assert b"\r\n".join(folded) + b"\r\nX-After: 2\r\n" in out
+    # compact forms and a space before the colon are the dialog's too
+    compact = (b"MESSAGE sip:x SIP/2.0\r\n" + b"X-Pad: p\r\n" * 300 + b"v : SIP/2.0/TLS a\r\n"
+               b"f: <sip:a@x>\r\ni: c@x\r\nt: <sip:b@x>\r\nCSEQ: 2 MESSAGE\r\n\r\n")
+    out, _ = truncate_sip(compact, 400)
+    assert out.split(b"\r\n")[2:7] == [b"v : SIP/2.0/TLS a", b"f: <sip:a@x>", b"i: c@x",
+                                        b"t: <sip:b@x>", b"CSEQ: 2 MESSAGE"]
+
+
+@given(st.lists(st.sampled_from([b"\r\n", b" ", b"\t", b"x", b"\r", b"\n", b"ab"]), max_size=80),
+       st.integers(0, 200))
+@settings(max_examples=500, deadline=None)
+def test_the_cut_ends_at_the_last_whole_header_that_fits(pieces: list[bytes], budget: int) -> None:
+    """`_cut` (one rfind, and for a folded header a translate and three rfinds) against the
+    plain definition: a header ends at a CRLF not followed by a space or a tab."""
+    rest = b"\r\nH" + b"".join(pieces)
+    rest = rest[:-2] if rest.endswith(b"\r\n") else rest
+    if b"\r\n\r\n" in rest:
+        return
+    ends = [m.start() for m in re.finditer(rb"\r\n(?![ \t])", rest)] + [len(rest)]
+    assert _cut(rest, budget) == max([0] + [e for e in ends if e <= budget])
+
+
+def test_a_flood_of_via_headers_does_not_push_the_dialog_out() -> None:
+    """Dialog headers that alone do not fit: the first of each kind is kept before more Vias."""
+    msg = (b"INVITE sip:x SIP/2.0\r\n" + b"Via: SIP/2.0/TLS 192.0.2.9\r\n" * 2000
+           + b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: " + b"c" * 40000
+           + b"\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n")
+    out, cut = truncate_sip(msg, 2000, short_id(b"c" * 40000))
+    assert cut == "headers" and len(out) <= 2000
+    lines = out.split(b"\r\n")
+    assert lines[2:7] == [b"Via: SIP/2.0/TLS 192.0.2.9", b"From: <sip:a@x>;tag=1",
+                          b"To: <sip:b@x>", b"Call-ID: " + short_id(b"c" * 40000),
+                          b"CSeq: 7 INVITE"]
+    assert set(lines[7:-2]) == {b"Via: SIP/2.0/TLS 192.0.2.9"} and len(lines) > 40
+
+
+def test_a_mark_sent_by_the_client_is_renamed_in_the_trace_only() -> None:
+    """A message that fits is traced as it came, except that a header the client named like the
+    truncation mark is renamed (same length): in a traced copy, `X-Tlstrace-Truncated` is only
+    ever tlstrace's own mark, the second line of a message that was cut."""
+    manager, tracer, out, _ = tracer_for(hep_max_packet=4096)
+    forged = sip(b"forged@x", b"v" * 10, [b"X-Tlstrace-Truncated: length=99999;cut=body"])
+    sent = bytes(forged)
+    tracer.message(forged, True, time.time())
+    assert forged == sent  # what is relayed is never touched
+    traced = decode(out.packets[0]).payload
+    assert MARK not in traced and len(traced) == len(forged)
+    assert traced == forged.replace(b"X-Tlstrace-Truncated:", b"X-Tlstrace-Untrusted:")
+    assert manager.oversize["truncated_body"] == 0
+    # cut for real: the one mark is tlstrace's, the client's is renamed
+    big = sip(b"forged2@x", b"v" * 5000, [b"X-Tlstrace-Truncated: length=1;cut=headers"])
+    tracer.message(big, True, time.time())
+    traced = decode(out.packets[-2]).payload
+    assert traced.count(MARK) == 1 and b"X-Tlstrace-Untrusted: length=1;cut=headers" in traced
+    assert traced.split(b"\r\n")[1] == MARK + b": length=%d;cut=body" % len(big)
 
 
 # -- the tracer --------------------------------------------------------------------------------

@@ -21,8 +21,10 @@ from pathlib import Path
 from cryptography import x509
 
 from hep.destination import HepDestination, parse_hep_ids
-from hep.sender import HepSender, HepSenderGroup
+from hep.sender import HepSender, HepSenderGroup, client_context
 from tlstrace.config import Config, ConfigError
+from tlstrace.config.model import DEFAULT_GROUPS
+from tlstrace.tls import groups
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 
 
@@ -54,9 +56,17 @@ def trace_destinations(config: Config) -> list[HepDestination]:
 
 
 def sender_for(config: Config, dest: HepDestination, source: str = "defaults") -> HepSender:
-    """The sender of one destination; a bad hep_ca_list is a ConfigError."""
+    """The sender of one destination; a bad hep_ca_list is a ConfigError. Over TLS it offers
+    tlstrace's default key-exchange groups (`DEFAULT_GROUPS`, no finite-field group), not
+    OpenSSL's list: a collector, or whoever is in the path when hep_verify_cert is off, could
+    otherwise pick ffdhe8192 and make each reconnect cost hundreds of milliseconds of CPU."""
     try:
-        return HepSender(dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert)
+        ctx = None
+        if dest.transport == "tls":
+            ctx = client_context(config.hep_ca_list, config.hep_verify_cert)
+            groups.apply(ctx, DEFAULT_GROUPS, lambda why: ConfigError(source, "hep_id", why))
+        return HepSender(dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert,
+                         ssl_context=ctx)
     except (OSError, ssl.SSLError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
         raise ConfigError(source, "hep_ca_list",

@@ -5,7 +5,8 @@ Every relayed message leaves a trace: a message whose packet would exceed `hep_m
 traced truncated (`fit.truncate_sip`) with a type-100 record saying so, and a Call-ID longer
 than `fit.CALL_ID_MAX` goes into the packets shortened (`fit.short_id`). A message pays two
 length comparisons for this (its size, its Call-ID's) unless it is that large or its Call-ID
-that long."""
+that long, and one substring test so that a client cannot fake the truncation mark
+(`fit.unmark`)."""
 
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from tlstrace.sip.peek import call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
 from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
-from tlstrace.trace.fit import CALL_ID_MAX, short_id, truncate_sip
+from tlstrace.trace.fit import CALL_ID_MAX, MARK, short_id, truncate_sip, unmark
 from tlstrace.trace.keyfile import KeyLogFile
 
 if TYPE_CHECKING:
@@ -332,6 +333,8 @@ class ConnectionTracer:
         usec = int((timestamp - sec) * 1e6)
         original: bytes | None = None
         cid_length: int | None = None
+        if MARK in data:  # the client's own mark: renamed in the trace, never relayed changed
+            data = unmark(data)
         if len(data) > self.room or (cid is not None and len(cid) > CALL_ID_MAX):
             original = data
             fitted, cid, cid_length = self._fit(data, cid, received, sec, usec)
