@@ -39,17 +39,28 @@ ConnId = Annotated[int, Path(ge=0, le=2**64 - 1, description="connection id")]
 def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
     peer = conn.peer_cert
     fields = {
-        "id": str(conn.id), "direction": conn.direction, "state": conn.state,
-        "listener": conn.listener, "remote": join_host_port(*conn.remote),
+        "id": str(conn.id),
+        "direction": conn.direction,
+        "state": conn.state,
+        "listener": conn.listener,
+        "remote": join_host_port(*conn.remote),
         "local": join_host_port(*conn.local),
-        "sni": conn.sni, "server_domain": conn.server_domain,
-        "tls_version": conn.tls_version, "cipher": conn.cipher,
-        "alpn": conn.alpn, "resumed": conn.resumed, "handshake_ms": conn.handshake_ms,
+        "sni": conn.sni,
+        "server_domain": conn.server_domain,
+        "tls_version": conn.tls_version,
+        "cipher": conn.cipher,
+        "alpn": conn.alpn,
+        "resumed": conn.resumed,
+        "handshake_ms": conn.handshake_ms,
         "peer_subject": peer.subject if peer else None,
         "age_seconds": round(time.time() - conn.started, 3),
-        "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
-        "messages_in": conn.msgs_in, "messages_out": conn.msgs_out, "traced": conn.traced,
-        "registered_for_seconds": None if conn.registered_until is None
+        "bytes_in": conn.bytes_in,
+        "bytes_out": conn.bytes_out,
+        "messages_in": conn.msgs_in,
+        "messages_out": conn.msgs_out,
+        "traced": conn.traced,
+        "registered_for_seconds": None
+        if conn.registered_until is None
         else max(0.0, round(conn.registered_until - time.time(), 1)),
     }
     if not detail:
@@ -66,10 +77,11 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     """Every handler is `async def`: it runs in the event loop's thread, the only thread that
     may touch the relay (a plain `def` would run in a worker thread)."""
     app = app_with_docs(
-        title="tlstrace", version=__version__,
+        title="tlstrace",
+        version=__version__,
         description="Control and observe the tlstrace SIP TLS sidecar. When a token is "
-                    "configured, every endpoint but /healthz, /readyz and these pages needs "
-                    "`Authorization: Bearer <token>` (the Authorize button).",
+        "configured, every endpoint but /healthz, /readyz and these pages needs "
+        "`Authorization: Bearer <token>` (the Authorize button).",
     )
     declare_bearer(app, OPEN_PATHS)
     app.add_middleware(JsonBodies)
@@ -78,12 +90,18 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     app.add_exception_handler(RequestValidationError, json_safe_validation_errors)
     # added last: the outermost, before the token check
     app.add_middleware(HostAndOrigin, allowed=lambda: sidecar.config.api_allowed_hosts)
-    problems: dict[int | str, dict[str, Any]] = {404: {"model": models.Problem},
-                                                 401: {"model": models.Problem}}
+    problems: dict[int | str, dict[str, Any]] = {
+        404: {"model": models.Problem},
+        401: {"model": models.Problem},
+    }
     install_status(app, sidecar)  # the status page at /, /api/status, /api/events
 
-    @app.get("/api/trace", response_model=models.TraceState, tags=["tracing"],
-             responses={401: problems[401]})
+    @app.get(
+        "/api/trace",
+        response_model=models.TraceState,
+        tags=["tracing"],
+        responses={401: problems[401]},
+    )
     async def get_trace() -> models.TraceState:
         tracing = sidecar.tracing
         return models.TraceState(
@@ -95,9 +113,16 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             **time_limit(sidecar.trace_timer),
         )
 
-    @app.put("/api/trace", response_model=models.TraceState, tags=["tracing"],
-             responses={409: {"model": models.Problem}, 401: problems[401],
-                        400: {"model": models.Problem}})
+    @app.put(
+        "/api/trace",
+        response_model=models.TraceState,
+        tags=["tracing"],
+        responses={
+            409: {"model": models.Problem},
+            401: problems[401],
+            400: {"model": models.Problem},
+        },
+    )
     async def put_trace(body: models.TraceSwitch, request: Request) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command. With
         `for_seconds`, tracing switches itself off after that time."""
@@ -107,22 +132,34 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         sidecar.trace_timer.switch(on, body.for_seconds, _api_client(request))
         return await get_trace()
 
-    @app.get("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
-             responses={401: problems[401]})
+    @app.get(
+        "/api/trace/filters",
+        response_model=models.TraceFilters,
+        tags=["tracing"],
+        responses={401: problems[401]},
+    )
     async def get_filters() -> models.TraceFilters:
         f = sidecar.tracing.filter
         return models.TraceFilters(rules=f.rules, default=f.default)
 
-    @app.put("/api/trace/filters", response_model=models.TraceFilters, tags=["tracing"],
-             responses={401: problems[401], 400: {"model": models.Problem}})
+    @app.put(
+        "/api/trace/filters",
+        response_model=models.TraceFilters,
+        tags=["tracing"],
+        responses={401: problems[401], 400: {"model": models.Problem}},
+    )
     async def put_filters(body: models.TraceFilters) -> models.TraceFilters:
         """Replace the rules; they decide for connections whose handshake ends from now on.
         A rule set that does not validate is refused (422) and the old one stays."""
         sidecar.tracing.set_filter(TraceFilter(body.rules, body.default))
         return await get_filters()
 
-    @app.get("/api/connections", response_model=list[models.ConnectionInfo],
-             tags=["connections"], responses={401: problems[401]})
+    @app.get(
+        "/api/connections",
+        response_model=list[models.ConnectionInfo],
+        tags=["connections"],
+        responses={401: problems[401]},
+    )
     async def list_connections(
         direction: Literal["inbound", "outbound"] | None = None,
         traced: bool | None = None,
@@ -145,34 +182,55 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             raise HTTPException(404, f"no open connection {conn_id}")
         return conn
 
-    @app.get("/api/connections/{conn_id}", response_model=models.ConnectionDetail,
-             tags=["connections"], responses=problems)
+    @app.get(
+        "/api/connections/{conn_id}",
+        response_model=models.ConnectionDetail,
+        tags=["connections"],
+        responses=problems,
+    )
     async def get_connection(conn_id: ConnId) -> models.ConnectionInfo:
         return _info(_find(conn_id), detail=True)
 
-    @app.delete("/api/connections/{conn_id}", status_code=204, tags=["connections"],
-                responses=problems)
+    @app.delete(
+        "/api/connections/{conn_id}", status_code=204, tags=["connections"], responses=problems
+    )
     async def close_connection(conn_id: ConnId) -> Response:
         """Close a connection (close_notify, then its backend after pending data)."""
         if not sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API):
             raise HTTPException(404, f"no open connection {conn_id}")
         return Response(status_code=204)
 
-    @app.get("/api/destinations", response_model=list[models.Destination], tags=["tracing"],
-             responses={401: problems[401]})
+    @app.get(
+        "/api/destinations",
+        response_model=list[models.Destination],
+        tags=["tracing"],
+        responses={401: problems[401]},
+    )
     async def destinations() -> list[models.Destination]:
         return [
             models.Destination(
-                name=s.name, transport=s.transport, address=s.address, state=s.state,
-                connected=s.connected, sent=s.sent, dropped=s.dropped,
-                send_errors=s.send_errors, connect_errors=s.connect_errors,
-                reconnects=s.reconnects, queue_depth=s.queue_depth, last_error=s.last_error,
+                name=s.name,
+                transport=s.transport,
+                address=s.address,
+                state=s.state,
+                connected=s.connected,
+                sent=s.sent,
+                dropped=s.dropped,
+                send_errors=s.send_errors,
+                connect_errors=s.connect_errors,
+                reconnects=s.reconnects,
+                queue_depth=s.queue_depth,
+                last_error=s.last_error,
             )
             for s in sidecar.senders.stats().values()
         ]
 
-    @app.post("/api/reload", response_model=models.ReloadResult, tags=["control"],
-              responses={409: {"model": models.ReloadResult}, 401: problems[401]})
+    @app.post(
+        "/api/reload",
+        response_model=models.ReloadResult,
+        tags=["control"],
+        responses={409: {"model": models.ReloadResult}, 401: problems[401]},
+    )
     async def reload(response: Response, request: Request) -> models.ReloadResult:
         """Re-read the configuration file and the certificates, as SIGHUP does, and apply
         what changed; `not_applied` lists the changed keys that need a restart (they keep
@@ -182,8 +240,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         outcome = await sidecar.request_reload(_api_client(request))
         if not outcome.ok:
             response.status_code = 409
-        return models.ReloadResult(reloaded=outcome.ok, message=outcome.message,
-                                   applied=outcome.applied, not_applied=outcome.not_applied)
+        return models.ReloadResult(
+            reloaded=outcome.ok,
+            message=outcome.message,
+            applied=outcome.applied,
+            not_applied=outcome.not_applied,
+        )
 
     @app.get("/api/config", tags=["control"], responses={401: problems[401]})
     async def config() -> dict[str, Any]:
@@ -200,13 +262,16 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     async def healthz() -> models.Health:
         return models.Health(status="ok")
 
-    @app.get("/readyz", response_model=models.Readiness, tags=["health"],
-             responses={503: {"model": models.Readiness}})
+    @app.get(
+        "/readyz",
+        response_model=models.Readiness,
+        tags=["health"],
+        responses={503: {"model": models.Readiness}},
+    )
     async def readyz(response: Response) -> models.Readiness:
         """Ready when every listener is up and every backend accepts TCP connections."""
         checks: dict[str, str] = {}
-        listeners: list[InboundListener | OutboundListener] = [*sidecar.inbound,
-                                                               *sidecar.outbound]
+        listeners: list[InboundListener | OutboundListener] = [*sidecar.inbound, *sidecar.outbound]
         for lst in listeners:
             up = lst.server is not None and lst.server.is_serving()
             checks[f"listener {lst.listener.listen}"] = "up" if up else "down"
@@ -219,8 +284,12 @@ def create_app(sidecar: Sidecar) -> FastAPI:
             response.status_code = 503
         return models.Readiness(ready=ready, checks=checks)
 
-    @app.get("/metrics", tags=["health"], response_class=Response,
-             responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+    @app.get(
+        "/metrics",
+        tags=["health"],
+        response_class=Response,
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
     async def metrics() -> Response:
         return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
 

@@ -20,17 +20,21 @@ def token_middleware(
 ) -> Callable[[Request, Callable[[Request], Awaitable[Response]]], Awaitable[Response]]:
     """`token()` is read per request, so a reload can change it."""
 
-    async def check(request: Request,
-                    call_next: Callable[[Request], Awaitable[Response]]) -> Response:
+    async def check(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         expected = token()
         path = request.url.path
         if expected and path not in OPEN_PATHS and not is_docs_path(path):
             scheme, _, given = request.headers.get("authorization", "").partition(" ")
             if scheme.lower() != "bearer" or not hmac.compare_digest(
-                    given.strip().encode(), expected.encode()):
-                return JSONResponse({"detail": "a valid bearer token is required"},
-                                    status_code=401,
-                                    headers={"WWW-Authenticate": 'Bearer realm="tlstrace"'})
+                given.strip().encode(), expected.encode()
+            ):
+                return JSONResponse(
+                    {"detail": "a valid bearer token is required"},
+                    status_code=401,
+                    headers={"WWW-Authenticate": 'Bearer realm="tlstrace"'},
+                )
         return await call_next(request)
 
     return check

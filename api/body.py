@@ -30,8 +30,9 @@ MAX_BODY = 1 << 20
 
 def is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
-    return media == "application/json" or (media.startswith("application/")
-                                           and media.endswith("+json"))
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
 
 
 class JsonBodies:
@@ -41,8 +42,11 @@ class JsonBodies:
         self.app = app
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if (scope["type"] != "http" or scope["method"] not in METHODS | {"POST"}
-                or not str(scope["path"]).startswith("/api/")):
+        if (
+            scope["type"] != "http"
+            or scope["method"] not in METHODS | {"POST"}
+            or not str(scope["path"]).startswith("/api/")
+        ):
             await self.app(scope, receive, send)
             return
         headers: list[tuple[bytes, bytes]] = list(scope["headers"])
@@ -60,8 +64,7 @@ class JsonBodies:
             chunk = message.get("body", b"")
             size += len(chunk)
             if size > MAX_BODY:
-                await JSONResponse({"detail": "request body too large"}, 413)(scope, receive,
-                                                                               send)
+                await JSONResponse({"detail": "request body too large"}, 413)(scope, receive, send)
                 return
             chunks.append(chunk)
             if not message.get("more_body", False):
@@ -120,15 +123,16 @@ def strict_loads(body: bytes) -> Any:
 
 
 def _not_json(what: str) -> JSONResponse:
-    msg = (f"the body must be JSON (send it with content-type: application/json); it came "
-           f"with {what} and is not JSON")
+    msg = (
+        f"the body must be JSON (send it with content-type: application/json); it came "
+        f"with {what} and is not JSON"
+    )
     return _unprocessable("json_invalid", msg)
 
 
 def _unprocessable(kind: str, msg: str) -> JSONResponse:
     """A 422 shaped like FastAPI's own validation errors (the schema documents that shape)."""
-    return JSONResponse({"detail": [{"type": kind, "loc": ["body"], "msg": msg}]},
-                        status_code=422)
+    return JSONResponse({"detail": [{"type": kind, "loc": ["body"], "msg": msg}]}, status_code=422)
 
 
 def _json_safe(value: Any) -> Any:
@@ -145,5 +149,4 @@ async def json_safe_validation_errors(request: Request, exc: Exception) -> Respo
     """FastAPI's 422, with non-finite numbers in `input` written as strings (JSONResponse
     cannot encode them): a second line of defence behind `strict_loads`."""
     assert isinstance(exc, RequestValidationError)
-    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))},
-                        status_code=422)
+    return JSONResponse({"detail": _json_safe(jsonable_encoder(exc.errors()))}, status_code=422)

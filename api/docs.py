@@ -24,18 +24,26 @@ DOCS_PATHS = frozenset({"/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.js
 SCHEME = "bearer"
 UNAUTHORIZED = {
     "description": "Unauthorized: a token is configured and the request lacks it",
-    "content": {"application/json": {"schema": {
-        "type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"],
-    }}},
+    "content": {
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {"detail": {"type": "string"}},
+                "required": ["detail"],
+            }
+        }
+    },
 }
 
 
 #: the pages may load from the API's own origin only (ReDoc would fetch its logo from a CDN);
 #: Swagger UI starts from an inline script, and both style inline; ReDoc searches in a worker
-POLICY = ("default-src 'self'; script-src 'self' 'unsafe-inline'; "
-          "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
-          "worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; "
-          "frame-ancestors 'none'; form-action 'self'")
+POLICY = (
+    "default-src 'self'; script-src 'self' 'unsafe-inline'; "
+    "style-src 'self' 'unsafe-inline'; img-src 'self' data:; font-src 'self' data:; "
+    "worker-src 'self' blob:; connect-src 'self'; base-uri 'none'; "
+    "frame-ancestors 'none'; form-action 'self'"
+)
 PAGES = frozenset({"/docs", "/redoc"})
 
 
@@ -81,9 +89,10 @@ def declare_bearer(app: FastAPI, open_paths: Collection[str]) -> None:
             return app.openapi_schema
         schema = original()
         schema.setdefault("components", {}).setdefault("securitySchemes", {})[SCHEME] = {
-            "type": "http", "scheme": "bearer",
+            "type": "http",
+            "scheme": "bearer",
             "description": "the api_token (or TLSTRACE_API_TOKEN) of the sidecar, when one is "
-                           "configured",
+            "configured",
         }
         for path, operations in schema.get("paths", {}).items():
             if path in open_paths:

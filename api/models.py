@@ -17,9 +17,15 @@ class _Body(BaseModel):
 class TraceSwitch(_Body):
     tracing: Literal["on", "off"]
     for_seconds: float | None = Field(
-        None, gt=0, le=MAX_TRACE_SECONDS, allow_inf_nan=False, strict=True, examples=[600],
+        None,
+        gt=0,
+        le=MAX_TRACE_SECONDS,
+        allow_inf_nan=False,
+        strict=True,
+        examples=[600],
         description="with on: tracing switches itself off after this many seconds; "
-                    "unset: it stays on (a switch without a limit removes the one in force)")
+        "unset: it stays on (a switch without a limit removes the one in force)",
+    )
 
     @model_validator(mode="after")
     def _limit_needs_on(self) -> TraceSwitch:
@@ -35,9 +41,9 @@ class TraceState(BaseModel):
     filter_rules: int
     traced_connections: int = Field(description="open connections being traced")
     until: datetime | None = Field(
-        None, description="when tracing switches itself off (UTC); null: no limit")
-    remaining_seconds: float | None = Field(
-        None, description="seconds until then; null: no limit")
+        None, description="when tracing switches itself off (UTC); null: no limit"
+    )
+    remaining_seconds: float | None = Field(None, description="seconds until then; null: no limit")
     applies_to: str = Field(
         default="on: connections already open are traced from now on (without their past "
         "handshake event) and new ones from their handshake; off: nothing more is sent for any "
@@ -47,7 +53,8 @@ class TraceState(BaseModel):
 
 class TraceFilters(_Body):
     rules: list[TraceRule] = Field(
-        description="ordered; the first rule whose given fields all match decides")
+        description="ordered; the first rule whose given fields all match decides"
+    )
     default: Literal["allow", "deny"] = "allow"
 
 
@@ -69,7 +76,8 @@ class ConnectionInfo(BaseModel):
     sni: str | None
     server_domain: str | None = Field(
         description="the [[server_domain]] whose certificate, session cache and "
-                    "client-certificate policy the handshake ran on (inbound)")
+        "client-certificate policy the handshake ran on (inbound)"
+    )
     tls_version: str | None
     cipher: str | None
     alpn: str | None
@@ -84,7 +92,8 @@ class ConnectionInfo(BaseModel):
     traced: bool
     registered_for_seconds: float | None = Field(
         description="seconds until the registration the SIP server granted over this "
-                    "connection expires (it is held open until then plus registration_margin)")
+        "connection expires (it is held open until then plus registration_margin)"
+    )
 
 
 class ConnectionDetail(ConnectionInfo):
@@ -113,11 +122,13 @@ class ReloadResult(BaseModel):
     applied: dict[str, str] = Field(
         default_factory=dict,
         description="changed top-level keys now in force: key -> 'applied' or 'applied to new "
-                    "connections'")
+        "connections'",
+    )
     not_applied: dict[str, str] = Field(
         default_factory=dict,
         description="changed top-level keys that need a restart (the running value stays): "
-                    "key -> why")
+        "key -> why",
+    )
 
 
 class Health(BaseModel):

@@ -48,8 +48,9 @@ def split_host(text: str) -> tuple[str, int | None] | None:
         host, sep, port_text_ = text.partition(":")
         if sep:
             port_text = port_text_
-    if port_text is not None and not (port_text.isascii() and port_text.isdigit()
-                                      and int(port_text) <= 65535):
+    if port_text is not None and not (
+        port_text.isascii() and port_text.isdigit() and int(port_text) <= 65535
+    ):
         return None
     if not host:
         return None
@@ -79,8 +80,7 @@ def same_origin(origin: str, scheme: str, host: tuple[str, int | None]) -> bool:
     if parts.scheme.lower() != scheme or parts.hostname is None or parts.path or parts.query:
         return False
     default = DEFAULT_PORTS.get(scheme)
-    return (parts.hostname.lower() == host[0]
-            and (port or default) == (host[1] or default))
+    return parts.hostname.lower() == host[0] and (port or default) == (host[1] or default)
 
 
 class HostAndOrigin:
@@ -98,20 +98,23 @@ class HostAndOrigin:
         headers = scope["headers"]
         host_text = next((v.decode("latin-1") for k, v in headers if k == b"host"), None)
         host = None if host_text is None else split_host(host_text)
-        if host_text is not None and (host is None or not host_allowed(host[0],
-                                                                        self.allowed())):
+        if host_text is not None and (host is None or not host_allowed(host[0], self.allowed())):
             response = PlainTextResponse(
                 "421 Misdirected Request: this API answers requests for its IP address, "
-                "localhost, or a name listed in api_allowed_hosts\n", status_code=421)
+                "localhost, or a name listed in api_allowed_hosts\n",
+                status_code=421,
+            )
             await response(scope, receive, send)
             return
         if scope["method"] in UNSAFE:
             origin = next((v.decode("latin-1") for k, v in headers if k == b"origin"), None)
-            if origin is not None and (host is None or not same_origin(
-                    origin, str(scope.get("scheme", "http")), host)):
+            if origin is not None and (
+                host is None or not same_origin(origin, str(scope.get("scheme", "http")), host)
+            ):
                 response = PlainTextResponse(
                     "403 Forbidden: a cross-origin request (its Origin is not this API's)\n",
-                    status_code=403)
+                    status_code=403,
+                )
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -83,11 +83,17 @@ class GuardedH11Protocol(H11Protocol):
             guard.stats.api_refused[why] += 1
             cfg = guard.config()
             if why == "limit":
-                guard.note(why, "refusing API connections: api_max_connections (%d) reached",
-                           cfg.api_max_connections)
+                guard.note(
+                    why,
+                    "refusing API connections: api_max_connections (%d) reached",
+                    cfg.api_max_connections,
+                )
             else:
-                guard.note(why, "refusing API connections: fewer than fd_reserve (%d) file "
-                           "descriptors free", cfg.fd_reserve)
+                guard.note(
+                    why,
+                    "refusing API connections: fewer than fd_reserve (%d) file descriptors free",
+                    cfg.fd_reserve,
+                )
             transport.abort()
             return
         guard.open += 1
@@ -97,16 +103,19 @@ class GuardedH11Protocol(H11Protocol):
     def _arm(self) -> None:
         if self.deadline is not None:
             self.deadline.cancel()
-        self.deadline = self.loop.call_later(self.guard.config().api_request_timeout,
-                                             self._expired)
+        self.deadline = self.loop.call_later(self.guard.config().api_request_timeout, self._expired)
 
     def _expired(self) -> None:
         self.deadline = None
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is not None and not cycle.more_body and not cycle.response_complete \
-                and self.answering < _ANSWER_PERIODS:
+        if (
+            cycle is not None
+            and not cycle.more_body
+            and not cycle.response_complete
+            and self.answering < _ANSWER_PERIODS
+        ):
             # a complete request is being answered: its next one gets the time again (a
             # request whose body is still arriving is not complete and gets no more time; an
             # answer its client does not read gets a few periods)
@@ -114,9 +123,12 @@ class GuardedH11Protocol(H11Protocol):
             self._arm()
             return
         self.guard.stats.api_timeouts += 1
-        self.guard.note("timeout", "closing API connections that sent no complete request "
-                        "within api_request_timeout (%g s)",
-                        self.guard.config().api_request_timeout)
+        self.guard.note(
+            "timeout",
+            "closing API connections that sent no complete request "
+            "within api_request_timeout (%g s)",
+            self.guard.config().api_request_timeout,
+        )
         self.transport.close()
 
     def on_response_complete(self) -> None:
@@ -163,10 +175,17 @@ def make_server(app: FastAPI, guard: ApiGuard | None = None) -> ApiServer:
     if guard is not None:
         protocol = type("ApiProtocol", (GuardedH11Protocol,), {"guard": guard})
         timeout = guard.config().api_request_timeout
-    config = uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off",
-                            loop="none", server_header=False, http=protocol,
-                            timeout_keep_alive=max(1, int(timeout)),
-                            h11_max_incomplete_event_size=16 * 1024,
-                            # uvicorn's records go to tlstrace's handler, in its log_format
-                            log_config=None)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        loop="none",
+        server_header=False,
+        http=protocol,
+        timeout_keep_alive=max(1, int(timeout)),
+        h11_max_incomplete_event_size=16 * 1024,
+        # uvicorn's records go to tlstrace's handler, in its log_format
+        log_config=None,
+    )
     return ApiServer(config)

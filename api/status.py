@@ -42,8 +42,8 @@ PAGE_HEADERS = {
     # only this origin's script and style, fetches to this origin only, no framing (the page
     # has a tracing switch), nothing inline: data shown by the page can never run as code
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'self'; "
-                               "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
-                               "form-action 'none'; frame-ancestors 'none'",
+    "connect-src 'self'; img-src 'self' data:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
     "X-Frame-Options": "DENY",
     "Referrer-Policy": "no-referrer",
@@ -82,7 +82,8 @@ class Status(BaseModel):
     handshakes_failed: int
     handshake_failures: list[FailureCount] = Field(
         description="failed handshakes since start, by direction and reason (non-zero only), "
-                    "most frequent first")
+        "most frequent first"
+    )
     closed: dict[str, int] = Field(description="closed connections by reason (non-zero only)")
     events: EventsInfo
 
@@ -106,8 +107,12 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
     for path in files:
         page_route(path)
 
-    @app.get("/api/status", response_model=Status, tags=["status"],
-             responses={401: {"model": models.Problem}})
+    @app.get(
+        "/api/status",
+        response_model=Status,
+        tags=["status"],
+        responses={401: {"model": models.Problem}},
+    )
     async def status() -> Status:
         """What the status page shows at the top: counters since start, handshake failures by
         reason, and the event feed's figures."""
@@ -125,25 +130,39 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
             closed[reason] += n
         feed = sidecar.feed
         return Status(
-            version=__version__, python=platform.python_version(),
+            version=__version__,
+            python=platform.python_version(),
             openssl=ssl.OPENSSL_VERSION,
             uptime_seconds=round(time.time() - sidecar.started, 1),
             tracing="on" if sidecar.tracing.enabled else "off",
-            connections_open=open_, connections_accepted=sum(st.accepted.values()),
+            connections_open=open_,
+            connections_accepted=sum(st.accepted.values()),
             connections_refused=sum(st.refused.values()),
             handshakes_ok=sum(n for key, n in st.handshakes.items() if "success" in key),
             handshakes_failed=sum(failures.values()),
-            handshake_failures=[FailureCount(direction=d, reason=r, count=n)
-                                for (d, r), n in failures.most_common()],
+            handshake_failures=[
+                FailureCount(direction=d, reason=r, count=n) for (d, r), n in failures.most_common()
+            ],
             closed={reason: n for reason, n in closed.items() if n},
-            events=EventsInfo(viewers=len(feed.viewers), max_viewers=feed.max_viewers,
-                              queue_size=QUEUE_SIZE, published=feed.published,
-                              dropped=feed.dropped),
+            events=EventsInfo(
+                viewers=len(feed.viewers),
+                max_viewers=feed.max_viewers,
+                queue_size=QUEUE_SIZE,
+                published=feed.published,
+                dropped=feed.dropped,
+            ),
         )
 
-    @app.get("/api/events", tags=["status"], response_class=StreamingResponse,
-             responses={200: {"content": {"text/event-stream": {}}},
-                        401: {"model": models.Problem}, 503: {"model": models.Problem}})
+    @app.get(
+        "/api/events",
+        tags=["status"],
+        response_class=StreamingResponse,
+        responses={
+            200: {"content": {"text/event-stream": {}}},
+            401: {"model": models.Problem},
+            503: {"model": models.Problem},
+        },
+    )
     async def events() -> StreamingResponse:
         """Connection events as they happen, as server-sent events (`event: connection`, data
         one JSON object: event `accepted`, `connected`, `handshake_failed` or `closed`, id,
@@ -152,17 +171,20 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
         loses events, never slows the relay: `event: dropped` then says how many it missed."""
         viewer = sidecar.feed.subscribe()
         if viewer is None:
-            raise HTTPException(503, f"{sidecar.feed.max_viewers} event viewers are "
-                                     "connected already")
+            raise HTTPException(
+                503, f"{sidecar.feed.max_viewers} event viewers are connected already"
+            )
         token = sidecar.config.api_token
         return StreamingResponse(
             _stream(sidecar.feed, viewer, lambda: sidecar.config.api_token == token),
             media_type="text/event-stream",
-            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
 
 
-async def _stream(feed: EventFeed, viewer: Viewer,
-                  allowed: Callable[[], bool]) -> AsyncIterator[str]:
+async def _stream(
+    feed: EventFeed, viewer: Viewer, allowed: Callable[[], bool]
+) -> AsyncIterator[str]:
     """The viewer's events until it goes, the sidecar stops, or a reload changes the token
     the stream was opened with (the viewer must then come back with the new one)."""
     try:
@@ -176,8 +198,10 @@ async def _stream(feed: EventFeed, viewer: Viewer,
             events, missed = viewer.take()
             out = [f"event: connection\ndata: {data}\n\n" for data in events]
             if missed:  # they came after the queued ones, which filled the queue
-                out.append(f'event: dropped\ndata: {{"dropped":{missed},'
-                           f'"viewer_dropped":{viewer.dropped}}}\n\n')
+                out.append(
+                    f'event: dropped\ndata: {{"dropped":{missed},'
+                    f'"viewer_dropped":{viewer.dropped}}}\n\n'
+                )
             if out:
                 yield "".join(out)
     finally:

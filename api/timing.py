@@ -14,5 +14,7 @@ def time_limit(timer: TracingTimer) -> dict[str, Any]:
     until = timer.until
     if until is None:
         return {"until": None, "remaining_seconds": None}
-    return {"until": datetime.fromtimestamp(until, UTC).replace(microsecond=0),
-            "remaining_seconds": round(max(0.0, until - time.time()), 1)}
+    return {
+        "until": datetime.fromtimestamp(until, UTC).replace(microsecond=0),
+        "remaining_seconds": round(max(0.0, until - time.time()), 1),
+    }

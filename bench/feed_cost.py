@@ -19,8 +19,9 @@ from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import ConnectionObserver, NullObserver
 
 
-def per_connection(observer: ConnectionObserver, conn: Connection, viewers: list[Viewer],
-                   calls: int) -> float:
+def per_connection(
+    observer: ConnectionObserver, conn: Connection, viewers: list[Viewer], calls: int
+) -> float:
     def one() -> None:
         observer.handshake_done(conn)
         observer.closed(conn, CloseReason.EOF, None)
@@ -34,9 +35,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--calls", type=int, default=100_000)
     args = parser.parse_args()
-    conn = Connection("inbound", ("192.0.2.10", 40000), ("10.0.0.2", 5061),
-                      "tls:0.0.0.0:5061", state="open", sni="sip.example.com",
-                      tls_version="TLSv1.3", cipher="TLS_AES_256_GCM_SHA384", handshake_ms=2.1)
+    conn = Connection(
+        "inbound",
+        ("192.0.2.10", 40000),
+        ("10.0.0.2", 5061),
+        "tls:0.0.0.0:5061",
+        state="open",
+        sni="sip.example.com",
+        tls_version="TLSv1.3",
+        cipher="TLS_AES_256_GCM_SHA384",
+        handshake_ms=2.1,
+    )
     inner = NullObserver()
     print(f"{'observer':<40} µs per connection (accept + close)")
     print(f"{'tracing alone':<40} {per_connection(inner, conn, [], args.calls):8.2f}")

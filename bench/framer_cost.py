@@ -81,8 +81,10 @@ def main() -> None:
     parser.add_argument("--messages", type=int, default=100_000)
     parser.add_argument("--repeat", type=int, default=9)
     args = parser.parse_args()
-    print(f"INVITE {len(INVITE)} bytes, 200 OK {len(OK)} bytes; {args.messages} messages, "
-          f"best of {args.repeat}")
+    print(
+        f"INVITE {len(INVITE)} bytes, 200 OK {len(OK)} bytes; {args.messages} messages, "
+        f"best of {args.repeat}"
+    )
     for name, ns in measure(args.messages, args.repeat).items():
         print(f"  {name:10s} {ns:7.0f} ns per message")
 

@@ -107,24 +107,44 @@ def one_hello(port: int, hello: bytes) -> str:
     return {b"\x16": "ServerHello", b"\x15": "alert", b"": "refused"}.get(first, "other")
 
 
-def write_config(path: Path, *, port: int, pki: Pki, state_dir: Path,
-                 groups: Sequence[str] | None = None, rate: float | None = None) -> None:
-    lines = ["# written by bench.groups", 'log_level = "warning"', 'api_listen = ""',
-             "backend_probe_interval = 0.0", "tls_handshake_timeout = 30000",
-             f'state_dir = "{state_dir}"']
+def write_config(
+    path: Path,
+    *,
+    port: int,
+    pki: Pki,
+    state_dir: Path,
+    groups: Sequence[str] | None = None,
+    rate: float | None = None,
+) -> None:
+    lines = [
+        "# written by bench.groups",
+        'log_level = "warning"',
+        'api_listen = ""',
+        "backend_probe_interval = 0.0",
+        "tls_handshake_timeout = 30000",
+        f'state_dir = "{state_dir}"',
+    ]
     if rate is not None:
         lines += [f"handshake_rate_per_source = {rate}", "handshake_rate_burst = 1"]
-    lines += ["", "[[listener]]", f'listen = "tls:127.0.0.1:{port}"',
-              f'backend = "tcp:127.0.0.1:{free_port()}"',  # never reached: no handshake ends
-              "", "[[server_domain]]", 'name = "default"', f'certificate = "{pki.cert}"',
-              f'private_key = "{pki.key}"']
+    lines += [
+        "",
+        "[[listener]]",
+        f'listen = "tls:127.0.0.1:{port}"',
+        f'backend = "tcp:127.0.0.1:{free_port()}"',  # never reached: no handshake ends
+        "",
+        "[[server_domain]]",
+        'name = "default"',
+        f'certificate = "{pki.cert}"',
+        f'private_key = "{pki.key}"',
+    ]
     if groups is not None:
         lines.append("groups = [" + ", ".join(f'"{g}"' for g in groups) + "]")
     path.write_text("\n".join(lines) + "\n")
 
 
-def measure(case: Case, port: int, pid: int, *, workers: int, seconds: float,
-            warmup: float) -> Outcome:
+def measure(
+    case: Case, port: int, pid: int, *, workers: int, seconds: float, warmup: float
+) -> Outcome:
     hello = canned_hello(case.group)
     counts: dict[str, int] = {}
     lock = threading.Lock()
@@ -165,15 +185,26 @@ def _x(v: float | None) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.groups", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.groups",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--seconds", type=float, default=5.0, help="window per case (default 5)")
     ap.add_argument("--warmup", type=float, default=0.5, help="seconds before each window")
     ap.add_argument("--workers", type=int, default=4, help="client threads (default 4)")
-    ap.add_argument("--repeat", type=int, default=1,
-                    help="runs of every case, interleaved (default 1); medians are printed")
-    ap.add_argument("--expensive", nargs="*", default=["ffdhe8192"],
-                    help="groups measured on a relay that enables them (default ffdhe8192)")
+    ap.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="runs of every case, interleaved (default 1); medians are printed",
+    )
+    ap.add_argument(
+        "--expensive",
+        nargs="*",
+        default=["ffdhe8192"],
+        help="groups measured on a relay that enables them (default ffdhe8192)",
+    )
     ap.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
     args = ap.parse_args(argv)
     with contextlib.suppress(OSError):
@@ -183,35 +214,47 @@ def main(argv: Sequence[str] | None = None) -> int:
     cases += [Case("expensive", f"+ {g} enabled", g, "ServerHello") for g in args.expensive]
     cases.append(Case("limited", "rate limit exceeded", "X25519", "refused"))
     started = dt.datetime.now(dt.UTC)
-    print(f"One TLS 1.3 ClientHello per new connection, replayed by {args.workers} threads; "
-          f"relay on core {RELAY_CPU}, ECDSA P-256 certificate; {ssl.OPENSSL_VERSION}; "
-          f"{args.seconds:g} s per case; load average {os.getloadavg()[0]:.2f}", flush=True)
+    print(
+        f"One TLS 1.3 ClientHello per new connection, replayed by {args.workers} threads; "
+        f"relay on core {RELAY_CPU}, ECDSA P-256 certificate; {ssl.OPENSSL_VERSION}; "
+        f"{args.seconds:g} s per case; load average {os.getloadavg()[0]:.2f}",
+        flush=True,
+    )
     workdir = Path(tempfile.mkdtemp(prefix="tlstrace-bench-groups-"))
     outcomes: list[Outcome] = []
     with Procs(workdir) as procs:
         pki = make_pki(workdir)
         relays: dict[str, tuple[int, int]] = {}
-        for name, groups, rate in (("default", None, None),
-                                   ("expensive", [*DEFAULT_GROUPS, *args.expensive], None),
-                                   ("limited", None, 0.001)):
+        for name, groups, rate in (
+            ("default", None, None),
+            ("expensive", [*DEFAULT_GROUPS, *args.expensive], None),
+            ("limited", None, 0.001),
+        ):
             port = free_port()
             cfg = workdir / f"{name}.toml"
-            write_config(cfg, port=port, pki=pki, state_dir=workdir / "state", groups=groups,
-                         rate=rate)
-            child = procs.start(f"tlstrace-{name}", [sys.executable, "-m", "tlstrace", "run",
-                                                     "--config", str(cfg)], cpus={RELAY_CPU})
+            write_config(
+                cfg, port=port, pki=pki, state_dir=workdir / "state", groups=groups, rate=rate
+            )
+            child = procs.start(
+                f"tlstrace-{name}",
+                [sys.executable, "-m", "tlstrace", "run", "--config", str(cfg)],
+                cpus={RELAY_CPU},
+            )
             wait_listening(port, [child])
             relays[name] = (port, child.pid)
-        header = (f"{'relay':<22}{'offered':<11}{'answer':<13}{'hellos':>7}"
-                  f"{'relay CPU ms/hello':>20}{'x X25519':>10}{'other load':>12}")
+        header = (
+            f"{'relay':<22}{'offered':<11}{'answer':<13}{'hellos':>7}"
+            f"{'relay CPU ms/hello':>20}{'x X25519':>10}{'other load':>12}"
+        )
         print(f"\n{'run':<5}{header}")
         ratios: dict[int, list[float]] = {i: [] for i in range(len(cases))}
         for run in range(1, args.repeat + 1):
             base: float | None = None
             for i, case in enumerate(cases):
                 port, pid = relays[case.relay]
-                o = measure(case, port, pid, workers=args.workers, seconds=args.seconds,
-                            warmup=args.warmup)
+                o = measure(
+                    case, port, pid, workers=args.workers, seconds=args.seconds, warmup=args.warmup
+                )
                 o.run = run
                 outcomes.append(o)
                 wrong = sum(n for a, n in o.answers.items() if a != case.expect)
@@ -220,26 +263,37 @@ def main(argv: Sequence[str] | None = None) -> int:
                 ratio = o.cpu_ms / base if o.cpu_ms is not None and base else None
                 if ratio is not None:
                     ratios[i].append(ratio)
-                print(f"{run:<5}{case.label:<22}{case.group:<11}{case.expect:<13}{o.hellos:>7}"
-                      f"{_ms(o.cpu_ms):>20}{_x(ratio):>10}{o.other_load:>11.0%}"
-                      + (f"   ({wrong} other answers: {o.answers})" if wrong else ""),
-                      flush=True)
+                print(
+                    f"{run:<5}{case.label:<22}{case.group:<11}{case.expect:<13}{o.hellos:>7}"
+                    f"{_ms(o.cpu_ms):>20}{_x(ratio):>10}{o.other_load:>11.0%}"
+                    + (f"   ({wrong} other answers: {o.answers})" if wrong else ""),
+                    flush=True,
+                )
         if args.repeat > 1:
-            print(f"\nmedians of {args.repeat} runs (min-max); x X25519: median of each run's "
-                  "ratio to the X25519 case of the same run")
-            print(f"{'relay':<22}{'offered':<11}{'answer':<13}{'relay CPU ms/hello':>32}"
-                  f"{'x X25519':>10}")
+            print(
+                f"\nmedians of {args.repeat} runs (min-max); x X25519: median of each run's "
+                "ratio to the X25519 case of the same run"
+            )
+            print(
+                f"{'relay':<22}{'offered':<11}{'answer':<13}{'relay CPU ms/hello':>32}"
+                f"{'x X25519':>10}"
+            )
             for i, case in enumerate(cases):
                 cpus = [o.cpu_ms for o in outcomes if o.case is case and o.cpu_ms is not None]
-                spread = f"{_ms(statistics.median(cpus))} ({_ms(min(cpus))}-{_ms(max(cpus))})" \
-                    if cpus else "-"
+                spread = (
+                    f"{_ms(statistics.median(cpus))} ({_ms(min(cpus))}-{_ms(max(cpus))})"
+                    if cpus
+                    else "-"
+                )
                 ratio = statistics.median(ratios[i]) if ratios[i] else None
-                print(f"{case.label:<22}{case.group:<11}{case.expect:<13}{spread:>32}"
-                      f"{_x(ratio):>10}")
+                print(
+                    f"{case.label:<22}{case.group:<11}{case.expect:<13}{spread:>32}{_x(ratio):>10}"
+                )
     path = args.out or RESULTS / f"groups-{started.strftime('%Y%m%dT%H%M%SZ')}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     data: dict[str, Any] = {
-        "started": started.isoformat(), "openssl": ssl.OPENSSL_VERSION,
+        "started": started.isoformat(),
+        "openssl": ssl.OPENSSL_VERSION,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
         "outcomes": [{**asdict(o), "cpu_ms_per_hello": o.cpu_ms} for o in outcomes],
     }

@@ -47,8 +47,15 @@ PAYLOAD = (
     b"v=0\r\no=alice 2890844526 2890844526 IN IP4 pc33.atlanta.example.com\r\ns=-\r\n"
     b"c=IN IP4 192.0.2.101\r\nt=0 0\r\nm=audio 49172 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\n"
 )
-TEMPLATE = PacketTemplate(src_ip="192.0.2.101", dst_ip="192.0.2.5", src_port=49152,
-                          dst_port=5061, ip_proto=6, capture_id=2001, node_name=b"tlstrace-1")
+TEMPLATE = PacketTemplate(
+    src_ip="192.0.2.101",
+    dst_ip="192.0.2.5",
+    src_port=49152,
+    dst_port=5061,
+    ip_proto=6,
+    capture_id=2001,
+    node_name=b"tlstrace-1",
+)
 
 READER = r"""
 import socket, sys
@@ -78,8 +85,11 @@ def free_port(kind: int) -> int:
 def reader(kind: str) -> Iterator[int]:
     """A collector in another process that reads and discards everything."""
     port = free_port(socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
-    proc = subprocess.Popen([sys.executable, "-c", READER, kind, str(port)],
-                            stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", READER, kind, str(port)],
+        stdout=subprocess.PIPE,
+        stdin=subprocess.DEVNULL,
+    )
     try:
         assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
         yield port
@@ -124,11 +134,21 @@ def per_packet_us(fn: Callable[[], object], n: int, repeat: int = 5) -> float:
 
 def bench_encode(n: int) -> list[tuple[str, float]]:
     def full() -> bytes:
-        return encode(HepPacket(
-            src_ip="192.0.2.101", dst_ip="192.0.2.5", src_port=49152, dst_port=5061,
-            ts_sec=1700000000, ts_usec=123456, ip_proto=6, capture_id=2001,
-            node_name=b"tlstrace-1", correlation_id=CALL_ID, payload=PAYLOAD,
-        ))
+        return encode(
+            HepPacket(
+                src_ip="192.0.2.101",
+                dst_ip="192.0.2.5",
+                src_port=49152,
+                dst_port=5061,
+                ts_sec=1700000000,
+                ts_usec=123456,
+                ip_proto=6,
+                capture_id=2001,
+                node_name=b"tlstrace-1",
+                correlation_id=CALL_ID,
+                payload=PAYLOAD,
+            )
+        )
 
     def template() -> bytes:
         return TEMPLATE.encode(1700000000, 123456, PAYLOAD, CALL_ID)
@@ -180,8 +200,14 @@ async def bench_send(name: str, dest: HepDestination, n: int, wait: bool) -> Res
     stats = sender.stats
     await sender.aclose(timeout=0.5)
     samples.sort()
-    return Result(name, statistics.fmean(samples), samples[len(samples) // 2],
-                  samples[int(len(samples) * 0.99)], total, stats)
+    return Result(
+        name,
+        statistics.fmean(samples),
+        samples[len(samples) // 2],
+        samples[int(len(samples) * 0.99)],
+        total,
+        stats,
+    )
 
 
 async def bench_all(n: int) -> list[Result]:
@@ -201,16 +227,21 @@ async def bench_all(n: int) -> list[Result]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m bench.hep_cost", description=__doc__,
-                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        prog="python -m bench.hep_cost",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     ap.add_argument("--packets", type=int, default=50_000, help="packets per scenario")
     ap.add_argument("--loop", choices=["uvloop", "asyncio"], default="uvloop")
     args = ap.parse_args(argv)
 
-    print(f"HEP cost per packet: {len(PAYLOAD)}-byte SIP payload, "
-          f"{len(TEMPLATE.encode(0, 0, PAYLOAD, CALL_ID))}-byte HEP packet, "
-          f"Python {sys.version.split()[0]}, {args.loop}, load average "
-          f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs")
+    print(
+        f"HEP cost per packet: {len(PAYLOAD)}-byte SIP payload, "
+        f"{len(TEMPLATE.encode(0, 0, PAYLOAD, CALL_ID))}-byte HEP packet, "
+        f"Python {sys.version.split()[0]}, {args.loop}, load average "
+        f"{os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs"
+    )
     print()
     print(f"{'encode':<32}{'µs/packet':>10}")
     for label, us in bench_encode(args.packets):
@@ -222,18 +253,25 @@ def main(argv: list[str] | None = None) -> int:
         results = uvloop.run(bench_all(args.packets))
     else:
         results = asyncio.run(bench_all(args.packets))
-    print(f"clock + template.encode() + HepSender.send(), {args.packets} packets, "
-          f"batches of {BATCH}")
-    print(f"{'collector':<28}{'mean':>7}{'p50':>7}{'p99':>7}{'loop':>7}   {'sent':>7}"
-          f"{'dropped':>8}{'errors':>7}{'queue':>6}  state")
+    print(
+        f"clock + template.encode() + HepSender.send(), {args.packets} packets, batches of {BATCH}"
+    )
+    print(
+        f"{'collector':<28}{'mean':>7}{'p50':>7}{'p99':>7}{'loop':>7}   {'sent':>7}"
+        f"{'dropped':>8}{'errors':>7}{'queue':>6}  state"
+    )
     for r in results:
         s = r.stats
-        print(f"{r.name:<28}{r.mean:>7.2f}{r.p50:>7.2f}{r.p99:>7.2f}{r.total:>7.2f}   "
-              f"{s.sent:>7}{s.dropped:>8}{s.send_errors + s.connect_errors:>7}"
-              f"{s.queue_depth:>6}  {s.state}")
-    print("µs per packet. mean/p50/p99: the caller's cost (clock, encode, send), per batch of "
-          f"{BATCH};\nloop: all the event loop's time per packet, including the sender's "
-          "writes and syscalls.\nerrors: send errors + failed connection attempts.")
+        print(
+            f"{r.name:<28}{r.mean:>7.2f}{r.p50:>7.2f}{r.p99:>7.2f}{r.total:>7.2f}   "
+            f"{s.sent:>7}{s.dropped:>8}{s.send_errors + s.connect_errors:>7}"
+            f"{s.queue_depth:>6}  {s.state}"
+        )
+    print(
+        "µs per packet. mean/p50/p99: the caller's cost (clock, encode, send), per batch of "
+        f"{BATCH};\nloop: all the event loop's time per packet, including the sender's "
+        "writes and syscalls.\nerrors: send errors + failed connection attempts."
+    )
     return 0
 
 

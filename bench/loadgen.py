@@ -310,8 +310,11 @@ async def persistent(args: argparse.Namespace) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     ctx = client_context() if scheme == "tls" else None
     size = args.size
-    reqs = [invite(i, size) for i in range(1024)] if args.method == "INVITE" else \
-        [options(i) for i in range(1024)]
+    reqs = (
+        [invite(i, size) for i in range(1024)]
+        if args.method == "INVITE"
+        else [options(i) for i in range(1024)]
+    )
     run = Persistent(reqs, args.inflight)
     ready = asyncio.Event()
     n_ready = 0
@@ -325,18 +328,29 @@ async def persistent(args: argparse.Namespace) -> dict[str, Any]:
     links: list[PersistentLink] = []
     for _ in range(args.conns):
         _, link = await loop.create_connection(
-            lambda: PersistentLink(ctx, run, one_ready), host, port)
+            lambda: PersistentLink(ctx, run, one_ready), host, port
+        )
         links.append(link)
     await asyncio.wait_for(ready.wait(), 30)
     for link in links:
         link.start()
     await asyncio.sleep(args.warmup)
     i0, sent0 = len(run.latencies), run.sent
-    b0, c0, s0, side0, t0 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
-        cpu_sample(args.side_pid), time.perf_counter()
+    b0, c0, s0, side0, t0 = (
+        core_busy(),
+        cpu_sample(args.cpu_pid),
+        self_cpu(),
+        cpu_sample(args.side_pid),
+        time.perf_counter(),
+    )
     await asyncio.sleep(args.duration)
-    b1, c1, s1, side1, t1 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
-        cpu_sample(args.side_pid), time.perf_counter()
+    b1, c1, s1, side1, t1 = (
+        core_busy(),
+        cpu_sample(args.cpu_pid),
+        self_cpu(),
+        cpu_sample(args.side_pid),
+        time.perf_counter(),
+    )
     i1 = len(run.latencies)
     run.stopping = True
     window = sorted(run.latencies[i0:i1])
@@ -409,8 +423,9 @@ class Churn:
     error_samples: list[str] = field(default_factory=list)
 
 
-async def churn_worker(run: Churn, ctx: ssl.SSLContext | None, host: str, port: int,
-                       wid: int) -> None:
+async def churn_worker(
+    run: Churn, ctx: ssl.SSLContext | None, host: str, port: int, wid: int
+) -> None:
     loop = asyncio.get_running_loop()
     i = wid << 20
     while not run.stopping:
@@ -421,7 +436,8 @@ async def churn_worker(run: Churn, ctx: ssl.SSLContext | None, host: str, port: 
         try:
             async with asyncio.timeout(10):
                 _, link = await loop.create_connection(
-                    functools.partial(OneShotLink, ctx, msg), host, port)
+                    functools.partial(OneShotLink, ctx, msg), host, port
+                )
                 await link.answered
         except (OSError, TimeoutError, RuntimeError, ConnectionError) as e:
             run.errors += 1
@@ -448,16 +464,27 @@ async def handshake(args: argparse.Namespace) -> dict[str, Any]:
     scheme, host, port = args.target
     ctx = client_context() if scheme == "tls" else None
     run = Churn()
-    workers = [asyncio.create_task(churn_worker(run, ctx, host, port, w))
-               for w in range(args.conns)]
+    workers = [
+        asyncio.create_task(churn_worker(run, ctx, host, port, w)) for w in range(args.conns)
+    ]
     await asyncio.sleep(args.warmup)
     run.measuring = True
     done0, err0, unclean0 = run.done, run.errors, run.unclean
-    b0, c0, s0, side0, t0 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
-        cpu_sample(args.side_pid), time.perf_counter()
+    b0, c0, s0, side0, t0 = (
+        core_busy(),
+        cpu_sample(args.cpu_pid),
+        self_cpu(),
+        cpu_sample(args.side_pid),
+        time.perf_counter(),
+    )
     await asyncio.sleep(args.duration)
-    b1, c1, s1, side1, t1 = core_busy(), cpu_sample(args.cpu_pid), self_cpu(), \
-        cpu_sample(args.side_pid), time.perf_counter()
+    b1, c1, s1, side1, t1 = (
+        core_busy(),
+        cpu_sample(args.cpu_pid),
+        self_cpu(),
+        cpu_sample(args.side_pid),
+        time.perf_counter(),
+    )
     run.measuring = False
     # the window's counts, not the drain's that follows
     done, errors, unclean = run.done - done0, run.errors - err0, run.unclean - unclean0
@@ -525,9 +552,20 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.5)  # let post-handshake messages (session tickets) arrive
     held = sum(1 for link in links if not link.lost.done())
-    print(json.dumps({"mode": "idle", "target": f"{scheme}:{host}:{port}", "wanted": args.conns,
-                      "held": held, "errors": len(errors), "error_samples": errors[:3],
-                      "open_s": elapsed}), flush=True)
+    print(
+        json.dumps(
+            {
+                "mode": "idle",
+                "target": f"{scheme}:{host}:{port}",
+                "wanted": args.conns,
+                "held": held,
+                "errors": len(errors),
+                "error_samples": errors[:3],
+                "open_s": elapsed,
+            }
+        ),
+        flush=True,
+    )
     stdin_closed = loop.create_future()
 
     def on_stdin() -> None:
@@ -561,20 +599,35 @@ def percentiles(sorted_s: list[float]) -> dict[str, float | None]:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen")
     p.add_argument("mode", choices=["persistent", "handshake", "idle"])
-    p.add_argument("--target", type=parse_target, required=True,
-                   metavar="tls:HOST:PORT|tcp:HOST:PORT")
-    p.add_argument("--conns", type=int, default=50,
-                   help="connections (persistent, idle) or workers (handshake)")
+    p.add_argument(
+        "--target", type=parse_target, required=True, metavar="tls:HOST:PORT|tcp:HOST:PORT"
+    )
+    p.add_argument(
+        "--conns",
+        type=int,
+        default=50,
+        help="connections (persistent, idle) or workers (handshake)",
+    )
     p.add_argument("--inflight", type=int, default=4)
     p.add_argument("--method", choices=["INVITE", "OPTIONS"], default="INVITE")
     p.add_argument("--size", type=int, default=600, help="INVITE size in bytes")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=10.0)
     p.add_argument("--parallel", type=int, default=100, help="idle: handshakes at once")
-    p.add_argument("--cpu-pid", type=int, action="append", default=[],
-                   help="relay process whose CPU is measured (repeatable)")
-    p.add_argument("--side-pid", type=int, action="append", default=[],
-                   help="other process on this core whose CPU is reported (repeatable)")
+    p.add_argument(
+        "--cpu-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="relay process whose CPU is measured (repeatable)",
+    )
+    p.add_argument(
+        "--side-pid",
+        type=int,
+        action="append",
+        default=[],
+        help="other process on this core whose CPU is reported (repeatable)",
+    )
     return p
 
 

@@ -63,15 +63,26 @@ class Procs:
         self.logdir = logdir
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: Sequence[str], *, cpus: set[int] | None,
-              stdin: int | IO[Any] | None = subprocess.DEVNULL,
-              stdout: int | IO[Any] | None = None, env: dict[str, str] | None = None) -> Child:
+    def start(
+        self,
+        name: str,
+        argv: Sequence[str],
+        *,
+        cpus: set[int] | None,
+        stdin: int | IO[Any] | None = subprocess.DEVNULL,
+        stdout: int | IO[Any] | None = None,
+        env: dict[str, str] | None = None,
+    ) -> Child:
         log = self.logdir / f"{name}.log"
         logf = open(log, "ab")  # noqa: SIM115 - handed to the child
         try:
             popen = subprocess.Popen(
-                list(argv), stdin=stdin, stdout=stdout if stdout is not None else logf,
-                stderr=logf, start_new_session=True, env=env,
+                list(argv),
+                stdin=stdin,
+                stdout=stdout if stdout is not None else logf,
+                stderr=logf,
+                start_new_session=True,
+                env=env,
                 preexec_fn=lambda: _child_setup(cpus),
             )
         finally:
@@ -111,8 +122,9 @@ class Procs:
     def __enter__(self) -> Procs:
         return self
 
-    def __exit__(self, t: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, t: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         # a second Ctrl-C during clean-up must not leave children behind
         old = signal.signal(signal.SIGINT, signal.SIG_IGN)
         try:
@@ -130,8 +142,9 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_listening(port: int, children: Sequence[Child], timeout: float = 20.0,
-                   count: int = 1) -> None:
+def wait_listening(
+    port: int, children: Sequence[Child], timeout: float = 20.0, count: int = 1
+) -> None:
     """Wait until `count` sockets listen on 127.0.0.1:`port` (read from /proc/net/tcp rather
     than by connecting, so the relay under test sees no stray connection)."""
     deadline = time.monotonic() + timeout
@@ -139,8 +152,10 @@ def wait_listening(port: int, children: Sequence[Child], timeout: float = 20.0,
     while True:
         for c in children:
             if not c.alive():
-                raise ProcessError(f"{c.name} exited with {c.popen.returncode} before listening "
-                                   f"on {port}:\n{c.log_tail()}")
+                raise ProcessError(
+                    f"{c.name} exited with {c.popen.returncode} before listening "
+                    f"on {port}:\n{c.log_tail()}"
+                )
         with open("/proc/net/tcp") as f:
             next(f)
             listening = 0

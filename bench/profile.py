@@ -66,8 +66,11 @@ def _short(frame: str) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.profile", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.profile",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("scenario", choices=["persistent", "handshake"])
     p.add_argument("--py-spy", default=shutil.which("py-spy"), help="py-spy executable")
     p.add_argument("--perf", action="store_true", help="also `perf record` the relay")
@@ -84,43 +87,107 @@ def main(argv: Sequence[str] | None = None) -> int:
         _responder, rport = start_responder(procs)
         target = start_target(tlstrace, procs, workdir, pki, backend_port=rport)
         pid = target.pids[0]
-        gen_argv = [sys.executable, "-m", "bench.loadgen", args.scenario, "--target",
-                    target.address, "--warmup", "2", "--duration", str(args.seconds + 2),
-                    "--cpu-pid", str(pid)]
+        gen_argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            args.scenario,
+            "--target",
+            target.address,
+            "--warmup",
+            "2",
+            "--duration",
+            str(args.seconds + 2),
+            "--cpu-pid",
+            str(pid),
+        ]
         gen = procs.start("loadgen", gen_argv, cpus={LOAD_CPU}, stdout=subprocess.PIPE)
         time.sleep(3)
         raw = workdir / "pyspy.raw"
         perf_data = workdir / "perf.data"
         samplers = []
         if args.py_spy:
-            samplers.append(procs.start("py-spy", [
-                args.py_spy, "record", "--nonblocking", "-r", str(args.rate), "-d",
-                str(int(args.seconds)), "-p", str(pid), "-f", "raw", "-o", str(raw)],
-                cpus={LOAD_CPU}))
+            samplers.append(
+                procs.start(
+                    "py-spy",
+                    [
+                        args.py_spy,
+                        "record",
+                        "--nonblocking",
+                        "-r",
+                        str(args.rate),
+                        "-d",
+                        str(int(args.seconds)),
+                        "-p",
+                        str(pid),
+                        "-f",
+                        "raw",
+                        "-o",
+                        str(raw),
+                    ],
+                    cpus={LOAD_CPU},
+                )
+            )
         if args.perf:
-            samplers.append(procs.start("perf", [
-                "perf", "record", "-F", "499", "-g", "-p", str(pid), "-o", str(perf_data),
-                "--", "sleep", str(args.seconds)], cpus={LOAD_CPU}))
+            samplers.append(
+                procs.start(
+                    "perf",
+                    [
+                        "perf",
+                        "record",
+                        "-F",
+                        "499",
+                        "-g",
+                        "-p",
+                        str(pid),
+                        "-o",
+                        str(perf_data),
+                        "--",
+                        "sleep",
+                        str(args.seconds),
+                    ],
+                    cpus={LOAD_CPU},
+                )
+            )
         for s in samplers:
             with contextlib.suppress(subprocess.TimeoutExpired):
                 s.popen.wait(args.seconds + 30)
         out, _ = gen.popen.communicate(timeout=args.seconds + 60)
         result = json.loads(out.decode().strip().splitlines()[-1])
         ops = result.get("round_trips") or result.get("operations") or 0
-        print(f"load: {result['rate']:,.0f}/s; relay CPU "
-              f"{result['relay_cpu_s'] / max(ops, 1) * 1e6:.1f} us per "
-              f"{'round trip' if args.scenario == 'persistent' else 'handshake'} "
-              f"(with the samplers attached)\n")
+        print(
+            f"load: {result['rate']:,.0f}/s; relay CPU "
+            f"{result['relay_cpu_s'] / max(ops, 1) * 1e6:.1f} us per "
+            f"{'round trip' if args.scenario == 'persistent' else 'handshake'} "
+            f"(with the samplers attached)\n"
+        )
         if args.py_spy and raw.exists():
             print("py-spy:")
             print(summarize_raw(raw, args.top))
         if args.perf and perf_data.exists():
-            rep = subprocess.run(["perf", "report", "-i", str(perf_data), "--no-children",
-                                  "--sort", "dso", "--stdio", "-g", "none"],
-                                 capture_output=True, text=True, timeout=120)
+            rep = subprocess.run(
+                [
+                    "perf",
+                    "report",
+                    "-i",
+                    str(perf_data),
+                    "--no-children",
+                    "--sort",
+                    "dso",
+                    "--stdio",
+                    "-g",
+                    "none",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
             print("\nperf, by shared object:")
-            print("\n".join(ln for ln in rep.stdout.splitlines()
-                            if "%" in ln and not ln.startswith("#")))
+            print(
+                "\n".join(
+                    ln for ln in rep.stdout.splitlines() if "%" in ln and not ln.startswith("#")
+                )
+            )
     shutil.rmtree(workdir, ignore_errors=True)
     return 0
 

@@ -46,9 +46,11 @@ def cpu_us(fn: Callable[[], object], runs: int) -> float:
 
 
 def numbered(msg: bytes, i: int) -> bytes:
-    return (msg.replace(b"1-7936@", b"%d-7936@" % i)
-            .replace(b"z9hG4bK-7936-1-0", b"z9hG4bK-7936-%d-0" % i)
-            .replace(b"SIPpTag001", b"SIPpTag00%d" % i))
+    return (
+        msg.replace(b"1-7936@", b"%d-7936@" % i)
+        .replace(b"z9hG4bK-7936-1-0", b"z9hG4bK-7936-%d-0" % i)
+        .replace(b"SIPpTag001", b"SIPpTag00%d" % i)
+    )
 
 
 def main() -> None:
@@ -59,17 +61,19 @@ def main() -> None:
     framer = SipFramer()
     routes: TrunkRoutes[int] = TrunkRoutes()
     print(f"CPU µs per message ({len(INVITE)}-byte INVITE, {len(OK)}-byte 200 OK)")
-    for name, fn in [("framing the INVITE (SipFramer.feed)", lambda: framer.feed(INVITE)),
-                     ("peek(INVITE)", lambda: peek(INVITE)),
-                     ("learn from the INVITE (from_local)",
-                      lambda: routes.from_local(1, INVITE, 0.0)),
-                     ("route the 200 OK (to_local)", lambda: routes.to_local(OK, 0.0))]:
+    for name, fn in [
+        ("framing the INVITE (SipFramer.feed)", lambda: framer.feed(INVITE)),
+        ("peek(INVITE)", lambda: peek(INVITE)),
+        ("learn from the INVITE (from_local)", lambda: routes.from_local(1, INVITE, 0.0)),
+        ("route the 200 OK (to_local)", lambda: routes.to_local(OK, 0.0)),
+    ]:
         print(f"  {name:40} {cpu_us(fn, args.runs):6.2f}")
     n = args.entries
     invites = [numbered(INVITE, i) for i in range(n)]
     oks = [numbered(OK, i) for i in range(n)]
-    big: TrunkRoutes[int] = TrunkRoutes(max_transactions=n + 1, max_dialogs=n + 1,
-                                        max_bytes=1 << 30)
+    big: TrunkRoutes[int] = TrunkRoutes(
+        max_transactions=n + 1, max_dialogs=n + 1, max_bytes=1 << 30
+    )
     tracemalloc.start()
     before = tracemalloc.take_snapshot()
     for invite, ok in zip(invites, oks, strict=True):
@@ -80,8 +84,10 @@ def main() -> None:
     real = sum(s.size_diff for s in after.compare_to(before, "filename"))
     entries = sum(len(t) for t in big.tables)
     accounted = sum(t.bytes for t in big.tables)
-    print(f"memory: {entries} entries (transactions and dialogs), {real / entries:.0f} bytes "
-          f"each (tracemalloc), {accounted / entries:.0f} accounted")
+    print(
+        f"memory: {entries} entries (transactions and dialogs), {real / entries:.0f} bytes "
+        f"each (tracemalloc), {accounted / entries:.0f} accounted"
+    )
 
 
 if __name__ == "__main__":

@@ -78,9 +78,16 @@ def wait_quiet(max_wait: float, threshold: float = 0.15) -> float:
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, procs: Procs, workdir: Path, pki: Pki,
-                 variants: Sequence[Variant], hep: str | None,
-                 side: Sequence[Child]) -> None:
+    def __init__(
+        self,
+        args: argparse.Namespace,
+        procs: Procs,
+        workdir: Path,
+        pki: Pki,
+        variants: Sequence[Variant],
+        hep: str | None,
+        side: Sequence[Child],
+    ) -> None:
         self.args = args
         self.procs = procs
         self.workdir = workdir
@@ -92,39 +99,60 @@ class Bench:
     def log(self, msg: str) -> None:
         print(f"  {msg}", file=sys.stderr, flush=True)
 
-    def loadgen(self, mode: str, target: Target, responder: Child,
-                extra: Sequence[str] = ()) -> dict[str, Any]:
+    def loadgen(
+        self, mode: str, target: Target, responder: Child, extra: Sequence[str] = ()
+    ) -> dict[str, Any]:
         a = self.args
-        argv = [sys.executable, "-m", "bench.loadgen", mode, "--target", target.address,
-                "--warmup", str(a.warmup), "--duration", str(a.duration), *extra]
+        argv = [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            mode,
+            "--target",
+            target.address,
+            "--warmup",
+            str(a.warmup),
+            "--duration",
+            str(a.duration),
+            *extra,
+        ]
         for pid in target.pids:
             argv += ["--cpu-pid", str(pid)]
         for c in [responder, *self.side]:
             argv += ["--side-pid", str(c.pid)]
-        child = self.procs.start(f"loadgen-{mode}-{target.variant.name}", argv,
-                                 cpus={LOAD_CPU}, stdout=subprocess.PIPE)
+        child = self.procs.start(
+            f"loadgen-{mode}-{target.variant.name}", argv, cpus={LOAD_CPU}, stdout=subprocess.PIPE
+        )
         try:
             out, _ = child.popen.communicate(timeout=a.warmup + a.duration + 60)
         except subprocess.TimeoutExpired:
-            raise ProcessError(f"load generator ({mode}, {target.variant.name}) timed out") \
-                from None
+            raise ProcessError(
+                f"load generator ({mode}, {target.variant.name}) timed out"
+            ) from None
         finally:
             self.procs.stop(child)
         lines = out.decode(errors="replace").strip().splitlines()
         if child.popen.returncode != 0 or not lines:
-            raise ProcessError(f"load generator ({mode}, {target.variant.name}) failed "
-                               f"(exit {child.popen.returncode}):\n{child.log_tail()}")
+            raise ProcessError(
+                f"load generator ({mode}, {target.variant.name}) failed "
+                f"(exit {child.popen.returncode}):\n{child.log_tail()}"
+            )
         result: dict[str, Any] = json.loads(lines[-1])
         for c in target.children:
             if not c.alive():
-                raise ProcessError(f"{c.name} died during the run ({_exit_text(c)}):\n"
-                                   f"{c.log_tail()}")
+                raise ProcessError(
+                    f"{c.name} died during the run ({_exit_text(c)}):\n{c.log_tail()}"
+                )
         return result
 
     # -- persistent and handshake ----------------------------------------------------------
 
-    def rate_scenario(self, scenario: str, extra: Sequence[str],
-                      summarize: Callable[[dict[str, Any]], dict[str, Any]]) -> dict[str, Any]:
+    def rate_scenario(
+        self,
+        scenario: str,
+        extra: Sequence[str],
+        summarize: Callable[[dict[str, Any]], dict[str, Any]],
+    ) -> dict[str, Any]:
         tag = f"-{scenario}"
         responder, rport = start_responder(self.procs, tag)
         targets: list[Target] = []
@@ -133,8 +161,9 @@ class Bench:
 
         def start(v: Variant) -> Target | None:
             try:
-                return start_target(v, self.procs, self.workdir, self.pki, backend_port=rport,
-                                    hep=self.hep, tag=tag)
+                return start_target(
+                    v, self.procs, self.workdir, self.pki, backend_port=rport, hep=self.hep, tag=tag
+                )
             except ProcessError as e:
                 errors[v.name].append(str(e))
                 self.log(f"{v.name}: cannot start: {e}")
@@ -162,8 +191,9 @@ class Bench:
                         try:
                             raw = self.loadgen(scenario, t, responder, extra)
                             if not responder.alive():
-                                raise ProcessError("the responder died during the run "
-                                                   f"({_exit_text(responder)})")
+                                raise ProcessError(
+                                    f"the responder died during the run ({_exit_text(responder)})"
+                                )
                             _check_errors(scenario, raw)
                         except ProcessError as e:
                             errors[name].append(str(e))
@@ -173,8 +203,10 @@ class Bench:
                         raw["rep"] = rep
                         raw.update(summarize(raw))
                         runs[name].append(raw)
-                        self.log(f"{scenario} {name} run {rep + 1}/{self.args.repeat}: "
-                                 f"{report.brief(scenario, raw)}")
+                        self.log(
+                            f"{scenario} {name} run {rep + 1}/{self.args.repeat}: "
+                            f"{report.brief(scenario, raw)}"
+                        )
                         break
         finally:
             for t in targets:
@@ -226,8 +258,10 @@ class Bench:
                     self.log(f"memory {v.name} run {rep + 1}: {e}")
                     continue
                 runs[v.name].append(raw)
-                self.log(f"memory {v.name} run {rep + 1}/{self.args.repeat}: "
-                         f"{report.brief('memory', raw)}")
+                self.log(
+                    f"memory {v.name} run {rep + 1}/{self.args.repeat}: "
+                    f"{report.brief('memory', raw)}"
+                )
         return {"runs": runs, "errors": errors}
 
     def memory_once(self, v: Variant) -> dict[str, Any]:
@@ -237,16 +271,39 @@ class Bench:
         gen: Child | None = None
         try:
             processes = 1 if v.kind == "direct" else 2
-            target = start_target(v, self.procs, self.workdir, self.pki, backend_port=rport,
-                                  processes=processes, hep=self.hep, tag="-memory")
+            target = start_target(
+                v,
+                self.procs,
+                self.workdir,
+                self.pki,
+                backend_port=rport,
+                processes=processes,
+                hep=self.hep,
+                tag="-memory",
+            )
             # direct: what the responder itself holds per plain TCP connection
             measured = target.children or [responder]
             time.sleep(1.0)
             before = [rss_kib(c.pid) for c in measured]
-            argv = [sys.executable, "-m", "bench.loadgen", "idle", "--target", target.address,
-                    "--conns", str(n), "--parallel", "100"]
-            gen = self.procs.start(f"loadgen-idle-{v.name}", argv, cpus={LOAD_CPU},
-                                   stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+            argv = [
+                sys.executable,
+                "-m",
+                "bench.loadgen",
+                "idle",
+                "--target",
+                target.address,
+                "--conns",
+                str(n),
+                "--parallel",
+                "100",
+            ]
+            gen = self.procs.start(
+                f"loadgen-idle-{v.name}",
+                argv,
+                cpus={LOAD_CPU},
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
             line = _read_line(gen, timeout=max(60.0, n / 100))
             opened = json.loads(line)
             # settle: RSS unchanged (within 0.5 %) over one second, or 15 s at most
@@ -263,8 +320,9 @@ class Bench:
             fds = [open_fds(c.pid) for c in measured]
             for c in measured:
                 if not c.alive():
-                    raise ProcessError(f"{c.name} died holding the connections "
-                                       f"({_exit_text(c)}):\n{c.log_tail()}")
+                    raise ProcessError(
+                        f"{c.name} died holding the connections ({_exit_text(c)}):\n{c.log_tail()}"
+                    )
             held = opened["held"]
             delta = sum(after) - sum(before)
             return {
@@ -292,8 +350,7 @@ def _check_errors(scenario: str, raw: dict[str, Any]) -> None:
     """A run that lost connections measured something else: count it as failed."""
     errs = raw.get("errors", 0)
     if scenario == "persistent" and errs:
-        raise ProcessError(f"{errs} connection(s) lost during the run: "
-                           f"{raw.get('error_samples')}")
+        raise ProcessError(f"{errs} connection(s) lost during the run: {raw.get('error_samples')}")
     if scenario == "handshake" and errs > max(5, raw.get("operations", 0) // 100):
         raise ProcessError(f"{errs} failed connections: {raw.get('error_samples')}")
 
@@ -338,8 +395,7 @@ def _load_shares(raw: dict[str, Any]) -> dict[str, Any]:
     ours = relay + raw.get("loadgen_cpu_s", 0.0) + (raw.get("side_cpu_s") or 0.0)
     return {
         "relay_core_pct": relay / w * 100 if raw.get("relay_cpu_s") is not None else None,
-        "load_core_pct": (raw.get("loadgen_cpu_s", 0.0) + (raw.get("side_cpu_s") or 0.0))
-        / w * 100,
+        "load_core_pct": (raw.get("loadgen_cpu_s", 0.0) + (raw.get("side_cpu_s") or 0.0)) / w * 100,
         # busy time of both cores not spent in the relay, load generator or responder
         "other_pct": max(0.0, sum(busy.values()) - ours) / w * 100 if busy else None,
     }
@@ -370,8 +426,16 @@ def summarize(scenario: str, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
             s["fds"] = runs[-1]["fds"]
             s["measured"] = runs[-1]["measured"]
         else:
-            keys = ["rate", "cpu_us_per_msg", "cpu_us_per_round_trip", "cpu_us_per_handshake",
-                    "relay_core_pct", "load_core_pct", "other_pct", "errors"]
+            keys = [
+                "rate",
+                "cpu_us_per_msg",
+                "cpu_us_per_round_trip",
+                "cpu_us_per_handshake",
+                "relay_core_pct",
+                "load_core_pct",
+                "other_pct",
+                "errors",
+            ]
             for key in keys:
                 if key in runs[0]:
                     s[key] = median([r.get(key) for r in runs])
@@ -391,27 +455,45 @@ def summarize(scenario: str, data: dict[str, Any]) -> dict[str, dict[str, Any]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--scenario", action="append", choices=SCENARIOS,
-                   help="run only this scenario (repeatable; default: all three)")
-    p.add_argument("--quick", action="store_true",
-                   help="short windows (3 s), one repetition, 2,000 idle connections "
-                        "unless --idle is given")
+    p = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument(
+        "--scenario",
+        action="append",
+        choices=SCENARIOS,
+        help="run only this scenario (repeatable; default: all three)",
+    )
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="short windows (3 s), one repetition, 2,000 idle connections unless --idle is given",
+    )
     p.add_argument("--repeat", type=int, default=None, help="runs per target (default 3)")
-    p.add_argument("--duration", type=float, default=None,
-                   help="measurement window in seconds (default 10)")
+    p.add_argument(
+        "--duration", type=float, default=None, help="measurement window in seconds (default 10)"
+    )
     p.add_argument("--warmup", type=float, default=1.0, help="seconds before the window")
-    p.add_argument("--idle", type=int, default=None,
-                   help="idle TLS connections in the memory scenario (default 10000)")
+    p.add_argument(
+        "--idle",
+        type=int,
+        default=None,
+        help="idle TLS connections in the memory scenario (default 10000)",
+    )
     p.add_argument("--conns", type=int, default=50, help="persistent connections")
     p.add_argument("--inflight", type=int, default=4, help="requests in flight per connection")
     p.add_argument("--size", type=int, default=600, help="INVITE size in bytes")
     p.add_argument("--workers", type=int, default=50, help="handshake workers")
     p.add_argument("--no-haproxy", action="store_true", help="skip HAProxy even if installed")
-    p.add_argument("--quiet-wait", type=float, default=30.0,
-                   help="before each run, wait up to this many seconds for other load on the "
-                        "machine to drop below 15%% of a core")
+    p.add_argument(
+        "--quiet-wait",
+        type=float,
+        default=30.0,
+        help="before each run, wait up to this many seconds for other load on the "
+        "machine to drop below 15%% of a core",
+    )
     p.add_argument("--out", type=Path, default=None, help="JSON file (default bench/results/)")
     return p
 
@@ -496,15 +578,14 @@ def stop_sink(procs: Procs, sink: Child) -> dict[str, Any]:
     return counts
 
 
-
-
 def machine_info(args: argparse.Namespace, have_haproxy: bool) -> dict[str, Any]:
     hap = haproxy_path()
     hap_version = None
     if hap and have_haproxy:
         with contextlib.suppress(OSError, subprocess.SubprocessError):
-            hap_version = subprocess.run([hap, "-v"], capture_output=True, timeout=10,
-                                         text=True).stdout.splitlines()[0]
+            hap_version = subprocess.run(
+                [hap, "-v"], capture_output=True, timeout=10, text=True
+            ).stdout.splitlines()[0]
     cpu = ""
     with contextlib.suppress(OSError), open("/proc/cpuinfo") as f:
         cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), "")
@@ -530,11 +611,27 @@ def _git_tree() -> str | None:
     code is whatever the checkout holds when the benchmark starts)."""
     root = Path(__file__).resolve().parent.parent
     try:
-        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
-                              capture_output=True, text=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
-                                "--untracked-files=no", "--", "tlstrace"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        head = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(root),
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "tlstrace",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return f"{head}{' +changes in tlstrace/' if dirty else ''}" if head else None

@@ -63,9 +63,15 @@ def _die_with_parent() -> None:
 def spawn(args: list[str], log: Path | None = None) -> subprocess.Popen[str]:
     """A child in its own session, killed if we die; with `log`, its output goes there."""
     out: IO[str] | int = open(log, "w") if log else subprocess.PIPE  # noqa: SIM115
-    return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=out,
-                            stderr=subprocess.STDOUT if log else None, text=True,
-                            preexec_fn=_die_with_parent, start_new_session=True)
+    return subprocess.Popen(
+        args,
+        stdin=subprocess.PIPE,
+        stdout=out,
+        stderr=subprocess.STDOUT if log else None,
+        text=True,
+        preexec_fn=_die_with_parent,
+        start_new_session=True,
+    )
 
 
 def read_json(proc: subprocess.Popen[str], timeout: float) -> dict[str, Any]:
@@ -146,8 +152,9 @@ class BackendCounts:
 class CountingResponder(asyncio.Protocol):
     def __init__(self, counts: BackendCounts) -> None:
         self.counts = counts
-        self.framer = SipFramer(max_msg_size=1 << 20, pingpong=False, crlf_drop=True,
-                                max_chunks=None)
+        self.framer = SipFramer(
+            max_msg_size=1 << 20, pingpong=False, crlf_drop=True, max_chunks=None
+        )
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -175,8 +182,9 @@ class CountingResponder(asyncio.Protocol):
 async def backend_main(port: int) -> None:
     loop = asyncio.get_running_loop()
     counts = BackendCounts()
-    server = await loop.create_server(lambda: CountingResponder(counts), "127.0.0.1", port,
-                                      backlog=8192)
+    server = await loop.create_server(
+        lambda: CountingResponder(counts), "127.0.0.1", port, backlog=8192
+    )
     emit({"listening": port})
     commands = stdin_lines(loop)
     while (word := await commands.get()) != "":
@@ -286,8 +294,11 @@ class SoakClient(asyncio.Protocol):
             for ev in self.framer.feed(chunk):
                 if isinstance(ev, Message):
                     expected = self.waiting.popleft() if self.waiting else None
-                    if (expected is not None and ev.data.startswith(b"SIP/2.0 200 ")
-                            and f"Call-ID: {expected}\r\n".encode() in ev.data):
+                    if (
+                        expected is not None
+                        and ev.data.startswith(b"SIP/2.0 200 ")
+                        and f"Call-ID: {expected}\r\n".encode() in ev.data
+                    ):
                         counts.answered += 1
                     else:
                         counts.wrong_answers += 1
@@ -336,8 +347,9 @@ class SoakClient(asyncio.Protocol):
 
 
 class LoadGen:
-    def __init__(self, ident: int, port: int, connections: int, rate: float,
-                 keepalive: float) -> None:
+    def __init__(
+        self, ident: int, port: int, connections: int, rate: float, keepalive: float
+    ) -> None:
         self.ident = ident
         self.port = port
         self.n = connections
@@ -358,7 +370,8 @@ class LoadGen:
                 client = SoakClient(self, i)
                 try:
                     await asyncio.wait_for(
-                        loop.create_connection(lambda: client, "127.0.0.1", self.port), 30)
+                        loop.create_connection(lambda: client, "127.0.0.1", self.port), 30
+                    )
                     ok = await asyncio.wait_for(client.ready, 30)
                 except (OSError, TimeoutError) as e:
                     ok = False
@@ -403,8 +416,7 @@ class LoadGen:
             await asyncio.sleep(0.1)
 
 
-async def load_main(ident: int, port: int, connections: int, rate: float,
-                    keepalive: float) -> None:
+async def load_main(ident: int, port: int, connections: int, rate: float, keepalive: float) -> None:
     loop = asyncio.get_running_loop()
     commands = stdin_lines(loop)
     gen = LoadGen(ident, port, connections, rate, keepalive)
@@ -442,8 +454,9 @@ def scrape(api: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
     return out
 
 
-def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-           **labels: str) -> float:
+def metric(
+    samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str
+) -> float:
     want = set(labels.items())
     return sum(v for (n, ls), v in samples.items() if n == name and want <= ls)
 
@@ -472,55 +485,84 @@ def coordinate(args: argparse.Namespace) -> int:
     me = [sys.executable, "-m", "bench.soak"]
     backend_port, listen, api = free_port(), free_port(), free_port()
     children: list[subprocess.Popen[str]] = []
-    print(f"soak: {args.connections} TLS connections, {args.rate:g} requests/s, a ping per "
-          f"connection every {args.keepalive:g} s, {args.minutes:g} min; "
-          f"{args.procs} load process(es); work dir {workdir}", flush=True)
+    print(
+        f"soak: {args.connections} TLS connections, {args.rate:g} requests/s, a ping per "
+        f"connection every {args.keepalive:g} s, {args.minutes:g} min; "
+        f"{args.procs} load process(es); work dir {workdir}",
+        flush=True,
+    )
     try:
         backend = spawn([*me, "--role", "backend", "--port", str(backend_port)])
         children.append(backend)
         read_json(backend, 20)
         config = relay_config(workdir, listen, backend_port, api, args.connections)
-        relay = spawn([sys.executable, "-m", "tlstrace", "run", "--config", str(config)],
-                      log=workdir / "tlstrace.log")
+        relay = spawn(
+            [sys.executable, "-m", "tlstrace", "run", "--config", str(config)],
+            log=workdir / "tlstrace.log",
+        )
         children.append(relay)
         wait_port(listen)
         wait_port(api)
         rss0, fds0 = relay_sample(relay.pid)
-        print(f"relay pid {relay.pid}: at rest {rss0 / 1024:.1f} MiB RSS, {fds0} fds",
-              flush=True)
+        print(f"relay pid {relay.pid}: at rest {rss0 / 1024:.1f} MiB RSS, {fds0} fds", flush=True)
 
-        shares = [args.connections // args.procs + (i < args.connections % args.procs)
-                  for i in range(args.procs)]
+        shares = [
+            args.connections // args.procs + (i < args.connections % args.procs)
+            for i in range(args.procs)
+        ]
         loads = []
         ramp_started = time.monotonic()
         for i, n in enumerate(shares):
-            p = spawn([*me, "--role", "load", "--id", str(i), "--port", str(listen),
-                       "--connections", str(n), "--rate", str(args.rate * n / args.connections),
-                       "--keepalive", str(args.keepalive)])
+            p = spawn(
+                [
+                    *me,
+                    "--role",
+                    "load",
+                    "--id",
+                    str(i),
+                    "--port",
+                    str(listen),
+                    "--connections",
+                    str(n),
+                    "--rate",
+                    str(args.rate * n / args.connections),
+                    "--keepalive",
+                    str(args.keepalive),
+                ]
+            )
             children.append(p)
             loads.append(p)
         ramp = [read_json(p, 600) for p in loads]
         connected = sum(r["connected"] for r in ramp)
-        print(f"ramp-up: {connected} of {args.connections} connected in "
-              f"{time.monotonic() - ramp_started:.1f} s "
-              f"({sum(r['failed'] for r in ramp)} failed)", flush=True)
+        print(
+            f"ramp-up: {connected} of {args.connections} connected in "
+            f"{time.monotonic() - ramp_started:.1f} s "
+            f"({sum(r['failed'] for r in ramp)} failed)",
+            flush=True,
+        )
         before = scrape(f"127.0.0.1:{api}")
         seconds = args.minutes * 60
         for p in loads:
             tell(p, f"go {seconds}")
         started = time.monotonic()
         samples: list[tuple[float, int, int]] = []
-        print(f"{'t (s)':>7} {'RSS MiB':>8} {'fds':>6} {'open':>6} {'from clients':>13} "
-              f"{'to clients':>11} {'pings':>8}", flush=True)
+        print(
+            f"{'t (s)':>7} {'RSS MiB':>8} {'fds':>6} {'open':>6} {'from clients':>13} "
+            f"{'to clients':>11} {'pings':>8}",
+            flush=True,
+        )
         while (elapsed := time.monotonic() - started) < seconds:
             rss, fds = relay_sample(relay.pid)
             samples.append((elapsed, rss, fds))
             m = scrape(f"127.0.0.1:{api}")
-            print(f"{elapsed:7.0f} {rss / 1024:8.1f} {fds:6d} "
-                  f"{metric(m, 'tlstrace_connections_open', direction='inbound'):6.0f} "
-                  f"{metric(m, 'tlstrace_sip_messages_total', direction='from_client'):13.0f} "
-                  f"{metric(m, 'tlstrace_sip_messages_total', direction='to_client'):11.0f} "
-                  f"{metric(m, 'tlstrace_keepalives_total', kind='ping'):8.0f}", flush=True)
+            print(
+                f"{elapsed:7.0f} {rss / 1024:8.1f} {fds:6d} "
+                f"{metric(m, 'tlstrace_connections_open', direction='inbound'):6.0f} "
+                f"{metric(m, 'tlstrace_sip_messages_total', direction='from_client'):13.0f} "
+                f"{metric(m, 'tlstrace_sip_messages_total', direction='to_client'):11.0f} "
+                f"{metric(m, 'tlstrace_keepalives_total', kind='ping'):8.0f}",
+                flush=True,
+            )
             time.sleep(min(args.sample, max(0.1, seconds - elapsed)))
         results = [read_json(p, 120) for p in loads]
         after = scrape(f"127.0.0.1:{api}")
@@ -564,46 +606,74 @@ def coordinate(args: argparse.Namespace) -> int:
     fds_flat = abs(fds_last - fds_first) <= 2  # an API scrape may hold one for a moment
 
     print()
-    print(f"connections     : {connected} open for {seconds / 60:g} min "
-          f"(closed by the relay: {closed_by_relay})")
-    print(f"requests        : clients sent {sent}, backend received {back['received']}, "
-          f"backend answered {back['answered']}, clients got {answered} "
-          f"(wrong answers {wrong}, lost {sent - answered})")
-    print(f"relay counted   : {relay_in} from clients, {relay_out} to clients; "
-          f"dropped {dropped}, handshake failures {handshake_failures}")
-    print(f"keep-alives     : clients sent {pings} pings, got {pongs} pongs; relay counted "
-          f"{relay_pings}; backend got {back['keepalive_crlfs']} CRLFs")
-    print(f"relay RSS (MiB) : at rest {rss0 / 1024:.1f}, first {rss_first / 1024:.1f}, last "
-          f"{rss_last / 1024:.1f}, max {rss_max / 1024:.1f}, after close "
-          f"{rss_closed / 1024:.1f}  -> {'flat' if rss_flat else 'GROWING'}")
-    print(f"relay fds       : at rest {fds0}, first {fds_first}, last {fds_last}, max {fds_max}, "
-          f"after close {fds_closed}  -> {'flat' if fds_flat else 'CHANGING'}")
+    print(
+        f"connections     : {connected} open for {seconds / 60:g} min "
+        f"(closed by the relay: {closed_by_relay})"
+    )
+    print(
+        f"requests        : clients sent {sent}, backend received {back['received']}, "
+        f"backend answered {back['answered']}, clients got {answered} "
+        f"(wrong answers {wrong}, lost {sent - answered})"
+    )
+    print(
+        f"relay counted   : {relay_in} from clients, {relay_out} to clients; "
+        f"dropped {dropped}, handshake failures {handshake_failures}"
+    )
+    print(
+        f"keep-alives     : clients sent {pings} pings, got {pongs} pongs; relay counted "
+        f"{relay_pings}; backend got {back['keepalive_crlfs']} CRLFs"
+    )
+    print(
+        f"relay RSS (MiB) : at rest {rss0 / 1024:.1f}, first {rss_first / 1024:.1f}, last "
+        f"{rss_last / 1024:.1f}, max {rss_max / 1024:.1f}, after close "
+        f"{rss_closed / 1024:.1f}  -> {'flat' if rss_flat else 'GROWING'}"
+    )
+    print(
+        f"relay fds       : at rest {fds0}, first {fds_first}, last {fds_last}, max {fds_max}, "
+        f"after close {fds_closed}  -> {'flat' if fds_flat else 'CHANGING'}"
+    )
     for e in errors[:10]:
         print(f"  error: {e}")
     if "Traceback" in log_text:
         print("  the relay's log has a Traceback")
-    ok = (connected == args.connections and closed_by_relay == 0 and not errors
-          and sent == back["received"] == back["answered"] == answered == relay_in == relay_out
-          and pings == pongs == relay_pings == back["keepalive_crlfs"]
-          and dropped == 0 and handshake_failures == 0 and rss_flat and fds_flat
-          and fds_closed <= fds0 and "Traceback" not in log_text)
+    ok = (
+        connected == args.connections
+        and closed_by_relay == 0
+        and not errors
+        and sent == back["received"] == back["answered"] == answered == relay_in == relay_out
+        and pings == pongs == relay_pings == back["keepalive_crlfs"]
+        and dropped == 0
+        and handshake_failures == 0
+        and rss_flat
+        and fds_flat
+        and fds_closed <= fds0
+        and "Traceback" not in log_text
+    )
     print(f"result          : {'PASS' if ok else 'FAIL'}")
     return 0 if ok else 1
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m bench.soak", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        prog="python -m bench.soak",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("--connections", type=int, default=500)
     p.add_argument("--minutes", type=float, default=1.0)
     p.add_argument("--rate", type=float, default=1000.0, help="requests a second, in all")
-    p.add_argument("--keepalive", type=float, default=30.0,
-                   help="seconds between two pings on a connection")
+    p.add_argument(
+        "--keepalive", type=float, default=30.0, help="seconds between two pings on a connection"
+    )
     p.add_argument("--sample", type=float, default=10.0, help="seconds between samples")
     p.add_argument("--procs", type=int, default=2, help="load processes")
     p.add_argument("--workdir", help="where the relay's config and log go (default: a temp dir)")
-    p.add_argument("--role", choices=["coordinator", "backend", "load"], default="coordinator",
-                   help=argparse.SUPPRESS)
+    p.add_argument(
+        "--role",
+        choices=["coordinator", "backend", "load"],
+        default="coordinator",
+        help=argparse.SUPPRESS,
+    )
     p.add_argument("--port", type=int, help=argparse.SUPPRESS)
     p.add_argument("--id", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)

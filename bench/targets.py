@@ -42,8 +42,7 @@ VARIANTS: list[Variant] = [
     Variant("direct", "direct"),
     Variant("tlstrace", "tlstrace"),
     # tracing on, to a local UDP HEP sink: what tracing costs per message (issue 4)
-    Variant("tlstrace+trace", "tlstrace", ("--trace", "--hep", "{hep}"),
-            frozenset({"persistent"})),
+    Variant("tlstrace+trace", "tlstrace", ("--trace", "--hep", "{hep}"), frozenset({"persistent"})),
     # session keys collected (the sslkeylog callback on every handshake), nothing sent
     Variant("tlstrace+keys", "tlstrace", ("--trace-keys",), frozenset({"handshake"})),
     Variant("haproxy", "haproxy"),
@@ -52,7 +51,8 @@ VARIANTS: list[Variant] = [
 
 def haproxy_path() -> str | None:
     return shutil.which("haproxy") or (
-        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None)
+        "/usr/sbin/haproxy" if Path("/usr/sbin/haproxy").exists() else None
+    )
 
 
 @dataclass
@@ -91,13 +91,20 @@ def make_pki(workdir: Path) -> Pki:
     return Pki(cert, key, combined)
 
 
-def tlstrace_config(path: Path, *, port: int, backend_port: int, pki: Pki, state_dir: Path,
-                    processes: int, max_conns: int) -> None:
+def tlstrace_config(
+    path: Path,
+    *,
+    port: int,
+    backend_port: int,
+    pki: Pki,
+    state_dir: Path,
+    processes: int,
+    max_conns: int,
+) -> None:
     # the control API (when this tlstrace has one) gets its own free port in each process
     from tlstrace.config.model import Config
 
-    api = f'api_listen = "127.0.0.1:{free_port()}"\n' if "api_listen" in Config.model_fields \
-        else ""
+    api = f'api_listen = "127.0.0.1:{free_port()}"\n' if "api_listen" in Config.model_fields else ""
     path.write_text(
         f"""# written by bench: {processes} process(es) sharing the port
 {api}reuse_port = {"true" if processes > 1 else "false"}
@@ -143,8 +150,17 @@ backend responder
     )
 
 
-def start_target(variant: Variant, procs: Procs, workdir: Path, pki: Pki, *, backend_port: int,
-                 processes: int = 1, hep: str | None = None, tag: str = "") -> Target:
+def start_target(
+    variant: Variant,
+    procs: Procs,
+    workdir: Path,
+    pki: Pki,
+    *,
+    backend_port: int,
+    processes: int = 1,
+    hep: str | None = None,
+    tag: str = "",
+) -> Target:
     """Start `processes` relay processes of `variant` sharing one port, pinned to RELAY_CPU."""
     if variant.kind == "direct":
         return Target(variant, "tcp", backend_port)
@@ -163,24 +179,35 @@ def start_target(variant: Variant, procs: Procs, workdir: Path, pki: Pki, *, bac
             for i in range(processes):
                 # one file per process: each needs its own API port, if the API exists
                 cfg = workdir / f"{name}.{i}.toml"
-                tlstrace_config(cfg, port=port, backend_port=backend_port, pki=pki,
-                                state_dir=workdir / "state", processes=processes,
-                                max_conns=per_process)
-                argvs.append([sys.executable, "-m", "tlstrace", "run", "--config", str(cfg),
-                              *extra])
+                tlstrace_config(
+                    cfg,
+                    port=port,
+                    backend_port=backend_port,
+                    pki=pki,
+                    state_dir=workdir / "state",
+                    processes=processes,
+                    max_conns=per_process,
+                )
+                argvs.append(
+                    [sys.executable, "-m", "tlstrace", "run", "--config", str(cfg), *extra]
+                )
         elif variant.kind == "haproxy":
             exe = haproxy_path()
             if exe is None:
                 raise ProcessError("haproxy is not installed")
             cfg = workdir / f"{name}.cfg"
-            haproxy_config(cfg, port=port, backend_port=backend_port, pki=pki,
-                           maxconn=9000 if processes > 1 else 8192)
+            haproxy_config(
+                cfg,
+                port=port,
+                backend_port=backend_port,
+                pki=pki,
+                maxconn=9000 if processes > 1 else 8192,
+            )
             argvs = [[exe, "-db", "-f", str(cfg)]] * processes
         else:
             raise ValueError(variant.kind)
         for i, argv in enumerate(argvs):
-            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU},
-                                               env=env))
+            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU}, env=env))
             # the first must bind before the second, or both race on SO_REUSEPORT checks
             wait_listening(port, target.children, count=i + 1)
         if processes > 1:
@@ -203,8 +230,11 @@ def stop_target(target: Target, procs: Procs) -> None:
 
 def start_responder(procs: Procs, tag: str = "", port: int | None = None) -> tuple[Child, int]:
     port = port or free_port()
-    child = procs.start(f"responder{tag}", [sys.executable, "-m", "tlstrace.responder",
-                                             "--listen", f"127.0.0.1:{port}"], cpus={LOAD_CPU})
+    child = procs.start(
+        f"responder{tag}",
+        [sys.executable, "-m", "tlstrace.responder", "--listen", f"127.0.0.1:{port}"],
+        cpus={LOAD_CPU},
+    )
     wait_listening(port, [child])
     return child, port
 
@@ -213,12 +243,16 @@ def start_sink(procs: Procs) -> tuple[Child, str]:
     import subprocess
 
     port = free_port()
-    child = procs.start("hep-sink", [sys.executable, "-m", "bench.sink", "--listen",
-                                     f"127.0.0.1:{port}"], cpus={LOAD_CPU},
-                        stdin=subprocess.PIPE)
+    child = procs.start(
+        "hep-sink",
+        [sys.executable, "-m", "bench.sink", "--listen", f"127.0.0.1:{port}"],
+        cpus={LOAD_CPU},
+        stdin=subprocess.PIPE,
+    )
     return child, f"127.0.0.1:{port};transport=udp"
 
 
 def selected(variants: Sequence[Variant], scenario: str, with_haproxy: bool) -> list[Variant]:
-    return [v for v in variants if scenario in v.scenarios
-            and (v.kind != "haproxy" or with_haproxy)]
+    return [
+        v for v in variants if scenario in v.scenarios and (v.kind != "haproxy" or with_haproxy)
+    ]

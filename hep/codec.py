@@ -68,8 +68,20 @@ CHUNK_NAMES: dict[int, str] = {
 }
 #: Body size of the fixed-size generic chunks.
 _FIXED: dict[int, int] = {
-    0x01: 1, 0x02: 1, 0x03: 4, 0x04: 4, 0x05: 16, 0x06: 16, 0x07: 2, 0x08: 2,
-    0x09: 4, 0x0A: 4, 0x0B: 1, 0x0C: 4, 0x0D: 2, 0x12: 2,
+    0x01: 1,
+    0x02: 1,
+    0x03: 4,
+    0x04: 4,
+    0x05: 16,
+    0x06: 16,
+    0x07: 2,
+    0x08: 2,
+    0x09: 4,
+    0x0A: 4,
+    0x0B: 1,
+    0x0C: 4,
+    0x0D: 2,
+    0x12: 2,
 }
 #: Chunks every packet must carry (hep.md §7: what Kamailio and Homer need).
 _REQUIRED = (0x01, 0x02, 0x07, 0x08, 0x09, 0x0A, 0x0B, 0x0C, 0x0F)
@@ -85,8 +97,9 @@ class HepDecodeError(ValueError):
     """The bytes are not one well-formed HEPv3 packet. The message names the problem and,
     when there is one, the chunk (`chunk_type`) and its byte offset (`offset`)."""
 
-    def __init__(self, message: str, *, chunk_type: int | None = None,
-                 offset: int | None = None) -> None:
+    def __init__(
+        self, message: str, *, chunk_type: int | None = None, offset: int | None = None
+    ) -> None:
         super().__init__(message)
         self.chunk_type = chunk_type
         self.offset = offset
@@ -109,9 +122,7 @@ def _check_uint(name: str, value: object, bits: int, chunk: int) -> None:
     if not isinstance(value, int) or isinstance(value, bool):
         raise TypeError(f"{name} must be an int, not {type(value).__name__}")
     if not 0 <= value < (1 << bits):
-        raise ValueError(
-            f"{name} = {value} does not fit {_cname(chunk)}: 0..{(1 << bits) - 1}"
-        )
+        raise ValueError(f"{name} = {value} does not fit {_cname(chunk)}: 0..{(1 << bits) - 1}")
 
 
 def _check_octets(name: str, value: object, chunk: int, *, optional: bool = True) -> int:
@@ -295,9 +306,7 @@ def decode(data: bytes | bytearray | memoryview) -> HepPacket:
         raise HepDecodeError(f"truncated header: {n} bytes, the HEPv3 header is 6", offset=0)
     total = (buf[4] << 8) | buf[5]
     if total != n:
-        raise HepDecodeError(
-            f"total length field is {total} but {n} bytes were given", offset=4
-        )
+        raise HepDecodeError(f"total length field is {total} but {n} bytes were given", offset=4)
     found: dict[int, bytes] = {}
     unknown: list[HepChunk] = []
     off = 6
@@ -314,23 +323,26 @@ def decode(data: bytes | bytearray | memoryview) -> HepPacket:
             raise HepDecodeError(
                 f"{what}: {_cname(ctype)} at offset {off} "
                 "(a chunk's length counts its 6-byte header)",
-                chunk_type=ctype, offset=off,
+                chunk_type=ctype,
+                offset=off,
             )
         end = off + clen
         if end > n:
             raise HepDecodeError(
                 f"truncated chunk: {_cname(ctype)} at offset {off} has length {clen} "
                 f"but only {n - off} bytes are left",
-                chunk_type=ctype, offset=off,
+                chunk_type=ctype,
+                offset=off,
             )
-        body = buf[off + 6:end]
+        body = buf[off + 6 : end]
         if vendor == 0 and ctype in CHUNK_NAMES:
             size = _FIXED.get(ctype)
             if size is not None and len(body) != size:
                 raise HepDecodeError(
                     f"wrong size: {_cname(ctype)} at offset {off} has a {len(body)}-byte body, "
                     f"expected {size}",
-                    chunk_type=ctype, offset=off,
+                    chunk_type=ctype,
+                    offset=off,
                 )
             if ctype in found:
                 what = "more than one payload" if ctype == 0x0F else "duplicate chunk"
@@ -353,8 +365,9 @@ def _build(found: dict[int, bytes], unknown: tuple[HepChunk, ...]) -> HepPacket:
     if v4 and v6:
         raise HepDecodeError("both IPv4 (0x0003/0x0004) and IPv6 (0x0005/0x0006) address chunks")
     if not v4 and not v6:
-        raise HepDecodeError("missing address chunks (0x0003/0x0004 or 0x0005/0x0006)",
-                             chunk_type=0x03)
+        raise HepDecodeError(
+            "missing address chunks (0x0003/0x0004 or 0x0005/0x0006)", chunk_type=0x03
+        )
     s_type, d_type = (0x03, 0x04) if v4 else (0x05, 0x06)
     for ctype in (s_type, d_type):
         if ctype not in found:
@@ -409,8 +422,16 @@ class PacketTemplate:
     correlation_id=...))` for a fraction of the work.
     """
 
-    __slots__ = ("_cid_head", "_fixed", "_head", "_mid", "_mid_tail", "_packet", "_plain",
-                 "_tail_b")
+    __slots__ = (
+        "_cid_head",
+        "_fixed",
+        "_head",
+        "_mid",
+        "_mid_tail",
+        "_packet",
+        "_plain",
+        "_tail_b",
+    )
 
     def __init__(
         self,
@@ -429,22 +450,33 @@ class PacketTemplate:
         node_name: bytes | None = None,
     ) -> None:
         p = HepPacket(
-            src_ip=src_ip, dst_ip=dst_ip, src_port=src_port, dst_port=dst_port, ts_sec=0,
-            ts_usec=0, ip_proto=ip_proto, payload=b"", proto_type=proto_type,
-            capture_id=capture_id, family=family, keep_alive=keep_alive, auth_key=auth_key,
-            vlan=vlan, node_name=node_name,
+            src_ip=src_ip,
+            dst_ip=dst_ip,
+            src_port=src_port,
+            dst_port=dst_port,
+            ts_sec=0,
+            ts_usec=0,
+            ip_proto=ip_proto,
+            payload=b"",
+            proto_type=proto_type,
+            capture_id=capture_id,
+            family=family,
+            keep_alive=keep_alive,
+            auth_key=auth_key,
+            vlan=vlan,
+            node_name=node_name,
         )
         self._packet = p
         whole = encode(p)
         # whole = header | head (0x01..0x08) | ts (0x09, 0x0a) | mid_a (0x0b..0x0e) | tail_b
         #         (0x12, 0x13) | payload header; the correlation id goes between mid_a and tail_b.
         head_len = 14 + (20 if p.family == AF_INET else 44) + 16
-        head = whole[6:6 + head_len]
+        head = whole[6 : 6 + head_len]
         mid_start = 6 + head_len + 20
         mid_a_len = 17 + (8 if keep_alive is not None else 0)
         mid_a_len += 0 if auth_key is None else 6 + len(auth_key)
-        mid_a = whole[mid_start:mid_start + mid_a_len]
-        tail_b = whole[mid_start + mid_a_len:-6]
+        mid_a = whole[mid_start : mid_start + mid_a_len]
+        tail_b = whole[mid_start + mid_a_len : -6]
         self._head = head
         self._tail_b = tail_b
         #: bytes of everything but the payload body and the correlation id chunk's body
@@ -465,35 +497,68 @@ class PacketTemplate:
         cid = 0 if correlation_id is None else 6 + len(correlation_id)
         return MAX_PACKET - self._fixed - cid
 
-    def encode(self, ts_sec: int, ts_usec: int, payload: bytes,
-               correlation_id: bytes | None = None) -> bytes:
+    def encode(
+        self, ts_sec: int, ts_usec: int, payload: bytes, correlation_id: bytes | None = None
+    ) -> bytes:
         """The packet's bytes. Raises ValueError when a value does not fit the packet."""
         n = len(payload)
         try:
             if ts_usec > 999_999:
                 raise struct.error
             if correlation_id is None:
-                return self._plain(
-                    MAGIC, self._fixed + n, self._head, 0, 9, 10, ts_sec, 0, 10, 10, ts_usec,
-                    self._mid_tail, 0, 0x0F, 6 + n,
-                ) + payload
+                return (
+                    self._plain(
+                        MAGIC,
+                        self._fixed + n,
+                        self._head,
+                        0,
+                        9,
+                        10,
+                        ts_sec,
+                        0,
+                        10,
+                        10,
+                        ts_usec,
+                        self._mid_tail,
+                        0,
+                        0x0F,
+                        6 + n,
+                    )
+                    + payload
+                )
             c = len(correlation_id)
-            return b"".join((
-                self._cid_head(
-                    MAGIC, self._fixed + n + 6 + c, self._head, 0, 9, 10, ts_sec, 0, 10, 10,
-                    ts_usec, self._mid, 0, 0x11, 6 + c,
-                ),
-                correlation_id,
-                self._tail_b,
-                _CHUNK_HDR.pack(0, 0x0F, 6 + n),
-                payload,
-            ))
+            return b"".join(
+                (
+                    self._cid_head(
+                        MAGIC,
+                        self._fixed + n + 6 + c,
+                        self._head,
+                        0,
+                        9,
+                        10,
+                        ts_sec,
+                        0,
+                        10,
+                        10,
+                        ts_usec,
+                        self._mid,
+                        0,
+                        0x11,
+                        6 + c,
+                    ),
+                    correlation_id,
+                    self._tail_b,
+                    _CHUNK_HDR.pack(0, 0x0F, 6 + n),
+                    payload,
+                )
+            )
         except struct.error:
             self._raise_invalid(ts_sec, ts_usec, payload, correlation_id)
             raise  # pragma: no cover - _raise_invalid always raises
 
-    def _raise_invalid(self, ts_sec: int, ts_usec: int, payload: bytes,
-                       correlation_id: bytes | None) -> None:
+    def _raise_invalid(
+        self, ts_sec: int, ts_usec: int, payload: bytes, correlation_id: bytes | None
+    ) -> None:
         if correlation_id is not None and len(correlation_id) > MAX_PACKET - self._fixed - 6:
             raise ValueError(f"a {len(correlation_id)}-byte correlation id does not fit")
         if len(payload) > self.max_payload(correlation_id):
@@ -502,8 +567,14 @@ class PacketTemplate:
                 f"at most {self.max_payload(correlation_id)} bytes with this template"
             )
         HepPacket(
-            src_ip=self._packet.src_ip, dst_ip=self._packet.dst_ip, src_port=0, dst_port=0,
-            ts_sec=ts_sec, ts_usec=ts_usec, ip_proto=0, payload=payload,
+            src_ip=self._packet.src_ip,
+            dst_ip=self._packet.dst_ip,
+            src_port=0,
+            dst_port=0,
+            ts_sec=ts_sec,
+            ts_usec=ts_usec,
+            ip_proto=0,
+            payload=payload,
             correlation_id=correlation_id,
         )
         raise ValueError("the values do not fit the packet")  # pragma: no cover
@@ -512,9 +583,17 @@ class PacketTemplate:
         """The template of the opposite direction (source and destination exchanged)."""
         p = self._packet
         return PacketTemplate(
-            src_ip=p.dst_ip, dst_ip=p.src_ip, src_port=p.dst_port, dst_port=p.src_port,
-            ip_proto=p.ip_proto, proto_type=p.proto_type, capture_id=p.capture_id,
-            family=p.family, keep_alive=p.keep_alive, auth_key=p.auth_key, vlan=p.vlan,
+            src_ip=p.dst_ip,
+            dst_ip=p.src_ip,
+            src_port=p.dst_port,
+            dst_port=p.src_port,
+            ip_proto=p.ip_proto,
+            proto_type=p.proto_type,
+            capture_id=p.capture_id,
+            family=p.family,
+            keep_alive=p.keep_alive,
+            auth_key=p.auth_key,
+            vlan=p.vlan,
             node_name=p.node_name,
         )
 

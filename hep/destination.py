@@ -43,18 +43,22 @@ class HepDestination:
 
     def __post_init__(self) -> None:
         if not self.name or any(c in self.name for c in "[]") or self.name != self.name.strip():
-            raise ValueError(f"destination name {self.name!r} must be non-empty, without "
-                             "brackets or surrounding spaces")
+            raise ValueError(
+                f"destination name {self.name!r} must be non-empty, without "
+                "brackets or surrounding spaces"
+            )
         if not self.host:
             raise ValueError(f"destination {self.name!r}: the host is empty")
         if not isinstance(self.port, int) or not 0 < self.port < 65536:
             raise ValueError(f"destination {self.name!r}: port {self.port!r} is not 1..65535")
         if self.transport not in _TRANSPORTS:
-            raise ValueError(f"destination {self.name!r}: transport {self.transport!r} is not "
-                             "udp, tcp or tls")
+            raise ValueError(
+                f"destination {self.name!r}: transport {self.transport!r} is not udp, tcp or tls"
+            )
         if self.version != 3:
-            raise ValueError(f"destination {self.name!r}: only HEP version 3 is supported, "
-                             f"not {self.version!r}")
+            raise ValueError(
+                f"destination {self.name!r}: only HEP version 3 is supported, not {self.version!r}"
+            )
 
     @property
     def address(self) -> str:
@@ -69,8 +73,10 @@ def parse_hep_id(text: str) -> HepDestination:
     """Parse one `hep_id` (see the module docstring). Raises ValueError naming the problem."""
     s = text.strip()
     if not s.startswith("["):
-        raise ValueError(f"hep_id {text!r} must start with the destination name in brackets, "
-                         "e.g. [homer]10.0.0.5:9060;transport=udp")
+        raise ValueError(
+            f"hep_id {text!r} must start with the destination name in brackets, "
+            "e.g. [homer]10.0.0.5:9060;transport=udp"
+        )
     name, bracket, rest = s[1:].partition("]")
     if not bracket:
         raise ValueError(f"hep_id {text!r}: missing ']' after the destination name")
@@ -97,19 +103,23 @@ def parse_hep_id(text: str) -> HepDestination:
         if not eq or not value:
             raise ValueError(f"hep_id {text!r}: parameter {param.strip()!r} must be key=value")
         if key not in ("transport", "version"):
-            raise ValueError(f"hep_id {text!r}: unknown parameter {key!r} "
-                             "(transport and version are known; keys are case-sensitive)")
+            raise ValueError(
+                f"hep_id {text!r}: unknown parameter {key!r} "
+                "(transport and version are known; keys are case-sensitive)"
+            )
         if key in values:
             raise ValueError(f"hep_id {text!r}: {key} is given twice")
         values[key] = value
     transport = values.get("transport", DEFAULT_TRANSPORT).lower()
     if transport not in _TRANSPORTS:
-        raise ValueError(f"hep_id {text!r}: transport {values['transport']!r} is not udp, tcp "
-                         "or tls")
+        raise ValueError(
+            f"hep_id {text!r}: transport {values['transport']!r} is not udp, tcp or tls"
+        )
     version_text = values.get("version", "3")
     if version_text != "3":
-        raise ValueError(f"hep_id {text!r}: version {version_text!r}: only HEP version 3 "
-                         "is supported")
+        raise ValueError(
+            f"hep_id {text!r}: version {version_text!r}: only HEP version 3 is supported"
+        )
     return HepDestination(name, host, port, transport, 3)
 
 

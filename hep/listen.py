@@ -29,10 +29,31 @@ log = logging.getLogger("hep.listen")
 
 #: Payload types by number (hep.md §1.4; 100 is Homer's "LOG").
 PROTO_TYPE_NAMES: dict[int, str] = {
-    1: "SIP", 2: "XMPP", 3: "SDP", 4: "RTP", 5: "RTCP", 6: "MGCP", 7: "MEGACO", 8: "M2UA",
-    9: "M3UA", 10: "IAX", 11: "H3222", 12: "H321", 13: "M2PA", 34: "MOS full report",
-    35: "MOS short report", 50: "SIP JSON", 53: "DNS JSON", 54: "M3UA JSON", 55: "RTSP",
-    56: "DIAMETER", 57: "GSM MAP", 58: "RTCP PION", 60: "CDR", 61: "Verto", 100: "LOG",
+    1: "SIP",
+    2: "XMPP",
+    3: "SDP",
+    4: "RTP",
+    5: "RTCP",
+    6: "MGCP",
+    7: "MEGACO",
+    8: "M2UA",
+    9: "M3UA",
+    10: "IAX",
+    11: "H3222",
+    12: "H321",
+    13: "M2PA",
+    34: "MOS full report",
+    35: "MOS short report",
+    50: "SIP JSON",
+    53: "DNS JSON",
+    54: "M3UA JSON",
+    55: "RTSP",
+    56: "DIAMETER",
+    57: "GSM MAP",
+    58: "RTCP PION",
+    60: "CDR",
+    61: "Verto",
+    100: "LOG",
 }
 
 ListenTransport = Literal["udp", "tcp"]
@@ -111,8 +132,13 @@ class HepServer:
         await self.wait_closed()
 
 
-def _deliver(server: HepServer, data: bytes, info: Received, on_packet: PacketCallback,
-             on_error: ErrorCallback | None) -> None:
+def _deliver(
+    server: HepServer,
+    data: bytes,
+    info: Received,
+    on_packet: PacketCallback,
+    on_error: ErrorCallback | None,
+) -> None:
     try:
         packet = decode(data)
     except HepDecodeError as e:
@@ -131,8 +157,9 @@ def _deliver(server: HepServer, data: bytes, info: Received, on_packet: PacketCa
 
 
 class _Udp(asyncio.DatagramProtocol):
-    def __init__(self, server: HepServer, on_packet: PacketCallback,
-                 on_error: ErrorCallback | None) -> None:
+    def __init__(
+        self, server: HepServer, on_packet: PacketCallback, on_error: ErrorCallback | None
+    ) -> None:
         self.server, self.on_packet, self.on_error = server, on_packet, on_error
 
     def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
@@ -144,8 +171,13 @@ class _Udp(asyncio.DatagramProtocol):
 
 
 class _Tcp(asyncio.Protocol):
-    def __init__(self, server: HepServer, on_packet: PacketCallback,
-                 on_error: ErrorCallback | None, connections: set[asyncio.Transport]) -> None:
+    def __init__(
+        self,
+        server: HepServer,
+        on_packet: PacketCallback,
+        on_error: ErrorCallback | None,
+        connections: set[asyncio.Transport],
+    ) -> None:
         self.server, self.on_packet, self.on_error = server, on_packet, on_error
         self.connections = connections
         self.decoder = StreamDecoder()
@@ -180,8 +212,9 @@ class _Tcp(asyncio.Protocol):
             self.connections.discard(self.transport)
 
 
-async def serve(address: str | ListenAddress, on_packet: PacketCallback,
-                on_error: ErrorCallback | None = None) -> HepServer:
+async def serve(
+    address: str | ListenAddress, on_packet: PacketCallback, on_error: ErrorCallback | None = None
+) -> HepServer:
     """Receive HEP on `address` and call `on_packet(packet, received)` for each packet (and
     `on_error(error, data, received)` for what does not decode). Raises OSError when the
     address cannot be bound."""
@@ -191,7 +224,8 @@ async def serve(address: str | ListenAddress, on_packet: PacketCallback,
         server = HepServer(addr)
         family = socket.AF_INET6 if ":" in addr.host else socket.AF_INET
         transport, _ = await loop.create_datagram_endpoint(
-            lambda: _Udp(server, on_packet, on_error), local_addr=(addr.host, addr.port),
+            lambda: _Udp(server, on_packet, on_error),
+            local_addr=(addr.host, addr.port),
             family=family,
         )
         sock = transport.get_extra_info("socket")
@@ -207,7 +241,9 @@ async def serve(address: str | ListenAddress, on_packet: PacketCallback,
     connections: set[asyncio.Transport] = set()
     server = HepServer(addr)
     srv = await loop.create_server(
-        lambda: _Tcp(server, on_packet, on_error, connections), addr.host, addr.port,
+        lambda: _Tcp(server, on_packet, on_error, connections),
+        addr.host,
+        addr.port,
         reuse_address=True,
     )
     port = srv.sockets[0].getsockname()[1] if srv.sockets else addr.port
@@ -240,17 +276,30 @@ def packet_json(p: HepPacket, info: Received | None = None) -> dict[str, Any]:
     when = dt.datetime.fromtimestamp(p.ts_sec, dt.UTC).replace(microsecond=p.ts_usec)
     out: dict[str, Any] = {}
     if info is not None:
-        out |= {"received": round(info.time, 6), "transport": info.transport,
-                "peer": f"{info.peer[0]}:{info.peer[1]}", "size": info.size}
+        out |= {
+            "received": round(info.time, 6),
+            "transport": info.transport,
+            "peer": f"{info.peer[0]}:{info.peer[1]}",
+            "size": info.size,
+        }
     out |= {
-        "family": p.family, "ip_proto": p.ip_proto,
-        "src_ip": p.src_ip, "src_port": p.src_port, "dst_ip": p.dst_ip, "dst_port": p.dst_port,
-        "ts_sec": p.ts_sec, "ts_usec": p.ts_usec,
+        "family": p.family,
+        "ip_proto": p.ip_proto,
+        "src_ip": p.src_ip,
+        "src_port": p.src_port,
+        "dst_ip": p.dst_ip,
+        "dst_port": p.dst_port,
+        "ts_sec": p.ts_sec,
+        "ts_usec": p.ts_usec,
         "time": when.strftime("%Y-%m-%dT%H:%M:%S.%fZ"),
-        "proto_type": p.proto_type, "proto_name": PROTO_TYPE_NAMES.get(p.proto_type),
-        "capture_id": p.capture_id, "keep_alive": p.keep_alive,
-        "auth_key": _octets(p.auth_key), "correlation_id": _octets(p.correlation_id),
-        "vlan": p.vlan, "node_name": _octets(p.node_name),
+        "proto_type": p.proto_type,
+        "proto_name": PROTO_TYPE_NAMES.get(p.proto_type),
+        "capture_id": p.capture_id,
+        "keep_alive": p.keep_alive,
+        "auth_key": _octets(p.auth_key),
+        "correlation_id": _octets(p.correlation_id),
+        "vlan": p.vlan,
+        "node_name": _octets(p.node_name),
         "unknown": [{"vendor": c.vendor, "type": c.type, "hex": c.body.hex()} for c in p.unknown],
         "payload": _octets(p.payload),
     }
@@ -259,9 +308,12 @@ def packet_json(p: HepPacket, info: Received | None = None) -> dict[str, Any]:
 
 def error_json(error: HepDecodeError, data: bytes, info: Received) -> dict[str, Any]:
     return {
-        "received": round(info.time, 6), "transport": info.transport,
-        "peer": f"{info.peer[0]}:{info.peer[1]}", "size": len(data),
-        "error": str(error), "hex": data[:512].hex(),
+        "received": round(info.time, 6),
+        "transport": info.transport,
+        "peer": f"{info.peer[0]}:{info.peer[1]}",
+        "size": len(data),
+        "error": str(error),
+        "hex": data[:512].hex(),
     }
 
 
@@ -315,8 +367,9 @@ async def _main(addr: ListenAddress, pcap: Path | None) -> int:
         return 1
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    log.info("listening for HEP on %s%s", server.address,
-             f", writing payloads to {pcap}" if pcap else "")
+    log.info(
+        "listening for HEP on %s%s", server.address, f", writing payloads to {pcap}" if pcap else ""
+    )
     try:
         await stop.wait()
     finally:

@@ -40,8 +40,11 @@ class PcapWriter:
     def frame(self, p: HepPacket) -> Any:
         """The scapy packet for `p`."""
         Ether, IP, IPv6, TCP, UDP, Raw = self._layers
-        ip: Any = (IP(src=p.src_ip, dst=p.dst_ip) if p.family == AF_INET
-                   else IPv6(src=p.src_ip, dst=p.dst_ip))
+        ip: Any = (
+            IP(src=p.src_ip, dst=p.dst_ip)
+            if p.family == AF_INET
+            else IPv6(src=p.src_ip, dst=p.dst_ip)
+        )
         l4: Any
         if p.ip_proto in _TCP_PROTOS:
             flow = (p.src_ip, p.src_port, p.dst_ip, p.dst_port)
@@ -62,6 +65,7 @@ class PcapWriter:
     def __enter__(self) -> PcapWriter:
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()

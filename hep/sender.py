@@ -67,13 +67,27 @@ class HepIdentity:
     auth_key: bytes | None = None
     node_name: bytes | None = None
 
-    def template(self, *, src_ip: str, dst_ip: str, src_port: int, dst_port: int,
-                 ip_proto: int, proto_type: int = 1) -> PacketTemplate:
+    def template(
+        self,
+        *,
+        src_ip: str,
+        dst_ip: str,
+        src_port: int,
+        dst_port: int,
+        ip_proto: int,
+        proto_type: int = 1,
+    ) -> PacketTemplate:
         """A `PacketTemplate` for one flow, carrying this identity."""
         return PacketTemplate(
-            src_ip=src_ip, dst_ip=dst_ip, src_port=src_port, dst_port=dst_port,
-            ip_proto=ip_proto, proto_type=proto_type, capture_id=self.capture_id,
-            auth_key=self.auth_key, node_name=self.node_name,
+            src_ip=src_ip,
+            dst_ip=dst_ip,
+            src_port=src_port,
+            dst_port=dst_port,
+            ip_proto=ip_proto,
+            proto_type=proto_type,
+            capture_id=self.capture_id,
+            auth_key=self.auth_key,
+            node_name=self.node_name,
         )
 
 
@@ -226,12 +240,22 @@ class HepSender:
     @property
     def stats(self) -> SenderStats:
         return SenderStats(
-            name=self.dest.name, transport=self.dest.transport, address=self.dest.address,
-            sent=self._sent, dropped=self._dropped, send_errors=self._send_errors,
-            connect_errors=self._connect_errors, reconnects=self._reconnects,
-            bytes_sent=self._bytes, queue_depth=len(self._queue), queue_bytes=self._queued,
-            buffered_bytes=self._buffered(), connected=self.connected, state=self._state,
-            last_error=self._last_error, restarts=self._restarts,
+            name=self.dest.name,
+            transport=self.dest.transport,
+            address=self.dest.address,
+            sent=self._sent,
+            dropped=self._dropped,
+            send_errors=self._send_errors,
+            connect_errors=self._connect_errors,
+            reconnects=self._reconnects,
+            bytes_sent=self._bytes,
+            queue_depth=len(self._queue),
+            queue_bytes=self._queued,
+            buffered_bytes=self._buffered(),
+            connected=self.connected,
+            state=self._state,
+            last_error=self._last_error,
+            restarts=self._restarts,
         )
 
     @property
@@ -245,8 +269,7 @@ class HepSender:
         if self._task is not None or self._closing:
             return
         self._loop = asyncio.get_running_loop()
-        self._task = self._loop.create_task(self._supervise(),
-                                            name=f"hep-sender-{self.dest.name}")
+        self._task = self._loop.create_task(self._supervise(), name=f"hep-sender-{self.dest.name}")
 
     async def _supervise(self) -> None:
         """Run the sender's task; if it ends while the sender is not closing (an exception
@@ -266,8 +289,14 @@ class HepSender:
                 why, exc = f"its task failed: {_describe(e)}", e
             self._restarts += 1
             self._last_error = why
-            log.error("HEP %s sender: %s (state %s); restarting it (%d so far)",
-                      self.dest.name, why, self._state, self._restarts, exc_info=exc)
+            log.error(
+                "HEP %s sender: %s (state %s); restarting it (%d so far)",
+                self.dest.name,
+                why,
+                self._state,
+                self._restarts,
+                exc_info=exc,
+            )
             t, self._transport = self._transport, None
             if t is not None:
                 with contextlib.suppress(Exception):
@@ -288,8 +317,12 @@ class HepSender:
     def send(self, data: bytes) -> bool:
         """Queue one encoded packet. Never blocks, never raises; False = dropped (counted)."""
         try:
-            if (self._closing or self._udp_blocked or len(self._queue) >= self.queue_size
-                    or self._queued + len(data) > self.queue_bytes_max):
+            if (
+                self._closing
+                or self._udp_blocked
+                or len(self._queue) >= self.queue_size
+                or self._queued + len(data) > self.queue_bytes_max
+            ):
                 self._dropped += 1
                 self._log_drops()
                 return False
@@ -309,10 +342,18 @@ class HepSender:
         now = time.monotonic()
         if self._drops_logged_time and now - self._drops_logged_time < _DROP_LOG_INTERVAL:
             return
-        why = ("the collector refuses packets" if self._udp_blocked else
-               "the queue is full (collector slow, stalled or unreachable)")
-        log.warning("HEP %s dropping packets: %s; %d dropped so far (state %s)",
-                    self.dest.name, why, self._dropped, self._state)
+        why = (
+            "the collector refuses packets"
+            if self._udp_blocked
+            else "the queue is full (collector slow, stalled or unreachable)"
+        )
+        log.warning(
+            "HEP %s dropping packets: %s; %d dropped so far (state %s)",
+            self.dest.name,
+            why,
+            self._dropped,
+            self._state,
+        )
         self._drops_logged_time = now
 
     async def aclose(self, timeout: float = 1.0) -> None:
@@ -321,8 +362,12 @@ class HepSender:
         if self._closing:
             return
         deadline = time.monotonic() + timeout
-        while ((self._queue or self._buffered()) and time.monotonic() < deadline
-               and self._task is not None and not (self._task.done() and self._sock is None)):
+        while (
+            (self._queue or self._buffered())
+            and time.monotonic() < deadline
+            and self._task is not None
+            and not (self._task.done() and self._sock is None)
+        ):
             await asyncio.sleep(0.01)
         self._closing = True
         self._idle = False
@@ -396,7 +441,10 @@ class HepSender:
             try:
                 transport, _ = await asyncio.wait_for(
                     loop.create_connection(
-                        lambda p=proto: p, self.dest.host, self.dest.port, ssl=self._ssl,
+                        lambda p=proto: p,
+                        self.dest.host,
+                        self.dest.port,
+                        ssl=self._ssl,
                         server_hostname=self._server_name if self._ssl else None,
                     ),
                     self.connect_timeout,
@@ -416,8 +464,12 @@ class HepSender:
                     transport.set_write_buffer_limits(high=self.write_buffer_limit)
                     self._transport = transport
                     self._state = "connected"
-                    log.info("HEP %s connected to %s over %s", self.dest.name,
-                             self.dest.address, self.dest.transport)
+                    log.info(
+                        "HEP %s connected to %s over %s",
+                        self.dest.name,
+                        self.dest.address,
+                        self.dest.transport,
+                    )
                 await self._pump(transport, proto)
             finally:
                 self._transport = None
@@ -446,8 +498,10 @@ class HepSender:
                     paused_since = now
                 elif now - paused_since >= self.stall_timeout:
                     self._send_errors += 1
-                    self._fail("stalled", TimeoutError(
-                        f"the collector read nothing for {self.stall_timeout:g} s"))
+                    self._fail(
+                        "stalled",
+                        TimeoutError(f"the collector read nothing for {self.stall_timeout:g} s"),
+                    )
                     transport.abort()
                     return
                 await self._wait(self.stall_timeout - (now - paused_since))
@@ -484,9 +538,14 @@ class HepSender:
         while not self._closing:
             self._state = "resolving"
             try:
-                infos = await asyncio.wait_for(self._loop.getaddrinfo(
-                    self.dest.host, self.dest.port, type=socket.SOCK_DGRAM,
-                ), self.connect_timeout)
+                infos = await asyncio.wait_for(
+                    self._loop.getaddrinfo(
+                        self.dest.host,
+                        self.dest.port,
+                        type=socket.SOCK_DGRAM,
+                    ),
+                    self.connect_timeout,
+                )
                 family, kind, proto, _, addr = infos[0]
                 sock = socket.socket(family, kind, proto)
                 try:
@@ -583,8 +642,12 @@ class HepSender:
             sock.close()
 
 
-def client_context(ca_file: str | Path | None, verify: bool, cert_file: str | Path | None = None,
-                   key_file: str | Path | None = None) -> ssl.SSLContext:
+def client_context(
+    ca_file: str | Path | None,
+    verify: bool,
+    cert_file: str | Path | None = None,
+    key_file: str | Path | None = None,
+) -> ssl.SSLContext:
     """The TLS client context a sender builds when it is given none (TLS 1.2 and up; the
     collector's certificate checked against `ca_file` unless `verify` is false). It offers
     OpenSSL's default key-exchange groups, finite-field ones included: an application that

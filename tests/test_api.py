@@ -32,8 +32,9 @@ def sink() -> Iterator[HepSink]:
 
 @pytest.fixture
 def sidecar(relay_factory: Factory, backend: SipBackend, sink: HepSink) -> RelayProcess:
-    return relay_factory({"hep_id": [sink.hep_id],
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+    return relay_factory(
+        {"hep_id": [sink.hep_id], "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
 
 
 def api(relay: RelayProcess, token: str | None = None) -> httpx.Client:
@@ -45,8 +46,9 @@ def raw_get(relay: RelayProcess, path: str) -> tuple[int, bytes]:
     """GET `path` exactly as written (an HTTP client would resolve dot segments first)."""
     host, port = relay.config["api_listen"].rsplit(":", 1)
     with socket.create_connection((host, int(port)), timeout=10) as sock:
-        sock.sendall(f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n"
-                     .encode())
+        sock.sendall(
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode()
+        )
         data = b""
         while chunk := sock.recv(65536):
             data += chunk
@@ -54,8 +56,9 @@ def raw_get(relay: RelayProcess, path: str) -> tuple[int, bytes]:
     return int(head.split()[1]), body
 
 
-def test_switching_tracing_changes_what_reaches_the_receiver(sidecar: RelayProcess,
-                                                             sink: HepSink) -> None:
+def test_switching_tracing_changes_what_reaches_the_receiver(
+    sidecar: RelayProcess, sink: HepSink
+) -> None:
     http = api(sidecar)
     assert http.get("/api/trace").json()["tracing"] == "off"
     early = TlsClient(sidecar.port())
@@ -92,20 +95,28 @@ def test_switching_tracing_changes_what_reaches_the_receiver(sidecar: RelayProce
 def test_filters_round_trip_and_bad_ones_are_refused(sidecar: RelayProcess) -> None:
     http = api(sidecar)
     assert http.get("/api/trace/filters").json() == {"rules": [], "default": "allow"}
-    rules = {"rules": [{"action": "deny", "remote": "10.0.0.0/8"},
-                       {"action": "allow", "sni": "*.example.com", "direction": "inbound"}],
-             "default": "deny"}
+    rules = {
+        "rules": [
+            {"action": "deny", "remote": "10.0.0.0/8"},
+            {"action": "allow", "sni": "*.example.com", "direction": "inbound"},
+        ],
+        "default": "deny",
+    }
     r = http.put("/api/trace/filters", json=rules)
     assert r.status_code == 200
     got = http.get("/api/trace/filters").json()
     assert got["default"] == "deny"
     assert [(x["action"], x["remote"], x["sni"]) for x in got["rules"]] == [
-        ("deny", "10.0.0.0/8", None), ("allow", None, "*.example.com")]
-    for bad in ({"rules": [{"action": "maybe"}]},
-                {"rules": [{"action": "deny", "remote": "10.0.0.0/99"}]},
-                {"rules": [{"action": "deny", "remote_port": 70000}]},
-                {"rules": [{"action": "deny", "colour": "red"}]},
-                {"rules": "all"}):
+        ("deny", "10.0.0.0/8", None),
+        ("allow", None, "*.example.com"),
+    ]
+    for bad in (
+        {"rules": [{"action": "maybe"}]},
+        {"rules": [{"action": "deny", "remote": "10.0.0.0/99"}]},
+        {"rules": [{"action": "deny", "remote_port": 70000}]},
+        {"rules": [{"action": "deny", "colour": "red"}]},
+        {"rules": "all"},
+    ):
         r = http.put("/api/trace/filters", json=bad)
         assert r.status_code == 422, bad
         assert r.json()["detail"]
@@ -122,8 +133,11 @@ def test_connections_listed_and_closed(sidecar: RelayProcess) -> None:
         c = conns[0]
         assert c["remote"] == f"127.0.0.1:{client.local_port}"
         assert c["local"] == f"127.0.0.1:{sidecar.port()}"
-        assert (c["sni"], c["tls_version"], c["direction"]) == ("phone.example", "TLSv1.3",
-                                                                "inbound")
+        assert (c["sni"], c["tls_version"], c["direction"]) == (
+            "phone.example",
+            "TLSv1.3",
+            "inbound",
+        )
         assert c["messages_in"] == 1 and c["messages_out"] == 1 and not c["traced"]
         assert c["bytes_in"] == len(request(call_id="listed@t", body=b"x" * 100))
         detail = http.get(f"/api/connections/{c['id']}").json()
@@ -150,20 +164,30 @@ def test_destinations_and_reload(sidecar: RelayProcess) -> None:
 
 
 def test_token_is_enforced(relay_factory: Factory, backend: SipBackend) -> None:
-    relay = relay_factory({"api_token": TOKEN,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"api_token": TOKEN, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     anonymous, wrong, good = api(relay), api(relay, "nope"), api(relay, TOKEN)
     for path in ("/api/trace", "/api/connections", "/metrics", "/api/destinations"):
         assert anonymous.get(path).status_code == 401, path
         assert wrong.get(path).status_code == 401, path
         assert good.get(path).status_code == 200, path
     # the documentation describes the API and exposes nothing: it opens without the token
-    for path in ("/docs", "/redoc", "/openapi.json", "/docs/static/swagger-ui-bundle.js",
-                 "/docs/static/redoc.standalone.js"):
+    for path in (
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+        "/docs/static/swagger-ui-bundle.js",
+        "/docs/static/redoc.standalone.js",
+    ):
         assert anonymous.get(path).status_code == 200, path
     # ... but nothing else hides behind the docs' paths
-    for path in ("/docs/static/../../api/trace", "/docs/static/%2e%2e/%2e%2e/api/trace",
-                 "/docs/api/trace", "/openapi.json/../api/trace"):
+    for path in (
+        "/docs/static/../../api/trace",
+        "/docs/static/%2e%2e/%2e%2e/api/trace",
+        "/docs/api/trace",
+        "/openapi.json/../api/trace",
+    ):
         status, _ = raw_get(relay, path)
         assert status in (401, 404), path
     assert anonymous.get("/api/trace").headers["www-authenticate"].startswith("Bearer")
@@ -173,8 +197,9 @@ def test_token_is_enforced(relay_factory: Factory, backend: SipBackend) -> None:
 
 
 def test_token_from_the_environment(relay_factory: Factory, backend: SipBackend) -> None:
-    relay = relay_factory({"listener": [RelayProcess.tls_listener(backend.port)]},
-                          env={"TLSTRACE_API_TOKEN": TOKEN})
+    relay = relay_factory(
+        {"listener": [RelayProcess.tls_listener(backend.port)]}, env={"TLSTRACE_API_TOKEN": TOKEN}
+    )
     assert api(relay).get("/api/trace").status_code == 401
     assert api(relay, TOKEN).get("/api/trace").status_code == 200
 
@@ -205,8 +230,12 @@ def test_bad_input_is_4xx(sidecar: RelayProcess) -> None:
     for method, path, body in cases:
         r = http.request(method, path, json=body)
         assert 400 <= r.status_code < 500, (method, path, r.status_code)
-    r = http.request("PUT", "/api/trace/filters", content=b"\x01\xff not json",
-                     headers={"content-type": "application/json"})
+    r = http.request(
+        "PUT",
+        "/api/trace/filters",
+        content=b"\x01\xff not json",
+        headers={"content-type": "application/json"},
+    )
     assert 400 <= r.status_code < 500
 
 
@@ -215,21 +244,47 @@ def test_tracing_needs_a_destination(relay: RelayProcess) -> None:
     assert r.status_code == 409
 
 
-def test_schemathesis_finds_no_server_error(relay_factory: Factory, backend: SipBackend,
-                                            sink: HepSink, tmp_path: Path) -> None:
-    relay = relay_factory({"api_token": TOKEN, "hep_id": [sink.hep_id],
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_schemathesis_finds_no_server_error(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink, tmp_path: Path
+) -> None:
+    relay = relay_factory(
+        {
+            "api_token": TOKEN,
+            "hep_id": [sink.hep_id],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     with TlsClient(relay.port()) as client:
         client.send(request())
         client.recv_messages(1)
         # positive_data_acceptance is left out: an IP network has a semantic check (a prefix
         # length of 99 matches the schema's pattern and is refused with 422)
         result = subprocess.run(
-            [str(Path(sys.executable).with_name("schemathesis")), "run",
-             f"{relay.api_url}/openapi.json", "-H", f"Authorization: Bearer {TOKEN}",
-             "--checks", "all", "--exclude-checks", "positive_data_acceptance",
-             "-n", "25", "--phases", "examples,coverage,fuzzing", "--seed", "1",
-             "--no-color", "--request-timeout", "10", "--report-dir", str(tmp_path)],
-            capture_output=True, text=True, timeout=300)
+            [
+                str(Path(sys.executable).with_name("schemathesis")),
+                "run",
+                f"{relay.api_url}/openapi.json",
+                "-H",
+                f"Authorization: Bearer {TOKEN}",
+                "--checks",
+                "all",
+                "--exclude-checks",
+                "positive_data_acceptance",
+                "-n",
+                "25",
+                "--phases",
+                "examples,coverage,fuzzing",
+                "--seed",
+                "1",
+                "--no-color",
+                "--request-timeout",
+                "10",
+                "--report-dir",
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
     assert result.returncode == 0, result.stdout[-4000:]
     assert relay.proc.poll() is None

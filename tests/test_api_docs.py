@@ -32,10 +32,16 @@ def sink() -> Iterator[HepSink]:
 
 
 @pytest.fixture
-def sidecar(relay_factory: Callable[..., RelayProcess], backend: SipBackend,
-            sink: HepSink) -> RelayProcess:
-    return relay_factory({"api_token": TOKEN, "hep_id": [sink.hep_id],
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+def sidecar(
+    relay_factory: Callable[..., RelayProcess], backend: SipBackend, sink: HepSink
+) -> RelayProcess:
+    return relay_factory(
+        {
+            "api_token": TOKEN,
+            "hep_id": [sink.hep_id],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
 def wait(driver: WebDriver, css: str, timeout: float = 20) -> None:
@@ -45,7 +51,8 @@ def wait(driver: WebDriver, css: str, timeout: float = 20) -> None:
 def nothing_from_elsewhere(driver: WebDriver, origin: str) -> None:
     """Every resource came from the sidecar; any other one was blocked before it left."""
     names = driver.execute_script(
-        "return performance.getEntriesByType('resource').map(e => e.name)")
+        "return performance.getEntriesByType('resource').map(e => e.name)"
+    )
     log = json.dumps(driver.get_log("browser"))
     for name in names:
         parts = urlsplit(name)
@@ -71,8 +78,9 @@ def try_it(driver: WebDriver, op: str, body: str | None = None) -> tuple[str, st
     cell = f"{op} .live-responses-table .response .response-col_status"
     wait(driver, cell)
     status = driver.find_element(By.CSS_SELECTOR, cell).text.strip()
-    text = driver.find_element(By.CSS_SELECTOR,
-                               f"{op} .live-responses-table .response-col_description pre").text
+    text = driver.find_element(
+        By.CSS_SELECTOR, f"{op} .live-responses-table .response-col_description pre"
+    ).text
     return status, text
 
 
@@ -80,8 +88,10 @@ def test_swagger_ui_offline_with_authorize(sidecar: RelayProcess, tmp_path: Path
     schema = httpx.get(f"{sidecar.api_url}/openapi.json").json()  # no token needed
     operations = sum(len(ops) for ops in schema["paths"].values())
     assert schema["components"]["securitySchemes"]["bearer"] == {
-        "type": "http", "scheme": "bearer", "description": schema["components"][
-            "securitySchemes"]["bearer"]["description"]}
+        "type": "http",
+        "scheme": "bearer",
+        "description": schema["components"]["securitySchemes"]["bearer"]["description"],
+    }
     assert schema["paths"]["/api/trace"]["get"]["security"] == [{"bearer": []}]
     assert "security" not in schema["paths"]["/healthz"]["get"]
     with chromium() as driver:
@@ -89,8 +99,7 @@ def test_swagger_ui_offline_with_authorize(sidecar: RelayProcess, tmp_path: Path
         wait(driver, ".opblock")
         shown = driver.find_elements(By.CSS_SELECTOR, ".opblock")
         assert len(shown) == operations
-        paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR,
-                                                      ".opblock-summary-path")}
+        paths = {e.text for e in driver.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
         assert {"/api/trace", "/api/connections", "/api/reload", "/readyz"} <= paths
         nothing_from_elsewhere(driver, sidecar.api_url)
 
@@ -101,8 +110,7 @@ def test_swagger_ui_offline_with_authorize(sidecar: RelayProcess, tmp_path: Path
         wait(driver, ".modal-ux input")
         assert "bearer" in driver.find_element(By.CSS_SELECTOR, ".modal-ux").text.lower()
         driver.find_element(By.CSS_SELECTOR, ".modal-ux input").send_keys(TOKEN)
-        driver.find_element(By.CSS_SELECTOR, ".modal-ux .auth-btn-wrapper button.authorize"
-                            ).click()
+        driver.find_element(By.CSS_SELECTOR, ".modal-ux .auth-btn-wrapper button.authorize").click()
         driver.find_element(By.CSS_SELECTOR, ".modal-ux button.btn-done").click()
 
         status, text = try_it(driver, GET_TRACE)
@@ -112,8 +120,9 @@ def test_swagger_ui_offline_with_authorize(sidecar: RelayProcess, tmp_path: Path
         assert status == "200", text
         assert json.loads(text)["tracing"] == "on" and json.loads(text)["until"]
         driver.save_screenshot(str(tmp_path / "swagger-ui.png"))
-    state = httpx.get(f"{sidecar.api_url}/api/trace",
-                      headers={"Authorization": f"Bearer {TOKEN}"}).json()
+    state = httpx.get(
+        f"{sidecar.api_url}/api/trace", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).json()
     assert state["tracing"] == "on"  # the browser's PUT reached the sidecar
     assert TOKEN not in sidecar.log
 
@@ -122,7 +131,8 @@ def test_redoc_offline(sidecar: RelayProcess, tmp_path: Path) -> None:
     with chromium() as driver:
         driver.get(f"{sidecar.api_url}/redoc")
         WebDriverWait(driver, 20).until(
-            lambda d: "Put Trace" in d.find_element(By.TAG_NAME, "body").text)
+            lambda d: "Put Trace" in d.find_element(By.TAG_NAME, "body").text
+        )
         text = driver.find_element(By.TAG_NAME, "body").text
         for title in ("Get Trace", "List Connections", "Reload", "Readyz"):
             assert title in text

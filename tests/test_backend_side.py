@@ -20,8 +20,9 @@ Factory = Callable[..., RelayProcess]
 
 def test_proxy_protocol_v2_carries_the_client_address(relay_factory: Factory) -> None:
     with SipBackend(expect_proxy=True) as backend:
-        relay = relay_factory({"listener": [RelayProcess.tls_listener(
-            backend.port, proxy_protocol=True)]})
+        relay = relay_factory(
+            {"listener": [RelayProcess.tls_listener(backend.port, proxy_protocol=True)]}
+        )
         with TlsClient(relay.port()) as client:
             client.send(request())
             assert client.recv_messages(1) == [response_to(request())]
@@ -33,8 +34,9 @@ def test_proxy_protocol_v2_carries_the_client_address(relay_factory: Factory) ->
 def test_ipv6_listener_and_backend(relay_factory: Factory) -> None:
     with SipBackend("::1") as backend:
         port = free_port(socket.AF_INET6)
-        relay = relay_factory({"listener": [{"listen": f"tls:[::1]:{port}",
-                                             "backend": f"tcp:[::1]:{backend.port}"}]})
+        relay = relay_factory(
+            {"listener": [{"listen": f"tls:[::1]:{port}", "backend": f"tcp:[::1]:{backend.port}"}]}
+        )
         with TlsClient(port, "::1") as client:
             client.send(request())
             client.recv_messages(1)
@@ -47,12 +49,23 @@ def test_backend_over_tls(relay_factory: Factory, pki: Pki) -> None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(files.cert, files.key)
     with SipBackend(ssl_context=ctx) as backend:
-        relay = relay_factory({
-            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
-                               "server_name": "backend.example"}],
-            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
-                          "backend": f"tls:127.0.0.1:{backend.port}"}],
-        })
+        relay = relay_factory(
+            {
+                "client_domain": [
+                    {
+                        "name": "default",
+                        "ca_list": str(pki.ca_file),
+                        "server_name": "backend.example",
+                    }
+                ],
+                "listener": [
+                    {
+                        "listen": f"tls:127.0.0.1:{free_port()}",
+                        "backend": f"tls:127.0.0.1:{backend.port}",
+                    }
+                ],
+            }
+        )
         with TlsClient(relay.port()) as client:
             reqs = [request("MESSAGE", f"tb{i}@t", i + 1, b"z" * 500) for i in range(20)]
             client.send(b"".join(reqs))
@@ -62,8 +75,13 @@ def test_backend_over_tls(relay_factory: Factory, pki: Pki) -> None:
 
 def test_unreachable_backend_closes_the_client_and_is_logged(relay_factory: Factory) -> None:
     dead = free_port()
-    relay = relay_factory({"listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
-                                         "backend": f"tcp:127.0.0.1:{dead}"}]})
+    relay = relay_factory(
+        {
+            "listener": [
+                {"listen": f"tls:127.0.0.1:{free_port()}", "backend": f"tcp:127.0.0.1:{dead}"}
+            ]
+        }
+    )
     with TlsClient(relay.port()) as client:
         client.send(request())
         assert client.wait_closed()
@@ -75,8 +93,13 @@ def test_backend_that_never_reads_is_bounded(relay_factory: Factory) -> None:
     """The relay buffers at most about conn_buffer_limit, then stops reading from the client;
     past tls_send_timeout it gives up on that connection. Others carry on."""
     with SipBackend() as backend:
-        relay = relay_factory({"conn_buffer_limit": 65536, "tls_send_timeout": 1500,
-                               "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = relay_factory(
+            {
+                "conn_buffer_limit": 65536,
+                "tls_send_timeout": 1500,
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            }
+        )
         good = TlsClient(relay.port())
         good.send(request(call_id="good@t"))
         good.recv_messages(1)
@@ -99,8 +122,9 @@ def test_backend_that_never_reads_is_bounded(relay_factory: Factory) -> None:
 
 def test_connection_limit(relay_factory: Factory) -> None:
     with SipBackend() as backend:
-        relay = relay_factory({"tcp_max_connections": 3,
-                               "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = relay_factory(
+            {"tcp_max_connections": 3, "listener": [RelayProcess.tls_listener(backend.port)]}
+        )
         held = [TlsClient(relay.port()) for _ in range(3)]
         for i, c in enumerate(held):
             c.send(request(call_id=f"held{i}@t"))
@@ -122,17 +146,29 @@ def test_connection_limit(relay_factory: Factory) -> None:
 
 
 def test_client_closing_while_the_tls_backend_connects_loses_nothing(
-        relay_factory: Factory, pki: Pki) -> None:
+    relay_factory: Factory, pki: Pki
+) -> None:
     files = pki.leaf("backend2.example", names=["backend2.example"])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(files.cert, files.key)
     with SipBackend(ssl_context=ctx, answer=False) as backend:
-        relay = relay_factory({
-            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
-                               "server_name": "backend2.example"}],
-            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
-                          "backend": f"tls:127.0.0.1:{backend.port}"}],
-        })
+        relay = relay_factory(
+            {
+                "client_domain": [
+                    {
+                        "name": "default",
+                        "ca_list": str(pki.ca_file),
+                        "server_name": "backend2.example",
+                    }
+                ],
+                "listener": [
+                    {
+                        "listen": f"tls:127.0.0.1:{free_port()}",
+                        "backend": f"tls:127.0.0.1:{backend.port}",
+                    }
+                ],
+            }
+        )
         client = TlsClient(relay.port())
         msgs = [request("MESSAGE", f"early{i}@t", i + 1, b"e" * 300) for i in range(30)]
         client.send(b"".join(msgs))
@@ -142,20 +178,32 @@ def test_client_closing_while_the_tls_backend_connects_loses_nothing(
 
 
 def test_idle_connection_to_a_tls_backend_is_not_a_partial_message(
-        relay_factory: Factory, pki: Pki) -> None:
+    relay_factory: Factory, pki: Pki
+) -> None:
     """A TLS 1.3 backend's session tickets are whole records without application data: they
     must not arm the partial-message timeout of an idle connection."""
     files = pki.leaf("backend3.example", names=["backend3.example"])
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(files.cert, files.key)
     with SipBackend(ssl_context=ctx) as backend:
-        relay = relay_factory({
-            "tcp_max_msg_time": 0.5,
-            "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
-                               "server_name": "backend3.example"}],
-            "listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
-                          "backend": f"tls:127.0.0.1:{backend.port}"}],
-        })
+        relay = relay_factory(
+            {
+                "tcp_max_msg_time": 0.5,
+                "client_domain": [
+                    {
+                        "name": "default",
+                        "ca_list": str(pki.ca_file),
+                        "server_name": "backend3.example",
+                    }
+                ],
+                "listener": [
+                    {
+                        "listen": f"tls:127.0.0.1:{free_port()}",
+                        "backend": f"tls:127.0.0.1:{backend.port}",
+                    }
+                ],
+            }
+        )
         with TlsClient(relay.port()) as client:
             client.send(request(call_id="idle1@t"))
             client.recv_messages(1)

@@ -29,8 +29,13 @@ def tlstrace(*args: str, token: str | None = None) -> subprocess.CompletedProces
     env = {k: v for k, v in os.environ.items() if k != "TLSTRACE_API_TOKEN"}
     if token is not None:
         env["TLSTRACE_API_TOKEN"] = token
-    return subprocess.run([sys.executable, "-m", "tlstrace", *args], capture_output=True,
-                          text=True, timeout=30, env=env)
+    return subprocess.run(
+        [sys.executable, "-m", "tlstrace", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=env,
+    )
 
 
 @pytest.fixture
@@ -41,8 +46,13 @@ def sink() -> Iterator[HepSink]:
 
 @pytest.fixture
 def sidecar(relay_factory: Factory, backend: SipBackend, sink: HepSink) -> RelayProcess:
-    return relay_factory({"api_token": TOKEN, "hep_id": [sink.hep_id],
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+    return relay_factory(
+        {
+            "api_token": TOKEN,
+            "hep_id": [sink.hep_id],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
 def where(relay: RelayProcess) -> list[str]:
@@ -50,8 +60,9 @@ def where(relay: RelayProcess) -> list[str]:
 
 
 def state(relay: RelayProcess) -> dict[str, object]:
-    return httpx.get(f"{relay.api_url}/api/trace", headers={"Authorization": f"Bearer {TOKEN}"},
-                     timeout=10).json()  # type: ignore[no-any-return]
+    return httpx.get(
+        f"{relay.api_url}/api/trace", headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    ).json()  # type: ignore[no-any-return]
 
 
 def test_trace_on_for_a_while_status_and_off(sidecar: RelayProcess) -> None:
@@ -64,8 +75,9 @@ def test_trace_on_for_a_while_status_and_off(sidecar: RelayProcess) -> None:
     assert r.stdout.startswith("tracing on until ") and "left)" in r.stdout
     now = state(sidecar)
     assert now["tracing"] == "on" and 590 <= float(now["remaining_seconds"]) <= 600  # type: ignore[arg-type]
-    assert f"until {now['until']}" in tlstrace("trace", "status", *where(sidecar),
-                                               token=TOKEN).stdout
+    assert (
+        f"until {now['until']}" in tlstrace("trace", "status", *where(sidecar), token=TOKEN).stdout
+    )
 
     r = tlstrace("trace", "off", *where(sidecar), token=TOKEN)
     assert r.returncode == 0 and r.stdout.startswith("tracing off;")
@@ -79,13 +91,27 @@ def test_connections_table(sidecar: RelayProcess) -> None:
         r = tlstrace("connections", *where(sidecar), token=TOKEN)
         assert r.returncode == 0, r.stderr
         header, row, total = r.stdout.splitlines()
-        assert header.split() == ["ID", "DIR", "STATE", "REMOTE", "LOCAL", "SNI", "TLS", "AGE",
-                                  "MSG", "IN", "MSG", "OUT", "TRACED"]
+        assert header.split() == [
+            "ID",
+            "DIR",
+            "STATE",
+            "REMOTE",
+            "LOCAL",
+            "SNI",
+            "TLS",
+            "AGE",
+            "MSG",
+            "IN",
+            "MSG",
+            "OUT",
+            "TRACED",
+        ]
         assert f"127.0.0.1:{client.local_port}" in row.split()
         assert {"inbound", "phone.example", "TLSv1.3", "no"} <= set(row.split())
         assert total == "1 connection"
-        r = tlstrace("connections", "--json", "--direction", "inbound", *where(sidecar),
-                     token=TOKEN)
+        r = tlstrace(
+            "connections", "--json", "--direction", "inbound", *where(sidecar), token=TOKEN
+        )
         (conn,) = json.loads(r.stdout)
         assert conn["remote"] == f"127.0.0.1:{client.local_port}" and conn["messages_in"] == 1
         r = tlstrace("connections", "--traced", *where(sidecar), token=TOKEN)
@@ -116,7 +142,8 @@ def test_unreachable_api_is_one_clear_line() -> None:
     assert r.stderr.strip().splitlines() == [
         f"tlstrace trace: cannot reach the API at http://127.0.0.1:{port}: Connection refused "
         "(is tlstrace running, and is its api_listen this address? --api HOST:PORT chooses "
-        "another)"]
+        "another)"
+    ]
 
 
 def test_401_says_what_to_do(sidecar: RelayProcess) -> None:
@@ -124,8 +151,10 @@ def test_401_says_what_to_do(sidecar: RelayProcess) -> None:
         r = tlstrace(*command, *where(sidecar))
         assert r.returncode == 1
         api = sidecar.api_url
-        assert r.stderr.strip() == (f"tlstrace {command[0]}: the API at {api} answered 401: "
-                                    "it needs a token: set TLSTRACE_API_TOKEN")
+        assert r.stderr.strip() == (
+            f"tlstrace {command[0]}: the API at {api} answered 401: "
+            "it needs a token: set TLSTRACE_API_TOKEN"
+        )
     r = tlstrace("trace", "on", *where(sidecar), token="wrong")
     assert "the token in TLSTRACE_API_TOKEN was refused" in r.stderr
     assert "wrong" not in r.stderr
@@ -135,11 +164,14 @@ def test_401_says_what_to_do(sidecar: RelayProcess) -> None:
 def test_errors_of_the_api_and_of_the_flags(relay: RelayProcess) -> None:
     r = tlstrace("trace", "on", *where(relay))  # no HEP destination configured
     assert r.returncode == 1
-    assert r.stderr.strip() == ("tlstrace trace: PUT /api/trace: 409: no HEP destination is "
-                                "configured (hep_id)")
-    for args, problem in ((["trace", "off", "--for", "10m"], "--for goes with 'trace on'"),
-                          (["trace", "on", "--for", "soon"], "'soon' is not a duration"),
-                          (["trace", "on", "--for", "0s"], "above 0")):
+    assert r.stderr.strip() == (
+        "tlstrace trace: PUT /api/trace: 409: no HEP destination is configured (hep_id)"
+    )
+    for args, problem in (
+        (["trace", "off", "--for", "10m"], "--for goes with 'trace on'"),
+        (["trace", "on", "--for", "soon"], "'soon' is not a duration"),
+        (["trace", "on", "--for", "0s"], "above 0"),
+    ):
         r = tlstrace(*args, *where(relay))
         assert r.returncode == 1 and problem in r.stderr, r.stderr
     r = tlstrace("connections", "--api", "127.0.0.1")
@@ -156,16 +188,19 @@ def test_api_by_host_name(relay: RelayProcess) -> None:
 def test_empty_api_flag_is_one_clear_line() -> None:
     r = tlstrace("trace", "status", "--api", "")
     assert r.returncode == 2
-    assert r.stderr.strip() == ("tlstrace: configuration error: --api: api_listen: empty: give "
-                                "HOST:PORT of the sidecar's API (e.g. --api 127.0.0.1:8080)")
+    assert r.stderr.strip() == (
+        "tlstrace: configuration error: --api: api_listen: empty: give "
+        "HOST:PORT of the sidecar's API (e.g. --api 127.0.0.1:8080)"
+    )
     assert "None" not in r.stderr
 
 
 def test_config_that_is_a_directory(tmp_path: Path) -> None:
     r = tlstrace("trace", "status", "--config", str(tmp_path))
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"tlstrace: configuration error: --config: {tmp_path}: "
-                                "Is a directory")
+    assert r.stderr.strip() == (
+        f"tlstrace: configuration error: --config: {tmp_path}: Is a directory"
+    )
 
 
 class NotTlstrace(socketserver.ThreadingTCPServer):
@@ -195,11 +230,13 @@ HTML = b"<html><body>It works!</body></html>"
 NOT_TLSTRACE = {
     "SIP server": b"SIP/2.0 400 Bad Request\r\nContent-Length: 0\r\n\r\n",
     "web server, HTML": b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: "
-                        + str(len(HTML)).encode() + b"\r\nConnection: close\r\n\r\n" + HTML,
+    + str(len(HTML)).encode()
+    + b"\r\nConnection: close\r\n\r\n"
+    + HTML,
     "web server, other JSON": b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-                              b"Content-Length: 11\r\nConnection: close\r\n\r\n{\"ok\": true}",
+    b'Content-Length: 11\r\nConnection: close\r\n\r\n{"ok": true}',
     "web server, 404 page": b"HTTP/1.1 404 Not Found\r\nContent-Type: text/html\r\n"
-                            b"Content-Length: 9\r\nConnection: close\r\n\r\nnot found",
+    b"Content-Length: 9\r\nConnection: close\r\n\r\nnot found",
 }
 
 
@@ -212,22 +249,21 @@ def test_something_that_is_not_tlstrace(answer: bytes) -> None:
             assert r.returncode == 1, r.stderr
             assert "Traceback" not in r.stderr
             (line,) = r.stderr.strip().splitlines()
-            assert line.startswith(f"tlstrace {command[0]}: not a tlstrace API at "
-                                   f"http://{server.where}"), line
+            assert line.startswith(
+                f"tlstrace {command[0]}: not a tlstrace API at http://{server.where}"
+            ), line
     finally:
         server.shutdown()
         server.server_close()
 
 
-def test_the_token_is_taken_as_the_sidecar_takes_it(sidecar: RelayProcess,
-                                                    tmp_path: Path) -> None:
+def test_the_token_is_taken_as_the_sidecar_takes_it(sidecar: RelayProcess, tmp_path: Path) -> None:
     # the file's api_token wins over TLSTRACE_API_TOKEN, in the sidecar and in the client
     config = tmp_path / "client.toml"
     config.write_text(f'api_listen = "{sidecar.config["api_listen"]}"\napi_token = "{TOKEN}"\n')
     r = tlstrace("trace", "status", "--config", str(config), token="wrong-token")
     assert r.returncode == 0, r.stderr
-    config.write_text(f'api_listen = "{sidecar.config["api_listen"]}"\n'
-                      'api_token = "stale-token"\n')
+    config.write_text(f'api_listen = "{sidecar.config["api_listen"]}"\napi_token = "stale-token"\n')
     r = tlstrace("trace", "status", "--config", str(config), token=TOKEN)
     assert r.returncode == 1
     assert f"the token in api_token of {config} was refused" in r.stderr
@@ -240,8 +276,9 @@ def test_a_token_that_could_never_authenticate(tmp_path: Path) -> None:
         config.write_text(text + "\n")
         r = tlstrace("trace", "status", "--config", str(config))
         assert r.returncode == 2
-        assert r.stderr.startswith(f"tlstrace: configuration error: {config}: api_token: "), \
+        assert r.stderr.startswith(f"tlstrace: configuration error: {config}: api_token: "), (
             r.stderr
+        )
         assert "padded" not in r.stderr and "words" not in r.stderr
     r = tlstrace("trace", "status", token="tab\tinside")
     assert r.returncode == 2
@@ -249,8 +286,10 @@ def test_a_token_that_could_never_authenticate(tmp_path: Path) -> None:
     assert "inside" not in r.stderr
 
 
-@pytest.mark.parametrize(("text", "seconds"), [("90", 90), ("90s", 90), ("10m", 600),
-                                               ("1h30m", 5400), ("1.5h", 5400), ("2m5s", 125)])
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90), ("90s", 90), ("10m", 600), ("1h30m", 5400), ("1.5h", 5400), ("2m5s", 125)],
+)
 def test_durations(text: str, seconds: float) -> None:
     from tlstrace.client import parse_duration
 

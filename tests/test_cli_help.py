@@ -18,8 +18,9 @@ from tlstrace.cli import build_parser
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def parsers(p: argparse.ArgumentParser, name: str = "tlstrace"
-            ) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+def parsers(
+    p: argparse.ArgumentParser, name: str = "tlstrace"
+) -> Iterator[tuple[str, argparse.ArgumentParser]]:
     yield name, p
     for action in p._actions:
         if isinstance(action, argparse._SubParsersAction):
@@ -49,8 +50,12 @@ def test_every_option_and_argument_has_help() -> None:
 def test_help_runs_for_every_subcommand() -> None:
     for name, _ in parsers(build_parser()):
         argv = name.split()[1:]
-        r = subprocess.run([sys.executable, "-m", "tlstrace", *argv, "--help"],
-                           capture_output=True, text=True, timeout=30)
+        r = subprocess.run(
+            [sys.executable, "-m", "tlstrace", *argv, "--help"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+        )
         assert r.returncode == 0 and r.stdout.startswith("usage: "), (name, r.stderr)
 
 
@@ -58,10 +63,22 @@ def make(*args: str) -> subprocess.CompletedProcess[str]:
     """make in the repository with this test run's virtual environment, which it must not
     rebuild (-o: the stamp counts as up to date)."""
     venv = Path(sys.prefix)
-    return subprocess.run(["make", "--no-print-directory", "-C", str(ROOT), f"VENV={venv}",
-                           "-o", f"{venv}/bin/.installed", *args],
-                          capture_output=True, text=True, timeout=60,
-                          env={**os.environ, "TLSTRACE_API_TOKEN": ""})
+    return subprocess.run(
+        [
+            "make",
+            "--no-print-directory",
+            "-C",
+            str(ROOT),
+            f"VENV={venv}",
+            "-o",
+            f"{venv}/bin/.installed",
+            *args,
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "TLSTRACE_API_TOKEN": ""},
+    )
 
 
 @pytest.mark.skipif(shutil.which("make") is None, reason="make is not installed")

@@ -30,8 +30,10 @@ def client_hello(server_hostname: str | None) -> bytes:
 
 def as_records(hello: bytes, size: int) -> bytes:
     body = hello[5:]
-    return b"".join(b"\x16\x03\x01" + struct.pack("!H", len(body[i:i + size])) + body[i:i + size]
-                    for i in range(0, len(body), size))
+    return b"".join(
+        b"\x16\x03\x01" + struct.pack("!H", len(body[i : i + size])) + body[i : i + size]
+        for i in range(0, len(body), size)
+    )
 
 
 HELLO = client_hello("a.example")
@@ -43,7 +45,7 @@ def test_the_hello_is_read_however_it_is_cut(record_size: int, cuts: list[int]) 
     reader = HelloReader()
     pos, results = 0, []
     for n in [*cuts, len(wire)]:
-        piece = wire[pos:pos + n]
+        piece = wire[pos : pos + n]
         if not piece:
             break
         pos += len(piece)
@@ -58,10 +60,12 @@ def test_the_hello_is_read_however_it_is_cut(record_size: int, cuts: list[int]) 
 def test_what_is_not_a_clienthello_goes_to_openssl() -> None:
     assert sniff(HELLO[:40]).kind is HelloKind.INCOMPLETE
     assert sniff(client_hello(None)).sni is None
-    for odd in (b"\x16\x03\x01\x00\x00",  # an empty record
-                b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",  # a ServerHello
-                b"\x16\x03\x01\x50\x00",  # a record over 16 KiB
-                as_records(HELLO, 100)[:105] + b"\x17\x03\x03\x00\x01x"):  # then app data
+    for odd in (
+        b"\x16\x03\x01\x00\x00",  # an empty record
+        b"\x16\x03\x01\x00\x04\x02\x00\x00\x00",  # a ServerHello
+        b"\x16\x03\x01\x50\x00",  # a record over 16 KiB
+        as_records(HELLO, 100)[:105] + b"\x17\x03\x03\x00\x01x",
+    ):  # then app data
         assert sniff(odd).kind is HelloKind.TLS
 
 
@@ -69,16 +73,27 @@ def test_what_is_not_a_clienthello_goes_to_openssl() -> None:
 def contexts(tmp_path_factory: pytest.TempPathFactory) -> ServerContexts:
     pki = Pki(tmp_path_factory.mktemp("pki"))
     domains = []
-    for name, sni in (("tenant-a", ["a.example"]), ("tenant-b", ["*.b.example"]),
-                      ("default", ["*"])):
+    for name, sni in (
+        ("tenant-a", ["a.example"]),
+        ("tenant-b", ["*.b.example"]),
+        ("default", ["*"]),
+    ):
         files = pki.leaf(f"{name}.example", tag=name)
-        domains.append({"name": name, "match_sip_domain": sni, "certificate": str(files.cert),
-                        "private_key": str(files.key)})
-    config = Config.model_validate({
-        "state_dir": str(Path(tmp_path_factory.mktemp("state"))),
-        "server_domain": domains,
-        "listener": [{"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}],
-    })
+        domains.append(
+            {
+                "name": name,
+                "match_sip_domain": sni,
+                "certificate": str(files.cert),
+                "private_key": str(files.key),
+            }
+        )
+    config = Config.model_validate(
+        {
+            "state_dir": str(Path(tmp_path_factory.mktemp("state"))),
+            "server_domain": domains,
+            "listener": [{"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:5060"}],
+        }
+    )
     return build_server_contexts(config, config.listener[0], "test")
 
 

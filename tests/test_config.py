@@ -17,8 +17,12 @@ def run_tlstrace(*args: str, timeout: float = 20) -> subprocess.CompletedProcess
     import tempfile
 
     state = tempfile.mkdtemp(prefix="tlstrace-state-")
-    return subprocess.run([sys.executable, "-m", "tlstrace", "run", "--state-dir", state, *args],
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "tlstrace", "run", "--state-dir", state, *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def test_defaults() -> None:
@@ -37,9 +41,16 @@ def test_flags_override_the_file(tmp_path: Path, pki: Pki) -> None:
     f = tmp_path / "c.toml"
     f.write_text('tls_port = 5071\n[[listener]]\nlisten = "tls:10.0.0.1"\n')
     files = pki.leaf("flags.example")
-    c = load_config(f, Overrides(listen=["tls:[::1]:7000", "tls:127.0.0.1"],
-                                 backend="tcp:192.0.2.1:5080", cert=files.cert, key=files.key,
-                                 ca=pki.ca_file))
+    c = load_config(
+        f,
+        Overrides(
+            listen=["tls:[::1]:7000", "tls:127.0.0.1"],
+            backend="tcp:192.0.2.1:5080",
+            cert=files.cert,
+            key=files.key,
+            ca=pki.ca_file,
+        ),
+    )
     assert [str(li.listen) for li in c.listener] == ["tls:[::1]:7000", "tls:127.0.0.1:5071"]
     assert {str(li.backend) for li in c.listener} == {"tcp:192.0.2.1:5080"}
     assert c.server_domain[0].certificate == files.cert
@@ -56,13 +67,13 @@ BAD_FILES = [
     ('[[listener]]\nlisten = "udp:1.2.3.4:5060"', "listener[0].listen"),
     ('[[listener]]\nlisten = "tcp:127.0.0.1:5070"', "listener[0].peer"),
     ('[[listener]]\nlisten = "tls:127.0.0.1:5061"\ndomains = ["x"]', "listener[0].domains"),
-    ('[[server_domain]]\nname = "default"\nclient_cert = "required"',
-     "server_domain[0].ca_list"),
+    ('[[server_domain]]\nname = "default"\nclient_cert = "required"', "server_domain[0].ca_list"),
     ('[[server_domain]]\nname = "a"', "server_domain[0].certificate"),
-    ('[[server_domain]]\nname = "default"\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"',
-     "server_domain[0].min_version"),
-    ('[[server_domain]]\nname = "default"\nmin_version = "SSLv3"',
-     "server_domain[0].min_version"),
+    (
+        '[[server_domain]]\nname = "default"\nmin_version = "TLSv1.3"\nmax_version = "TLSv1.2"',
+        "server_domain[0].min_version",
+    ),
+    ('[[server_domain]]\nname = "default"\nmin_version = "SSLv3"', "server_domain[0].min_version"),
     ("listener = [", "(syntax)"),
 ]
 
@@ -87,14 +98,17 @@ def test_bad_file_stops_startup_with_one_line(tmp_path: Path) -> None:
     assert str(f) in lines[0] and "tls_max_msg_chunks" in lines[0]
 
 
-@pytest.mark.parametrize(("args", "where"), [
-    (["--listen", "tls:999.1.1.1.1"], "--listen"),
-    (["--listen", "tls:sip.example.com:5061"], "--listen"),
-    (["--listen", "tcp:127.0.0.1:5070"], "--listen"),
-    (["--backend", "http://x"], "--backend"),
-    (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "--cert"),
-    (["--config", "/nonexistent.toml"], "--config"),
-])
+@pytest.mark.parametrize(
+    ("args", "where"),
+    [
+        (["--listen", "tls:999.1.1.1.1"], "--listen"),
+        (["--listen", "tls:sip.example.com:5061"], "--listen"),
+        (["--listen", "tcp:127.0.0.1:5070"], "--listen"),
+        (["--backend", "http://x"], "--backend"),
+        (["--cert", "/nonexistent.pem", "--key", "/nonexistent.key"], "--cert"),
+        (["--config", "/nonexistent.toml"], "--config"),
+    ],
+)
 def test_bad_flags_stop_startup(args: list[str], where: str) -> None:
     r = run_tlstrace(*args)
     assert r.returncode == 2
@@ -111,8 +125,10 @@ def test_unusable_certificate_files_stop_startup(tmp_path: Path, pki: Pki) -> No
     ]
     for (cert, key), what in cases:
         f = tmp_path / "c.toml"
-        f.write_text(f'[[server_domain]]\nname = "default"\ncertificate = "{cert}"\n'
-                     f'private_key = "{key}"\n[[listener]]\nlisten = "tls:127.0.0.1:1"\n')
+        f.write_text(
+            f'[[server_domain]]\nname = "default"\ncertificate = "{cert}"\n'
+            f'private_key = "{key}"\n[[listener]]\nlisten = "tls:127.0.0.1:1"\n'
+        )
         r = run_tlstrace("--config", str(f))
         assert r.returncode == 2, r.stderr
         assert f"server_domain[0].{what}" in r.stderr
@@ -142,11 +158,14 @@ def test_api_port_in_use_names_where_it_was_set(tmp_path: Path) -> None:
         s.bind(("127.0.0.1", 0))
         s.listen()
         busy = s.getsockname()[1]
-        flag = run_tlstrace("--listen", f"tls:127.0.0.1:{free_port()}",
-                            "--api", f"127.0.0.1:{busy}")
+        flag = run_tlstrace(
+            "--listen", f"tls:127.0.0.1:{free_port()}", "--api", f"127.0.0.1:{busy}"
+        )
         f = tmp_path / "c.toml"
-        f.write_text(f'api_listen = "127.0.0.1:{busy}"\n[[listener]]\n'
-                     f'listen = "tls:127.0.0.1:{free_port()}"\n')
+        f.write_text(
+            f'api_listen = "127.0.0.1:{busy}"\n[[listener]]\n'
+            f'listen = "tls:127.0.0.1:{free_port()}"\n'
+        )
         file = run_tlstrace("--config", str(f))
     assert flag.returncode == 2 and file.returncode == 2
     assert f"--api: api_listen: cannot listen on 127.0.0.1:{busy}" in flag.stderr, flag.stderr
@@ -159,14 +178,23 @@ def test_hep_id_name_is_optional_in_the_file_too(tmp_path: Path) -> None:
     from tlstrace.preflight import build_senders
 
     f = tmp_path / "c.toml"
-    f.write_text('hep_id = ["10.0.0.5:9060;transport=udp", "[homer]10.0.0.6", "[::1]:9061",\n'
-                 '          "[hep1]10.0.0.7;transport=tcp"]\n')
+    f.write_text(
+        'hep_id = ["10.0.0.5:9060;transport=udp", "[homer]10.0.0.6", "[::1]:9061",\n'
+        '          "[hep1]10.0.0.7;transport=tcp"]\n'
+    )
     c = load_config(f)
-    assert c.hep_id == ["[hep2]10.0.0.5:9060;transport=udp", "[homer]10.0.0.6",
-                        "[hep3][::1]:9061", "[hep1]10.0.0.7;transport=tcp"]
+    assert c.hep_id == [
+        "[hep2]10.0.0.5:9060;transport=udp",
+        "[homer]10.0.0.6",
+        "[hep3][::1]:9061",
+        "[hep1]10.0.0.7;transport=tcp",
+    ]
     senders = {s.dest.name: s.dest for s in build_senders(c)}
     assert (senders["hep2"].host, senders["hep3"].host, senders["hep3"].port) == (
-        "10.0.0.5", "::1", 9061)
+        "10.0.0.5",
+        "::1",
+        9061,
+    )
     # --hep adds to them, the names never clash
     c = load_config(f, Overrides(hep=["192.0.2.1", "[trunk]192.0.2.2"]))
     assert c.hep_id[4:] == ["[hep4]192.0.2.1", "[trunk]192.0.2.2"]
@@ -180,8 +208,7 @@ def test_hep_id_name_is_optional_in_the_file_too(tmp_path: Path) -> None:
 
 def test_trace_destination_may_be_one_string(tmp_path: Path) -> None:
     f = tmp_path / "c.toml"
-    f.write_text('hep_id = ["[homer]10.0.0.5", "[backup]10.0.0.6"]\n'
-                 'trace_destination = "homer"\n')
+    f.write_text('hep_id = ["[homer]10.0.0.5", "[backup]10.0.0.6"]\ntrace_destination = "homer"\n')
     c = load_config(f)
     assert c.trace_destination == ["homer"]
     from tlstrace.preflight import build_senders

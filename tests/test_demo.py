@@ -17,8 +17,13 @@ def demo_env(tmp: Path) -> dict[str, str]:
 
 
 def test_demo_shows_the_whole_loop(tmp_path: Path) -> None:
-    r = subprocess.run([sys.executable, "-m", "tlstrace", "demo", "--keep"],
-                       capture_output=True, text=True, timeout=60, env=demo_env(tmp_path))
+    r = subprocess.run(
+        [sys.executable, "-m", "tlstrace", "demo", "--keep"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=demo_env(tmp_path),
+    )
     assert r.returncode == 0, r.stderr
     out = r.stdout
     assert "call 1 over TLSv1.2" in out and "call 2 over TLSv1.3" in out
@@ -41,8 +46,13 @@ def files_line(line: str) -> Path | None:
 
 
 def test_demo_says_where_its_files_are_and_removes_them(tmp_path: Path) -> None:
-    proc = subprocess.Popen([sys.executable, "-m", "tlstrace", "demo"], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True, env=demo_env(tmp_path))
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlstrace", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=demo_env(tmp_path),
+    )
     assert proc.stdout is not None
     where = None
     seen_during_the_run: set[str] = set()
@@ -59,9 +69,13 @@ def test_demo_says_where_its_files_are_and_removes_them(tmp_path: Path) -> None:
 
 def test_demo_removes_its_files_when_stopped(tmp_path: Path) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
-        proc = subprocess.Popen([sys.executable, "-m", "tlstrace", "demo"],
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                env=demo_env(tmp_path))
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tlstrace", "demo"],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=demo_env(tmp_path),
+        )
         assert proc.stdout is not None
         where = None
         for line in proc.stdout:

@@ -67,8 +67,16 @@ def test_the_hep_listen_fields_are_the_ones_it_prints() -> None:
     from hep.listen import Received, error_json, packet_json
 
     para = README.split("Each line `hep-listen` prints", 1)[1].split("\n\n", 1)[0]
-    packet = HepPacket(src_ip="192.0.2.1", dst_ip="192.0.2.2", src_port=5061, dst_port=5060,
-                       ts_sec=1, ts_usec=0, ip_proto=6, payload=b"x")
+    packet = HepPacket(
+        src_ip="192.0.2.1",
+        dst_ip="192.0.2.2",
+        src_port=5061,
+        dst_port=5060,
+        ts_sec=1,
+        ts_usec=0,
+        ip_proto=6,
+        payload=b"x",
+    )
     info = Received("udp", ("127.0.0.1", 9), 10, 0.0)
     documented = re.findall(r"`([a-z_]+)`", para.split("Data that is not", 1)[0])
     printed = list(packet_json(packet, info))

@@ -70,8 +70,12 @@ def test_bad_content_lengths_are_errors() -> None:
 def test_two_length_headers_are_ambiguous_even_when_equal() -> None:
     """Kamailio, OpenSIPS and pjsip take the first, chan_sip the long form wherever it is,
     sofia-sip refuses the message: any second length header is refused."""
-    for lines in (b"Content-Length: 0\r\nl: 5", b"Content-Length: 5\r\nl: 5",
-                  b"Content-Length: 5\r\nContent-Length: 5", b"l: 5\r\nL: 5"):
+    for lines in (
+        b"Content-Length: 0\r\nl: 5",
+        b"Content-Length: 5\r\nl: 5",
+        b"Content-Length: 5\r\nContent-Length: 5",
+        b"l: 5\r\nL: 5",
+    ):
         msg = b"OPTIONS sip:x SIP/2.0\r\n" + lines + b"\r\n\r\nhello"
         assert errors(SipFramer().feed(msg)) == [FramingErrorKind.AMBIGUOUS_LENGTH], lines
 
@@ -115,17 +119,24 @@ def test_start_line_that_reads_as_a_length() -> None:
 
 
 def test_forms_every_server_reads_the_same_pass() -> None:
-    for lines in (b"Content-Length: 5", b"content-length:5", b"CONTENT-LENGTH:\t 5 \t",
-                  b"l: 5", b"L:5", b"Content-Length: 0005", b"Subject: a\r\n b\r\nl: 5",
-                  b"X-Content-Length: 9\r\nl: 5", b"Lines: 9\r\nl: 5"):
+    for lines in (
+        b"Content-Length: 5",
+        b"content-length:5",
+        b"CONTENT-LENGTH:\t 5 \t",
+        b"l: 5",
+        b"L:5",
+        b"Content-Length: 0005",
+        b"Subject: a\r\n b\r\nl: 5",
+        b"X-Content-Length: 9\r\nl: 5",
+        b"Lines: 9\r\nl: 5",
+    ):
         msg = b"OPTIONS sip:x SIP/2.0\r\n" + lines + b"\r\n\r\nhello"
         assert messages(SipFramer().feed(msg)) == [msg], lines
 
 
 def test_too_large_declared_and_too_large_headers() -> None:
     framer = SipFramer(max_msg_size=2000)
-    assert errors(framer.feed(request("MESSAGE", body=b"x" * 2000))) == [
-        FramingErrorKind.TOO_LARGE]
+    assert errors(framer.feed(request("MESSAGE", body=b"x" * 2000))) == [FramingErrorKind.TOO_LARGE]
     endless = b"OPTIONS sip:x SIP/2.0\r\n" + b"X-Pad: yyyyyyyyyy\r\n" * 200
     assert errors(SipFramer(max_msg_size=2000).feed(endless)) == [FramingErrorKind.TOO_LARGE]
 
@@ -158,8 +169,12 @@ def test_chunk_limit() -> None:
     msg = request("INVITE", body=b"v=0\r\n" * 40)
     framer = SipFramer(max_chunks=4)
     quarter = len(msg) // 4
-    parts = [msg[:quarter], msg[quarter : 2 * quarter], msg[2 * quarter : 3 * quarter],
-             msg[3 * quarter :]]
+    parts = [
+        msg[:quarter],
+        msg[quarter : 2 * quarter],
+        msg[2 * quarter : 3 * quarter],
+        msg[3 * quarter :],
+    ]
     assert messages(feed_all(framer, *parts)) == [msg]  # 3 incomplete reads: fine
     five = [msg[i * len(msg) // 5 : (i + 1) * len(msg) // 5] for i in range(5)]
     assert errors(feed_all(SipFramer(max_chunks=4), *five)) == [FramingErrorKind.TOO_MANY_CHUNKS]

@@ -30,19 +30,35 @@ def test_defaults_are_cheap_elliptic_curves() -> None:
     assert groups.finite_field(["X25519", "ffdhe8192"]) == ["ffdhe8192"]
 
 
-@pytest.mark.parametrize(("text", "key", "words"), [
-    ('[[server_domain]]\nname = "default"\ngroups = ["X25519", "ffdhe9999"]',
-     "server_domain[0].groups", "'ffdhe9999' is not a group"),
-    ('[[server_domain]]\nname = "default"\ngroups = []', "server_domain[0].groups", "empty"),
-    ('[[server_domain]]\nname = "default"\ngroups = ["P-256", "prime256v1"]',
-     "server_domain[0].groups", "twice"),
-    ('[[server_domain]]\nname = "default"\ngroups = ["X25519:P-256"]',
-     "server_domain[0].groups", "not a group"),
-    ('[[client_domain]]\nname = "trunk"\ngroups = ["curve25519"]', "client_domain[0].groups",
-     "not a group"),
-])
-def test_a_bad_group_names_the_key_and_the_file(tmp_path: Path, text: str, key: str,
-                                                words: str) -> None:
+@pytest.mark.parametrize(
+    ("text", "key", "words"),
+    [
+        (
+            '[[server_domain]]\nname = "default"\ngroups = ["X25519", "ffdhe9999"]',
+            "server_domain[0].groups",
+            "'ffdhe9999' is not a group",
+        ),
+        ('[[server_domain]]\nname = "default"\ngroups = []', "server_domain[0].groups", "empty"),
+        (
+            '[[server_domain]]\nname = "default"\ngroups = ["P-256", "prime256v1"]',
+            "server_domain[0].groups",
+            "twice",
+        ),
+        (
+            '[[server_domain]]\nname = "default"\ngroups = ["X25519:P-256"]',
+            "server_domain[0].groups",
+            "not a group",
+        ),
+        (
+            '[[client_domain]]\nname = "trunk"\ngroups = ["curve25519"]',
+            "client_domain[0].groups",
+            "not a group",
+        ),
+    ],
+)
+def test_a_bad_group_names_the_key_and_the_file(
+    tmp_path: Path, text: str, key: str, words: str
+) -> None:
     f = tmp_path / "bad.toml"
     f.write_text(text + "\n")
     with pytest.raises(ConfigError) as e:
@@ -56,9 +72,21 @@ def test_a_bad_group_names_the_key_and_the_file(tmp_path: Path, text: str, key: 
 def test_a_bad_group_stops_startup_with_one_line(tmp_path: Path, command: str) -> None:
     f = tmp_path / "bad.toml"
     f.write_text('[[server_domain]]\nname = "default"\ngroups = ["X25519", "P-265"]\n')
-    r = subprocess.run([sys.executable, "-m", "tlstrace", command, "--state-dir",
-                        str(tmp_path / "state"), "--config", str(f)],
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tlstrace",
+            command,
+            "--state-dir",
+            str(tmp_path / "state"),
+            "--config",
+            str(f),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 2
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1, r.stderr
@@ -69,11 +97,20 @@ def test_domains_sharing_a_listener_may_differ(pki: Pki) -> None:
     # the domain is chosen from the ClientHello's SNI before OpenSSL reads the key share
     # (tests/hardening/test_key_exchange.py checks it over the wire)
     b = pki.leaf("b.example")
-    c = validate({"server_domain": [
-        {"name": "default", "groups": ["P-384"]},
-        {"name": "b", "certificate": str(b.cert), "private_key": str(b.key),
-         "match_sip_domain": ["b.example"]},
-    ]}, "c.toml")
+    c = validate(
+        {
+            "server_domain": [
+                {"name": "default", "groups": ["P-384"]},
+                {
+                    "name": "b",
+                    "certificate": str(b.cert),
+                    "private_key": str(b.key),
+                    "match_sip_domain": ["b.example"],
+                },
+            ]
+        },
+        "c.toml",
+    )
     assert [d.groups for d in c.server_domain] == [["P-384"], DEFAULT]
 
 
@@ -132,8 +169,9 @@ def _client(curve: str, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> ssl
 
 @pytest.mark.parametrize("group", ["X25519", "prime256v1", "secp384r1"])
 @pytest.mark.parametrize("version", [ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2])
-def test_the_default_groups_negotiate(server_ctx: ssl.SSLContext, group: str,
-                                      version: ssl.TLSVersion) -> None:
+def test_the_default_groups_negotiate(
+    server_ctx: ssl.SSLContext, group: str, version: ssl.TLSVersion
+) -> None:
     assert _handshake(server_ctx, _client(group, version)) is None
 
 
@@ -141,26 +179,32 @@ def test_the_default_groups_negotiate(server_ctx: ssl.SSLContext, group: str,
 def test_other_groups_fail_the_handshake(server_ctx: ssl.SSLContext, group: str) -> None:
     assert _handshake(server_ctx, _client(group)) == HandshakeFailure.NO_SHARED_GROUP.value
     if not group.startswith("ffdhe"):  # TLS 1.2 has no ECDHE curve left: no cipher either
-        assert _handshake(server_ctx, _client(group, ssl.TLSVersion.TLSv1_2)) == \
-            HandshakeFailure.NO_SHARED_CIPHER.value
+        assert (
+            _handshake(server_ctx, _client(group, ssl.TLSVersion.TLSv1_2))
+            == HandshakeFailure.NO_SHARED_CIPHER.value
+        )
 
 
 def test_a_domain_may_ask_for_finite_field_groups(pki: Pki, tmp_path: Path) -> None:
     files = pki.leaf("localhost", names=["localhost"])
-    domain = ServerDomain(name="default", certificate=files.cert, private_key=files.key,
-                          groups=["ffdhe2048"])
-    ctx = build_server_identity(Config(state_dir=tmp_path), domain, "server_domain[0]",
-                                "test").context
+    domain = ServerDomain(
+        name="default", certificate=files.cert, private_key=files.key, groups=["ffdhe2048"]
+    )
+    ctx = build_server_identity(
+        Config(state_dir=tmp_path), domain, "server_domain[0]", "test"
+    ).context
     assert _handshake(ctx, _client("ffdhe2048")) is None
     assert _handshake(ctx, _client("X25519")) == HandshakeFailure.NO_SHARED_GROUP.value
 
 
 def test_client_domains_offer_their_groups(server_ctx: ssl.SSLContext) -> None:
-    only_x448 = build_client_context(ClientDomain(name="t", verify_cert=False, groups=["X448"]),
-                                     "client_domain[0]", "test")
+    only_x448 = build_client_context(
+        ClientDomain(name="t", verify_cert=False, groups=["X448"]), "client_domain[0]", "test"
+    )
     assert _handshake(server_ctx, only_x448) == HandshakeFailure.NO_SHARED_GROUP.value
-    default = build_client_context(ClientDomain(name="t", verify_cert=False),
-                                   "client_domain[0]", "test")
+    default = build_client_context(
+        ClientDomain(name="t", verify_cert=False), "client_domain[0]", "test"
+    )
     assert _handshake(server_ctx, default) is None
 
 
@@ -186,8 +230,10 @@ def test_an_ssl_module_laid_out_otherwise_stops_startup(monkeypatch: pytest.Monk
     monkeypatch.setattr(groups, "_lib", unusable)
     monkeypatch.setattr(groups, "_good", set())
     with pytest.raises(ConfigError) as e:
-        validate({"server_domain": [{"name": "default"}],
-                  "client_domain": [{"name": "default"}]}, "c.toml")
+        validate(
+            {"server_domain": [{"name": "default"}], "client_domain": [{"name": "default"}]},
+            "c.toml",
+        )
     assert e.value.key == "server_domain[0].groups"
     assert "layout" in e.value.problem
     with pytest.raises(ConfigError) as e:
@@ -195,6 +241,9 @@ def test_an_ssl_module_laid_out_otherwise_stops_startup(monkeypatch: pytest.Monk
     assert e.value.key == "groups"
     # and building a context (names checked before) fails the same way
     with pytest.raises(ConfigError) as e:
-        groups.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), ["X25519"],
-                     lambda why: ConfigError("c.toml", "server_domain[0].groups", why))
+        groups.apply(
+            ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER),
+            ["X25519"],
+            lambda why: ConfigError("c.toml", "server_domain[0].groups", why),
+        )
     assert "layout" in e.value.problem

@@ -21,8 +21,9 @@ from tlstrace.config.load import validate
 from tlstrace.preflight import sender_for
 from tlstrace.tls.groups import set_groups
 
-PACKET = PacketTemplate(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060,
-                        ip_proto=6).encode(1700000000, 0, b"OPTIONS sip:x SIP/2.0\r\n\r\n")
+PACKET = PacketTemplate(
+    src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060, ip_proto=6
+).encode(1700000000, 0, b"OPTIONS sip:x SIP/2.0\r\n\r\n")
 
 
 async def until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
@@ -34,13 +35,17 @@ async def until(check: Callable[[], bool], timeout: float = 15.0) -> bool:
     return True
 
 
-@pytest.mark.parametrize(("accepted", "verify", "works"), [
-    (["ffdhe8192"], True, False),
-    (["ffdhe8192"], False, False),
-    (["X25519"], True, True),
-])
-def test_hep_over_tls_offers_only_tlstrace_groups(pki: Pki, accepted: list[str], verify: bool,
-                                                  works: bool) -> None:
+@pytest.mark.parametrize(
+    ("accepted", "verify", "works"),
+    [
+        (["ffdhe8192"], True, False),
+        (["ffdhe8192"], False, False),
+        (["X25519"], True, True),
+    ],
+)
+def test_hep_over_tls_offers_only_tlstrace_groups(
+    pki: Pki, accepted: list[str], verify: bool, works: bool
+) -> None:
     leaf = pki.leaf("127.0.0.1", names=["127.0.0.1"], tag="hep-groups")
 
     async def scenario() -> None:
@@ -49,8 +54,9 @@ def test_hep_over_tls_offers_only_tlstrace_groups(pki: Pki, accepted: list[str],
         set_groups(col._ssl, accepted)  # the collector accepts only these
         await col.start()
         hep_id = f"[c]127.0.0.1:{col.port};transport=tls"
-        config = validate({"hep_id": [hep_id], "hep_ca_list": str(pki.ca_file),
-                           "hep_verify_cert": verify}, "test")
+        config = validate(
+            {"hep_id": [hep_id], "hep_ca_list": str(pki.ca_file), "hep_verify_cert": verify}, "test"
+        )
         sender = sender_for(config, parse_hep_id(hep_id))
         await sender.start()
         sender.send(PACKET)

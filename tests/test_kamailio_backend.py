@@ -25,18 +25,24 @@ def kamailio(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Kamaili
 
 
 def register(client: TlsClient, user: str, expires: int = 600) -> bytes:
-    req = request("REGISTER", f"reg-{user}@t", uri="sip:example.com", headers=[
-        f"Contact: <sip:{user}@192.0.2.10:5061;transport=tls>", f"Expires: {expires}"])
+    req = request(
+        "REGISTER",
+        f"reg-{user}@t",
+        uri="sip:example.com",
+        headers=[f"Contact: <sip:{user}@192.0.2.10:5061;transport=tls>", f"Expires: {expires}"],
+    )
     req = req.replace(b"To: <sip:bob@example.com>", f"To: <sip:{user}@example.com>".encode())
     client.send(req)
     return client.recv_messages(1)[0]
 
 
-def test_register_then_call_through_kamailio(relay_factory: Callable[..., RelayProcess],
-                                             kamailio: KamailioSip) -> None:
+def test_register_then_call_through_kamailio(
+    relay_factory: Callable[..., RelayProcess], kamailio: KamailioSip
+) -> None:
     proxied = "tcp_accept_haproxy" in kamailio.cfg.read_text()
-    relay = relay_factory({"listener": [RelayProcess.tls_listener(
-        kamailio.port, proxy_protocol=proxied)]})
+    relay = relay_factory(
+        {"listener": [RelayProcess.tls_listener(kamailio.port, proxy_protocol=proxied)]}
+    )
     with TlsClient(relay.port()) as alice, TlsClient(relay.port()) as bob:
         options = request("OPTIONS", "opt@t")
         bob.send(options)
@@ -50,13 +56,21 @@ def test_register_then_call_through_kamailio(relay_factory: Callable[..., RelayP
             port = alice.local_port
             swapped = int.from_bytes(port.to_bytes(2, "big"), "little")
             log = kamailio.wait_log("KAM REGISTER from")
-            assert (f"KAM REGISTER from 127.0.0.1:{port} " in log
-                    or f"KAM REGISTER from 127.0.0.1:{swapped} " in log), log
+            assert (
+                f"KAM REGISTER from 127.0.0.1:{port} " in log
+                or f"KAM REGISTER from 127.0.0.1:{swapped} " in log
+            ), log
 
-        invite = request("INVITE", "call-1@t", uri="sip:alice@example.com",
-                         body=b"v=0\r\no=- 1 1 IN IP4 192.0.2.20\r\n",
-                         headers=["Contact: <sip:bob@192.0.2.20:5061;transport=tls>",
-                                  "Content-Type: application/sdp"])
+        invite = request(
+            "INVITE",
+            "call-1@t",
+            uri="sip:alice@example.com",
+            body=b"v=0\r\no=- 1 1 IN IP4 192.0.2.20\r\n",
+            headers=[
+                "Contact: <sip:bob@192.0.2.20:5061;transport=tls>",
+                "Content-Type: application/sdp",
+            ],
+        )
         bob.send(invite)
         (arrived,) = alice.recv_messages(1)  # Kamailio -> relay -> alice, over TLS
         assert arrived.startswith(b"INVITE sip:alice@192.0.2.10:5061;transport=tls SIP/2.0")
@@ -65,8 +79,11 @@ def test_register_then_call_through_kamailio(relay_factory: Callable[..., RelayP
         # alice answers; the answer travels back through relay, Kamailio, relay to bob
         alice.send(response_to(arrived, 180, "Ringing"))
         alice.send(response_to(arrived, 200, "OK"))
-        statuses = [m.split(b"\r\n")[0] for m in bob.recv_messages(2, timeout=15)
-                    if not m.startswith(b"SIP/2.0 100")]
+        statuses = [
+            m.split(b"\r\n")[0]
+            for m in bob.recv_messages(2, timeout=15)
+            if not m.startswith(b"SIP/2.0 100")
+        ]
         while len(statuses) < 2:
             m = bob.recv_messages(1)[0]
             if not m.startswith(b"SIP/2.0 100"):
@@ -75,15 +92,21 @@ def test_register_then_call_through_kamailio(relay_factory: Callable[..., RelayP
 
 
 def test_a_registered_phone_stays_reachable_past_the_idle_lifetime(
-        relay_factory: Callable[..., RelayProcess], tmp_path: Path) -> None:
+    relay_factory: Callable[..., RelayProcess], tmp_path: Path
+) -> None:
     """A phone that registers for longer than tcp_connection_lifetime and sends nothing else
     (baresip registering every 600 s without keep-alives): its connection stays open until
     the registration Kamailio granted expires (plus registration_margin), so Kamailio can
     still route calls to it; a connection without a registration idles out as before."""
     kamailio = KamailioSip(tmp_path / "kamailio")
     try:
-        relay = relay_factory({"tcp_connection_lifetime": 1.0, "registration_margin": 1.0,
-                               "listener": [RelayProcess.tls_listener(kamailio.port)]})
+        relay = relay_factory(
+            {
+                "tcp_connection_lifetime": 1.0,
+                "registration_margin": 1.0,
+                "listener": [RelayProcess.tls_listener(kamailio.port)],
+            }
+        )
         with TlsClient(relay.port()) as alice, TlsClient(relay.port()) as idle:
             idle.send(request("OPTIONS", "opt@t"))
             idle.recv_messages(1)
@@ -94,8 +117,15 @@ def test_a_registered_phone_stays_reachable_past_the_idle_lifetime(
             [conn] = httpx.get(f"{relay.api_url}/api/connections", timeout=5).json()
             assert 0 < conn["registered_for_seconds"] <= 6
             with TlsClient(relay.port()) as bob:
-                bob.send(request("MESSAGE", "msg-1@t", uri="sip:alice@example.com",
-                                 body=b"still there?", headers=["Content-Type: text/plain"]))
+                bob.send(
+                    request(
+                        "MESSAGE",
+                        "msg-1@t",
+                        uri="sip:alice@example.com",
+                        body=b"still there?",
+                        headers=["Content-Type: text/plain"],
+                    )
+                )
                 (arrived,) = alice.recv_messages(1)  # Kamailio -> relay -> alice
                 assert b"Call-ID: msg-1@t" in arrived
                 alice.send(response_to(arrived))

@@ -26,8 +26,9 @@ def test_startup_log_says_what_and_where(relay: RelayProcess, backend: SipBacken
     assert f"relaying to tcp:127.0.0.1:{backend.port}" in log
 
 
-def test_generated_certificate_is_kept_and_reused(relay_factory: Factory, backend: SipBackend,
-                                                  tmp_path: Path) -> None:
+def test_generated_certificate_is_kept_and_reused(
+    relay_factory: Factory, backend: SipBackend, tmp_path: Path
+) -> None:
     state = tmp_path / "state"
     cfg = {"state_dir": str(state), "listener": [RelayProcess.tls_listener(backend.port)]}
     first = relay_factory(cfg)
@@ -42,8 +43,9 @@ def test_generated_certificate_is_kept_and_reused(relay_factory: Factory, backen
 
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
-def test_graceful_shutdown_flushes_in_flight_messages(relay: RelayProcess, backend: SipBackend,
-                                                      sig: signal.Signals) -> None:
+def test_graceful_shutdown_flushes_in_flight_messages(
+    relay: RelayProcess, backend: SipBackend, sig: signal.Signals
+) -> None:
     backend.answer = False
     client = TlsClient(relay.port())
     msgs = [request("MESSAGE", f"m{i}@t", i + 1, b"x" * 2000) for i in range(200)]
@@ -58,8 +60,9 @@ def test_graceful_shutdown_flushes_in_flight_messages(relay: RelayProcess, backe
 
 def test_shutdown_is_bounded(relay_factory: Factory, backend: SipBackend) -> None:
     """A client that reads nothing cannot hold the process past shutdown_timeout."""
-    relay = relay_factory({"shutdown_timeout": 1.0,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"shutdown_timeout": 1.0, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     with TlsClient(relay.port()) as client:
         client.send(request())
         backend.wait_messages(1)
@@ -72,19 +75,22 @@ def test_shutdown_is_bounded(relay_factory: Factory, backend: SipBackend) -> Non
         assert time.monotonic() - started < 10
 
 
-def test_reload_swaps_certificates_for_new_connections(relay_factory: Factory,
-                                                       backend: SipBackend, pki: Pki,
-                                                       tmp_path: Path) -> None:
+def test_reload_swaps_certificates_for_new_connections(
+    relay_factory: Factory, backend: SipBackend, pki: Pki, tmp_path: Path
+) -> None:
     first = pki.leaf("first.example")
     second = pki.leaf("second.example")
     cert, key = tmp_path / "live.crt", tmp_path / "live.key"
     shutil.copy(first.cert, cert)
     shutil.copy(first.key, key)
-    relay = relay_factory({
-        "server_domain": [{"name": "default", "certificate": str(cert),
-                           "private_key": str(key)}],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [
+                {"name": "default", "certificate": str(cert), "private_key": str(key)}
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     old = TlsClient(relay.port())
     assert peer_cn(old) == "first.example"
     old.send(request(call_id="old1"))

@@ -53,8 +53,9 @@ def json_lines(text: str) -> list[dict[str, Any]]:
     return records
 
 
-def api_call(relay: RelayProcess, method: str, path: str,
-             body: dict[str, str] | None = None) -> tuple[int, str]:
+def api_call(
+    relay: RelayProcess, method: str, path: str, body: dict[str, str] | None = None
+) -> tuple[int, str]:
     """One API request; returns the status and the client's HOST:PORT as the relay saw it."""
     host, port = relay.config["api_listen"].rsplit(":", 1)
     conn = http.client.HTTPConnection(host, int(port), timeout=10)
@@ -76,9 +77,14 @@ def find(records: list[dict[str, Any]], text: str) -> dict[str, Any]:
 
 
 def test_json_log_every_line_an_object_with_fields_and_who_switched(
-        relay_factory: Factory, backend: SipBackend, sink: HepSink) -> None:
-    config = {"log_format": "json", "trace_on": True, "hep_id": [sink.hep_id],
-              "listener": [RelayProcess.tls_listener(backend.port)]}
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    config = {
+        "log_format": "json",
+        "trace_on": True,
+        "hep_id": [sink.hep_id],
+        "listener": [RelayProcess.tls_listener(backend.port)],
+    }
     relay = relay_factory(config)
     path = relay.config_path
     relay.wait_log("tracing on from start-up")
@@ -149,10 +155,24 @@ def test_json_flag_and_embedded_defaults(tmp_path: Path) -> None:
     log_path = tmp_path / "log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "tlstrace", "run", "--log-format", "json",
-             "--listen", f"tls:127.0.0.1:{tls}", "--api", f"127.0.0.1:{api}",
-             "--state-dir", str(tmp_path / "state")],
-            stdout=log, stderr=subprocess.STDOUT, env={**os.environ})
+            [
+                sys.executable,
+                "-m",
+                "tlstrace",
+                "run",
+                "--log-format",
+                "json",
+                "--listen",
+                f"tls:127.0.0.1:{tls}",
+                "--api",
+                f"127.0.0.1:{api}",
+                "--state-dir",
+                str(tmp_path / "state"),
+            ],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ},
+        )
         try:
             wait_port("127.0.0.1", api)
             deadline = time.monotonic() + 10  # SIGTERM is handled once start-up is over
@@ -167,10 +187,12 @@ def test_json_flag_and_embedded_defaults(tmp_path: Path) -> None:
     assert records[0]["message"].endswith("configuration: embedded defaults")
 
 
-def test_text_log_start_line_and_switch(relay_factory: Factory, backend: SipBackend,
-                                        sink: HepSink) -> None:
-    relay = relay_factory({"hep_id": [sink.hep_id],
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_text_log_start_line_and_switch(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = relay_factory(
+        {"hep_id": [sink.hep_id], "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     status, client = api_call(relay, "PUT", "/api/trace", {"tracing": "on"})
     assert status == 200
     log = relay.wait_log(f"tracing switched on by API client {client}")
@@ -187,6 +209,10 @@ def test_log_format_is_checked(tmp_path: Path) -> None:
         load_config(path)
     assert str(e.value).startswith(f"{path}: log_format: ")
     assert "'text' or 'json'" in str(e.value)
-    r = subprocess.run([sys.executable, "-m", "tlstrace", "run", "--log-format", "xml"],
-                       capture_output=True, text=True, timeout=20)
+    r = subprocess.run(
+        [sys.executable, "-m", "tlstrace", "run", "--log-format", "xml"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
     assert r.returncode == 2 and "--log-format: invalid choice: 'xml'" in r.stderr

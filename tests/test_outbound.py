@@ -20,8 +20,9 @@ from tlstrace.sip.framing import Message, SipFramer
 Factory = Callable[..., RelayProcess]
 
 
-def peer_context(pki: Pki, cn: str = "peer.example", *, require_client: bool = True,
-                 untrusted: bool = False) -> ssl.SSLContext:
+def peer_context(
+    pki: Pki, cn: str = "peer.example", *, require_client: bool = True, untrusted: bool = False
+) -> ssl.SSLContext:
     files = pki.leaf(cn, names=[cn, "127.0.0.1"], untrusted=untrusted, tag=f"peer-{cn}")
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(files.cert, files.key)
@@ -69,21 +70,33 @@ class LocalSipServer:
 
 def client_domain(pki: Pki, name: str, **extra: Any) -> dict[str, Any]:
     files = pki.leaf(f"{name}.client.example", client=True, tag=f"client-{name}")
-    return {"name": name, "certificate": str(files.cert), "private_key": str(files.key),
-            "ca_list": str(pki.ca_file), **extra}
+    return {
+        "name": name,
+        "certificate": str(files.cert),
+        "private_key": str(files.key),
+        "ca_list": str(pki.ca_file),
+        **extra,
+    }
 
 
 def tcp_listener(peer_port: int, domain: str = "default", **extra: Any) -> dict[str, Any]:
-    return {"listen": f"tcp:127.0.0.1:{free_port()}", "peer": f"tls:127.0.0.1:{peer_port}",
-            "client_domain": domain, **extra}
+    return {
+        "listen": f"tcp:127.0.0.1:{free_port()}",
+        "peer": f"tls:127.0.0.1:{peer_port}",
+        "client_domain": domain,
+        **extra,
+    }
 
 
 def test_relays_to_the_peer_with_verification_and_client_cert(
-        relay_factory: Factory, peer: SipBackend, pki: Pki) -> None:
-    relay = relay_factory({
-        "client_domain": [client_domain(pki, "default", server_name="peer.example")],
-        "listener": [tcp_listener(peer.port)],
-    })
+    relay_factory: Factory, peer: SipBackend, pki: Pki
+) -> None:
+    relay = relay_factory(
+        {
+            "client_domain": [client_domain(pki, "default", server_name="peer.example")],
+            "listener": [tcp_listener(peer.port)],
+        }
+    )
     local = LocalSipServer(relay.port())
     invite = request("INVITE", "out@t", body=b"v=0\r\n")
     local.send(invite)
@@ -96,12 +109,15 @@ def test_relays_to_the_peer_with_verification_and_client_cert(
     local.close()
 
 
-def test_peer_hostname_mismatch_is_refused(relay_factory: Factory, peer: SipBackend,
-                                           pki: Pki) -> None:
-    relay = relay_factory({
-        "client_domain": [client_domain(pki, "default", server_name="wrong.example")],
-        "listener": [tcp_listener(peer.port)],
-    })
+def test_peer_hostname_mismatch_is_refused(
+    relay_factory: Factory, peer: SipBackend, pki: Pki
+) -> None:
+    relay = relay_factory(
+        {
+            "client_domain": [client_domain(pki, "default", server_name="wrong.example")],
+            "listener": [tcp_listener(peer.port)],
+        }
+    )
     local = LocalSipServer(relay.port())
     local.send(request("OPTIONS", "mismatch@t"))
     relay.wait_log("handshake failed: hostname_mismatch")
@@ -111,10 +127,12 @@ def test_peer_hostname_mismatch_is_refused(relay_factory: Factory, peer: SipBack
 
 def test_untrusted_peer_is_refused(relay_factory: Factory, pki: Pki) -> None:
     with SipBackend(ssl_context=peer_context(pki, "rogue.example", untrusted=True)) as rogue:
-        relay = relay_factory({
-            "client_domain": [client_domain(pki, "default", server_name="rogue.example")],
-            "listener": [tcp_listener(rogue.port)],
-        })
+        relay = relay_factory(
+            {
+                "client_domain": [client_domain(pki, "default", server_name="rogue.example")],
+                "listener": [tcp_listener(rogue.port)],
+            }
+        )
         local = LocalSipServer(relay.port())
         local.send(request("OPTIONS", "rogue@t"))
         relay.wait_log("handshake failed: unknown_ca")
@@ -122,12 +140,15 @@ def test_untrusted_peer_is_refused(relay_factory: Factory, pki: Pki) -> None:
         local.close()
 
 
-def test_connections_are_reused_per_destination(relay_factory: Factory, peer: SipBackend,
-                                                pki: Pki) -> None:
-    relay = relay_factory({
-        "client_domain": [client_domain(pki, "default", server_name="peer.example")],
-        "listener": [tcp_listener(peer.port)],
-    })
+def test_connections_are_reused_per_destination(
+    relay_factory: Factory, peer: SipBackend, pki: Pki
+) -> None:
+    relay = relay_factory(
+        {
+            "client_domain": [client_domain(pki, "default", server_name="peer.example")],
+            "listener": [tcp_listener(peer.port)],
+        }
+    )
     locals_ = [LocalSipServer(relay.port()) for _ in range(3)]
     for i, local in enumerate(locals_):
         req = request("OPTIONS", f"reuse{i}@t")
@@ -141,16 +162,21 @@ def test_connections_are_reused_per_destination(relay_factory: Factory, peer: Si
     assert len(peer.conns[0].messages) == 4
 
 
-def test_reuse_check_separates_client_domains(relay_factory: Factory, peer: SipBackend,
-                                              pki: Pki) -> None:
+def test_reuse_check_separates_client_domains(
+    relay_factory: Factory, peer: SipBackend, pki: Pki
+) -> None:
     def run(check: bool) -> int:
         before = len(peer.conns)
-        relay = relay_factory({
-            "cert_check_on_conn_reusage": check,
-            "client_domain": [client_domain(pki, "one", server_name="peer.example"),
-                              client_domain(pki, "two", server_name="peer.example")],
-            "listener": [tcp_listener(peer.port, "one"), tcp_listener(peer.port, "two")],
-        })
+        relay = relay_factory(
+            {
+                "cert_check_on_conn_reusage": check,
+                "client_domain": [
+                    client_domain(pki, "one", server_name="peer.example"),
+                    client_domain(pki, "two", server_name="peer.example"),
+                ],
+                "listener": [tcp_listener(peer.port, "one"), tcp_listener(peer.port, "two")],
+            }
+        )
         for index in (0, 1):
             local = LocalSipServer(relay.port(index))
             local.send(request("OPTIONS", f"dom{index}-{check}@t"))
@@ -165,10 +191,12 @@ def test_reuse_check_separates_client_domains(relay_factory: Factory, peer: SipB
 
 def test_unreachable_peer_is_logged_and_retried(relay_factory: Factory, pki: Pki) -> None:
     port = free_port()
-    relay = relay_factory({
-        "client_domain": [client_domain(pki, "default", server_name="peer.example")],
-        "listener": [tcp_listener(port)],
-    })
+    relay = relay_factory(
+        {
+            "client_domain": [client_domain(pki, "default", server_name="peer.example")],
+            "listener": [tcp_listener(port)],
+        }
+    )
     local = LocalSipServer(relay.port())
     local.send(request("OPTIONS", "nobody@t"))
     relay.wait_log(f"peer tls:127.0.0.1:{port} unreachable")

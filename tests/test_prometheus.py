@@ -49,11 +49,13 @@ INDUCED_ALERTS = {
     "TlstraceHepSendErrors",
 }
 
-pytestmark = pytest.mark.skipif(shutil.which("prometheus") is None,
-                                reason="prometheus is not installed: make deps")
+pytestmark = pytest.mark.skipif(
+    shutil.which("prometheus") is None, reason="prometheus is not installed: make deps"
+)
 
 
 # ------------------------------------------------------------------------- PromQL helpers
+
 
 def dashboard_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
     """(where, expr) of every panel target, including panels inside rows."""
@@ -142,6 +144,7 @@ def metric_names(expr: str) -> set[str]:
 
 # ------------------------------------------------------------------------- Prometheus
 
+
 @dataclass
 class Prometheus:
     proc: subprocess.Popen[bytes]
@@ -196,9 +199,17 @@ def start_prometheus(workdir: Path, target: str) -> Prometheus:
     port = free_port()
     log = open(workdir / "prometheus.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["prometheus", f"--config.file={config}", f"--storage.tsdb.path={workdir / 'data'}",
-         f"--web.listen-address=127.0.0.1:{port}", "--log.level=warn"],
-        stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        [
+            "prometheus",
+            f"--config.file={config}",
+            f"--storage.tsdb.path={workdir / 'data'}",
+            f"--web.listen-address=127.0.0.1:{port}",
+            "--log.level=warn",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     log.close()
     prom = Prometheus(proc, f"http://127.0.0.1:{port}", workdir)
     deadline = time.monotonic() + 30
@@ -218,6 +229,7 @@ def start_prometheus(workdir: Path, target: str) -> Prometheus:
 
 # ------------------------------------------------------------------------- the stack
 
+
 @dataclass
 class Stack:
     relay: RelayProcess
@@ -232,10 +244,8 @@ class Stack:
     def grafana_vars(self) -> dict[str, str]:
         # "All" of a multi-value variable, as Grafana writes it for Prometheus: each value
         # regex-escaped, its backslashes escaped again inside the PromQL string
-        every = "(" + "|".join(re.escape(li).replace("\\", "\\\\")
-                               for li in self.listeners) + ")"
-        return {**GRAFANA_VARS, "$job": "tlstrace", "$instance": self.instance,
-                "$listener": every}
+        every = "(" + "|".join(re.escape(li).replace("\\", "\\\\") for li in self.listeners) + ")"
+        return {**GRAFANA_VARS, "$job": "tlstrace", "$instance": self.instance, "$listener": every}
 
 
 def blackhole() -> tuple[socket.socket, socket.socket]:
@@ -287,16 +297,25 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         lsock, filler = blackhole()
         cleanup.callback(lsock.close)
         cleanup.callback(filler.close)
-        relay = cleanup.enter_context(RelayProcess(workdir / "relay", {
-            "api_token": TOKEN,
-            "trace_on": True,
-            # the backend connect timeout, for the black-holed backend
-            "tls_handshake_timeout": 1500,
-            "hep_id": [sink.hep_id.replace("[sink]", "[homer]"),
-                       f"[down]127.0.0.1:{down_port};transport=udp"],
-            "listener": [RelayProcess.tls_listener(backend.port),
-                         RelayProcess.tls_listener(lsock.getsockname()[1])],
-        }))
+        relay = cleanup.enter_context(
+            RelayProcess(
+                workdir / "relay",
+                {
+                    "api_token": TOKEN,
+                    "trace_on": True,
+                    # the backend connect timeout, for the black-holed backend
+                    "tls_handshake_timeout": 1500,
+                    "hep_id": [
+                        sink.hep_id.replace("[sink]", "[homer]"),
+                        f"[down]127.0.0.1:{down_port};transport=udp",
+                    ],
+                    "listener": [
+                        RelayProcess.tls_listener(backend.port),
+                        RelayProcess.tls_listener(lsock.getsockname()[1]),
+                    ],
+                },
+            )
+        )
         instance = str(relay.config["api_listen"])
         prom = start_prometheus(workdir, instance)
         cleanup.callback(prom.stop)
@@ -309,13 +328,14 @@ def wait_scraped(prom: Prometheus, timeout: float = 15.0) -> None:
     deadline = time.monotonic() + timeout
     while not prom.query('up{job="tlstrace"} == 1'):
         assert time.monotonic() < deadline, (
-            f"tlstrace not scraped after {timeout:.0f} s: "
-            f"{prom.api('/api/v1/targets')}\n{prom.log}")
+            f"tlstrace not scraped after {timeout:.0f} s: {prom.api('/api/v1/targets')}\n{prom.log}"
+        )
         time.sleep(0.2)
 
 
-def wait_for_data(prom: Prometheus, queries: list[tuple[str, str]],
-                  timeout: float = 30.0) -> dict[str, list[dict[str, Any]]]:
+def wait_for_data(
+    prom: Prometheus, queries: list[tuple[str, str]], timeout: float = 30.0
+) -> dict[str, list[dict[str, Any]]]:
     """Query until every expression returns data; fail naming those that never did."""
     deadline = time.monotonic() + timeout
     results: dict[str, list[dict[str, Any]]] = {}
@@ -329,17 +349,21 @@ def wait_for_data(prom: Prometheus, queries: list[tuple[str, str]],
         if not empty:
             return results
         if time.monotonic() > deadline:
-            raise AssertionError("no data after {:.0f} s for:\n  {}".format(
-                timeout, "\n  ".join(empty)))
+            raise AssertionError(
+                "no data after {:.0f} s for:\n  {}".format(timeout, "\n  ".join(empty))
+            )
         time.sleep(0.5)
 
 
 # ------------------------------------------------------------------------- tests
 
+
 def test_operands_split_alert_conditions() -> None:
     assert operands('up{job="t"} == 0') == ['up{job="t"}']
     assert operands('sum by (a) (rate(x{k=~"1|2"}[5m])) / sum(y) > 0.1 and sum(y) > 0.05') == [
-        'sum by (a) (rate(x{k=~"1|2"}[5m])) / sum(y)', "sum(y)"]
+        'sum by (a) (rate(x{k=~"1|2"}[5m])) / sum(y)',
+        "sum(y)",
+    ]
     assert operands("a == 0 and on (job, instance) b == 1") == ["a", "b"]
     assert operands('x{l=">"} >= bool 2') == ['x{l=">"}']
     assert operands("(a - time()) / 86400 < 14") == ["(a - time()) / 86400"]
@@ -352,21 +376,29 @@ def test_scrape_uses_the_token(stack: Stack) -> None:
 
 
 def test_every_metric_family_is_on_the_dashboard(stack: Stack) -> None:
-    text = httpx.get(f"{stack.relay.api_url}/metrics",
-                     headers={"Authorization": f"Bearer {TOKEN}"}).text
+    text = httpx.get(
+        f"{stack.relay.api_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).text
     families = list(text_string_to_metric_families(text))
     dashboard = json.loads(DASHBOARD.read_text())
     used = " ".join(expr for _, expr in dashboard_queries(dashboard))
     missing = []
     for fam in families:
-        names = {s.name for s in fam.samples} | {fam.name, f"{fam.name}_total",
-                                                 f"{fam.name}_info", f"{fam.name}_bucket"}
+        names = {s.name for s in fam.samples} | {
+            fam.name,
+            f"{fam.name}_total",
+            f"{fam.name}_info",
+            f"{fam.name}_bucket",
+        }
         if not any(re.search(rf"\b{re.escape(n)}\b", used) for n in names):
             missing.append(fam.name)
     assert not missing, f"metric families with no dashboard panel: {missing}"
     # and every metric the dashboard or the rules name is one the sidecar exports
-    exported = {s.name for fam in families for s in fam.samples} | {
-        f"{f.name}_total" for f in families if f.type == "counter"} | {"up"}
+    exported = (
+        {s.name for fam in families for s in fam.samples}
+        | {f"{f.name}_total" for f in families if f.type == "counter"}
+        | {"up"}
+    )
     rules = yaml.safe_load(ALERTS.read_text())
     rule_exprs = " ".join(r["expr"] for g in rules["groups"] for r in g["rules"])
     for name in sorted(metric_names(used + " " + rule_exprs)):
@@ -375,16 +407,26 @@ def test_every_metric_family_is_on_the_dashboard(stack: Stack) -> None:
 
 def test_every_dashboard_query_returns_data(stack: Stack) -> None:
     dashboard = json.loads(DASHBOARD.read_text())
-    queries = [(where, substitute(expr, stack.grafana_vars))
-               for where, expr in dashboard_queries(dashboard) + variable_queries(dashboard)]
+    queries = [
+        (where, substitute(expr, stack.grafana_vars))
+        for where, expr in dashboard_queries(dashboard) + variable_queries(dashboard)
+    ]
     assert len(queries) > 40
     results = wait_for_data(stack.prom, queries)
     # label filters the panels rely on hold values the sidecar really uses
-    closed = results[substitute(
-        'sum by (listener, reason) (rate(tlstrace_connections_closed_total{job=~"$job", '
-        'instance=~"$instance", listener=~"$listener"}[$__rate_interval]))', stack.grafana_vars)]
-    assert {r["metric"]["reason"] for r in closed} >= {"eof", "handshake_failed",
-                                                       "framing_error", "backend_unreachable"}
+    closed = results[
+        substitute(
+            'sum by (listener, reason) (rate(tlstrace_connections_closed_total{job=~"$job", '
+            'instance=~"$instance", listener=~"$listener"}[$__rate_interval]))',
+            stack.grafana_vars,
+        )
+    ]
+    assert {r["metric"]["reason"] for r in closed} >= {
+        "eof",
+        "handshake_failed",
+        "framing_error",
+        "backend_unreachable",
+    }
 
 
 def test_alert_rules_load_and_their_series_exist(stack: Stack) -> None:
@@ -394,15 +436,20 @@ def test_alert_rules_load_and_their_series_exist(stack: Stack) -> None:
         assert rule["labels"]["severity"] in ("critical", "warning", "info"), name
         assert "for" in rule and rule["annotations"]["summary"], name
         assert rule["annotations"]["description"], name
-    queries = [(f"alert {name}", operand) for name, rule in defined.items()
-               for operand in operands(rule["expr"])]
+    queries = [
+        (f"alert {name}", operand)
+        for name, rule in defined.items()
+        for operand in operands(rule["expr"])
+    ]
     wait_for_data(stack.prom, queries)
     deadline = time.monotonic() + 15
     while True:  # every rule has been evaluated at least once, without error
-        loaded = {r["name"]: r for g in stack.prom.api("/api/v1/rules")["groups"]
-                  for r in g["rules"]}
+        loaded = {
+            r["name"]: r for g in stack.prom.api("/api/v1/rules")["groups"] for r in g["rules"]
+        }
         if set(loaded) == set(defined) and all(
-                r["lastEvaluation"] != "0001-01-01T00:00:00Z" for r in loaded.values()):
+            r["lastEvaluation"] != "0001-01-01T00:00:00Z" for r in loaded.values()
+        ):
             break
         assert time.monotonic() < deadline, f"rules not all evaluated: {sorted(loaded)}"
         time.sleep(0.5)
@@ -413,16 +460,22 @@ def test_alert_rules_load_and_their_series_exist(stack: Stack) -> None:
 def test_caused_failures_raise_their_alerts(stack: Stack) -> None:
     deadline = time.monotonic() + 30
     while True:
-        active = {a["labels"]["alertname"]: a for a in stack.prom.api("/api/v1/alerts")["alerts"]
-                  if a["state"] in ("pending", "firing")}
+        active = {
+            a["labels"]["alertname"]: a
+            for a in stack.prom.api("/api/v1/alerts")["alerts"]
+            if a["state"] in ("pending", "firing")
+        }
         if set(active) >= INDUCED_ALERTS:
             break
         assert time.monotonic() < deadline, (
-            f"alerts not raised: {sorted(INDUCED_ALERTS - set(active))}; active: {sorted(active)}")
+            f"alerts not raised: {sorted(INDUCED_ALERTS - set(active))}; active: {sorted(active)}"
+        )
         time.sleep(0.5)
     down = active["TlstraceUpstreamDown"]["labels"]
     assert (down["role"], down["upstream"]) == (
-        "backend", str(stack.relay.config["listener"][1]["backend"]))
+        "backend",
+        str(stack.relay.config["listener"][1]["backend"]),
+    )
     assert active["TlstraceHepPacketsDropped"]["labels"]["destination"] == "down"
     assert active["TlstraceMessagesDropped"]["labels"]["reason"] == "backend_unreachable"
     assert "TlstraceDown" not in active and "TlstraceCertificateExpiresSoon" not in active
@@ -430,11 +483,17 @@ def test_caused_failures_raise_their_alerts(stack: Stack) -> None:
 
 def test_connection_handshake_and_message_metrics_tell_listeners_apart(stack: Stack) -> None:
     good, dead = stack.listeners
-    for metric in ("tlstrace_connections_open", "tlstrace_connections_accepted_total",
-                   "tlstrace_connections_refused_total", "tlstrace_connections_closed_total",
-                   "tlstrace_handshakes_total", "tlstrace_handshake_failures_total",
-                   "tlstrace_handshake_duration_seconds_count", "tlstrace_sip_messages_total",
-                   "tlstrace_bytes_total"):
+    for metric in (
+        "tlstrace_connections_open",
+        "tlstrace_connections_accepted_total",
+        "tlstrace_connections_refused_total",
+        "tlstrace_connections_closed_total",
+        "tlstrace_handshakes_total",
+        "tlstrace_handshake_failures_total",
+        "tlstrace_handshake_duration_seconds_count",
+        "tlstrace_sip_messages_total",
+        "tlstrace_bytes_total",
+    ):
         found = stack.prom.query(f'count by (listener) ({metric}{{job="tlstrace"}})')
         assert {r["metric"].get("listener") for r in found} == {good, dead}, metric
     q = stack.prom.query
@@ -443,22 +502,30 @@ def test_connection_handshake_and_message_metrics_tell_listeners_apart(stack: St
     assert [r["metric"]["listener"] for r in registers] == [good]
     plain = q('sum by (listener) (tlstrace_handshake_failures_total{reason="plain_sip"}) > 0')
     assert [r["metric"]["listener"] for r in plain] == [good]
-    unreachable = q('sum by (listener) '
-                    '(tlstrace_connections_closed_total{reason="backend_unreachable"}) > 0')
+    unreachable = q(
+        'sum by (listener) (tlstrace_connections_closed_total{reason="backend_unreachable"}) > 0'
+    )
     assert [r["metric"]["listener"] for r in unreachable] == [dead]
     # handshake durations by listener and direction
     durations = q("sum by (listener, direction) (tlstrace_handshake_duration_seconds_count) > 0")
     assert {(r["metric"]["listener"], r["metric"]["direction"]) for r in durations} == {
-        (good, "inbound"), (dead, "inbound")}
+        (good, "inbound"),
+        (dead, "inbound"),
+    }
 
 
 def test_no_series_has_an_empty_label_value(stack: Stack) -> None:
     """Prometheus drops empty labels, so this reads /metrics itself; a failed handshake says
     that it negotiated no version and no cipher."""
-    text = httpx.get(f"{stack.relay.api_url}/metrics",
-                     headers={"Authorization": f"Bearer {TOKEN}"}).text
-    empty = [(s.name, s.labels) for fam in text_string_to_metric_families(text)
-             for s in fam.samples if any(v == "" for v in s.labels.values())]
+    text = httpx.get(
+        f"{stack.relay.api_url}/metrics", headers={"Authorization": f"Bearer {TOKEN}"}
+    ).text
+    empty = [
+        (s.name, s.labels)
+        for fam in text_string_to_metric_families(text)
+        for s in fam.samples
+        if any(v == "" for v in s.labels.values())
+    ]
     assert not empty, empty
     failures = stack.prom.query('tlstrace_handshakes_total{result="failure"} > 0')
     assert failures

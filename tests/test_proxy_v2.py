@@ -31,19 +31,41 @@ def test_layout(src: tuple[str, int], dst: tuple[str, int], family: str) -> None
 
 @pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed")
 @pytest.mark.parametrize(("src", "dst", "family"), CASES[:2])
-def test_wireshark_decodes_it(tmp_path: Path, src: tuple[str, int], dst: tuple[str, int],
-                              family: str) -> None:
+def test_wireshark_decodes_it(
+    tmp_path: Path, src: tuple[str, int], dst: tuple[str, int], family: str
+) -> None:
     from scapy.all import IP, TCP, Ether, wrpcap
 
     payload = header(src, dst) + b"OPTIONS sip:x SIP/2.0\r\nContent-Length: 0\r\n\r\n"
-    pkt = Ether() / IP(src="10.0.0.1", dst="10.0.0.2") / TCP(
-        sport=33333, dport=5060, flags="PA", seq=1) / payload
+    pkt = (
+        Ether()
+        / IP(src="10.0.0.1", dst="10.0.0.2")
+        / TCP(sport=33333, dport=5060, flags="PA", seq=1)
+        / payload
+    )
     pcap = tmp_path / "proxy.pcap"
     wrpcap(str(pcap), [pkt])
-    fields = ["proxy.v2.version", f"proxy.src.{family}", "proxy.srcport",
-              f"proxy.dst.{family}", "proxy.dstport"]
+    fields = [
+        "proxy.v2.version",
+        f"proxy.src.{family}",
+        "proxy.srcport",
+        f"proxy.dst.{family}",
+        "proxy.dstport",
+    ]
     out = subprocess.run(
-        ["tshark", "-r", str(pcap), "-o", "tcp.try_heuristic_first:TRUE", "-T", "fields",
-         *[a for f in fields for a in ("-e", f)]],
-        capture_output=True, text=True, timeout=60, check=True).stdout.strip()
+        [
+            "tshark",
+            "-r",
+            str(pcap),
+            "-o",
+            "tcp.try_heuristic_first:TRUE",
+            "-T",
+            "fields",
+            *[a for f in fields for a in ("-e", f)],
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.strip()
     assert out.split("\t") == ["2", src[0], str(src[1]), dst[0], str(dst[1])]

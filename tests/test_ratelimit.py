@@ -91,19 +91,23 @@ def test_the_table_stays_small() -> None:
     lim = SourceRateLimiter(rate=1.0, burst=1, max_sources=65536)
     for i in range(65536):
         lim.allow(f"10.{i >> 16}.{(i >> 8) & 255}.{i & 255}", float(i))
-    size = sys.getsizeof(lim.tracked) + sum(sys.getsizeof(k) + sys.getsizeof(v)
-                                            for k, v in lim.tracked.items())
+    size = sys.getsizeof(lim.tracked) + sum(
+        sys.getsizeof(k) + sys.getsizeof(v) for k, v in lim.tracked.items()
+    )
     assert size < 16 * 1024 * 1024, size  # about 7.5 MB for the default 65,536 sources
 
 
-@pytest.mark.parametrize(("address", "key"), [
-    ("192.0.2.7", "192.0.2.7"),
-    ("::ffff:192.0.2.7", "192.0.2.7"),
-    ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
-    ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
-    ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
-    ("fe80::1%eth0", "fe80::/64"),
-])
+@pytest.mark.parametrize(
+    ("address", "key"),
+    [
+        ("192.0.2.7", "192.0.2.7"),
+        ("::ffff:192.0.2.7", "192.0.2.7"),
+        ("2001:db8:1:2:aaaa:bbbb:cccc:dddd", "2001:db8:1:2::/64"),
+        ("2001:db8:1:2::1", "2001:db8:1:2::/64"),
+        ("2001:db8:1:3::1", "2001:db8:1:3::/64"),
+        ("fe80::1%eth0", "fe80::/64"),
+    ],
+)
 def test_what_one_source_is(address: str, key: str) -> None:
     assert source_key(address) == key
 
@@ -112,27 +116,29 @@ def test_off_by_default_and_the_keys_are_checked() -> None:
     c = Config()
     assert c.handshake_rate_per_source == 0
     assert HandshakeGate.from_config(c, RelayStats()) is None
-    for bad in ({"handshake_rate_per_source": -1}, {"handshake_rate_burst": 0},
-                {"handshake_rate_sources": 0}):
+    for bad in (
+        {"handshake_rate_per_source": -1},
+        {"handshake_rate_burst": 0},
+        {"handshake_rate_sources": 0},
+    ):
         with pytest.raises(ConfigError) as e:
             validate(bad, "c.toml")
         assert e.value.key == next(iter(bad))
 
 
-def test_the_gate_counts_and_logs_at_most_every_interval(
-        caplog: pytest.LogCaptureFixture) -> None:
+def test_the_gate_counts_and_logs_at_most_every_interval(caplog: pytest.LogCaptureFixture) -> None:
     stats = RelayStats()
     config = Config(handshake_rate_per_source=1.0, handshake_rate_burst=2)
     gate = HandshakeGate.from_config(config, stats)
     assert gate is not None
     caplog.set_level(logging.WARNING, "tlstrace.relay")
-    results = [gate.admit("192.0.2.9", 50.0 + i / 1000, "tls:127.0.0.1:5061")
-               for i in range(100)]
+    results = [gate.admit("192.0.2.9", 50.0 + i / 1000, "tls:127.0.0.1:5061") for i in range(100)]
     assert results.count(True) == 2 and stats.rate_limited["tls:127.0.0.1:5061"] == 98
     assert len(caplog.records) == 1
     assert caplog.records[0].getMessage() == (
         "refusing new connections from 192.0.2.9 on tls:127.0.0.1:5061: over "
-        "handshake_rate_per_source (1/s, burst 2)")
+        "handshake_rate_per_source (1/s, burst 2)"
+    )
     # the next line, an interval later, says how many it did not report
     for i in range(5):
         gate.admit("192.0.2.9", 50.1 + i / 1000, "tls:127.0.0.1:5061")
@@ -140,8 +146,7 @@ def test_the_gate_counts_and_logs_at_most_every_interval(
     gate.admit("192.0.2.10", 50.01 + LOG_INTERVAL, "tls:127.0.0.1:5061")  # admitted
     gate.admit("192.0.2.10", 50.01 + LOG_INTERVAL, "tls:127.0.0.1:5061")  # refused
     assert len(caplog.records) == 2
-    assert caplog.records[1].getMessage().endswith(
-        "; 102 more refused since the last such line")
+    assert caplog.records[1].getMessage().endswith("; 102 more refused since the last such line")
     assert stats.rate_limited["tls:127.0.0.1:5061"] == 104
 
 
@@ -150,8 +155,12 @@ def test_a_reload_keeps_the_table_when_the_settings_stay() -> None:
     config = Config(handshake_rate_per_source=5.0)
     gate = HandshakeGate.from_config(config, stats)
     assert gate is not None
-    assert HandshakeGate.from_config(Config(handshake_rate_per_source=5.0, log_level="debug"),
-                                     stats, gate) is gate
+    assert (
+        HandshakeGate.from_config(
+            Config(handshake_rate_per_source=5.0, log_level="debug"), stats, gate
+        )
+        is gate
+    )
     other = HandshakeGate.from_config(Config(handshake_rate_per_source=6.0), stats, gate)
     assert other is not None and other is not gate
     assert HandshakeGate.from_config(Config(), stats, gate) is None

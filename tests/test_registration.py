@@ -9,8 +9,13 @@ from tests.support.sip import request
 from tlstrace.sip.registration import MAX_EXPIRY, MAX_PENDING, RegistrationTracker
 
 
-def register(cseq: int = 1, expires: str | None = "600", contact: str = "<sip:alice@10.0.0.1>",
-             aor: str = "alice", call_id: str = "reg@x") -> bytes:
+def register(
+    cseq: int = 1,
+    expires: str | None = "600",
+    contact: str = "<sip:alice@10.0.0.1>",
+    aor: str = "alice",
+    call_id: str = "reg@x",
+) -> bytes:
     headers = [f"Contact: {contact}"] if contact else []
     if expires is not None:
         headers.append(f"Expires: {expires}")
@@ -20,13 +25,18 @@ def register(cseq: int = 1, expires: str | None = "600", contact: str = "<sip:al
 
 def ok(req: bytes, *contacts: str, code: str = "200 OK", expires: str | None = None) -> bytes:
     head = req.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    keep = [h for h in head[1:] if h.split(b":", 1)[0].lower()
-            in (b"via", b"from", b"to", b"call-id", b"i", b"cseq")]
+    keep = [
+        h
+        for h in head[1:]
+        if h.split(b":", 1)[0].lower() in (b"via", b"from", b"to", b"call-id", b"i", b"cseq")
+    ]
     extra = [f"Contact: {c}".encode() for c in contacts]
     if expires is not None:
         extra.append(f"Expires: {expires}".encode())
-    return b"\r\n".join([f"SIP/2.0 {code}".encode(), *keep, *extra,
-                         b"Content-Length: 0"]) + b"\r\n\r\n"
+    return (
+        b"\r\n".join([f"SIP/2.0 {code}".encode(), *keep, *extra, b"Content-Length: 0"])
+        + b"\r\n\r\n"
+    )
 
 
 def test_the_granted_expiry_of_the_phones_own_contact() -> None:
@@ -37,8 +47,9 @@ def test_the_granted_expiry_of_the_phones_own_contact() -> None:
     t.response(ok(req, code="100 Trying"), 10.0)
     assert t.pending and t.until == 0
     # other devices' bindings of the same AOR are listed too: only the phone's own counts
-    t.response(ok(req, "<sip:alice@10.0.0.1>;expires=300",
-                  "<sip:alice@10.9.9.9>;expires=3000"), 10.0)
+    t.response(
+        ok(req, "<sip:alice@10.0.0.1>;expires=300", "<sip:alice@10.9.9.9>;expires=3000"), 10.0
+    )
     assert not t.pending and t.until == 310.0
 
 
@@ -47,8 +58,14 @@ def test_compact_forms_and_several_contacts_in_one_header() -> None:
     req = register(contact='"Alice, home" <sip:alice@10.0.0.1;transport=tls>')
     req = req.replace(b"Call-ID:", b"i:").replace(b"Contact:", b"m:")
     t.request(req, 0.0)
-    t.response(ok(req, '<sip:bob@x>;expires=5, "Alice, home" '
-                       '<sip:alice@10.0.0.1;transport=tls>;q=0.5;EXPIRES=120'), 0.0)
+    t.response(
+        ok(
+            req,
+            '<sip:bob@x>;expires=5, "Alice, home" '
+            "<sip:alice@10.0.0.1;transport=tls>;q=0.5;EXPIRES=120",
+        ),
+        0.0,
+    )
     assert t.until == 120.0
 
 
@@ -126,9 +143,15 @@ def test_registrars_add_parameters_to_the_contact() -> None:
     t = RegistrationTracker()
     req = register(contact="<sip:alice@10.0.0.1:5061;transport=tls>")
     t.request(req, 0.0)
-    t.response(ok(req, "<sip:alice@10.0.0.1:5061;transport=tls;alias=127.0.0.1~4711~3>"
-                       ";expires=90;received=\"sip:1.2.3.4\"",
-                  "<sip:alice@192.0.2.99>;expires=3000"), 0.0)
+    t.response(
+        ok(
+            req,
+            "<sip:alice@10.0.0.1:5061;transport=tls;alias=127.0.0.1~4711~3>"
+            ';expires=90;received="sip:1.2.3.4"',
+            "<sip:alice@192.0.2.99>;expires=3000",
+        ),
+        0.0,
+    )
     assert t.until == 90.0
 
 

@@ -24,13 +24,21 @@ def _varied_messages(rng: random.Random, tag: str, n: int) -> list[bytes]:
     for i in range(n):
         size = rng.choice([0, 0, 10, 300, 600, 1500, 4000, 17000, 40000])
         body = bytes(rng.getrandbits(8) for _ in range(min(size, 64))) * (size // 64 + 1)
-        msgs.append(request(rng.choice(["INVITE", "MESSAGE", "INFO", "OPTIONS"]), f"{tag}-{i}",
-                            i + 1, body[:size], compact=rng.random() < 0.2))
+        msgs.append(
+            request(
+                rng.choice(["INVITE", "MESSAGE", "INFO", "OPTIONS"]),
+                f"{tag}-{i}",
+                i + 1,
+                body[:size],
+                compact=rng.random() < 0.2,
+            )
+        )
     return msgs
 
 
-def test_ten_thousand_varied_messages_byte_for_byte(relay: RelayProcess,
-                                                    backend: SipBackend) -> None:
+def test_ten_thousand_varied_messages_byte_for_byte(
+    relay: RelayProcess, backend: SipBackend
+) -> None:
     """10,000 messages over 8 connections: sizes up to 40 kB (several TLS records each), several
     coalesced per record, each byte arriving in order; every response comes back."""
     per_conn, nconn = 1250, 8
@@ -77,8 +85,9 @@ def test_message_split_across_many_records(relay: RelayProcess, backend: SipBack
     assert backend.wait_messages(1) == [req]
 
 
-def test_backend_initiated_requests_reach_the_client(relay: RelayProcess,
-                                                     backend: SipBackend) -> None:
+def test_backend_initiated_requests_reach_the_client(
+    relay: RelayProcess, backend: SipBackend
+) -> None:
     with TlsClient(relay.port()) as client:
         client.send(request("REGISTER", "reg@t"))
         client.recv_messages(1)
@@ -91,8 +100,9 @@ def test_backend_initiated_requests_reach_the_client(relay: RelayProcess,
     assert msgs[1] == response_to(invite)
 
 
-def test_each_client_gets_its_own_backend_connection(relay: RelayProcess,
-                                                     backend: SipBackend) -> None:
+def test_each_client_gets_its_own_backend_connection(
+    relay: RelayProcess, backend: SipBackend
+) -> None:
     with TlsClient(relay.port()) as a, TlsClient(relay.port()) as b:
         a.send(request(call_id="a@t"))
         b.send(request(call_id="b@t"))
@@ -108,8 +118,7 @@ def test_each_client_gets_its_own_backend_connection(relay: RelayProcess,
         assert owners == {b"a@t", b"b@t"}
 
 
-def test_client_close_closes_backend_after_flush(relay: RelayProcess,
-                                                 backend: SipBackend) -> None:
+def test_client_close_closes_backend_after_flush(relay: RelayProcess, backend: SipBackend) -> None:
     backend.answer = False
     client = TlsClient(relay.port())
     msgs = [request("MESSAGE", f"f{i}@t", i + 1, b"x" * 1000) for i in range(50)]
@@ -119,8 +128,7 @@ def test_client_close_closes_backend_after_flush(relay: RelayProcess,
     assert backend.wait_closed(0)
 
 
-def test_backend_close_closes_client_after_flush(relay: RelayProcess,
-                                                 backend: SipBackend) -> None:
+def test_backend_close_closes_client_after_flush(relay: RelayProcess, backend: SipBackend) -> None:
     with TlsClient(relay.port()) as client:
         client.send(request(call_id="x@t"))
         client.recv_messages(1)

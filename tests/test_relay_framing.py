@@ -26,8 +26,9 @@ def check_bystander(relay: RelayProcess, client: TlsClient, n: int) -> None:
     assert client.recv_messages(1)[0].startswith(b"SIP/2.0 200 OK")
 
 
-def test_crlf_ping_gets_a_pong_and_the_backend_a_crlf(relay: RelayProcess,
-                                                      backend: SipBackend) -> None:
+def test_crlf_ping_gets_a_pong_and_the_backend_a_crlf(
+    relay: RelayProcess, backend: SipBackend
+) -> None:
     with TlsClient(relay.port()) as client:
         client.send(request())
         client.recv_messages(1)
@@ -40,8 +41,9 @@ def test_crlf_ping_gets_a_pong_and_the_backend_a_crlf(relay: RelayProcess,
     assert backend.conns[0].keepalives == [b"\r\n"]
 
 
-def test_pingpong_off_passes_the_ping_to_the_backend(relay_factory: Factory,
-                                                     backend: SipBackend) -> None:
+def test_pingpong_off_passes_the_ping_to_the_backend(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
     relay = start(relay_factory, backend, tls_crlf_pingpong=False)
     with TlsClient(relay.port()) as client:
         client.send(request())
@@ -56,8 +58,9 @@ def test_pingpong_off_passes_the_ping_to_the_backend(relay_factory: Factory,
 
 
 @pytest.mark.parametrize("drop", [False, True])
-def test_lone_crlf_relayed_or_dropped(relay_factory: Factory, backend: SipBackend,
-                                      drop: bool) -> None:
+def test_lone_crlf_relayed_or_dropped(
+    relay_factory: Factory, backend: SipBackend, drop: bool
+) -> None:
     relay = start(relay_factory, backend, tls_crlf_drop=drop)
     with TlsClient(relay.port()) as client:
         client.send(request(call_id="a"))
@@ -77,13 +80,16 @@ BAD_MESSAGES = {
     "bad_header_bytes": b"OPTIONS sip:x SIP/2.0\r\nX: a\x00b\r\nContent-Length: 0\r\n\r\n",
     "bad_start_line": b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n",
     "ambiguous_length": request("OPTIONS", call_id="outer").replace(
-        b"Content-Length: 0", b"Content_Length: 0\r\nContent-Length: 10") + b"0123456789",
+        b"Content-Length: 0", b"Content_Length: 0\r\nContent-Length: 10"
+    )
+    + b"0123456789",
 }
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_MESSAGES))
-def test_framing_error_closes_only_the_offender(relay: RelayProcess, backend: SipBackend,
-                                                kind: str) -> None:
+def test_framing_error_closes_only_the_offender(
+    relay: RelayProcess, backend: SipBackend, kind: str
+) -> None:
     with TlsClient(relay.port()) as good, TlsClient(relay.port()) as bad:
         check_bystander(relay, good, 1)
         bad.send(request(call_id="before"))
@@ -126,8 +132,7 @@ def test_idle_connection_times_out(relay_factory: Factory, backend: SipBackend) 
     assert backend.wait_closed(0)
 
 
-def test_keepalives_keep_a_connection_alive(relay_factory: Factory,
-                                            backend: SipBackend) -> None:
+def test_keepalives_keep_a_connection_alive(relay_factory: Factory, backend: SipBackend) -> None:
     relay = start(relay_factory, backend, tcp_connection_lifetime=1.0)
     with TlsClient(relay.port()) as client:
         for _ in range(8):

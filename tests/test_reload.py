@@ -33,41 +33,79 @@ NOW, NEW, RESTART = "applied", "applied to new connections", "needs a restart"
 
 #: key -> what a reload does with it
 EXPECTED: dict[str, str] = {
-    "tls_port": RESTART, "tls_crlf_pingpong": NEW, "tls_crlf_drop": NEW,
-    "tls_max_msg_chunks": NEW, "cert_check_on_conn_reusage": NOW,
-    "tls_handshake_timeout": NEW, "tls_send_timeout": NOW, "max_msg_size": NEW,
-    "tcp_max_msg_time": NOW, "tcp_connection_lifetime": NOW, "tcp_max_connections": NOW,
-    "registration_margin": NOW, "trunk_max_transactions": RESTART,
-    "trunk_max_dialogs": RESTART, "trunk_max_table_bytes": RESTART, "trunk_dialog_idle": RESTART,
+    "tls_port": RESTART,
+    "tls_crlf_pingpong": NEW,
+    "tls_crlf_drop": NEW,
+    "tls_max_msg_chunks": NEW,
+    "cert_check_on_conn_reusage": NOW,
+    "tls_handshake_timeout": NEW,
+    "tls_send_timeout": NOW,
+    "max_msg_size": NEW,
+    "tcp_max_msg_time": NOW,
+    "tcp_connection_lifetime": NOW,
+    "tcp_max_connections": NOW,
+    "registration_margin": NOW,
+    "trunk_max_transactions": RESTART,
+    "trunk_max_dialogs": RESTART,
+    "trunk_max_table_bytes": RESTART,
+    "trunk_dialog_idle": RESTART,
     "trace_on_for_seconds": NOW,
     "hep_max_packet": NOW,
-    "conn_buffer_limit": NOW, "shutdown_timeout": NOW, "backend_probe_interval": NOW,
-    "reuse_port": RESTART, "state_dir": NEW, "log_level": NOW, "log_format": NOW,
+    "conn_buffer_limit": NOW,
+    "shutdown_timeout": NOW,
+    "backend_probe_interval": NOW,
+    "reuse_port": RESTART,
+    "state_dir": NEW,
+    "log_level": NOW,
+    "log_format": NOW,
     "trace_on": NOW,
-    "hep_id": NOW, "trace_destination": NOW, "hep_capture_id": NEW, "hep_auth_key": NEW,
-    "hep_node_name": NEW, "hep_ca_list": NOW, "hep_verify_cert": NOW, "trace_ip_proto": NEW,
-    "trace_backend": NEW, "trace_event_format": NOW, "homer5_delim": NOW,
-    "trace_sessions": NOW, "trace_keys": NOW, "keylog_file": NOW, "trace_filter": NEW,
-    "trace_filter_default": NEW, "api_listen": RESTART, "api_token": NOW,
-    "api_max_connections": NOW, "api_request_timeout": NOW, "fd_reserve": NOW,
+    "hep_id": NOW,
+    "trace_destination": NOW,
+    "hep_capture_id": NEW,
+    "hep_auth_key": NEW,
+    "hep_node_name": NEW,
+    "hep_ca_list": NOW,
+    "hep_verify_cert": NOW,
+    "trace_ip_proto": NEW,
+    "trace_backend": NEW,
+    "trace_event_format": NOW,
+    "homer5_delim": NOW,
+    "trace_sessions": NOW,
+    "trace_keys": NOW,
+    "keylog_file": NOW,
+    "trace_filter": NEW,
+    "trace_filter_default": NEW,
+    "api_listen": RESTART,
+    "api_token": NOW,
+    "api_max_connections": NOW,
+    "api_request_timeout": NOW,
+    "fd_reserve": NOW,
     "api_allowed_hosts": NOW,
-    "tls_keepalive_rate": NOW, "tls_max_non_sip_records": NOW, "handshake_rate_per_source": NOW,
-    "handshake_rate_burst": NOW, "handshake_rate_sources": NOW,
-    "listener": RESTART, "server_domain": NEW, "client_domain": NEW,
+    "tls_keepalive_rate": NOW,
+    "tls_max_non_sip_records": NOW,
+    "handshake_rate_per_source": NOW,
+    "handshake_rate_burst": NOW,
+    "handshake_rate_sources": NOW,
+    "listener": RESTART,
+    "server_domain": NEW,
+    "client_domain": NEW,
 }
 
 
 class Env:
     """What a case needs: the relay, its base configuration, two HEP sinks, a PKI."""
 
-    def __init__(self, tmp: Path, backend: SipBackend, pki: Pki, a: HepSink, b: HepSink,
-                 c: HepSink) -> None:
+    def __init__(
+        self, tmp: Path, backend: SipBackend, pki: Pki, a: HepSink, b: HepSink, c: HepSink
+    ) -> None:
         self.tmp, self.pki, self.sinks = tmp, pki, (a, b, c)
         self.listener = RelayProcess.tls_listener(backend.port)
         self.base: dict[str, Any] = {
             "trace_on": True,
-            "hep_id": [f"[a]127.0.0.1:{a.port};transport=udp",
-                       f"[b]127.0.0.1:{b.port};transport=udp"],
+            "hep_id": [
+                f"[a]127.0.0.1:{a.port};transport=udp",
+                f"[b]127.0.0.1:{b.port};transport=udp",
+            ],
             "listener": [self.listener],
         }
         self.relay: RelayProcess | None = None
@@ -91,34 +129,63 @@ def changes(env: Env, key: str) -> Any:
     server = env.pki.leaf("reload.example.com", tag="reload-server")
     _, b, c = env.sinks
     values: dict[str, Any] = {
-        "tls_port": 5071, "tls_crlf_pingpong": False, "tls_crlf_drop": True,
-        "tls_max_msg_chunks": 8, "cert_check_on_conn_reusage": True,
-        "tls_handshake_timeout": 3000, "tls_send_timeout": 5000, "max_msg_size": 32768,
-        "tcp_max_msg_time": 2.0, "tcp_connection_lifetime": 60.0, "tcp_max_connections": 1,
-        "registration_margin": 10.0, "trunk_max_transactions": 100, "trunk_max_dialogs": 100,
-        "trunk_max_table_bytes": 131072, "trunk_dialog_idle": 60.0,
-        "trace_on_for_seconds": 600.0, "hep_max_packet": 4000,
-        "tls_keepalive_rate": 5.0, "tls_max_non_sip_records": 8, "fd_reserve": 32,
-        "handshake_rate_per_source": 50.0, "handshake_rate_burst": 20,
-        "handshake_rate_sources": 1024, "api_max_connections": 16,
+        "tls_port": 5071,
+        "tls_crlf_pingpong": False,
+        "tls_crlf_drop": True,
+        "tls_max_msg_chunks": 8,
+        "cert_check_on_conn_reusage": True,
+        "tls_handshake_timeout": 3000,
+        "tls_send_timeout": 5000,
+        "max_msg_size": 32768,
+        "tcp_max_msg_time": 2.0,
+        "tcp_connection_lifetime": 60.0,
+        "tcp_max_connections": 1,
+        "registration_margin": 10.0,
+        "trunk_max_transactions": 100,
+        "trunk_max_dialogs": 100,
+        "trunk_max_table_bytes": 131072,
+        "trunk_dialog_idle": 60.0,
+        "trace_on_for_seconds": 600.0,
+        "hep_max_packet": 4000,
+        "tls_keepalive_rate": 5.0,
+        "tls_max_non_sip_records": 8,
+        "fd_reserve": 32,
+        "handshake_rate_per_source": 50.0,
+        "handshake_rate_burst": 20,
+        "handshake_rate_sources": 1024,
+        "api_max_connections": 16,
         "api_request_timeout": 5.0,
-        "conn_buffer_limit": 131072, "shutdown_timeout": 2.0, "backend_probe_interval": 5.0,
-        "reuse_port": True, "state_dir": str(env.tmp / "state2"), "log_level": "debug",
+        "conn_buffer_limit": 131072,
+        "shutdown_timeout": 2.0,
+        "backend_probe_interval": 5.0,
+        "reuse_port": True,
+        "state_dir": str(env.tmp / "state2"),
+        "log_level": "debug",
         "log_format": "json",
         "trace_on": False,
-        "hep_id": [f"[a]127.0.0.1:{c.port};transport=udp",
-                   f"[b]127.0.0.1:{b.port};transport=udp"],
-        "trace_destination": ["b"], "hep_capture_id": 4242, "hep_auth_key": "reload-key",
-        "hep_node_name": "reload-node", "hep_ca_list": str(env.pki.ca_file),
-        "hep_verify_cert": False, "trace_ip_proto": 22, "trace_backend": True,
-        "trace_event_format": "homer5", "homer5_delim": ";", "trace_sessions": False,
-        "trace_keys": True, "keylog_file": str(env.tmp / "keys.log"),
+        "hep_id": [f"[a]127.0.0.1:{c.port};transport=udp", f"[b]127.0.0.1:{b.port};transport=udp"],
+        "trace_destination": ["b"],
+        "hep_capture_id": 4242,
+        "hep_auth_key": "reload-key",
+        "hep_node_name": "reload-node",
+        "hep_ca_list": str(env.pki.ca_file),
+        "hep_verify_cert": False,
+        "trace_ip_proto": 22,
+        "trace_backend": True,
+        "trace_event_format": "homer5",
+        "homer5_delim": ";",
+        "trace_sessions": False,
+        "trace_keys": True,
+        "keylog_file": str(env.tmp / "keys.log"),
         "trace_filter": [{"action": "deny", "remote": "10.0.0.0/8"}],
-        "trace_filter_default": "deny", "api_listen": f"127.0.0.1:{free_port()}",
-        "api_token": "reload-token", "api_allowed_hosts": ["tlstrace.reload.example"],
+        "trace_filter_default": "deny",
+        "api_listen": f"127.0.0.1:{free_port()}",
+        "api_token": "reload-token",
+        "api_allowed_hosts": ["tlstrace.reload.example"],
         "listener": [env.listener, RelayProcess.tls_listener(free_port())],
-        "server_domain": [{"name": "default", "certificate": str(server.cert),
-                           "private_key": str(server.key)}],
+        "server_domain": [
+            {"name": "default", "certificate": str(server.cert), "private_key": str(server.key)}
+        ],
         "client_domain": [{"name": "default", "verify_cert": False}],
     }
     return values[key]
@@ -135,6 +202,7 @@ def _hep_packets_for(sink: HepSink, call_id: str) -> list[Any]:
 
 
 # -- what an applied change does, where it shows outside GET /api/config ----------------------
+
 
 def probe_hep_id(env: Env, applied: bool, tag: str) -> None:
     a, _, c = env.sinks
@@ -194,8 +262,10 @@ def probe_tcp_max_connections(env: Env, applied: bool, tag: str) -> None:
         first.send(request(call_id=f"max-{tag}@t"))
         first.recv_messages(1)
         if applied:
-            with pytest.raises((OSError, AssertionError)), \
-                    TlsClient(env.relay.port(), timeout=5) as second:
+            with (
+                pytest.raises((OSError, AssertionError)),
+                TlsClient(env.relay.port(), timeout=5) as second,
+            ):
                 second.send(request(call_id=f"max2-{tag}@t"))
                 second.recv_messages(1, timeout=5)
         else:
@@ -235,11 +305,16 @@ def probe_trace_on_for_seconds(env: Env, applied: bool, tag: str) -> None:
 
 PROBES: dict[str, Callable[[Env, bool, str], None]] = {
     "trace_on_for_seconds": probe_trace_on_for_seconds,
-    "hep_id": probe_hep_id, "trace_destination": probe_trace_destination,
-    "trace_on": probe_trace_on, "hep_capture_id": probe_hep_capture_id,
-    "log_level": probe_log_level, "log_format": probe_log_format, "api_token": probe_api_token,
+    "hep_id": probe_hep_id,
+    "trace_destination": probe_trace_destination,
+    "trace_on": probe_trace_on,
+    "hep_capture_id": probe_hep_capture_id,
+    "log_level": probe_log_level,
+    "log_format": probe_log_format,
+    "api_token": probe_api_token,
     "api_allowed_hosts": probe_api_allowed_hosts,
-    "tcp_max_connections": probe_tcp_max_connections, "listener": probe_listener,
+    "tcp_max_connections": probe_tcp_max_connections,
+    "listener": probe_listener,
 }
 
 
@@ -255,10 +330,12 @@ def in_force(env: Env, path: Path, key: str) -> Any:
 
 
 @pytest.mark.parametrize("key", list(Config.model_fields))
-def test_reload_applies_or_reports_every_key(key: str, env: Env,
-                                             relay_factory: Callable[..., RelayProcess]) -> None:
-    assert key in EXPECTED, f"no reload decision for {key!r}: add one here and in " \
-                            "tlstrace/reload.py"
+def test_reload_applies_or_reports_every_key(
+    key: str, env: Env, relay_factory: Callable[..., RelayProcess]
+) -> None:
+    assert key in EXPECTED, (
+        f"no reload decision for {key!r}: add one here and in tlstrace/reload.py"
+    )
     expected = EXPECTED[key]
     relay = env.relay = relay_factory(env.base)
     relay.wait_log("listening on")  # the SIGHUP handler is installed after start-up
@@ -308,7 +385,8 @@ def test_reload_applies_or_reports_every_key(key: str, env: Env,
 
 
 def test_a_replaced_destination_sends_what_it_queued_then_stops(
-        env: Env, relay_factory: Callable[..., RelayProcess]) -> None:
+    env: Env, relay_factory: Callable[..., RelayProcess]
+) -> None:
     """The old sender of a destination whose address changed is drained and stopped: it no
     longer shows in /api/destinations, and later traffic goes to the new address only."""
     relay = env.relay = relay_factory(env.base)

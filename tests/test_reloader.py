@@ -42,6 +42,7 @@ def test_requests_during_a_reload_share_the_next_one() -> None:
         assert {await f for f in storm} == {(True, "reload 2")}
         assert applied == [1, 2] and reloader.runs == 2 and reloader.requests == 101
         assert threading.current_thread().name not in threads
+
         # a failure is the answer, and the next request reloads again
         def broken() -> int:
             raise ValueError("bad file")

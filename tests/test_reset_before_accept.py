@@ -19,10 +19,16 @@ def test_reset_in_the_backlog(tmp_path: Path) -> None:
     port = free_port()
 
     async def scenario() -> tuple[int, int]:
-        config = Config.model_validate({
-            "api_listen": "", "state_dir": str(tmp_path), "backend_probe_interval": 0,
-            "listener": [{"listen": f"tls:127.0.0.1:{port}",
-                          "backend": f"tcp:127.0.0.1:{free_port()}"}]})
+        config = Config.model_validate(
+            {
+                "api_listen": "",
+                "state_dir": str(tmp_path),
+                "backend_probe_interval": 0,
+                "listener": [
+                    {"listen": f"tls:127.0.0.1:{port}", "backend": f"tcp:127.0.0.1:{free_port()}"}
+                ],
+            }
+        )
         sidecar = Sidecar(config)
         await sidecar.start()
         errors: list[object] = []

@@ -44,8 +44,9 @@ class EventReader:
 
     def _run(self) -> None:
         try:
-            with httpx.stream("GET", self.url, headers=self.headers,
-                              timeout=httpx.Timeout(10, read=None)) as r:
+            with httpx.stream(
+                "GET", self.url, headers=self.headers, timeout=httpx.Timeout(10, read=None)
+            ) as r:
                 self.status = r.status_code
                 self.content_type = r.headers.get("content-type", "")
                 self.connected.set()
@@ -64,8 +65,9 @@ class EventReader:
             self.connected.set()
             self.ended.set()
 
-    def wait(self, check: Callable[[str, dict[str, Any]], bool], what: str,
-             timeout: float = 10.0) -> dict[str, Any]:
+    def wait(
+        self, check: Callable[[str, dict[str, Any]], bool], what: str, timeout: float = 10.0
+    ) -> dict[str, Any]:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for kind, data in list(self.events):
@@ -76,8 +78,9 @@ class EventReader:
 
 
 def connection_event(name: str, port: int) -> Callable[[str, dict[str, Any]], bool]:
-    return lambda kind, e: kind == "connection" and e["event"] == name and \
-        e["remote"] == f"127.0.0.1:{port}"
+    return lambda kind, e: (
+        kind == "connection" and e["event"] == name and e["remote"] == f"127.0.0.1:{port}"
+    )
 
 
 def plain_sip(port: int) -> None:
@@ -94,16 +97,21 @@ def sink() -> Iterator[HepSink]:
 
 
 def test_page_files_open_without_the_token_and_hold_no_data(
-        relay_factory: Factory, backend: SipBackend) -> None:
-    relay = relay_factory({"api_token": TOKEN,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    relay = relay_factory(
+        {"api_token": TOKEN, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     with TlsClient(relay.port(), server_hostname="phone.example.com") as phone:
         phone.send(request())
         phone.recv_messages(1)
         auth = {"Authorization": f"Bearer {TOKEN}"}
         conn = httpx.get(f"{relay.api_url}/api/connections", headers=auth).json()[0]
-        for path, ctype in (("/", "text/html"), ("/ui/status.js", "text/javascript"),
-                            ("/ui/status.css", "text/css")):
+        for path, ctype in (
+            ("/", "text/html"),
+            ("/ui/status.js", "text/javascript"),
+            ("/ui/status.css", "text/css"),
+        ):
             r = httpx.get(relay.api_url + path)
             assert r.status_code == 200, path
             assert r.headers["content-type"].startswith(ctype)
@@ -122,9 +130,11 @@ def test_page_files_open_without_the_token_and_hold_no_data(
 
 
 def test_status_counts_connections_and_failures_by_reason(
-        relay_factory: Factory, backend: SipBackend, sink: HepSink) -> None:
-    relay = relay_factory({"hep_id": [sink.hep_id],
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = relay_factory(
+        {"hep_id": [sink.hep_id], "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     before = httpx.get(f"{relay.api_url}/api/status").json()
     with TlsClient(relay.port()) as phone:
         phone.send(request())
@@ -137,17 +147,25 @@ def test_status_counts_connections_and_failures_by_reason(
     assert status["handshakes_ok"] == 1
     assert status["handshakes_failed"] == 2
     assert status["handshake_failures"] == [
-        {"direction": "inbound", "reason": "plain_sip", "count": 2}]
+        {"direction": "inbound", "reason": "plain_sip", "count": 2}
+    ]
     assert status["tracing"] == "off"
     assert status["events"]["viewers"] == 0
     assert "OpenSSL" in status["openssl"]
 
 
 def test_events_arrive_as_connections_come_and_go_without_keys(
-        relay_factory: Factory, backend: SipBackend, sink: HepSink) -> None:
-    relay = relay_factory({"hep_id": [sink.hep_id], "trace_on": True, "trace_keys": True,
-                           "api_token": TOKEN,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = relay_factory(
+        {
+            "hep_id": [sink.hep_id],
+            "trace_on": True,
+            "trace_keys": True,
+            "api_token": TOKEN,
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     denied = EventReader(relay)
     assert denied.status == 401
     viewer = EventReader(relay, TOKEN)
@@ -168,8 +186,9 @@ def test_events_arrive_as_connections_come_and_go_without_keys(
     with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as s:
         s.sendall(request())
         s.recv(100)
-        failed = viewer.wait(connection_event("handshake_failed", s.getsockname()[1]),
-                             "handshake_failed event")
+        failed = viewer.wait(
+            connection_event("handshake_failed", s.getsockname()[1]), "handshake_failed event"
+        )
     assert failed["reason"] == "plain_sip"
     raw = json.dumps(viewer.events)
     for secret in ("keylog", "CLIENT_", "SECRET", "master"):
@@ -191,7 +210,8 @@ def test_events_arrive_as_connections_come_and_go_without_keys(
 
 
 def test_a_viewer_that_stops_reading_loses_events_never_slows_the_relay(
-        relay_factory: Factory, backend: SipBackend) -> None:
+    relay_factory: Factory, backend: SipBackend
+) -> None:
     relay = relay_factory({"listener": [RelayProcess.tls_listener(backend.port)]})
     api = httpx.Client(base_url=relay.api_url, timeout=10)
     # a viewer that never reads, with a small receive window
@@ -250,10 +270,12 @@ def test_readme_documents_the_page_and_its_endpoints() -> None:
         assert text in README, text
 
 
-def test_an_event_stream_outlives_the_api_request_timeout(relay_factory: Factory,
-                                                          backend: SipBackend) -> None:
-    relay = relay_factory({"api_request_timeout": 1.0,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_an_event_stream_outlives_the_api_request_timeout(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    relay = relay_factory(
+        {"api_request_timeout": 1.0, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     viewer = EventReader(relay)
     time.sleep(2.5)  # longer than api_request_timeout, with no event
     assert not viewer.ended.is_set()

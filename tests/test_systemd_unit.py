@@ -23,8 +23,9 @@ INSTALLED = "/opt/tlstrace/bin/tlstrace"
 #: systemd's exposure score, 0 (locked down) to 10 (unprotected), times ten
 MAX_EXPOSURE = 20
 
-pytestmark = pytest.mark.skipif(shutil.which("systemd-analyze") is None,
-                                reason="systemd-analyze is not installed: make deps")
+pytestmark = pytest.mark.skipif(
+    shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed: make deps"
+)
 
 
 def entries(text: str) -> list[tuple[str, str, str]]:
@@ -83,8 +84,10 @@ def test_the_unit_verifies_with_the_low_ports_drop_in(tmp_path: Path) -> None:
     unit = here(tmp_path, UNIT.read_text(), DROP_IN.read_text())
     assert verify(unit) == (0, "")
     drop = service(DROP_IN.read_text())
-    assert drop == {"CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
-                    "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"]}
+    assert drop == {
+        "CapabilityBoundingSet": ["CAP_NET_BIND_SERVICE"],
+        "AmbientCapabilities": ["CAP_NET_BIND_SERVICE"],
+    }
 
 
 def test_broken_units_fail_the_same_checks(tmp_path: Path) -> None:
@@ -92,8 +95,9 @@ def test_broken_units_fail_the_same_checks(tmp_path: Path) -> None:
     broken = {
         "a misspelt key": text.replace("NoNewPrivileges=yes", "NoNewPrivilege=yes"),
         "a bad value": text.replace("ProtectSystem=strict", "ProtectSystem=sometimes"),
-        "a missing program": text.replace(f"ExecStart={INSTALLED} ",
-                                          "ExecStart=/nonexistent/tlstrace "),
+        "a missing program": text.replace(
+            f"ExecStart={INSTALLED} ", "ExecStart=/nonexistent/tlstrace "
+        ),
         "a key in the wrong section": text.replace("[Install]\n", "[Install]\nUser=root\n"),
     }
     for n, (what, bad) in enumerate(broken.items()):
@@ -104,19 +108,23 @@ def test_broken_units_fail_the_same_checks(tmp_path: Path) -> None:
         assert verify(unit) != (0, ""), f"verify accepted {what}"
     d = tmp_path / "drop-in"
     d.mkdir()
-    unit = here(d, text, DROP_IN.read_text().replace("AmbientCapabilities",
-                                                     "AmbientCapabilitys"))
+    unit = here(d, text, DROP_IN.read_text().replace("AmbientCapabilities", "AmbientCapabilitys"))
     assert verify(unit) != (0, ""), "verify accepted a misspelt key in the drop-in"
 
 
 def test_the_unit_is_hardened(tmp_path: Path) -> None:
     s = service(UNIT.read_text())
     assert s["DynamicUser"] == ["yes"] or s.get("User", ["root"])[0] not in ("root", "0")
-    for key, value in [("NoNewPrivileges", "yes"), ("ProtectSystem", "strict"),
-                       ("ProtectHome", "yes"), ("PrivateTmp", "yes"),
-                       ("StateDirectory", "tlstrace"),
-                       # no capability at all unless the drop-in grants one
-                       ("CapabilityBoundingSet", ""), ("AmbientCapabilities", "")]:
+    for key, value in [
+        ("NoNewPrivileges", "yes"),
+        ("ProtectSystem", "strict"),
+        ("ProtectHome", "yes"),
+        ("PrivateTmp", "yes"),
+        ("StateDirectory", "tlstrace"),
+        # no capability at all unless the drop-in grants one
+        ("CapabilityBoundingSet", ""),
+        ("AmbientCapabilities", ""),
+    ]:
         assert s.get(key) == [value], key
     assert s["ExecReload"] == ["/bin/kill -HUP $MAINPID"]
     # the generated certificate goes to the StateDirectory (%S/tlstrace)
@@ -136,9 +144,14 @@ def test_the_unit_is_hardened(tmp_path: Path) -> None:
     # and the rating does tell a bare unit from a hardened one
     bare = tmp_path / "bare"
     bare.mkdir()
-    bare_text = "\n".join(line for line in UNIT.read_text().splitlines()
-                          if not line.startswith(("Protect", "Private", "Restrict",
-                                                  "SystemCall", "Capability", "NoNew")))
-    rc, out = analyze("security", "--offline=yes", f"--threshold={MAX_EXPOSURE}",
-                      str(here(bare, bare_text)))
+    bare_text = "\n".join(
+        line
+        for line in UNIT.read_text().splitlines()
+        if not line.startswith(
+            ("Protect", "Private", "Restrict", "SystemCall", "Capability", "NoNew")
+        )
+    )
+    rc, out = analyze(
+        "security", "--offline=yes", f"--threshold={MAX_EXPOSURE}", str(here(bare, bare_text))
+    )
     assert rc != 0, out.splitlines()[-1]

@@ -31,32 +31,37 @@ MECHANISMS = [
 ]
 
 
-def isolated_relay(factory: Factory, backend_port: int, pki: Pki, client_cert: str,
-                   tickets: int) -> RelayProcess:
+def isolated_relay(
+    factory: Factory, backend_port: int, pki: Pki, client_cert: str, tickets: int
+) -> RelayProcess:
     def dom(name: str, cn: str, sni: list[str], ca: str) -> dict[str, Any]:
         extra: dict[str, Any] = {"client_cert": client_cert, "session_tickets": tickets}
         if client_cert != "off":
             extra["ca_list"] = ca
         return domain(pki, name, cn, sni, **extra)
 
-    return factory({
-        "server_domain": [
-            dom("tenant-a", "a.example", ["a.example"], str(pki.ca_file)),
-            dom("tenant-b", "b.example", ["b.example"], str(pki.other_ca_file)),
-            dom("catch-all", "any.example", ["*"], str(pki.ca_file)),
-        ],
-        "listener": [RelayProcess.tls_listener(backend_port)],
-    })
+    return factory(
+        {
+            "server_domain": [
+                dom("tenant-a", "a.example", ["a.example"], str(pki.ca_file)),
+                dom("tenant-b", "b.example", ["b.example"], str(pki.other_ca_file)),
+                dom("catch-all", "any.example", ["*"], str(pki.ca_file)),
+            ],
+            "listener": [RelayProcess.tls_listener(backend_port)],
+        }
+    )
 
 
-def phone_context(pki: Pki | None, version: ssl.TLSVersion | None, tickets: int
-                  ) -> ssl.SSLContext:
+def phone_context(pki: Pki | None, version: ssl.TLSVersion | None, tickets: int) -> ssl.SSLContext:
     """A client of this TLS version (tickets off when `tickets` is 0), with the certificate of
     tenant A's phone when a PKI is given."""
     files = pki.leaf("phone-of-tenant-a", client=True, tag="phone-of-tenant-a") if pki else None
-    ctx = client_context(cert=str(files.cert) if files else None,
-                         key=str(files.key) if files else None,
-                         min_version=version, max_version=version)
+    ctx = client_context(
+        cert=str(files.cert) if files else None,
+        key=str(files.key) if files else None,
+        min_version=version,
+        max_version=version,
+    )
     if not tickets:
         ctx.options |= ssl.OP_NO_TICKET
     return ctx
@@ -69,8 +74,9 @@ def connections(relay: RelayProcess) -> list[dict[str, Any]]:
     return found
 
 
-def take_session(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
-                 session: ssl.SSLSession | None = None) -> tuple[ssl.SSLSession, bool]:
+def take_session(
+    relay: RelayProcess, ctx: ssl.SSLContext, sni: str, session: ssl.SSLSession | None = None
+) -> tuple[ssl.SSLSession, bool]:
     """A connection that completes one request; its session (TLS 1.3 tickets arrive with the
     answer) and whether it was resumed."""
     with TlsClient(relay.port(), ctx=ctx, server_hostname=sni, session=session) as client:
@@ -83,8 +89,9 @@ def take_session(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
     return got, resumed
 
 
-def full_handshake_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
-                      session: ssl.SSLSession) -> dict[str, Any]:
+def full_handshake_on(
+    relay: RelayProcess, ctx: ssl.SSLContext, sni: str, session: ssl.SSLSession
+) -> dict[str, Any]:
     """Offer `session` with another SNI: a full handshake on that domain, which admits the
     client; its certificate and its entry in /api/connections."""
     with TlsClient(relay.port(), ctx=ctx, server_hostname=sni, session=session) as client:
@@ -97,8 +104,7 @@ def full_handshake_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
     return {**conn, "certificate_cn": cn}
 
 
-def refused_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
-               session: ssl.SSLSession) -> bool:
+def refused_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str, session: ssl.SSLSession) -> bool:
     """Offer `session` with another SNI: a full handshake, which that domain refuses (TLS 1.3
     clients learn of it on their first read)."""
     try:
@@ -111,8 +117,9 @@ def refused_on(relay: RelayProcess, ctx: ssl.SSLContext, sni: str,
 
 
 @pytest.mark.parametrize(("version", "tickets"), MECHANISMS)
-def test_resumption_stays_in_its_domain(relay_factory: Factory, backend: Any, pki: Pki,
-                                        version: ssl.TLSVersion, tickets: int) -> None:
+def test_resumption_stays_in_its_domain(
+    relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion, tickets: int
+) -> None:
     relay = isolated_relay(relay_factory, backend.port, pki, "required", tickets)
     ctx = phone_context(pki, version, tickets)
     session, _ = take_session(relay, ctx, "a.example")
@@ -133,8 +140,8 @@ def test_resumption_stays_in_its_domain(relay_factory: Factory, backend: Any, pk
 
 @pytest.mark.parametrize(("version", "tickets"), MECHANISMS)
 def test_resumption_stays_in_its_domain_without_client_certs(
-        relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion,
-        tickets: int) -> None:
+    relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion, tickets: int
+) -> None:
     relay = isolated_relay(relay_factory, backend.port, pki, "off", tickets)
     ctx = phone_context(None, version, tickets)
     session, _ = take_session(relay, ctx, "a.example")
@@ -152,20 +159,29 @@ def test_resumption_stays_in_its_domain_without_client_certs(
 
 @pytest.mark.parametrize(("version", "tickets"), MECHANISMS)
 def test_each_domain_keeps_its_client_certificate_policy(
-        relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion,
-        tickets: int) -> None:
+    relay_factory: Factory, backend: Any, pki: Pki, version: ssl.TLSVersion, tickets: int
+) -> None:
     """Domains on one listener may differ in client_cert (each handshake runs on its domain's
     own context from the start); a session from a domain without client certificates never
     opens one that requires them."""
     extra = {"session_tickets": tickets}
-    relay = relay_factory({
-        "server_domain": [
-            domain(pki, "phones", "phones.example", ["phones.example"], client_cert="required",
-                   ca_list=str(pki.ca_file), **extra),
-            domain(pki, "open", "open.example", ["*"], **extra),
-        ],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [
+                domain(
+                    pki,
+                    "phones",
+                    "phones.example",
+                    ["phones.example"],
+                    client_cert="required",
+                    ca_list=str(pki.ca_file),
+                    **extra,
+                ),
+                domain(pki, "open", "open.example", ["*"], **extra),
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     anonymous = phone_context(None, version, tickets)
     session, _ = take_session(relay, anonymous, "open.example")
     _, resumed = take_session(relay, anonymous, "open.example", session)
@@ -180,22 +196,28 @@ def test_each_domain_keeps_its_client_certificate_policy(
 
 
 def test_the_sni_shown_is_the_one_sent_on_a_tls12_resumption(
-        relay_factory: Factory, backend: Any, pki: Pki) -> None:
+    relay_factory: Factory, backend: Any, pki: Pki
+) -> None:
     """OpenSSL hands the SNI callback the name stored in a TLS 1.2 session when it resumes
     it: /api/connections (and SNI trace filters) must see the name the client sent now."""
-    relay = relay_factory({
-        "server_domain": [domain(pki, "wild", "any.b.example", ["*.b.example"],
-                                 session_tickets=0),
-                          domain(pki, "other", "other.example", ["*"], session_tickets=0)],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [
+                domain(pki, "wild", "any.b.example", ["*.b.example"], session_tickets=0),
+                domain(pki, "other", "other.example", ["*"], session_tickets=0),
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     ctx = phone_context(None, TLS12, 0)
     session, _ = take_session(relay, ctx, "x.b.example")
-    with TlsClient(relay.port(), ctx=ctx, server_hostname="y.b.example",
-                   session=session) as client:
+    with TlsClient(relay.port(), ctx=ctx, server_hostname="y.b.example", session=session) as client:
         assert client.sock.session_reused
         client.send(request())
         client.recv_messages(1)
         [conn] = [c for c in connections(relay) if c["state"] == "open"]
-        assert (conn["sni"], conn["server_domain"], conn["resumed"]) == \
-            ("y.b.example", "wild", True)
+        assert (conn["sni"], conn["server_domain"], conn["resumed"]) == (
+            "y.b.example",
+            "wild",
+            True,
+        )

@@ -40,8 +40,9 @@ def test_any_split(bodies: list[bytes], data: st.DataObject) -> None:
 
 
 @given(st.lists(st.binary(max_size=300), min_size=1, max_size=8), st.data())
-def test_records_ended_are_counted_however_the_stream_is_split(bodies: list[bytes],
-                                                              data: st.DataObject) -> None:
+def test_records_ended_are_counted_however_the_stream_is_split(
+    bodies: list[bytes], data: st.DataObject
+) -> None:
     stream = b"".join(record(b) for b in bodies)
     cuts = sorted(data.draw(st.lists(st.integers(0, len(stream)), max_size=6)))
     state: tuple[int, bytes] = (0, b"")

@@ -21,8 +21,13 @@ Factory = Callable[..., RelayProcess]
 
 def domain(pki: Pki, name: str, cn: str, sni: list[str], **extra: Any) -> dict[str, Any]:
     files = pki.leaf(cn, names=[cn], tag=f"{name}-{cn}")
-    return {"name": name, "match_sip_domain": sni, "certificate": str(files.cert),
-            "private_key": str(files.key), **extra}
+    return {
+        "name": name,
+        "match_sip_domain": sni,
+        "certificate": str(files.cert),
+        "private_key": str(files.key),
+        **extra,
+    }
 
 
 def peer_cn(client: TlsClient) -> str:
@@ -36,23 +41,28 @@ def peer_cn(client: TlsClient) -> str:
 
 @pytest.fixture
 def sni_relay(relay_factory: Factory, backend: SipBackend, pki: Pki) -> RelayProcess:
-    return relay_factory({
-        "server_domain": [
-            domain(pki, "default", "default.example", ["*"]),
-            domain(pki, "alpha", "alpha.example", ["alpha.example", "sip.alpha.example"]),
-            domain(pki, "wild", "any.beta.example", ["*.beta.example"]),
-        ],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    return relay_factory(
+        {
+            "server_domain": [
+                domain(pki, "default", "default.example", ["*"]),
+                domain(pki, "alpha", "alpha.example", ["alpha.example", "sip.alpha.example"]),
+                domain(pki, "wild", "any.beta.example", ["*.beta.example"]),
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
-@pytest.mark.parametrize(("sni", "cn"), [
-    ("alpha.example", "alpha.example"),
-    ("SIP.ALPHA.example", "alpha.example"),
-    ("x.beta.example", "any.beta.example"),
-    ("other.example", "default.example"),
-    (None, "default.example"),
-])
+@pytest.mark.parametrize(
+    ("sni", "cn"),
+    [
+        ("alpha.example", "alpha.example"),
+        ("SIP.ALPHA.example", "alpha.example"),
+        ("x.beta.example", "any.beta.example"),
+        ("other.example", "default.example"),
+        (None, "default.example"),
+    ],
+)
 def test_sni_selects_the_domain(sni_relay: RelayProcess, sni: str | None, cn: str) -> None:
     with TlsClient(sni_relay.port(), server_hostname=sni) as client:
         assert peer_cn(client) == cn
@@ -60,12 +70,15 @@ def test_sni_selects_the_domain(sni_relay: RelayProcess, sni: str | None, cn: st
         client.recv_messages(1)
 
 
-def test_unknown_sni_refused_without_catch_all(relay_factory: Factory, backend: SipBackend,
-                                               pki: Pki) -> None:
-    relay = relay_factory({
-        "server_domain": [domain(pki, "default", "only.example", ["only.example", "none"])],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+def test_unknown_sni_refused_without_catch_all(
+    relay_factory: Factory, backend: SipBackend, pki: Pki
+) -> None:
+    relay = relay_factory(
+        {
+            "server_domain": [domain(pki, "default", "only.example", ["only.example", "none"])],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     with TlsClient(relay.port(), server_hostname="only.example") as client:
         assert peer_cn(client) == "only.example"
     with TlsClient(relay.port()) as client:  # no SNI: "none" matches
@@ -76,13 +89,24 @@ def test_unknown_sni_refused_without_catch_all(relay_factory: Factory, backend: 
 
 
 @pytest.fixture
-def mtls_relay(relay_factory: Factory, backend: SipBackend, pki: Pki,
-               request: pytest.FixtureRequest) -> RelayProcess:
-    return relay_factory({
-        "server_domain": [domain(pki, "default", "mtls.example", ["*"],
-                                 client_cert=request.param, ca_list=str(pki.ca_file))],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+def mtls_relay(
+    relay_factory: Factory, backend: SipBackend, pki: Pki, request: pytest.FixtureRequest
+) -> RelayProcess:
+    return relay_factory(
+        {
+            "server_domain": [
+                domain(
+                    pki,
+                    "default",
+                    "mtls.example",
+                    ["*"],
+                    client_cert=request.param,
+                    ca_list=str(pki.ca_file),
+                )
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
 @pytest.mark.parametrize("mtls_relay", ["required"], indirect=True)
@@ -117,10 +141,12 @@ def test_client_certificate_optional(mtls_relay: RelayProcess, pki: Pki) -> None
 
 
 def test_version_limits(relay_factory: Factory, backend: SipBackend, pki: Pki) -> None:
-    relay = relay_factory({
-        "server_domain": [domain(pki, "default", "v13.example", ["*"], min_version="TLSv1.3")],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [domain(pki, "default", "v13.example", ["*"], min_version="TLSv1.3")],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     with TlsClient(relay.port()) as client:
         assert client.sock.version() == "TLSv1.3"
     old = client_context(max_version=ssl.TLSVersion.TLSv1_2)
@@ -145,11 +171,21 @@ def test_default_versions_are_1_2_to_1_3(relay: RelayProcess) -> None:
 
 
 def test_cipher_list(relay_factory: Factory, backend: SipBackend, pki: Pki) -> None:
-    relay = relay_factory({
-        "server_domain": [domain(pki, "default", "c.example", ["*"], max_version="TLSv1.2",
-                                 ciphers_list="ECDHE-ECDSA-CHACHA20-POLY1305")],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [
+                domain(
+                    pki,
+                    "default",
+                    "c.example",
+                    ["*"],
+                    max_version="TLSv1.2",
+                    ciphers_list="ECDHE-ECDSA-CHACHA20-POLY1305",
+                )
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     with TlsClient(relay.port()) as client:
         assert client.sock.cipher()[0] == "ECDHE-ECDSA-CHACHA20-POLY1305"
     ctx = client_context()
@@ -160,8 +196,9 @@ def test_cipher_list(relay_factory: Factory, backend: SipBackend, pki: Pki) -> N
 
 
 def test_handshake_timeout(relay_factory: Factory, backend: SipBackend) -> None:
-    relay = relay_factory({"tls_handshake_timeout": 300,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"tls_handshake_timeout": 300, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     stalled = socket.create_connection(("127.0.0.1", relay.port()))
     stalled.sendall(b"\x16\x03\x01\x00\x10")  # a record header, then nothing
     stalled.settimeout(10)
@@ -174,11 +211,14 @@ def test_handshake_timeout(relay_factory: Factory, backend: SipBackend) -> None:
         client.recv_messages(1)
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (request(), "plain_sip"),
-    (b"GET / HTTP/1.1\r\n\r\n", "not_tls"),
-    (b"\x80\x2e\x01\x03\x00" + bytes(45), "unsupported_version"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (request(), "plain_sip"),
+        (b"GET / HTTP/1.1\r\n\r\n", "not_tls"),
+        (b"\x80\x2e\x01\x03\x00" + bytes(45), "unsupported_version"),
+    ],
+)
 def test_not_tls(relay: RelayProcess, payload: bytes, reason: str) -> None:
     with socket.create_connection(("127.0.0.1", relay.port()), timeout=10) as s:
         s.sendall(payload)
@@ -187,13 +227,17 @@ def test_not_tls(relay: RelayProcess, payload: bytes, reason: str) -> None:
 
 
 @pytest.mark.parametrize("tickets", [0, 2])
-def test_session_tickets_and_resumption(relay_factory: Factory, backend: SipBackend, pki: Pki,
-                                        tickets: int) -> None:
-    relay = relay_factory({
-        "server_domain": [domain(pki, "default", "resume.example", ["*"],
-                                 session_tickets=tickets)],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+def test_session_tickets_and_resumption(
+    relay_factory: Factory, backend: SipBackend, pki: Pki, tickets: int
+) -> None:
+    relay = relay_factory(
+        {
+            "server_domain": [
+                domain(pki, "default", "resume.example", ["*"], session_tickets=tickets)
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     ctx = client_context()
     with TlsClient(relay.port(), ctx=ctx) as first:
         first.send(request())
@@ -205,8 +249,9 @@ def test_session_tickets_and_resumption(relay_factory: Factory, backend: SipBack
     again.close()
 
 
-def test_chain_is_sent(relay_factory: Factory, backend: SipBackend, pki: Pki,
-                       tmp_path: Path) -> None:
+def test_chain_is_sent(
+    relay_factory: Factory, backend: SipBackend, pki: Pki, tmp_path: Path
+) -> None:
     """A certificate issued by an intermediate CA verifies at a client that only trusts the
     root once `chain` names the intermediate."""
     from tlstrace.tls.certgen import issue, make_ca
@@ -218,12 +263,19 @@ def test_chain_is_sent(relay_factory: Factory, backend: SipBackend, pki: Pki,
     chain.write_bytes(intermediate.cert_pem())
     verify = client_context(ca=str(pki.ca_file), check_hostname=True)
     for with_chain in (False, True):
-        relay = relay_factory({
-            "server_domain": [{"name": "default", "certificate": str(cert),
-                               "private_key": str(key),
-                               **({"chain": str(chain)} if with_chain else {})}],
-            "listener": [RelayProcess.tls_listener(backend.port)],
-        })
+        relay = relay_factory(
+            {
+                "server_domain": [
+                    {
+                        "name": "default",
+                        "certificate": str(cert),
+                        "private_key": str(key),
+                        **({"chain": str(chain)} if with_chain else {}),
+                    }
+                ],
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            }
+        )
         if with_chain:
             with TlsClient(relay.port(), ctx=verify, server_hostname="chained.example") as c:
                 c.send(request())

@@ -36,13 +36,21 @@ from tlstrace.trace.tracer import ConnectionTracer, TraceManager
 
 
 def sip(call_id: bytes = b"fit@x", body: bytes = b"", extra: list[bytes] | None = None) -> bytes:
-    lines = [b"INVITE sip:bob@example.com SIP/2.0", b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1",
-             *(extra or []), b"From: <sip:a@x>;tag=1", b"To: <sip:b@x>", b"Call-ID: " + call_id,
-             b"CSeq: 1 INVITE", b"Content-Length: " + str(len(body)).encode()]
+    lines = [
+        b"INVITE sip:bob@example.com SIP/2.0",
+        b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1",
+        *(extra or []),
+        b"From: <sip:a@x>;tag=1",
+        b"To: <sip:b@x>",
+        b"Call-ID: " + call_id,
+        b"CSeq: 1 INVITE",
+        b"Content-Length: " + str(len(body)).encode(),
+    ]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
 # -- short forms -------------------------------------------------------------------------------
+
 
 def test_short_id_keeps_ids_up_to_the_bound_and_shortens_longer_ones_stably() -> None:
     at = b"a" * CALL_ID_MAX
@@ -76,8 +84,13 @@ def test_short_text_bounds_event_fields() -> None:
 
 def test_events_shorten_certificate_fields() -> None:
     conn = Connection("inbound", ("192.0.2.1", 5061), ("127.0.0.1", 5061), "tls:x")
-    conn.local_cert = CertInfo("/CN=" + "s" * 70000, "/CN=" + "i" * 70000, "01", "ab",
-                               dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    conn.local_cert = CertInfo(
+        "/CN=" + "s" * 70000,
+        "/CN=" + "i" * 70000,
+        "01",
+        "ab",
+        dt.datetime(2030, 1, 1, tzinfo=dt.UTC),
+    )
     parts = dict(events.handshake_event(conn, ok=True, message="", reason=None, keys=False))
     assert len(parts["server-subject"]) == len(parts["server-issuer"]) == FIELD_MAX
     prefix = events.session_record_prefix(conn, keys=False)
@@ -85,6 +98,7 @@ def test_events_shorten_certificate_fields() -> None:
 
 
 # -- truncation --------------------------------------------------------------------------------
+
 
 def test_truncation_cuts_the_body_first_and_marks_the_copy() -> None:
     msg = sip(body=b"v" * 5000)
@@ -106,7 +120,7 @@ def test_truncation_leaves_header_lines_out_keeping_the_dialogs() -> None:
     for h in (b"Via:", b"From:", b"To:", b"Call-ID: hdr@x", b"CSeq:"):
         assert any(x.startswith(h) for x in lines), h
     kept = [x for x in lines if x.startswith(b"X-Pad-")]
-    assert kept == pad[:len(kept)] and 0 < len(kept) < 100  # in order, the last ones left out
+    assert kept == pad[: len(kept)] and 0 < len(kept) < 100  # in order, the last ones left out
 
 
 def test_truncation_keeps_folded_headers_whole_and_shortens_a_huge_call_id() -> None:
@@ -161,17 +175,23 @@ def test_truncating_headers_costs_no_python_work_per_header_line() -> None:
     """16,000 short header lines, folds or Via headers cost no more Python lines than 1,000:
     the header section is handled in C (one regex split, one rfind, joins), never line by
     line in Python nor by repeated `+=` on a folded header."""
+
     def shapes(n: int) -> dict[str, bytes]:
-        return {"a:": sip(extra=[b"a:"] * n),
-                "folds": sip(extra=[b"Subject: s", *[b" f"] * n]),
-                "v:": sip(extra=[b"v:"] * n),
-                "folds in Via": sip(extra=[b"v: SIP/2.0/TLS x", *[b"\tf"] * n])}
+        return {
+            "a:": sip(extra=[b"a:"] * n),
+            "folds": sip(extra=[b"Subject: s", *[b" f"] * n]),
+            "v:": sip(extra=[b"v:"] * n),
+            "folds in Via": sip(extra=[b"v: SIP/2.0/TLS x", *[b"\tf"] * n]),
+        }
+
     small, large = shapes(1000), shapes(16000)
     for name in small:
         assert len(large[name]) <= 65535
         truncate_sip(small[name], 1000, b"short@x")  # anything done once only, done
-        cost = [python_lines(lambda m=m: truncate_sip(m, 1000, b"short@x"))  # type: ignore[misc]
-                for m in (small[name], large[name])]
+        cost = [
+            python_lines(lambda m=m: truncate_sip(m, 1000, b"short@x"))  # type: ignore[misc]
+            for m in (small[name], large[name])
+        ]
         assert max(cost) < 200, (name, cost)  # on merge-stall: 13,513 and 208,513 for a:
 
 
@@ -181,21 +201,35 @@ def test_truncation_puts_the_dialog_first_and_keeps_a_folded_header_whole_or_not
     out, cut = truncate_sip(msg, 1000)
     assert cut == "headers" and len(out) <= 1000
     lines = out.split(b"\r\n")
-    assert lines[2:7] == [b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1", b"From: <sip:a@x>;tag=1",
-                          b"To: <sip:b@x>", b"Call-ID: fold@x", b"CSeq: 1 INVITE"]
+    assert lines[2:7] == [
+        b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1",
+        b"From: <sip:a@x>;tag=1",
+        b"To: <sip:b@x>",
+        b"Call-ID: fold@x",
+        b"CSeq: 1 INVITE",
+    ]
     assert lines[7:] == [b"X-Before: 1", b"", b""]  # the folded header would not fit: out whole
     out, _ = truncate_sip(msg, 3000)
     assert b"\r\n".join(folded) + b"\r\nX-After: 2\r\n" in out
     # compact forms and a space before the colon are the dialog's too
-    compact = (b"MESSAGE sip:x SIP/2.0\r\n" + b"X-Pad: p\r\n" * 300 + b"v : SIP/2.0/TLS a\r\n"
-               b"f: <sip:a@x>\r\ni: c@x\r\nt: <sip:b@x>\r\nCSEQ: 2 MESSAGE\r\n\r\n")
+    compact = (
+        b"MESSAGE sip:x SIP/2.0\r\n" + b"X-Pad: p\r\n" * 300 + b"v : SIP/2.0/TLS a\r\n"
+        b"f: <sip:a@x>\r\ni: c@x\r\nt: <sip:b@x>\r\nCSEQ: 2 MESSAGE\r\n\r\n"
+    )
     out, _ = truncate_sip(compact, 400)
-    assert out.split(b"\r\n")[2:7] == [b"v : SIP/2.0/TLS a", b"f: <sip:a@x>", b"i: c@x",
-                                        b"t: <sip:b@x>", b"CSEQ: 2 MESSAGE"]
+    assert out.split(b"\r\n")[2:7] == [
+        b"v : SIP/2.0/TLS a",
+        b"f: <sip:a@x>",
+        b"i: c@x",
+        b"t: <sip:b@x>",
+        b"CSEQ: 2 MESSAGE",
+    ]
 
 
-@given(st.lists(st.sampled_from([b"\r\n", b" ", b"\t", b"x", b"\r", b"\n", b"ab"]), max_size=80),
-       st.integers(0, 200))
+@given(
+    st.lists(st.sampled_from([b"\r\n", b" ", b"\t", b"x", b"\r", b"\n", b"ab"]), max_size=80),
+    st.integers(0, 200),
+)
 @settings(max_examples=500, deadline=None)
 def test_the_cut_ends_at_the_last_whole_header_that_fits(pieces: list[bytes], budget: int) -> None:
     """`_cut` (one rfind, and for a folded header a translate and three rfinds) against the
@@ -210,15 +244,23 @@ def test_the_cut_ends_at_the_last_whole_header_that_fits(pieces: list[bytes], bu
 
 def test_a_flood_of_via_headers_does_not_push_the_dialog_out() -> None:
     """Dialog headers that alone do not fit: the first of each kind is kept before more Vias."""
-    msg = (b"INVITE sip:x SIP/2.0\r\n" + b"Via: SIP/2.0/TLS 192.0.2.9\r\n" * 2000
-           + b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: " + b"c" * 40000
-           + b"\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n")
+    msg = (
+        b"INVITE sip:x SIP/2.0\r\n"
+        + b"Via: SIP/2.0/TLS 192.0.2.9\r\n" * 2000
+        + b"From: <sip:a@x>;tag=1\r\nTo: <sip:b@x>\r\nCall-ID: "
+        + b"c" * 40000
+        + b"\r\nCSeq: 7 INVITE\r\nContent-Length: 0\r\n\r\n"
+    )
     out, cut = truncate_sip(msg, 2000, short_id(b"c" * 40000))
     assert cut == "headers" and len(out) <= 2000
     lines = out.split(b"\r\n")
-    assert lines[2:7] == [b"Via: SIP/2.0/TLS 192.0.2.9", b"From: <sip:a@x>;tag=1",
-                          b"To: <sip:b@x>", b"Call-ID: " + short_id(b"c" * 40000),
-                          b"CSeq: 7 INVITE"]
+    assert lines[2:7] == [
+        b"Via: SIP/2.0/TLS 192.0.2.9",
+        b"From: <sip:a@x>;tag=1",
+        b"To: <sip:b@x>",
+        b"Call-ID: " + short_id(b"c" * 40000),
+        b"CSeq: 7 INVITE",
+    ]
     assert set(lines[7:-2]) == {b"Via: SIP/2.0/TLS 192.0.2.9"} and len(lines) > 40
 
 
@@ -244,6 +286,7 @@ def test_a_mark_sent_by_the_client_is_renamed_in_the_trace_only() -> None:
 
 
 # -- the tracer --------------------------------------------------------------------------------
+
 
 class Collect:
     def __init__(self) -> None:
@@ -314,8 +357,9 @@ def test_early_messages_refit_for_a_backend_leg_with_larger_packets() -> None:
     assert [p.src_ip for p in backend] == ["2001:db8::1", "2001:db8::1"]
     assert backend[0].payload == probe
     assert len(out.packets[3]) == 65507
-    assert backend[1].payload.startswith(b"INVITE sip:bob@example.com SIP/2.0\r\n"
-                                         b"X-Tlstrace-Truncated: length=%d;cut=body" % len(msg))
+    assert backend[1].payload.startswith(
+        b"INVITE sip:bob@example.com SIP/2.0\r\nX-Tlstrace-Truncated: length=%d;cut=body" % len(msg)
+    )
 
 
 def test_what_cannot_fit_at_all_is_counted_not_sent(caplog: Any) -> None:
@@ -323,8 +367,9 @@ def test_what_cannot_fit_at_all_is_counted_not_sent(caplog: Any) -> None:
     that cannot be built are counted (not_traced) and logged, never sent over the bound."""
     manager, tracer, out, _ = tracer_for(hep_max_packet=1024, hep_auth_key="k" * 900)
     conn = tracer.conn
-    conn.local_cert = CertInfo("/CN=" + "s" * 2000, "/CN=i", "01", "ab",
-                               dt.datetime(2030, 1, 1, tzinfo=dt.UTC))
+    conn.local_cert = CertInfo(
+        "/CN=" + "s" * 2000, "/CN=i", "01", "ab", dt.datetime(2030, 1, 1, tzinfo=dt.UTC)
+    )
     tracer.build_session()
     with caplog.at_level("WARNING", logger="tlstrace.trace"):
         tracer.message(sip(body=b"v" * 2000), True, time.time())

@@ -28,8 +28,9 @@ def sink() -> Iterator[HepSink]:
 
 @pytest.fixture
 def sidecar(relay_factory: Factory, backend: SipBackend, sink: HepSink) -> RelayProcess:
-    return relay_factory({"hep_id": [sink.hep_id],
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+    return relay_factory(
+        {"hep_id": [sink.hep_id], "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
 
 
 def api(relay: RelayProcess) -> httpx.Client:
@@ -86,13 +87,16 @@ def test_a_switch_without_a_limit_removes_it(sidecar: RelayProcess) -> None:
     assert http.put("/api/trace", json={"tracing": "off"}).json()["until"] is None
 
 
-@pytest.mark.parametrize("body", [
-    {"tracing": "on", "for_seconds": 0},
-    {"tracing": "on", "for_seconds": -5},
-    {"tracing": "on", "for_seconds": "ten"},
-    {"tracing": "on", "for_seconds": 1e12},
-    {"tracing": "off", "for_seconds": 60},
-])
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"tracing": "on", "for_seconds": 0},
+        {"tracing": "on", "for_seconds": -5},
+        {"tracing": "on", "for_seconds": "ten"},
+        {"tracing": "on", "for_seconds": 1e12},
+        {"tracing": "off", "for_seconds": 60},
+    ],
+)
 def test_bad_limits_are_refused(sidecar: RelayProcess, body: dict[str, object]) -> None:
     http = api(sidecar)
     r = http.put("/api/trace", json=body)
@@ -100,11 +104,17 @@ def test_bad_limits_are_refused(sidecar: RelayProcess, body: dict[str, object]) 
     assert http.get("/api/trace").json()["tracing"] == "off"
 
 
-def test_the_file_can_limit_trace_on(relay_factory: Factory, backend: SipBackend,
-                                     sink: HepSink) -> None:
-    relay = relay_factory({"hep_id": [sink.hep_id], "trace_on": True,
-                           "trace_on_for_seconds": 1,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_the_file_can_limit_trace_on(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = relay_factory(
+        {
+            "hep_id": [sink.hep_id],
+            "trace_on": True,
+            "trace_on_for_seconds": 1,
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     http = api(relay)
     state = http.get("/api/trace").json()
     assert state["tracing"] == "on" and state["until"]
@@ -114,8 +124,13 @@ def test_the_file_can_limit_trace_on(relay_factory: Factory, backend: SipBackend
 
 def curl(relay: RelayProcess, *args: str) -> tuple[int, str]:
     """curl as an operator types it; (status, body)."""
-    r = subprocess.run(["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
-                       capture_output=True, text=True, timeout=20, check=True)
+    r = subprocess.run(
+        ["curl", "-s", "-o", "-", "-w", "\n%{http_code}", *args],
+        capture_output=True,
+        text=True,
+        timeout=20,
+        check=True,
+    )
     body, _, status = r.stdout.rpartition("\n")
     return int(status), body
 
@@ -126,14 +141,22 @@ def test_json_bodies_without_the_json_content_type(sidecar: RelayProcess) -> Non
     status, body = curl(sidecar, "-X", "PUT", url, "-d", '{"tracing":"on","for_seconds":600}')
     assert status == 200, body
     assert json.loads(body)["tracing"] == "on"
-    status, body = curl(sidecar, "-X", "PUT", url, "-H", "content-type: text/plain",
-                        "-d", '{"tracing":"off"}')
+    status, body = curl(
+        sidecar, "-X", "PUT", url, "-H", "content-type: text/plain", "-d", '{"tracing":"off"}'
+    )
     assert (status, json.loads(body)["tracing"]) == (200, "off")
-    status, body = curl(sidecar, "-X", "PUT", url, "-H", "content-type:", "-d",
-                        '{"tracing":"on"}')  # no content-type at all
+    status, body = curl(
+        sidecar, "-X", "PUT", url, "-H", "content-type:", "-d", '{"tracing":"on"}'
+    )  # no content-type at all
     assert (status, json.loads(body)["tracing"]) == (200, "on")
-    status, body = curl(sidecar, "-X", "PUT", f"{sidecar.api_url}/api/trace/filters", "-d",
-                        '{"rules": [{"action": "deny", "remote": "10.0.0.0/8"}]}')
+    status, body = curl(
+        sidecar,
+        "-X",
+        "PUT",
+        f"{sidecar.api_url}/api/trace/filters",
+        "-d",
+        '{"rules": [{"action": "deny", "remote": "10.0.0.0/8"}]}',
+    )
     assert status == 200, body
 
     # not JSON: the answer says what is missing
@@ -143,7 +166,8 @@ def test_json_bodies_without_the_json_content_type(sidecar: RelayProcess) -> Non
     assert "content-type: application/json" in problem["msg"]
     assert "application/x-www-form-urlencoded" in problem["msg"]
     # a JSON content type with a broken body is still FastAPI's own answer
-    status, body = curl(sidecar, "-X", "PUT", url, "-H", "content-type: application/json",
-                        "-d", "{")
+    status, body = curl(
+        sidecar, "-X", "PUT", url, "-H", "content-type: application/json", "-d", "{"
+    )
     assert status == 422
     assert api(sidecar).get("/api/trace").json()["tracing"] == "on"

@@ -48,8 +48,13 @@ def by_connection(sink: HepSink) -> dict[str, list[dict[str, str]]]:
     return conns
 
 
-def attempt(port: int, *, ctx: ssl.SSLContext | None = None, raw: bytes | None = None,
-            sni: str | None = None) -> None:
+def attempt(
+    port: int,
+    *,
+    ctx: ssl.SSLContext | None = None,
+    raw: bytes | None = None,
+    sni: str | None = None,
+) -> None:
     """One connection that is expected to fail its handshake."""
     if raw is not None:
         with socket.create_connection(("127.0.0.1", port), timeout=10) as s:
@@ -65,30 +70,47 @@ def attempt(port: int, *, ctx: ssl.SSLContext | None = None, raw: bytes | None =
         pass
 
 
-def test_each_handshake_failure_is_one_failure_event(relay_factory: Factory,
-                                                     backend: SipBackend, pki: Pki,
-                                                     sink: HepSink) -> None:
+def test_each_handshake_failure_is_one_failure_event(
+    relay_factory: Factory, backend: SipBackend, pki: Pki, sink: HepSink
+) -> None:
     server = pki.leaf("mtls.example", tag="fail-server")
-    relay = relay_factory({
-        "trace_on": True, "hep_id": [sink.hep_id], "tls_handshake_timeout": 400,
-        "server_domain": [{"name": "default", "certificate": str(server.cert),
-                           "private_key": str(server.key), "client_cert": "required",
-                           "ca_list": str(pki.ca_file), "max_version": "TLSv1.3",
-                           "match_sip_domain": ["mtls.example", "none"]}],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "trace_on": True,
+            "hep_id": [sink.hep_id],
+            "tls_handshake_timeout": 400,
+            "server_domain": [
+                {
+                    "name": "default",
+                    "certificate": str(server.cert),
+                    "private_key": str(server.key),
+                    "client_cert": "required",
+                    "ca_list": str(pki.ca_file),
+                    "max_version": "TLSv1.3",
+                    "match_sip_domain": ["mtls.example", "none"],
+                }
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     port = relay.port()
     phone = pki.leaf("phone.example", client=True, tag="fail-phone")
     rogue = pki.leaf("rogue.example", client=True, untrusted=True, tag="fail-rogue")
-    old = client_context(cert=str(phone.cert), key=str(phone.key),
-                         max_version=ssl.TLSVersion.TLSv1_2)
+    old = client_context(
+        cert=str(phone.cert), key=str(phone.key), max_version=ssl.TLSVersion.TLSv1_2
+    )
     old.set_ciphers("ECDHE-RSA-AES128-GCM-SHA256")  # the server has an ECDSA key: no match
     cases: list[tuple[str, dict[str, Any]]] = [
         ("certificate_required", {}),
         ("unknown_ca", {"ctx": client_context(cert=str(rogue.cert), key=str(rogue.key))}),
         ("no_shared_cipher", {"ctx": old}),
-        ("unrecognized_name", {"ctx": client_context(cert=str(phone.cert), key=str(phone.key)),
-                               "sni": "other.example"}),
+        (
+            "unrecognized_name",
+            {
+                "ctx": client_context(cert=str(phone.cert), key=str(phone.key)),
+                "sni": "other.example",
+            },
+        ),
         ("not_tls", {"raw": b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"}),
         ("plain_sip", {"raw": request()}),
         ("handshake_timeout", {"raw": b"\x16\x03\x01\x00\x40" + b"\x01" * 10}),
@@ -105,8 +127,10 @@ def test_each_handshake_failure_is_one_failure_event(relay_factory: Factory,
             time.sleep(0.05)
         assert len(new) == 1, (reason, new)
         (evs,) = new.values()
-        assert [(e["Event"], e["Status"]) for e in evs] == [("ACCEPTED", "FAILURE"),
-                                                           ("CLOSED", "SUCCESS")], reason
+        assert [(e["Event"], e["Status"]) for e in evs] == [
+            ("ACCEPTED", "FAILURE"),
+            ("CLOSED", "SUCCESS"),
+        ], reason
         assert evs[0]["Reason"] == reason
         assert evs[0]["Message"]
         assert evs[1]["Message"] == "Handshake failed"
@@ -121,24 +145,34 @@ def test_each_handshake_failure_is_one_failure_event(relay_factory: Factory,
     assert accepted[-1]["server-subject"] == "/O=tlstrace tests/CN=mtls.example"
 
 
-def test_a_port_probe_is_not_a_failure(relay_factory: Factory, backend: SipBackend,
-                                       sink: HepSink) -> None:
-    relay = relay_factory({"trace_on": True, "hep_id": [sink.hep_id],
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_a_port_probe_is_not_a_failure(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = relay_factory(
+        {
+            "trace_on": True,
+            "hep_id": [sink.hep_id],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     for _ in range(3):
         socket.create_connection(("127.0.0.1", relay.port())).close()
     time.sleep(0.5)
     assert sink.packets() == []
 
 
-def test_outbound_connection_events_and_messages(relay_factory: Factory, pki: Pki,
-                                                 sink: HepSink) -> None:
+def test_outbound_connection_events_and_messages(
+    relay_factory: Factory, pki: Pki, sink: HepSink
+) -> None:
     with SipBackend(ssl_context=peer_context(pki)) as peer:
-        relay = relay_factory({
-            "trace_on": True, "hep_id": [sink.hep_id],
-            "client_domain": [client_domain(pki, "default", server_name="peer.example")],
-            "listener": [tcp_listener(peer.port)],
-        })
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "hep_id": [sink.hep_id],
+                "client_domain": [client_domain(pki, "default", server_name="peer.example")],
+                "listener": [tcp_listener(peer.port)],
+            }
+        )
         local = LocalSipServer(relay.port())
         req = request("INVITE", "outbound@t")
         local.send(req)
@@ -165,11 +199,17 @@ def keylog_from_events(sink: HepSink) -> list[str]:
 
 
 @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
-def test_inbound_capture_decrypts_with_keys_from_hep(relay_factory: Factory,
-                                                     backend: SipBackend, sink: HepSink,
-                                                     tmp_path: Path, version: str) -> None:
-    relay = relay_factory({"trace_on": True, "trace_keys": True, "hep_id": [sink.hep_id],
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_inbound_capture_decrypts_with_keys_from_hep(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink, tmp_path: Path, version: str
+) -> None:
+    relay = relay_factory(
+        {
+            "trace_on": True,
+            "trace_keys": True,
+            "hep_id": [sink.hep_id],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     port = relay.port()
     cap = LoopbackCapture(tmp_path / "in.pcapng", port)
     tls = ssl.TLSVersion[version.replace(".", "_")]
@@ -188,9 +228,13 @@ def test_inbound_capture_decrypts_with_keys_from_hep(relay_factory: Factory,
         (acc,) = [e for e in events(sink) if e["Event"] == "ACCEPTED"]
         assert acc["master-key"] == lines[0].split()[2].lower()
     else:
-        assert labels == {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
-                          "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0",
-                          "EXPORTER_SECRET"}
+        assert labels == {
+            "CLIENT_HANDSHAKE_TRAFFIC_SECRET",
+            "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+            "CLIENT_TRAFFIC_SECRET_0",
+            "SERVER_TRAFFIC_SECRET_0",
+            "EXPORTER_SECRET",
+        }
     keys = tmp_path / "keys.log"
     keys.write_text("\n".join(lines) + "\n")
     assert decrypted_sip(tmp_path / "in.pcapng", port, None) == []
@@ -200,16 +244,27 @@ def test_inbound_capture_decrypts_with_keys_from_hep(relay_factory: Factory,
 
 
 @pytest.mark.parametrize("version", ["TLSv1.2", "TLSv1.3"])
-def test_outbound_capture_decrypts_with_keys_from_hep(relay_factory: Factory, pki: Pki,
-                                                      sink: HepSink, tmp_path: Path,
-                                                      version: str) -> None:
+def test_outbound_capture_decrypts_with_keys_from_hep(
+    relay_factory: Factory, pki: Pki, sink: HepSink, tmp_path: Path, version: str
+) -> None:
     with SipBackend(ssl_context=peer_context(pki)) as peer:
-        relay = relay_factory({
-            "trace_on": True, "trace_keys": True, "hep_id": [sink.hep_id],
-            "client_domain": [client_domain(pki, "default", server_name="peer.example",
-                                            max_version=version, min_version=version)],
-            "listener": [tcp_listener(peer.port)],
-        })
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "trace_keys": True,
+                "hep_id": [sink.hep_id],
+                "client_domain": [
+                    client_domain(
+                        pki,
+                        "default",
+                        server_name="peer.example",
+                        max_version=version,
+                        min_version=version,
+                    )
+                ],
+                "listener": [tcp_listener(peer.port)],
+            }
+        )
         cap = LoopbackCapture(tmp_path / "out.pcapng", peer.port)
         local = LocalSipServer(relay.port())
         calls = [f"out-{version}-{i}@t" for i in range(2)]
@@ -225,19 +280,22 @@ def test_outbound_capture_decrypts_with_keys_from_hep(relay_factory: Factory, pk
         assert (cid, "MESSAGE") in seen and (cid, "200") in seen, seen
 
 
-def test_keylog_file_is_private_and_complete(relay_factory: Factory, backend: SipBackend,
-                                             tmp_path: Path) -> None:
+def test_keylog_file_is_private_and_complete(
+    relay_factory: Factory, backend: SipBackend, tmp_path: Path
+) -> None:
     keyfile = tmp_path / "secret" / "keys.log"
     keyfile.parent.mkdir()
-    relay = relay_factory({"keylog_file": str(keyfile),
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"keylog_file": str(keyfile), "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     for _ in range(3):
         with TlsClient(relay.port()) as c:
             c.send(request())
             c.recv_messages(1)
     deadline = time.monotonic() + 5
-    while (not keyfile.exists() or keyfile.read_text().count("\n") < 15) and \
-            time.monotonic() < deadline:
+    while (
+        not keyfile.exists() or keyfile.read_text().count("\n") < 15
+    ) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert keyfile.stat().st_mode & 0o777 == 0o600
     lines = keyfile.read_text().splitlines()

@@ -14,8 +14,7 @@ from tlstrace.relay.connection import Connection
 from tlstrace.trace.keyfile import KeyLogFile
 from tlstrace.trace.tracer import ConnectionTracer, TraceManager
 
-INVITE = (b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: units-1\r\n"
-          b"Content-Length: 0\r\n\r\n")
+INVITE = b"INVITE sip:bob@example.com SIP/2.0\r\nCall-ID: units-1\r\nContent-Length: 0\r\n\r\n"
 
 
 def test_a_reload_that_turns_session_records_on_completes_open_tracers() -> None:

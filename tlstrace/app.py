@@ -65,8 +65,9 @@ class PreparedReload:
 class Sidecar:
     """Everything one tlstrace process runs."""
 
-    def __init__(self, config: Config, config_path: Path | None = None,
-                 overrides: Overrides | None = None) -> None:
+    def __init__(
+        self, config: Config, config_path: Path | None = None, overrides: Overrides | None = None
+    ) -> None:
         """Raises ConfigError (see `preflight.prepare`)."""
         self.config_path = config_path
         self.overrides = overrides
@@ -74,8 +75,9 @@ class Sidecar:
         self.loop = asyncio.get_running_loop()
         fds.prepare()
         self.prepared = prepare(config, self.source)
-        self.relay = Relay(config, self.loop, source=self.source,
-                           client_contexts=self.prepared.client)
+        self.relay = Relay(
+            config, self.loop, source=self.source, client_contexts=self.prepared.client
+        )
         self.senders = self.prepared.senders
         self.tracing = TraceManager(config, list(self.senders), self.relay)
         self.trace_timer = TracingTimer(self.tracing, self.loop)
@@ -93,8 +95,9 @@ class Sidecar:
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self._api_guard: ApiGuard | None = None
-        self.reloader = Reloader(self.loop, self.prepare_reload, self.apply_reload,
-                                 self.reload_failed)
+        self.reloader = Reloader(
+            self.loop, self.prepare_reload, self.apply_reload, self.reload_failed
+        )
         #: who asked for the reload that runs next
         self.reload_by = SIGHUP
 
@@ -114,8 +117,10 @@ class Sidecar:
             except OSError as e:
                 self.close_listeners()
                 where = "--listen" if self.overrides and self.overrides.listen else self.source
-                raise StartupError(f"{where}: listener[{i}].listen: cannot listen on "
-                                   f"{li.listen}: {e.strerror or e}") from None
+                raise StartupError(
+                    f"{where}: listener[{i}].listen: cannot listen on "
+                    f"{li.listen}: {e.strerror or e}"
+                ) from None
         await self._start_api()
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         self._prober = self.loop.create_task(probe_backends_forever(self.relay))
@@ -123,31 +128,45 @@ class Sidecar:
         check_fd_limit(self.config)
         await self.senders.start()
         for sender in self.senders:
-            log.info("HEP destination %s (%s)", sender.dest, "traced to" if self.tracing.enabled
-                     else "tracing is off")
+            log.info(
+                "HEP destination %s (%s)",
+                sender.dest,
+                "traced to" if self.tracing.enabled else "tracing is off",
+            )
         if self.tracing.enabled:
-            by = SwitchedBy("flag", "--trace") if self.overrides and self.overrides.trace \
+            by = (
+                SwitchedBy("flag", "--trace")
+                if self.overrides and self.overrides.trace
                 else SwitchedBy("file", f"trace_on = true in {self.source}")
+            )
             log.info("tracing on from start-up: %s", by.text, extra=by.log_fields(True))
         for warning in warnings(self.config, self.source):  # as `tlstrace check` prints them
             log.warning("%s", warning)
         if self.tracing.enabled and self.config.trace_on_for_seconds:
             self.trace_timer.switch(True, self.config.trace_on_for_seconds)
         if self.config.keys_wanted:
-            log.warning("TLS session keys are collected%s%s",
-                        " and sent in traces" if self.config.trace_keys else "",
-                        f"; appended to {self.config.keylog_file}"
-                        if self.config.keylog_file else "")
+            log.warning(
+                "TLS session keys are collected%s%s",
+                " and sent in traces" if self.config.trace_keys else "",
+                f"; appended to {self.config.keylog_file}" if self.config.keylog_file else "",
+            )
         for lst in self.inbound:
             idents = lst.contexts.identities
-            log.info("listening on %s: certificate %s (domains %s); relaying to %s%s",
-                     lst.listener.listen, idents[0].cert_file,
-                     ", ".join(i.domain.name for i in idents), lst.listener.backend,
-                     " with PROXY protocol v2" if lst.listener.proxy_protocol else "")
+            log.info(
+                "listening on %s: certificate %s (domains %s); relaying to %s%s",
+                lst.listener.listen,
+                idents[0].cert_file,
+                ", ".join(i.domain.name for i in idents),
+                lst.listener.backend,
+                " with PROXY protocol v2" if lst.listener.proxy_protocol else "",
+            )
         for out in self.outbound:
-            log.info("listening on %s: relaying over TLS to %s (client domain %s)",
-                     out.listener.listen, out.listener.peer,
-                     out.listener.client_domain or "default")
+            log.info(
+                "listening on %s: relaying over TLS to %s (client domain %s)",
+                out.listener.listen,
+                out.listener.peer,
+                out.listener.client_domain or "default",
+            )
 
     async def _start_api(self) -> None:
         address = self.config.api_address
@@ -160,16 +179,25 @@ class Sidecar:
             sock = bind(*address)
         except OSError as e:
             self.close_listeners()
-            where = "--api" if self.overrides and self.overrides.api is not None else \
-                self.source if "api_listen" in self.config.model_fields_set else "defaults"
-            raise StartupError(f"{where}: api_listen: cannot listen on "
-                               f"{self.config.api_listen}: {e.strerror or e}") from None
+            where = (
+                "--api"
+                if self.overrides and self.overrides.api is not None
+                else self.source
+                if "api_listen" in self.config.model_fields_set
+                else "defaults"
+            )
+            raise StartupError(
+                f"{where}: api_listen: cannot listen on {self.config.api_listen}: {e.strerror or e}"
+            ) from None
         self._api_keep = sock.dup()  # see tlstrace.relay.listening
         self._api_guard = ApiGuard(lambda: self.config, self.relay.stats)
         self.api = make_server(create_app(self), self._api_guard)
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
-        log.info("API and /metrics on http://%s/ (%s)", self.config.api_listen,
-                 "bearer token required" if self.config.api_token else "no token")
+        log.info(
+            "API and /metrics on http://%s/ (%s)",
+            self.config.api_listen,
+            "bearer token required" if self.config.api_token else "no token",
+        )
 
     def request_reload(self, by: SwitchedBy = SIGHUP) -> asyncio.Future[ReloadOutcome]:
         """Ask `self.reloader` for a reload (SIGHUP, `POST /api/reload`); `by` is who asked,
@@ -190,8 +218,7 @@ class Sidecar:
         """The slow part of a reload: re-read the configuration file, decide what each changed
         key does (`tlstrace.reload`), build the SSL contexts and parse the certificates. Runs
         in a worker thread: it touches nothing live."""
-        loaded = load_config(self.config_path, self.overrides) if self.config_path \
-            else self.config
+        loaded = load_config(self.config_path, self.overrides) if self.config_path else self.config
         plan = reload_plan(self.config, loaded)
         config = plan.config
         by_listen = {str(li.listen): li for li in config.listener}
@@ -204,8 +231,9 @@ class Sidecar:
     def reload_failed(self, e: Exception) -> ReloadOutcome:
         self.relay.stats.reloads["failure"] += 1
         if not isinstance(e, ConfigError):
-            log.error("reload failed, keeping the current configuration and certificates",
-                      exc_info=e)
+            log.error(
+                "reload failed, keeping the current configuration and certificates", exc_info=e
+            )
             return ReloadOutcome(False, f"{type(e).__name__}: {e}")
         log.error("reload failed, keeping the current configuration and certificates: %s", e)
         return ReloadOutcome(False, str(e))
@@ -235,28 +263,44 @@ class Sidecar:
         if "log_level" in plan.applied:
             logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
         self.relay.config = config
-        self.relay.handshake_gate = HandshakeGate.from_config(config, self.relay.stats,
-                                                              self.relay.handshake_gate)
+        self.relay.handshake_gate = HandshakeGate.from_config(
+            config, self.relay.stats, self.relay.handshake_gate
+        )
         self.tracing.apply_config(config)
         limit_changed = "trace_on_for_seconds" in plan.applied and self.tracing.enabled
         by = self.reload_by
         if "trace_on" in plan.applied or (config.trace_on and (not had_senders or limit_changed)):
-            self.trace_timer.switch(config.trace_on and bool(len(self.senders)),
-                                    config.trace_on_for_seconds or None, SwitchedBy(
-                                        by.kind, f"a reload ({by.text}): trace_on = "
-                                        f"{str(config.trace_on).lower()} in {self.source}",
-                                        by.client))
+            self.trace_timer.switch(
+                config.trace_on and bool(len(self.senders)),
+                config.trace_on_for_seconds or None,
+                SwitchedBy(
+                    by.kind,
+                    f"a reload ({by.text}): trace_on = "
+                    f"{str(config.trace_on).lower()} in {self.source}",
+                    by.client,
+                ),
+            )
         elif self.tracing.enabled and not len(self.senders):
-            self.trace_timer.switch(False, by=SwitchedBy(  # nowhere to trace to
-                by.kind, f"a reload ({by.text}): no HEP destination is left", by.client))
+            self.trace_timer.switch(
+                False,
+                by=SwitchedBy(  # nowhere to trace to
+                    by.kind, f"a reload ({by.text}): no HEP destination is left", by.client
+                ),
+            )
         self.relay.stats.reloads["success"] += 1
         msg = f"reloaded: {sum(len(c.identities) for _, c in replacements)} server identities"
         if plan.applied:
             msg += "; applied: " + ", ".join(plan.applied)
         if plan.not_applied:
             msg += "; not applied (needs a restart): " + ", ".join(plan.not_applied)
-        log.info("%s (%s)", msg, by.text, extra={"reloaded_by": by.kind} if by.client is None
-                 else {"reloaded_by": by.kind, "client": by.client})
+        log.info(
+            "%s (%s)",
+            msg,
+            by.text,
+            extra={"reloaded_by": by.kind}
+            if by.client is None
+            else {"reloaded_by": by.kind, "client": by.client},
+        )
         if "log_format" in plan.applied:
             set_format(config.log_format)  # after the reload's own line
         return ReloadOutcome(True, msg, plan.applied, plan.not_applied)
@@ -265,11 +309,16 @@ class Sidecar:
         """The senders `config` asks for, reusing the running sender of every destination
         that did not change (its queue and counters go on); None when nothing changed."""
         dests = {d.name: d for d in trace_destinations(config)}
-        tls_changed = (config.hep_ca_list, config.hep_verify_cert) != \
-            (self.config.hep_ca_list, self.config.hep_verify_cert)
+        tls_changed = (config.hep_ca_list, config.hep_verify_cert) != (
+            self.config.hep_ca_list,
+            self.config.hep_verify_cert,
+        )
         running = {s.name: s for s in self.senders}
-        keep = {name for name, s in running.items() if dests.get(name) == s.dest
-                and not (tls_changed and s.dest.transport == "tls")}
+        keep = {
+            name
+            for name, s in running.items()
+            if dests.get(name) == s.dest and not (tls_changed and s.dest.transport == "tls")
+        }
         if keep == set(running) == set(dests):
             return None
         group = HepSenderGroup()
@@ -289,8 +338,13 @@ class Sidecar:
         for s in old:
             if s.name not in group or group[s.name] is not s:
                 self.relay.spawn(s.aclose(HEP_DRAIN_SECONDS))
-                log.info("reload: HEP destination %s (%s) replaced: sending what it queued "
-                         "(%d packets), then stopping", s.name, s.dest, s.stats.queue_depth)
+                log.info(
+                    "reload: HEP destination %s (%s) replaced: sending what it queued "
+                    "(%d packets), then stopping",
+                    s.name,
+                    s.dest,
+                    s.stats.queue_depth,
+                )
 
     async def _watch_listeners(self) -> None:
         """Serve again any listener uvloop stopped after a failed accept (see
@@ -308,9 +362,12 @@ class Sidecar:
             if not free_at_least(_FD_EXHAUSTED):
                 if not exhausted:
                     self.relay.stats.fd_exhausted += 1
-                    log.error("out of file descriptors (%d of %d open): new connections are "
-                              "accepted and closed at once until some are freed",
-                              open_fds(), fd_limit())
+                    log.error(
+                        "out of file descriptors (%d of %d open): new connections are "
+                        "accepted and closed at once until some are freed",
+                        open_fds(),
+                        fd_limit(),
+                    )
                 exhausted = True
             elif free_at_least(2 * _FD_EXHAUSTED):
                 exhausted = False
@@ -330,8 +387,9 @@ class Sidecar:
         if api is None or keep is None or self.relay.shutting_down:
             return
         servers = getattr(api, "servers", [])
-        if not any(s.is_serving() and any(k is None or k.fileno() < 0 for k in s.sockets)
-                   for s in servers):
+        if not any(
+            s.is_serving() and any(k is None or k.fileno() < 0 for k in s.sockets) for s in servers
+        ):
             return
         self._accept_failed("api")
         from api.app import create_app
@@ -351,8 +409,13 @@ class Sidecar:
 
     def _accept_failed(self, name: str) -> None:
         self.relay.stats.accept_failures[name] += 1
-        log.error("%s: accept failed (%d of %d file descriptors open): the event loop stopped "
-                  "this listener; serving it again", name, open_fds(), fd_limit())
+        log.error(
+            "%s: accept failed (%d of %d file descriptors open): the event loop stopped "
+            "this listener; serving it again",
+            name,
+            open_fds(),
+            fd_limit(),
+        )
 
     @property
     def config(self) -> Config:
@@ -408,11 +471,16 @@ def check_fd_limit(config: Config) -> None:
     need = 2 * config.tcp_max_connections + config.api_max_connections + config.fd_reserve + 32
     limit = fd_limit()
     if limit < need:
-        log.warning("the file descriptor limit (RLIMIT_NOFILE %d) is below what "
-                    "tcp_max_connections (%d), api_max_connections (%d) and fd_reserve (%d) "
-                    "need (about %d): accepts will fail before tcp_max_connections is reached",
-                    limit, config.tcp_max_connections, config.api_max_connections,
-                    config.fd_reserve, need)
+        log.warning(
+            "the file descriptor limit (RLIMIT_NOFILE %d) is below what "
+            "tcp_max_connections (%d), api_max_connections (%d) and fd_reserve (%d) "
+            "need (about %d): accepts will fail before tcp_max_connections is reached",
+            limit,
+            config.tcp_max_connections,
+            config.api_max_connections,
+            config.fd_reserve,
+            need,
+        )
 
 
 def raise_fd_limit() -> None:
@@ -422,12 +490,19 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
-    log.info("tlstrace %s starting (Python %s, %s); configuration: %s", __version__,
-             platform.python_version(), ssl.OPENSSL_VERSION,
-             config_path or "embedded defaults",
-             extra={"version": __version__, "python": platform.python_version(),
-                    "openssl": ssl.OPENSSL_VERSION,
-                    "config": str(config_path) if config_path else None})
+    log.info(
+        "tlstrace %s starting (Python %s, %s); configuration: %s",
+        __version__,
+        platform.python_version(),
+        ssl.OPENSSL_VERSION,
+        config_path or "embedded defaults",
+        extra={
+            "version": __version__,
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+            "config": str(config_path) if config_path else None,
+        },
+    )
     try:
         sidecar = Sidecar(config, config_path, overrides)
         await sidecar.start()
@@ -443,7 +518,8 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     return 0
 
 
-def run_sidecar(config: Config, *, config_path: Path | None = None,
-                overrides: Overrides | None = None) -> int:
+def run_sidecar(
+    config: Config, *, config_path: Path | None = None, overrides: Overrides | None = None
+) -> int:
     raise_fd_limit()
     return uvloop.run(serve(config, config_path, overrides))

@@ -36,16 +36,19 @@ def run(config_path: Path | None, overrides: Overrides) -> int:
 def _prepare(config: Config, source: str) -> tuple[Prepared, Path | None]:
     """`prepare`, and the directory where `run` would generate the default certificate."""
     cert, key = certgen.self_signed_paths(config.state_dir)
-    needed = any(d.certificate is None for li in config.listener if li.listen.scheme == "tls"
-                 for d in config.server_domains_for(li))
+    needed = any(
+        d.certificate is None
+        for li in config.listener
+        if li.listen.scheme == "tls"
+        for d in config.server_domains_for(li)
+    )
     if not needed or (cert.is_file() and key.is_file()):
         return prepare(config, source), None
     problem = _cannot_create(config.state_dir)
     if problem is not None:
         raise state_dir_error(config, source, problem)
     with tempfile.TemporaryDirectory(prefix="tlstrace-check-") as tmp:
-        return prepare(config.model_copy(update={"state_dir": Path(tmp)}), source), \
-            config.state_dir
+        return prepare(config.model_copy(update={"state_dir": Path(tmp)}), source), config.state_dir
 
 
 def _cannot_create(state_dir: Path) -> str | None:
@@ -67,9 +70,12 @@ def _summary(config: Config, prepared: Prepared, generated: Path | None) -> str:
         return f"{count} {what}{'' if count == 1 else 's'}"
 
     identities = sum(len(c.identities) for c in prepared.server.values())
-    parts = [n(len(config.listener), "listener"), n(identities, "server identity"),
-             n(len(config.client_domain), "client domain"),
-             n(len(prepared.senders), "HEP destination")]
+    parts = [
+        n(len(config.listener), "listener"),
+        n(identities, "server identity"),
+        n(len(config.client_domain), "client domain"),
+        n(len(prepared.senders), "HEP destination"),
+    ]
     text = ", ".join(parts).replace("identitys", "identities")
     if generated is not None:
         text += f"; the self-signed certificate will be generated in {generated}"

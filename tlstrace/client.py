@@ -55,9 +55,14 @@ class Api:
     #: where the token came from, for the message when it is refused
     token_source: str = "TLSTRACE_API_TOKEN"
 
-    def call(self, method: str, path: str, body: dict[str, Any] | None = None,
-             ok: tuple[int, ...] = (200,),
-             shape: Callable[[Any], bool] | None = None) -> Any:
+    def call(
+        self,
+        method: str,
+        path: str,
+        body: dict[str, Any] | None = None,
+        ok: tuple[int, ...] = (200,),
+        shape: Callable[[Any], bool] | None = None,
+    ) -> Any:
         """The decoded JSON answer; a ClientError for anything but the `ok` statuses, and for
         an answer that `shape` (when given) does not accept: not a tlstrace API."""
         data = json.dumps(body).encode() if body is not None else None
@@ -73,34 +78,44 @@ class Api:
         except urllib.error.HTTPError as e:
             status, raw = e.code, e.read()
         except http.client.HTTPException as e:  # it answered, but not in HTTP
-            raise ClientError(f"not a tlstrace API at {self.base}: its answer is not HTTP "
-                              f"({type(e).__name__}); is --api the address of tlstrace's "
-                              f"api_listen?") from None
+            raise ClientError(
+                f"not a tlstrace API at {self.base}: its answer is not HTTP "
+                f"({type(e).__name__}); is --api the address of tlstrace's "
+                f"api_listen?"
+            ) from None
         except (urllib.error.URLError, OSError) as e:
             reason = e.reason if isinstance(e, urllib.error.URLError) else e
             if isinstance(reason, OSError) and reason.strerror:
                 reason = reason.strerror
             if isinstance(reason, socket.timeout | TimeoutError):
                 reason = f"no answer within {self.timeout:g} s"
-            raise ClientError(f"cannot reach the API at {self.base}: {reason} (is tlstrace "
-                              f"running, and is its api_listen this address? --api HOST:PORT "
-                              f"chooses another)") from None
+            raise ClientError(
+                f"cannot reach the API at {self.base}: {reason} (is tlstrace "
+                f"running, and is its api_listen this address? --api HOST:PORT "
+                f"chooses another)"
+            ) from None
         try:
             answer = json.loads(raw) if raw else None
         except ValueError:
             answer = raw.decode(errors="replace")
         if status == 401:
-            hint = f"the token in {self.token_source} was refused" if self.token else \
-                "it needs a token: set TLSTRACE_API_TOKEN"
+            hint = (
+                f"the token in {self.token_source} was refused"
+                if self.token
+                else "it needs a token: set TLSTRACE_API_TOKEN"
+            )
             raise ClientError(f"the API at {self.base} answered 401: {hint}")
         if status not in ok:
             if 200 <= status < 300 or not _is_problem(answer):
-                raise ClientError(f"not a tlstrace API at {self.base}: {method} {path} "
-                                  f"answered {status} {_excerpt(answer)}")
+                raise ClientError(
+                    f"not a tlstrace API at {self.base}: {method} {path} "
+                    f"answered {status} {_excerpt(answer)}"
+                )
             raise ClientError(f"{method} {path}: {status}: {_detail(answer)}")
         if shape is not None and not shape(answer):
-            raise ClientError(f"not a tlstrace API at {self.base}: {method} {path} answered "
-                              f"{_excerpt(answer)}")
+            raise ClientError(
+                f"not a tlstrace API at {self.base}: {method} {path} answered {_excerpt(answer)}"
+            )
         return answer
 
 
@@ -124,16 +139,20 @@ def _is_connection_list(answer: Any) -> bool:
 
 
 def _is_reload_result(answer: Any) -> bool:
-    return (isinstance(answer, dict) and isinstance(answer.get("reloaded"), bool)
-            and isinstance(answer.get("message"), str))
+    return (
+        isinstance(answer, dict)
+        and isinstance(answer.get("reloaded"), bool)
+        and isinstance(answer.get("message"), str)
+    )
 
 
 def _detail(answer: Any) -> str:
     if isinstance(answer, dict):
         detail = answer.get("detail", answer.get("message", answer))
         if isinstance(detail, list):
-            return "; ".join(str(d.get("msg", d)) if isinstance(d, dict) else str(d)
-                             for d in detail)
+            return "; ".join(
+                str(d.get("msg", d)) if isinstance(d, dict) else str(d) for d in detail
+            )
         return str(detail)
     return str(answer)
 
@@ -145,18 +164,26 @@ def api_from(api: str | None, config_path: Path | None) -> Api:
     source = str(config_path) if config_path else "defaults"
     if api is not None:
         if not api.strip():
-            raise ConfigError("--api", "api_listen", "empty: give HOST:PORT of the sidecar's "
-                              "API (e.g. --api 127.0.0.1:8080)")
+            raise ConfigError(
+                "--api",
+                "api_listen",
+                "empty: give HOST:PORT of the sidecar's API (e.g. --api 127.0.0.1:8080)",
+            )
         try:
             ep = parse_endpoint(f"tcp:{api.strip()}")
         except ValueError:
-            raise ConfigError("--api", "api_listen", f"{api!r} is not HOST:PORT (an IP address "
-                              "or a host name, IPv6 in brackets, and the port)") from None
+            raise ConfigError(
+                "--api",
+                "api_listen",
+                f"{api!r} is not HOST:PORT (an IP address "
+                "or a host name, IPv6 in brackets, and the port)",
+            ) from None
         host, port = ep.host, ep.port
     else:
         if not config.api_listen:
-            raise ConfigError(source, "api_listen", "the API is off in this file (give "
-                              "--api HOST:PORT)")
+            raise ConfigError(
+                source, "api_listen", "the API is off in this file (give --api HOST:PORT)"
+            )
         try:
             host, port = api_address(config.api_listen)
         except ValueError as e:
@@ -194,27 +221,41 @@ def describe_trace(state: dict[str, Any]) -> str:
         if left is not None:
             line += f" ({format_seconds(round(float(left)))} left)"
     dests = ", ".join(state.get("destinations") or []) or "none configured"
-    line += (f"; HEP destinations: {dests}; {state.get('traced_connections', 0)} connection(s) "
-             f"traced; {state.get('filter_rules', 0)} filter rule(s)")
+    line += (
+        f"; HEP destinations: {dests}; {state.get('traced_connections', 0)} connection(s) "
+        f"traced; {state.get('filter_rules', 0)} filter rule(s)"
+    )
     if state.get("keys"):
         line += "; session keys included"
     return line
 
 
-COLUMNS = [("ID", "id"), ("DIR", "direction"), ("STATE", "state"), ("REMOTE", "remote"),
-           ("LOCAL", "local"), ("SNI", "sni"), ("TLS", "tls_version"), ("AGE", "age_seconds"),
-           ("MSG IN", "messages_in"), ("MSG OUT", "messages_out"), ("TRACED", "traced")]
+COLUMNS = [
+    ("ID", "id"),
+    ("DIR", "direction"),
+    ("STATE", "state"),
+    ("REMOTE", "remote"),
+    ("LOCAL", "local"),
+    ("SNI", "sni"),
+    ("TLS", "tls_version"),
+    ("AGE", "age_seconds"),
+    ("MSG IN", "messages_in"),
+    ("MSG OUT", "messages_out"),
+    ("TRACED", "traced"),
+]
 
 
-def connections(api: Api, direction: str | None, traced: bool | None, limit: int,
-                as_json: bool) -> int:
+def connections(
+    api: Api, direction: str | None, traced: bool | None, limit: int, as_json: bool
+) -> int:
     query = [f"limit={limit}"]
     if direction:
         query.append(f"direction={direction}")
     if traced is not None:
         query.append(f"traced={'true' if traced else 'false'}")
-    rows: list[dict[str, Any]] = api.call("GET", "/api/connections?" + "&".join(query),
-                                          shape=_is_connection_list)
+    rows: list[dict[str, Any]] = api.call(
+        "GET", "/api/connections?" + "&".join(query), shape=_is_connection_list
+    )
     if as_json:
         json.dump(rows, sys.stdout, indent=2)
         print()
@@ -235,8 +276,9 @@ def table(rows: list[dict[str, Any]]) -> str:
         return str(value)
 
     cells = [[cell(r, key) for _, key in COLUMNS] for r in rows]
-    widths = [max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in
-              enumerate(COLUMNS)]
+    widths = [
+        max([len(title)] + [len(c[i]) for c in cells]) for i, (title, _) in enumerate(COLUMNS)
+    ]
     lines = ["  ".join(t.ljust(w) for (t, _), w in zip(COLUMNS, widths, strict=True))]
     lines += ["  ".join(v.ljust(w) for v, w in zip(c, widths, strict=True)) for c in cells]
     lines = [line.rstrip() for line in lines]
@@ -246,8 +288,11 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 def reload(api: Api) -> int:
     result = api.call("POST", "/api/reload", ok=(200, 409), shape=_is_reload_result)
-    print(result["message"] if result["reloaded"] else
-          f"reload failed, nothing changed: {result['message']}")
+    print(
+        result["message"]
+        if result["reloaded"]
+        else f"reload failed, nothing changed: {result['message']}"
+    )
     return 0 if result["reloaded"] else 1
 
 

@@ -70,23 +70,35 @@ class Printer:
         cid = (p.correlation_id or b"").decode(errors="replace")
         if p.proto_type == 1:
             first = p.payload.split(b"\r\n", 1)[0].decode(errors="replace")
-            print(f"  {DIM}HEP sip {RESET} {p.src_ip}:{p.src_port} -> {p.dst_ip}:{p.dst_port}"
-                  f"  {BOLD}{first}{RESET}  {DIM}Call-ID {cid}{RESET}")
+            print(
+                f"  {DIM}HEP sip {RESET} {p.src_ip}:{p.src_port} -> {p.dst_ip}:{p.dst_port}"
+                f"  {BOLD}{first}{RESET}  {DIM}Call-ID {cid}{RESET}"
+            )
             if not self.shown_full:
                 self.shown_full = True
-                print(DIM + "\n".join("      | " + line for line in
-                                      p.payload.decode(errors="replace").splitlines()) + RESET)
+                print(
+                    DIM
+                    + "\n".join(
+                        "      | " + line
+                        for line in p.payload.decode(errors="replace").splitlines()
+                    )
+                    + RESET
+                )
         elif p.proto_type == 89:
             e = json.loads(p.payload)
             extra = f"  reason: {e['Reason']}" if "Reason" in e else ""
             keys = f"  ({len(e['keylog'].splitlines())} key-log lines)" if "keylog" in e else ""
-            print(f"  {DIM}HEP net {RESET} conn {cid}: {BOLD}{e['Event']} {e['Status']}{RESET}"
-                  f"  {e['Message']}{extra}{keys}")
+            print(
+                f"  {DIM}HEP net {RESET} conn {cid}: {BOLD}{e['Event']} {e['Status']}{RESET}"
+                f"  {e['Message']}{extra}{keys}"
+            )
         elif p.proto_type == 100:
             r = json.loads(p.payload)
-            print(f"  {DIM}HEP log {RESET} TLS session of call {cid}: {r['tls_version']} "
-                  f"{r['cipher']}, SNI {r['sni']}, handshake {r['handshake_ms']} ms, "
-                  f"certificate {r['local_certificate']['subject']}")
+            print(
+                f"  {DIM}HEP log {RESET} TLS session of call {cid}: {r['tls_version']} "
+                f"{r['cipher']}, SNI {r['sni']}, handshake {r['handshake_ms']} ms, "
+                f"certificate {r['local_certificate']['subject']}"
+            )
 
 
 async def _call(port: int, version: ssl.TLSVersion, n: int) -> None:
@@ -94,8 +106,9 @@ async def _call(port: int, version: ssl.TLSVersion, n: int) -> None:
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
     ctx.minimum_version = ctx.maximum_version = version
-    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=ctx,
-                                                   server_hostname="sip.example.com")
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=ctx, server_hostname="sip.example.com"
+    )
     framer = SipFramer(pingpong=False, max_chunks=None)
 
     async def answer() -> bytes:
@@ -123,21 +136,36 @@ async def _demo(state: Path, keep: bool) -> int:
     sip_port, sip_default = _port(5060)
     hep_port, hep_default = _port(9060, socket.SOCK_DGRAM)
     keylog = state / "keys.log"
-    config = Config.model_validate({
-        "listener": [{"listen": f"tls:127.0.0.1:{tls_port}",
-                      "backend": f"tcp:127.0.0.1:{sip_port}"}],
-        "state_dir": str(state), "api_listen": "", "trace_on": True, "trace_keys": True,
-        "keylog_file": str(keylog), "hep_id": [f"[demo]127.0.0.1:{hep_port};transport=udp"],
-    })
-    print(f"{BOLD}tlstrace demo{RESET}: the relay, a SIP server, a HEP listener and a phone, "
-          "all in this process\n")
+    config = Config.model_validate(
+        {
+            "listener": [
+                {"listen": f"tls:127.0.0.1:{tls_port}", "backend": f"tcp:127.0.0.1:{sip_port}"}
+            ],
+            "state_dir": str(state),
+            "api_listen": "",
+            "trace_on": True,
+            "trace_keys": True,
+            "keylog_file": str(keylog),
+            "hep_id": [f"[demo]127.0.0.1:{hep_port};transport=udp"],
+        }
+    )
+    print(
+        f"{BOLD}tlstrace demo{RESET}: the relay, a SIP server, a HEP listener and a phone, "
+        "all in this process\n"
+    )
     note = "" if tls_default and sip_default else "  (the default ports were busy)"
-    print(f"  relay        tls:127.0.0.1:{tls_port} -> tcp:127.0.0.1:{sip_port} "
-          f"(a minimal SIP responder){note}")
-    print(f"  HEP listener udp:127.0.0.1:{hep_port}"
-          f"{'' if hep_default else '  (9060 was busy)'} prints what tracing sends")
-    print(f"  files        {state}: the generated certificate and its private key, and the "
-          f"key-log file {keylog.name};")
+    print(
+        f"  relay        tls:127.0.0.1:{tls_port} -> tcp:127.0.0.1:{sip_port} "
+        f"(a minimal SIP responder){note}"
+    )
+    print(
+        f"  HEP listener udp:127.0.0.1:{hep_port}"
+        f"{'' if hep_default else '  (9060 was busy)'} prints what tracing sends"
+    )
+    print(
+        f"  files        {state}: the generated certificate and its private key, and the "
+        f"key-log file {keylog.name};"
+    )
     print(f"               {'kept (--keep)' if keep else 'removed when the demo ends'}\n")
 
     responder = await serve_responder("127.0.0.1", sip_port)
@@ -146,8 +174,10 @@ async def _demo(state: Path, keep: bool) -> int:
     await sidecar.start()
     try:
         for n, version in enumerate([ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3], 1):
-            print(f"{BOLD}call {n} over {version.name.replace('_', '.')}{RESET}: "
-                  "INVITE, 200 OK, ACK, BYE, 200 OK")
+            print(
+                f"{BOLD}call {n} over {version.name.replace('_', '.')}{RESET}: "
+                "INVITE, 200 OK, ACK, BYE, 200 OK"
+            )
             await _call(tls_port, version, n)
             await asyncio.sleep(0.3)
             print()
@@ -157,17 +187,25 @@ async def _demo(state: Path, keep: bool) -> int:
         responder.close()
     lines = keylog.read_text().splitlines() if keylog.exists() else []
     if not keep:
-        print(f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines; they also travelled "
-              "in the HEP events above.")
-        print(f"Removing {state} (the private key and the key-log file); `tlstrace demo --keep` "
-              "keeps them, to read a capture with tshark.")
+        print(
+            f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines; they also travelled "
+            "in the HEP events above."
+        )
+        print(
+            f"Removing {state} (the private key and the key-log file); `tlstrace demo --keep` "
+            "keeps them, to read a capture with tshark."
+        )
         return 0
-    print(f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines in {keylog} (mode 0600);"
-          " they also travelled in the HEP events above.")
+    print(
+        f"{BOLD}session keys{RESET}: {len(lines)} NSS key-log lines in {keylog} (mode 0600);"
+        " they also travelled in the HEP events above."
+    )
     print(f"Kept {state} (the private key and the key-log file): remove it when done.")
     print(f"To read SIP from a capture of port {tls_port} in the clear:")
-    print(f"  tshark -r capture.pcapng -d tcp.port=={tls_port},tls -d tls.port=={tls_port},sip "
-          f"-o tls.keylog_file:{keylog} -Y sip")
+    print(
+        f"  tshark -r capture.pcapng -d tcp.port=={tls_port},tls -d tls.port=={tls_port},sip "
+        f"-o tls.keylog_file:{keylog} -Y sip"
+    )
     return 0
 
 

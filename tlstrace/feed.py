@@ -92,8 +92,9 @@ class EventFeed:
         """Give the event to every viewer that has room; count it as dropped for the others."""
         self.seq += 1
         self.published += 1
-        data = json.dumps({"seq": self.seq, "time": round(time.time(), 3), **event},
-                          separators=(",", ":"))
+        data = json.dumps(
+            {"seq": self.seq, "time": round(time.time(), 3), **event}, separators=(",", ":")
+        )
         for viewer in self.viewers:
             if len(viewer.queue) >= QUEUE_SIZE:
                 viewer.missed += 1
@@ -109,8 +110,11 @@ class EventFeed:
 
 def _conn_fields(conn: Connection) -> dict[str, object]:
     return {
-        "id": str(conn.id), "direction": conn.direction, "listener": conn.listener,
-        "remote": join_host_port(*conn.remote), "local": join_host_port(*conn.local),
+        "id": str(conn.id),
+        "direction": conn.direction,
+        "listener": conn.listener,
+        "remote": join_host_port(*conn.remote),
+        "local": join_host_port(*conn.local),
         "sni": conn.sni,
     }
 
@@ -126,28 +130,44 @@ class FeedObserver:
     def handshake_done(self, conn: Connection) -> MessageTracer | None:
         tracer = self.inner.handshake_done(conn)
         if self.feed.viewers:
-            self.feed.publish({
-                "event": "accepted" if conn.direction == "inbound" else "connected",
-                **_conn_fields(conn), "tls_version": conn.tls_version, "cipher": conn.cipher,
-                "resumed": conn.resumed,
-                "handshake_ms": round(conn.handshake_ms, 3) if conn.handshake_ms else None,
-                "traced": tracer is not None,
-            })
+            self.feed.publish(
+                {
+                    "event": "accepted" if conn.direction == "inbound" else "connected",
+                    **_conn_fields(conn),
+                    "tls_version": conn.tls_version,
+                    "cipher": conn.cipher,
+                    "resumed": conn.resumed,
+                    "handshake_ms": round(conn.handshake_ms, 3) if conn.handshake_ms else None,
+                    "traced": tracer is not None,
+                }
+            )
         return tracer
 
     def handshake_failed(self, conn: Connection, reason: HandshakeFailure, message: str) -> None:
         self.inner.handshake_failed(conn, reason, message)
         if self.feed.viewers:
-            self.feed.publish({"event": "handshake_failed", **_conn_fields(conn),
-                               "reason": reason.value, "message": message})
+            self.feed.publish(
+                {
+                    "event": "handshake_failed",
+                    **_conn_fields(conn),
+                    "reason": reason.value,
+                    "message": message,
+                }
+            )
 
     def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
         self.inner.closed(conn, reason, traced)
         if self.feed.viewers:
-            self.feed.publish({
-                "event": "closed", **_conn_fields(conn), "reason": reason.label,
-                "message": reason.value,
-                "age_seconds": round(time.time() - conn.started, 3),
-                "bytes_in": conn.bytes_in, "bytes_out": conn.bytes_out,
-                "messages_in": conn.msgs_in, "messages_out": conn.msgs_out,
-            })
+            self.feed.publish(
+                {
+                    "event": "closed",
+                    **_conn_fields(conn),
+                    "reason": reason.label,
+                    "message": reason.value,
+                    "age_seconds": round(time.time() - conn.started, 3),
+                    "bytes_in": conn.bytes_in,
+                    "bytes_out": conn.bytes_out,
+                    "messages_in": conn.msgs_in,
+                    "messages_out": conn.msgs_out,
+                }
+            )

@@ -27,7 +27,10 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 
 #: attributes every LogRecord has; anything else on a record came from `extra=`
 _RECORD_ATTRS = frozenset(vars(logging.LogRecord("", 0, "", 0, "", (), None))) | {
-    "message", "asctime", "taskName"}
+    "message",
+    "asctime",
+    "taskName",
+}
 
 
 class JsonFormatter(logging.Formatter):
@@ -77,13 +80,14 @@ def set_format(fmt: LogFormat) -> None:
     sys.excepthook = _log_uncaught if fmt == "json" else sys.__excepthook__
 
 
-def _log_uncaught(kind: type[BaseException], exc: BaseException,
-                  tb: TracebackType | None) -> None:
-    logging.getLogger("tlstrace").critical("uncaught exception: %s", exc,
-                                           exc_info=(kind, exc, tb))
+def _log_uncaught(kind: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+    logging.getLogger("tlstrace").critical("uncaught exception: %s", exc, exc_info=(kind, exc, tb))
 
 
 def conn_fields(conn: Connection) -> dict[str, object]:
     """The structured fields of a log line about one connection."""
-    return {"conn": str(conn.id), "direction": conn.direction,
-            "remote": join_host_port(*conn.remote)}
+    return {
+        "conn": str(conn.id),
+        "direction": conn.direction,
+        "remote": join_host_port(*conn.remote),
+    }

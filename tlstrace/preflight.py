@@ -43,8 +43,11 @@ EXPIRY_WARNING_DAYS = 14
 def prepare(config: Config, source: str) -> Prepared:
     check_addresses(config, source)
     check_keylog_file(config, source)
-    server = {str(li.listen): build_server_contexts(config, li, source)
-              for li in config.listener if li.listen.scheme == "tls"}
+    server = {
+        str(li.listen): build_server_contexts(config, li, source)
+        for li in config.listener
+        if li.listen.scheme == "tls"
+    }
     return Prepared(server, ClientContexts(config, source), build_senders(config, source))
 
 
@@ -65,13 +68,14 @@ def sender_for(config: Config, dest: HepDestination, source: str = "defaults") -
         if dest.transport == "tls":
             ctx = client_context(config.hep_ca_list, config.hep_verify_cert)
             groups.apply(ctx, DEFAULT_GROUPS, lambda why: ConfigError(source, "hep_id", why))
-        return HepSender(dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert,
-                         ssl_context=ctx)
+        return HepSender(
+            dest, ca_file=config.hep_ca_list, verify=config.hep_verify_cert, ssl_context=ctx
+        )
     except (OSError, ssl.SSLError) as e:
         reason = e.strerror if isinstance(e, OSError) and e.strerror else str(e)
-        raise ConfigError(source, "hep_ca_list",
-                          f"{config.hep_ca_list}: not a readable PEM CA bundle ({reason})") \
-            from None
+        raise ConfigError(
+            source, "hep_ca_list", f"{config.hep_ca_list}: not a readable PEM CA bundle ({reason})"
+        ) from None
 
 
 def build_senders(config: Config, source: str = "defaults") -> HepSenderGroup:
@@ -83,18 +87,27 @@ def check_addresses(config: Config, source: str) -> None:
     """No two listening sockets (listeners, the API) on the same address and port; a wildcard
     address (0.0.0.0, ::) takes the port on every address of its family."""
     taken: list[tuple[str, ipaddress.IPv4Address | ipaddress.IPv6Address, int]] = []
-    wanted = [(f"listener[{i}].listen", li.listen.host, li.listen.port)
-              for i, li in enumerate(config.listener)]
+    wanted = [
+        (f"listener[{i}].listen", li.listen.host, li.listen.port)
+        for i, li in enumerate(config.listener)
+    ]
     if config.api_address is not None:
         wanted.append(("api_listen", *config.api_address))
     for key, host, port in wanted:
         ip = ipaddress.ip_address(host)
         for other, other_ip, other_port in taken:
-            if port == other_port and ip.version == other_ip.version and (
-                    ip == other_ip or ip.is_unspecified or other_ip.is_unspecified):
+            if (
+                port == other_port
+                and ip.version == other_ip.version
+                and (ip == other_ip or ip.is_unspecified or other_ip.is_unspecified)
+            ):
                 where = f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"
-                raise ConfigError(source, key, f"{where} is also the address of {other}: two "
-                                  "sockets cannot listen on one address")
+                raise ConfigError(
+                    source,
+                    key,
+                    f"{where} is also the address of {other}: two "
+                    "sockets cannot listen on one address",
+                )
         taken.append((key, ip, port))
 
 
@@ -121,8 +134,7 @@ def check_keylog_file(config: Config, source: str) -> None:
         raise ConfigError(source, "keylog_file", f"{path}: {problem}")
 
 
-def warnings(config: Config, source: str,
-             now: datetime.datetime | None = None) -> list[str]:
+def warnings(config: Config, source: str, now: datetime.datetime | None = None) -> list[str]:
     """What works but is likely a mistake, one line each naming the file and the key."""
     out: list[str] = []
     now = now or datetime.datetime.now(datetime.UTC)
@@ -134,16 +146,20 @@ def warnings(config: Config, source: str,
             if problem:
                 out.append(f"{source}: {key}.certificate: {cert} {problem}")
     address = config.api_address
-    if address is not None and not config.api_token \
-            and not ipaddress.ip_address(address[0]).is_loopback:
-        out.append(f"{source}: api_listen: the API listens on {config.api_listen} without a "
-                   "token: anyone who can reach it can switch tracing and close connections; "
-                   "set api_token or TLSTRACE_API_TOKEN")
+    if (
+        address is not None
+        and not config.api_token
+        and not ipaddress.ip_address(address[0]).is_loopback
+    ):
+        out.append(
+            f"{source}: api_listen: the API listens on {config.api_listen} without a "
+            "token: anyone who can reach it can switch tracing and close connections; "
+            "set api_token or TLSTRACE_API_TOKEN"
+        )
     if config.trace_on_for_seconds and not config.trace_on:
         out.append(f"{source}: trace_on_for_seconds: has no effect without trace_on = true")
     if config.trace_on and not trace_destinations(config):
-        out.append(f"{source}: trace_on: no hep_id destination is configured: nothing is "
-                   "traced")
+        out.append(f"{source}: trace_on: no hep_id destination is configured: nothing is traced")
     return out
 
 

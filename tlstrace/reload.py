@@ -42,25 +42,34 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "conn_buffer_limit": (_NOW, "read at each write"),
     "shutdown_timeout": (_NOW, "read when shutting down"),
     "backend_probe_interval": (_NOW, "read before each probe round"),
-    "trunk_max_transactions": (_RESTART, "a trunk's routing tables are sized when its link "
-                                         "to the peer is first made, and kept"),
-    "trunk_max_dialogs": (_RESTART, "a trunk's routing tables are sized when its link to the "
-                                    "peer is first made, and kept"),
-    "trunk_max_table_bytes": (_RESTART, "a trunk's routing tables are sized when its link to "
-                                        "the peer is first made, and kept"),
-    "trunk_dialog_idle": (_RESTART, "a trunk's routing tables are sized when its link to the "
-                                    "peer is first made, and kept"),
+    "trunk_max_transactions": (
+        _RESTART,
+        "a trunk's routing tables are sized when its link to the peer is first made, and kept",
+    ),
+    "trunk_max_dialogs": (
+        _RESTART,
+        "a trunk's routing tables are sized when its link to the peer is first made, and kept",
+    ),
+    "trunk_max_table_bytes": (
+        _RESTART,
+        "a trunk's routing tables are sized when its link to the peer is first made, and kept",
+    ),
+    "trunk_dialog_idle": (
+        _RESTART,
+        "a trunk's routing tables are sized when its link to the peer is first made, and kept",
+    ),
     "reuse_port": (_RESTART, "a socket option of the listening sockets, bound at start-up"),
     "state_dir": (_NEW, "the generated certificate is taken from it for new connections"),
     "log_level": (_NOW, "the root logger's level is set"),
     "log_format": (_NOW, "the lines after the reload's own are written in the new format"),
     "trace_on": (_NOW, "tracing is switched as the file now says (as PUT /api/trace does)"),
-    "trace_on_for_seconds": (_NOW, "tracing that the file switches on runs for the new "
-                                   "limit from the reload on"),
+    "trace_on_for_seconds": (
+        _NOW,
+        "tracing that the file switches on runs for the new limit from the reload on",
+    ),
     "hep_max_packet": (_NOW, "read for each packet"),
     "hep_id": (_NOW, "new senders start; the old ones send what they queued, then stop"),
-    "trace_destination": (_NOW, "new senders start; the old ones send what they queued, "
-                                "then stop"),
+    "trace_destination": (_NOW, "new senders start; the old ones send what they queued, then stop"),
     "hep_capture_id": (_NEW, "HEP headers are built once per traced connection"),
     "hep_auth_key": (_NEW, "HEP headers are built once per traced connection"),
     "hep_node_name": (_NEW, "HEP headers are built once per traced connection"),
@@ -83,12 +92,17 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "fd_reserve": (_NOW, "read at each API accept"),
     "tls_keepalive_rate": (_NOW, "read at each keep-alive"),
     "tls_max_non_sip_records": (_NOW, "read at each TLS record without SIP"),
-    "handshake_rate_per_source": (_NOW, "the limiter is set up again (its table kept when "
-                                        "the settings did not change)"),
+    "handshake_rate_per_source": (
+        _NOW,
+        "the limiter is set up again (its table kept when the settings did not change)",
+    ),
     "handshake_rate_burst": (_NOW, "the limiter is set up again"),
     "handshake_rate_sources": (_NOW, "the limiter is set up again"),
-    "listener": (_RESTART, "listening sockets, backends and peers are set up at start-up "
-                           "(a change of `domains` only is applied to new connections)"),
+    "listener": (
+        _RESTART,
+        "listening sockets, backends and peers are set up at start-up "
+        "(a change of `domains` only is applied to new connections)",
+    ),
     "server_domain": (_NEW, "new TLS contexts; open connections keep theirs"),
     "client_domain": (_NEW, "new TLS contexts; open connections keep theirs"),
 }

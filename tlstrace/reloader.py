@@ -31,9 +31,13 @@ Result = TypeVar("Result")
 
 
 class Reloader(Generic[Prepared, Result]):
-    def __init__(self, loop: asyncio.AbstractEventLoop, prepare: Callable[[], Prepared],
-                 apply: Callable[[Prepared], Result],
-                 failed: Callable[[Exception], Result]) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        prepare: Callable[[], Prepared],
+        apply: Callable[[Prepared], Result],
+        failed: Callable[[Exception], Result],
+    ) -> None:
         """`prepare` runs in a worker thread and must not touch live state; `apply` runs in
         the loop; `failed` turns an exception from `prepare` into the answer."""
         self.loop = loop

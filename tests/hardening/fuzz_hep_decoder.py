@@ -34,7 +34,7 @@ def test_one_input(data: bytes) -> None:
     step = 1 + (data[0] if data else 0) % 64
     for i in range(0, len(data) * 2, step):
         with contextlib.suppress(HepDecodeError):
-            decoder.feed((data + data)[i:i + step])
+            decoder.feed((data + data)[i : i + step])
 
 
 def seed(directory: Path) -> None:

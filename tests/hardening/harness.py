@@ -58,8 +58,14 @@ class Metrics:
         return self.get(name, **labels) - before.get(name, **labels)
 
 
-def wait_metric(relay: RelayProcess, name: str, at_least: float, timeout: float = 15.0,
-                token: str | None = None, **labels: str) -> Metrics:
+def wait_metric(
+    relay: RelayProcess,
+    name: str,
+    at_least: float,
+    timeout: float = 15.0,
+    token: str | None = None,
+    **labels: str,
+) -> Metrics:
     """Scrape until `name{labels}` reaches `at_least`; return that scrape."""
     deadline = time.monotonic() + timeout
     while True:
@@ -67,8 +73,9 @@ def wait_metric(relay: RelayProcess, name: str, at_least: float, timeout: float 
         if m.get(name, **labels) >= at_least:
             return m
         if time.monotonic() > deadline:
-            raise AssertionError(f"{name}{labels} = {m.get(name, **labels)}, expected at least "
-                                 f"{at_least}")
+            raise AssertionError(
+                f"{name}{labels} = {m.get(name, **labels)}, expected at least {at_least}"
+            )
         time.sleep(0.1)
 
 
@@ -176,11 +183,15 @@ class LegitTraffic:
 
     def start(self) -> LegitTraffic:
         for i in range(self.clients):
-            self.threads.append(threading.Thread(target=self._persistent, args=(i,),
-                                                 daemon=True, name=f"{self.tag}-p{i}"))
+            self.threads.append(
+                threading.Thread(
+                    target=self._persistent, args=(i,), daemon=True, name=f"{self.tag}-p{i}"
+                )
+            )
         if self.newcomers:
-            self.threads.append(threading.Thread(target=self._newcomer, daemon=True,
-                                                 name=f"{self.tag}-new"))
+            self.threads.append(
+                threading.Thread(target=self._newcomer, daemon=True, name=f"{self.tag}-new")
+            )
         for t in self.threads:
             t.start()
         # every persistent client has its connection (or an error is recorded)
@@ -203,8 +214,10 @@ class LegitTraffic:
         except (OSError, ssl.SSLError, AssertionError) as e:
             self._error(f"{call_id}: {type(e).__name__}: {e}")
             return False
-        if not answer.startswith(b"SIP/2.0 200 ") or f"Call-ID: {call_id}\r\n".encode() \
-                not in answer:
+        if (
+            not answer.startswith(b"SIP/2.0 200 ")
+            or f"Call-ID: {call_id}\r\n".encode() not in answer
+        ):
             self._error(f"{call_id}: unexpected answer {answer[:80]!r}")
             return False
         with self.lock:
@@ -270,8 +283,9 @@ class LegitTraffic:
                 t.join(self.timeout + 15)
                 if t.is_alive():
                     self._error(f"thread {t.name} did not stop")
-        return TrafficResult(self.tag, self.sent, self.answered, self.connections,
-                             list(self.errors))
+        return TrafficResult(
+            self.tag, self.sent, self.answered, self.connections, list(self.errors)
+        )
 
     def __enter__(self) -> LegitTraffic:
         return self.start()
@@ -369,11 +383,13 @@ def tls_client_context() -> ssl.SSLContext:
     return ctx
 
 
-def real_client_hello(ctx: ssl.SSLContext | None = None,
-                      server_hostname: str | None = "sip.example") -> bytes:
+def real_client_hello(
+    ctx: ssl.SSLContext | None = None, server_hostname: str | None = "sip.example"
+) -> bytes:
     """The ClientHello OpenSSL sends (all of it: one record)."""
-    obj = (ctx or tls_client_context()).wrap_bio(ssl.MemoryBIO(), out := ssl.MemoryBIO(),
-                                                 server_hostname=server_hostname)
+    obj = (ctx or tls_client_context()).wrap_bio(
+        ssl.MemoryBIO(), out := ssl.MemoryBIO(), server_hostname=server_hostname
+    )
     with contextlib.suppress(ssl.SSLWantReadError):
         obj.do_handshake()
     return out.read()
@@ -386,8 +402,9 @@ def _ext(kind: int, body: bytes) -> bytes:
     return struct.pack("!HH", kind, len(body)) + body
 
 
-def crafted_client_hello(version: int, *, record_version: int | None = None,
-                         random: bytes | None = None) -> bytes:
+def crafted_client_hello(
+    version: int, *, record_version: int | None = None, random: bytes | None = None
+) -> bytes:
     """A ClientHello built by hand, without supported_versions: what an SSLv3, TLS 1.0, 1.1
     or 1.2 client sends. Cipher list and extensions are valid for that version."""
     if version == SSL3:
@@ -395,17 +412,33 @@ def crafted_client_hello(version: int, *, record_version: int | None = None,
         extensions = b""
     else:
         if version == TLS1_2:
-            ciphers = [0xC02B, 0xC02F, 0xC02C, 0xC030, 0xCCA9, 0xCCA8, 0xC009, 0xC013, 0x009C,
-                       0x002F, 0x00FF]
+            ciphers = [
+                0xC02B,
+                0xC02F,
+                0xC02C,
+                0xC030,
+                0xCCA9,
+                0xCCA8,
+                0xC009,
+                0xC013,
+                0x009C,
+                0x002F,
+                0x00FF,
+            ]
         else:
             ciphers = [0xC009, 0xC013, 0xC00A, 0xC014, 0x002F, 0x0035, 0x000A, 0x00FF]
         groups = struct.pack("!HHH", 4, 0x001D, 0x0017)
-        extensions = (_ext(0x000A, groups) + _ext(0x000B, b"\x01\x00")
-                      + _ext(0x0000, struct.pack("!HBH", 14, 0, 11) + b"sip.example"))
+        extensions = (
+            _ext(0x000A, groups)
+            + _ext(0x000B, b"\x01\x00")
+            + _ext(0x0000, struct.pack("!HBH", 14, 0, 11) + b"sip.example")
+        )
         if version == TLS1_2:
             algs = [0x0403, 0x0503, 0x0804, 0x0805, 0x0401, 0x0501, 0x0201]
-            extensions += _ext(0x000D, struct.pack("!H", 2 * len(algs))
-                               + b"".join(struct.pack("!H", a) for a in algs))
+            extensions += _ext(
+                0x000D,
+                struct.pack("!H", 2 * len(algs)) + b"".join(struct.pack("!H", a) for a in algs),
+            )
             extensions += _ext(0x0017, b"") + _ext(0xFF01, b"\x00")  # EMS, renegotiation_info
     body = struct.pack("!H", version) + (random or os.urandom(32)) + b"\x00"
     body += struct.pack("!H", 2 * len(ciphers)) + b"".join(struct.pack("!H", c) for c in ciphers)
@@ -421,8 +454,7 @@ class RawTlsClient:
     """TLS over a plain socket with memory BIOs: the test decides how the bytes of each record
     reach the wire (for instance one byte at a time)."""
 
-    def __init__(self, port: int, timeout: float = 10.0, *, send_last_flight: bool = True
-                 ) -> None:
+    def __init__(self, port: int, timeout: float = 10.0, *, send_last_flight: bool = True) -> None:
         """With `send_last_flight` False, the client's last handshake flight (its Finished)
         is held back: the first record() returns it too, so both go in one segment."""
         self.sock = connect(port, timeout)
@@ -456,7 +488,7 @@ class RawTlsClient:
             if time.monotonic() > until:
                 return True
             try:
-                self.sock.sendall(data[i:i + 1])
+                self.sock.sendall(data[i : i + 1])
             except OSError:
                 return False
             if self._closed_by_peer(pause):

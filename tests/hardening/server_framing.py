@@ -144,10 +144,11 @@ def pjsip(data: bytes) -> int | None:
     line = data.find(b"\n")
     while 0 <= line < hdr_end:
         line += 1
-        first = data[line:line + 1]
+        first = data[line : line + 1]
         value: int | None = None
-        if (first in (b"C", b"c") and data[line:line + 14].lower() == b"content-length") or (
-                first in (b"l", b"L") and data[line + 1:line + 2] in (b" ", b"\t", b":")):
+        if (first in (b"C", b"c") and data[line : line + 14].lower() == b"content-length") or (
+            first in (b"l", b"L") and data[line + 1 : line + 2] in (b" ", b"\t", b":")
+        ):
             i = line + (14 if first in (b"C", b"c") else 1)
             if i <= hdr_end:
                 i = _pj_skip(data, i, hdr_end)
@@ -179,7 +180,7 @@ def chan_sip(data: bytes, *, pedantic: bool = True) -> int | None:
     pos = data.find(b"\r\n\r\n")
     if pos < 0 or b"\x00" in data[:pos]:
         return None
-    msg = data[:pos + 3]
+    msg = data[: pos + 3]
     if pedantic:
         msg = re.sub(rb"\r?\n[ \t]+", b" ", msg)
     low = msg.lower()
@@ -195,7 +196,7 @@ def chan_sip(data: bytes, *, pedantic: bool = True) -> int | None:
         return None
     while s < len(msg) and msg[s] in _C_SPACE:
         s += 1
-    m = re.match(rb"[+-]?[0-9]+", msg[s:s + 30])
+    m = re.match(rb"[+-]?[0-9]+", msg[s : s + 30])
     if m is None:
         return None
     value = int(m[0])
@@ -209,9 +210,9 @@ _TOKEN = re.compile(rb"[A-Za-z0-9.!%*_+`'~-]*")
 
 def _crlf(data: bytes, i: int) -> int:
     """sofia's CRLF_TEST: 2 for CR LF, 1 for a lone CR or LF, else 0."""
-    c = data[i:i + 1]
+    c = data[i : i + 1]
     if c == b"\r":
-        return 2 if data[i + 1:i + 2] == b"\n" else 1
+        return 2 if data[i + 1 : i + 2] == b"\n" else 1
     return 1 if c == b"\n" else 0
 
 
@@ -253,9 +254,9 @@ def sofia(data: bytes) -> int | None:
         j = token.end()
         is_length = name.lower() in (b"content-length", b"l")
         colon = False
-        if data[j:j + 1] == b":":
+        if data[j : j + 1] == b":":
             colon, j = True, j + 1
-        elif data[j:j + 1] in (b" ", b"\t", b"\r", b"\n"):
+        elif data[j : j + 1] in (b" ", b"\t", b"\r", b"\n"):
             crlf = 0
             while True:
                 j += crlf
@@ -264,7 +265,7 @@ def sofia(data: bytes) -> int | None:
                 crlf = _crlf(data, j)
                 if not (j + crlf < n and data[j + crlf] in b" \t"):
                     break
-            if data[j:j + 1] == b":":
+            if data[j : j + 1] == b":":
                 colon, j = True, j + 1
         # the header runs to the next line end not followed by whitespace
         k = j
@@ -289,11 +290,15 @@ def sofia(data: bytes) -> int | None:
         m = re.match(rb"[0-9]+", text)
         if m is None or int(m[0]) > 2**32 - 1:
             return None
-        rest = text[m.end():]
+        rest = text[m.end() :]
         if rest and (rest[:1] not in b" \t\r\n" or rest.strip(b" \t\r\n")):
             return None
         clen = int(m[0])
 
 
-SERVERS = {"kamailio/opensips": kamailio, "pjsip (asterisk)": pjsip,
-           "chan_sip (asterisk)": chan_sip, "sofia-sip (freeswitch)": sofia}
+SERVERS = {
+    "kamailio/opensips": kamailio,
+    "pjsip (asterisk)": pjsip,
+    "chan_sip (asterisk)": chan_sip,
+    "sofia-sip (freeswitch)": sofia,
+}

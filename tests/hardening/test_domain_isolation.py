@@ -36,19 +36,23 @@ TLS12, TLS13 = ssl.TLSVersion.TLSv1_2, ssl.TLSVersion.TLSv1_3
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[RelayProcess]:
     def dom(name: str, cn: str, sni: list[str], ca: str, tickets: int) -> dict[str, Any]:
-        return domain(pki, name, cn, sni, client_cert="required", ca_list=ca,
-                      session_tickets=tickets)
+        return domain(
+            pki, name, cn, sni, client_cert="required", ca_list=ca, session_tickets=tickets
+        )
 
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path_factory.mktemp("isolation"), {
-            "tls_handshake_timeout": 2000,
-            "server_domain": [
-                dom("tenant-a", "a.example", ["a.example"], str(pki.ca_file), 2),
-                dom("tenant-b", "b.example", ["b.example"], str(pki.other_ca_file), 2),
-                dom("catch-all", "any.example", ["*"], str(pki.ca_file), 2),
-            ],
-            "listener": [RelayProcess.tls_listener(backend.port)],
-        })
+        relay = RelayProcess(
+            tmp_path_factory.mktemp("isolation"),
+            {
+                "tls_handshake_timeout": 2000,
+                "server_domain": [
+                    dom("tenant-a", "a.example", ["a.example"], str(pki.ca_file), 2),
+                    dom("tenant-b", "b.example", ["b.example"], str(pki.other_ca_file), 2),
+                    dom("catch-all", "any.example", ["*"], str(pki.ca_file), 2),
+                ],
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            },
+        )
         relay.backend = backend  # type: ignore[attr-defined]
         try:
             yield relay
@@ -56,8 +60,7 @@ def target(tmp_path_factory: pytest.TempPathFactory, pki: Pki) -> Iterator[Relay
             relay.stop()
 
 
-def phone(pki: Pki, version: ssl.TLSVersion | None = None, tickets: bool = True
-          ) -> ssl.SSLContext:
+def phone(pki: Pki, version: ssl.TLSVersion | None = None, tickets: bool = True) -> ssl.SSLContext:
     return phone_context(pki, version, 2 if tickets else 0)
 
 
@@ -74,8 +77,9 @@ def session_on_a(port: int, ctx: ssl.SSLContext) -> ssl.SSLSession:
 def resume_on_b(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession) -> str:
     """'relayed' if the stolen session carried a request through, else how it ended."""
     try:
-        with TlsClient(port, ctx=ctx, server_hostname="b.example", session=session,
-                       timeout=5) as client:
+        with TlsClient(
+            port, ctx=ctx, server_hostname="b.example", session=session, timeout=5
+        ) as client:
             client.send(request("OPTIONS", "stolen-session"))
             try:
                 client.recv_messages(1, timeout=5)
@@ -86,8 +90,9 @@ def resume_on_b(port: int, ctx: ssl.SSLContext, session: ssl.SSLSession) -> str:
         return "refused"
 
 
-def test_stolen_sessions_never_cross_domains(target: RelayProcess, pki: Pki, legit: Legit,
-                                             record: Record) -> None:
+def test_stolen_sessions_never_cross_domains(
+    target: RelayProcess, pki: Pki, legit: Legit, record: Record
+) -> None:
     port = target.port()
     before = Metrics.scrape(target)
     traffic = legit(port, ctx=phone(pki))  # no SNI: the catch-all domain, which trusts them
@@ -102,26 +107,41 @@ def test_stolen_sessions_never_cross_domains(target: RelayProcess, pki: Pki, leg
     result = traffic.check(target.backend)  # type: ignore[attr-defined]
     assert outcomes == {"refused": attempts}
     after = Metrics.scrape(target)
-    assert after.delta(before, "tlstrace_handshake_failures_total", direction="inbound",
-                       reason="unknown_ca") == attempts
+    assert (
+        after.delta(
+            before, "tlstrace_handshake_failures_total", direction="inbound", reason="unknown_ca"
+        )
+        == attempts
+    )
     assert "stolen-session" not in target.log
     with target.backend.lock:  # type: ignore[attr-defined]
-        relayed = [m for c in target.backend.conns for m in c.messages  # type: ignore[attr-defined]
-                   if b"stolen-session" in m]
+        relayed = [
+            m
+            for c in target.backend.conns
+            for m in c.messages  # type: ignore[attr-defined]
+            if b"stolen-session" in m
+        ]
     assert relayed == []
-    record(attempts=attempts, refused=outcomes.get("refused", 0), legit_sent=result.sent,
-           legit_errors=len(result.errors))
+    record(
+        attempts=attempts,
+        refused=outcomes.get("refused", 0),
+        legit_sent=result.sent,
+        legit_errors=len(result.errors),
+    )
 
 
 def records_of(hello: bytes, size: int) -> bytes:
     """One ClientHello record cut into handshake records of `size` bytes each."""
     body = hello[5:]
-    return b"".join(b"\x16\x03\x01" + struct.pack("!H", len(body[i:i + size])) + body[i:i + size]
-                    for i in range(0, len(body), size))
+    return b"".join(
+        b"\x16\x03\x01" + struct.pack("!H", len(body[i : i + size])) + body[i : i + size]
+        for i in range(0, len(body), size)
+    )
 
 
-def finish_handshake(sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO,
-                     outgoing: ssl.MemoryBIO) -> None:
+def finish_handshake(
+    sock: socket.socket, obj: ssl.SSLObject, incoming: ssl.MemoryBIO, outgoing: ssl.MemoryBIO
+) -> None:
     deadline = time.monotonic() + 10
     while True:
         try:
@@ -150,7 +170,7 @@ def test_a_cut_hello_reaches_its_domain(target: RelayProcess, pki: Pki, cut: str
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         step = len(wire) if cut == "records-of-7" else 1
         for i in range(0, len(wire), step):
-            sock.sendall(wire[i:i + step])
+            sock.sendall(wire[i : i + step])
         finish_handshake(sock, obj, incoming, outgoing)
         cert = obj.getpeercert(binary_form=True)
         assert cert is not None and b"a.example" in cert

@@ -66,11 +66,14 @@ def test_backend_down_at_start(relay_factory: Factory, legit: Legit, record: Rec
     dropped); once the backend is up, traffic flows without a restart."""
     port = free_port()
     backend_ep = f"tcp:127.0.0.1:{port}"
-    relay = relay_factory({"listener": [{"listen": f"tls:127.0.0.1:{free_port()}",
-                                         "backend": backend_ep}]})
+    relay = relay_factory(
+        {"listener": [{"listen": f"tls:127.0.0.1:{free_port()}", "backend": backend_ep}]}
+    )
     ready = httpx.get(f"{relay.api_url}/readyz", timeout=10)
-    assert ready.status_code == 503 and "unreachable" in ready.json()["checks"][
-        f"backend {backend_ep}"]
+    assert (
+        ready.status_code == 503
+        and "unreachable" in ready.json()["checks"][f"backend {backend_ep}"]
+    )
     before = Metrics.scrape(relay)
     n = 5
     ports = []
@@ -87,8 +90,9 @@ def test_backend_down_at_start(relay_factory: Factory, legit: Legit, record: Rec
     for p in ports:
         assert f" inbound 127.0.0.1:{p} closed: Backend unreachable ({backend_ep}: " in log
     assert after.delta(before, "tlstrace_backend_connect_failures_total") == n
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="backend_unreachable") == n
+    assert (
+        after.delta(before, "tlstrace_connections_closed_total", reason="backend_unreachable") == n
+    )
     # each request the relay read is dropped and counted (none can be relayed)
     dropped = after.delta(before, "tlstrace_messages_dropped_total", reason="backend_unreachable")
     assert dropped == n
@@ -102,8 +106,15 @@ def test_backend_down_at_start(relay_factory: Factory, legit: Legit, record: Rec
         counted_exactly(relay, before, result.sent)
         assert Metrics.scrape(relay).get("tlstrace_upstream_up", upstream=backend_ep) == 1
         assert httpx.get(f"{relay.api_url}/readyz", timeout=10).status_code == 200
-    record(offenders=n, closed=n, reason="backend_unreachable", dropped=dropped,
-           legit_sent=result.sent, legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        offenders=n,
+        closed=n,
+        reason="backend_unreachable",
+        dropped=dropped,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 def test_backend_dies_mid_dialog(relay_factory: Factory, legit: Legit, record: Record) -> None:
@@ -132,8 +143,9 @@ def test_backend_dies_mid_dialog(relay_factory: Factory, legit: Legit, record: R
     assert after.delta(before, "tlstrace_messages_dropped_total") == 0
     log = relay.log
     for client_port in ports:
-        assert (f" inbound 127.0.0.1:{client_port} closed: Backend gone (backend closed the "
-                "connection") in log
+        assert (
+            f" inbound 127.0.0.1:{client_port} closed: Backend gone (backend closed the connection"
+        ) in log
 
     with SipBackend(port=port) as again:
         before = Metrics.scrape(relay)
@@ -141,21 +153,33 @@ def test_backend_dies_mid_dialog(relay_factory: Factory, legit: Legit, record: R
         result = traffic.check(again)
         counted_exactly(relay, before, result.sent)
     assert relay.proc.poll() is None
-    record(dialogs=n, closed=n, reason="backend_gone", legit_sent=result.sent,
-           legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        dialogs=n,
+        closed=n,
+        reason="backend_gone",
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 @pytest.fixture
-def two_backends(relay_factory: Factory) -> Iterator[tuple[RelayProcess, SipBackend,
-                                                           StallingServer]]:
+def two_backends(
+    relay_factory: Factory,
+) -> Iterator[tuple[RelayProcess, SipBackend, StallingServer]]:
     """A relay with two listeners: one in front of a good backend, one in front of a backend
     that accepts and never reads."""
     with SipBackend() as good, StallingServer() as stuck:
-        relay = relay_factory({
-            "conn_buffer_limit": 65536, "tls_send_timeout": 1500,
-            "listener": [RelayProcess.tls_listener(good.port),
-                         RelayProcess.tls_listener(stuck.port)],
-        })
+        relay = relay_factory(
+            {
+                "conn_buffer_limit": 65536,
+                "tls_send_timeout": 1500,
+                "listener": [
+                    RelayProcess.tls_listener(good.port),
+                    RelayProcess.tls_listener(stuck.port),
+                ],
+            }
+        )
         yield relay, good, stuck
 
 
@@ -176,8 +200,9 @@ def push_until_blocked(port: int, limit_bytes: int, seconds: float) -> tuple[int
     return written, closed
 
 
-def test_backend_that_never_reads_is_bounded(two_backends: Any, legit: Legit,
-                                             record: Record) -> None:
+def test_backend_that_never_reads_is_bounded(
+    two_backends: Any, legit: Legit, record: Record
+) -> None:
     """Backpressure: the relay stops reading the client once about conn_buffer_limit is
     waiting for the backend; after tls_send_timeout it aborts the backend connection (what it
     held is counted as dropped bytes) and closes the client; the other listener's clients see
@@ -218,20 +243,31 @@ def test_backend_that_never_reads_is_bounded(two_backends: Any, legit: Legit,
     assert after.delta(before, "tlstrace_connections_closed_total", reason="send_timeout") == 1
     dropped = after.delta(before, "tlstrace_bytes_dropped_total", reason="send_timeout")
     assert dropped > 0
-    assert after.delta(before, "tlstrace_sip_messages_total", direction="from_client",
-                       kind="OPTIONS") == result.sent
-    record(offender_bytes_written=written, relay_rss_growth_kib=growth_kib, closed=1,
-           reason="send_timeout", bytes_dropped=dropped, legit_sent=result.sent,
-           legit_lost=result.lost, legit_errors=len(result.errors))
+    assert (
+        after.delta(before, "tlstrace_sip_messages_total", direction="from_client", kind="OPTIONS")
+        == result.sent
+    )
+    record(
+        offender_bytes_written=written,
+        relay_rss_growth_kib=growth_kib,
+        closed=1,
+        reason="send_timeout",
+        bytes_dropped=dropped,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
-def test_slow_reading_client_gets_every_message(relay_factory: Factory,
-                                                backend: SipBackend) -> None:
+def test_slow_reading_client_gets_every_message(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
     """A legitimate client that reads slower than its backend sends (6 MB, read at 100 kB/s
     for a while): backpressure pauses the backend, and the partial-message clock stops while
     the relay itself is not reading, so nothing is closed and every message arrives."""
-    relay = relay_factory({"tcp_max_msg_time": 1.0,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"tcp_max_msg_time": 1.0, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     raw = socket.socket()
     raw.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 16384)
     raw.connect(("127.0.0.1", relay.port()))
@@ -281,7 +317,7 @@ class Collector:
             name = kind.removeprefix("tcp-")
             self.hep_id = f"[{name}]127.0.0.1:{self.server.port};transport=tcp"
             self.log = f"HEP {name} connected to 127.0.0.1:{self.server.port} over tcp"
-        self.name = self.hep_id[1:self.hep_id.index("]")]
+        self.name = self.hep_id[1 : self.hep_id.index("]")]
 
     def close(self) -> None:
         if self.server is not None:
@@ -295,10 +331,14 @@ def collector(request: pytest.FixtureRequest) -> Iterator[Collector]:
     c.close()
 
 
-def traced_relay(relay_factory: Factory, backend: SipBackend, collector: Collector
-                 ) -> RelayProcess:
-    return relay_factory({"hep_id": [collector.hep_id], "trace_on": True,
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+def traced_relay(relay_factory: Factory, backend: SipBackend, collector: Collector) -> RelayProcess:
+    return relay_factory(
+        {
+            "hep_id": [collector.hep_id],
+            "trace_on": True,
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
 def burst_until_dropped(relay: RelayProcess, name: str, tag: str) -> tuple[int, Metrics]:
@@ -312,8 +352,9 @@ def burst_until_dropped(relay: RelayProcess, name: str, tag: str) -> tuple[int, 
     raise AssertionError(f"no HEP packet dropped after {sent} requests")
 
 
-def test_hep_collector_failure(relay_factory: Factory, backend: SipBackend, legit: Legit,
-                               collector: Collector, record: Record) -> None:
+def test_hep_collector_failure(
+    relay_factory: Factory, backend: SipBackend, legit: Legit, collector: Collector, record: Record
+) -> None:
     relay = traced_relay(relay_factory, backend, collector)
     before = Metrics.scrape(relay)
     traffic = legit(relay.port())
@@ -327,45 +368,63 @@ def test_hep_collector_failure(relay_factory: Factory, backend: SipBackend, legi
     built = after.delta(before, "tlstrace_trace_packets_total")
     assert dropped > 0 and built >= 2 * (result.sent + bursts)
     assert relay.proc.poll() is None and "Traceback" not in relay.log
-    record(collector=collector.kind, hep_packets_built=built, hep_dropped=dropped,
-           burst_requests=bursts, legit_sent=result.sent, legit_lost=result.lost,
-           legit_errors=len(result.errors))
+    record(
+        collector=collector.kind,
+        hep_packets_built=built,
+        hep_dropped=dropped,
+        burst_requests=bursts,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 # -- certificates ------------------------------------------------------------------------------
 
 
-def test_certificate_replaced_by_garbage_then_reloaded(relay_factory: Factory,
-                                                       backend: SipBackend, pki: Pki,
-                                                       tmp_path: Path, legit: Legit,
-                                                       record: Record) -> None:
+def test_certificate_replaced_by_garbage_then_reloaded(
+    relay_factory: Factory,
+    backend: SipBackend,
+    pki: Pki,
+    tmp_path: Path,
+    legit: Legit,
+    record: Record,
+) -> None:
     first, second = pki.leaf("first.hardening"), pki.leaf("second.hardening")
     cert, key = tmp_path / "live.crt", tmp_path / "live.key"
     shutil.copy(first.cert, cert)
     shutil.copy(first.key, key)
-    relay = relay_factory({
-        "server_domain": [{"name": "default", "certificate": str(cert),
-                           "private_key": str(key)}],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    relay = relay_factory(
+        {
+            "server_domain": [
+                {"name": "default", "certificate": str(cert), "private_key": str(key)}
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     api = httpx.Client(base_url=relay.api_url, timeout=10)
     before = Metrics.scrape(relay)
 
     def served_certificate() -> list[tuple[str, float]]:
         m = Metrics.scrape(relay)
-        return [(dict(labels)["subject"], value) for (name, labels), value in m.samples.items()
-                if name == "tlstrace_certificate_not_after_timestamp_seconds"
-                and ("role", "server") in labels]
+        return [
+            (dict(labels)["subject"], value)
+            for (name, labels), value in m.samples.items()
+            if name == "tlstrace_certificate_not_after_timestamp_seconds"
+            and ("role", "server") in labels
+        ]
 
     served = served_certificate()
     assert len(served) == 1 and served[0][0].endswith("CN=first.hardening")
     traffic = legit(relay.port())
 
     failures = 0
-    for target, garbage in [(cert, "not a certificate\n"),
-                            (cert, first.cert.read_text()[:200]),
-                            (key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
-                            (key, second.key.read_text())]:  # a key that does not match
+    for target, garbage in [
+        (cert, "not a certificate\n"),
+        (cert, first.cert.read_text()[:200]),
+        (key, "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n"),
+        (key, second.key.read_text()),
+    ]:  # a key that does not match
         target.write_text(garbage)
         r = api.post("/api/reload")
         assert r.status_code == 409 and r.json()["reloaded"] is False
@@ -398,8 +457,12 @@ def test_certificate_replaced_by_garbage_then_reloaded(relay_factory: Factory,
     result = traffic.check(backend)  # the open connections never noticed
     log = relay.log
     assert "BEGIN PRIVATE KEY" not in log and "AAAA" not in log
-    record(failed_reloads=failures, legit_sent=result.sent, legit_lost=result.lost,
-           legit_errors=len(result.errors))
+    record(
+        failed_reloads=failures,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 # -- the key-log file --------------------------------------------------------------------------
@@ -408,50 +471,74 @@ def test_certificate_replaced_by_garbage_then_reloaded(relay_factory: Factory,
 def namespaces_work() -> bool:
     if shutil.which("unshare") is None:
         return False
-    probe = subprocess.run(["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"],
-                           capture_output=True, timeout=10)
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs tmpfs /mnt"], capture_output=True, timeout=10
+    )
     return probe.returncode == 0
 
 
 def relay_in_mount_namespace(setup: str) -> list[str]:
     """The command that starts tlstrace in its own mount namespace after `setup` (shell)."""
-    return ["unshare", "-rm", "--", "sh", "-c", f'{setup} && exec "$0" -m tlstrace "$@"',
-            sys.executable]
+    return [
+        "unshare",
+        "-rm",
+        "--",
+        "sh",
+        "-c",
+        f'{setup} && exec "$0" -m tlstrace "$@"',
+        sys.executable,
+    ]
 
 
 def client_keys(path: Path) -> list[str]:
     """The secrets in a client's key-log file (the hex after the client random)."""
     if not path.exists():
         return []
-    return [line.split()[2] for line in path.read_text().splitlines()
-            if line and not line.startswith("#")]
+    return [
+        line.split()[2]
+        for line in path.read_text().splitlines()
+        if line and not line.startswith("#")
+    ]
 
 
 @pytest.mark.skipif(not namespaces_work(), reason="needs unshare -rm and tmpfs mounts")
 @pytest.mark.parametrize("disk", ["full", "read-only"])
-def test_keylog_file_on_a_broken_disk(relay_factory: Factory, backend: SipBackend,
-                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                      legit: Legit, record: Record, disk: str) -> None:
+def test_keylog_file_on_a_broken_disk(
+    relay_factory: Factory,
+    backend: SipBackend,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    legit: Legit,
+    record: Record,
+    disk: str,
+) -> None:
     mnt = tmp_path / "disk"
     mnt.mkdir()
     if disk == "full":
-        setup = (f"mount -t tmpfs -o size=64k tmpfs {mnt} && "
-                 f"{{ dd if=/dev/zero of={mnt}/fill bs=4k >/dev/null 2>&1 || true; }}")
+        setup = (
+            f"mount -t tmpfs -o size=64k tmpfs {mnt} && "
+            f"{{ dd if=/dev/zero of={mnt}/fill bs=4k >/dev/null 2>&1 || true; }}"
+        )
         expected = f"cannot write to key-log file {mnt}/keys.log: No space left on device"
     else:
         # read-only from after start-up: one that is read-only already stops the start
         # (keylog_file: not writable, checked by tlstrace/preflight.py)
-        setup = (f"mount -t tmpfs tmpfs {mnt} && "
-                 f"{{ (sleep 1; mount -o remount,ro {mnt}) & }}")
+        setup = f"mount -t tmpfs tmpfs {mnt} && {{ (sleep 1; mount -o remount,ro {mnt}) & }}"
         expected = f"cannot open key-log file {mnt}/keys.log: Read-only file system"
     monkeypatch.setattr(relay_module, "TLSTRACE", relay_in_mount_namespace(setup))
-    relay = relay_factory({"keylog_file": str(mnt / "keys.log"),
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {
+            "keylog_file": str(mnt / "keys.log"),
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     if disk == "read-only":
         mounts = Path(f"/proc/{relay.proc.pid}/mounts")
         deadline = time.monotonic() + 15
-        while not any(line.split()[1] == str(mnt) and "ro" in line.split()[3].split(",")
-                      for line in mounts.read_text().splitlines()):
+        while not any(
+            line.split()[1] == str(mnt) and "ro" in line.split()[3].split(",")
+            for line in mounts.read_text().splitlines()
+        ):
             assert time.monotonic() < deadline, mounts.read_text()
             time.sleep(0.05)
     before = Metrics.scrape(relay)
@@ -469,14 +556,20 @@ def test_keylog_file_on_a_broken_disk(relay_factory: Factory, backend: SipBacken
     secrets = client_keys(tmp_path / "client-keys.log")
     assert secrets
     assert not any(s in log for s in secrets)
-    record(disk=disk, keylog_errors=errors, error_lines=log.count(expected),
-           legit_sent=result.sent, legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        disk=disk,
+        keylog_errors=errors,
+        error_lines=log.count(expected),
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mknod needs root")
-def test_keylog_file_that_is_a_device_keeps_its_mode(relay_factory: Factory,
-                                                     backend: SipBackend,
-                                                     tmp_path: Path) -> None:
+def test_keylog_file_that_is_a_device_keeps_its_mode(
+    relay_factory: Factory, backend: SipBackend, tmp_path: Path
+) -> None:
     """keylog_file naming a device (here a private copy of /dev/null): the relay never
     chmods it (as root it would break /dev/null for every other user)."""
     device = tmp_path / "null"  # a private copy of /dev/null, so nothing shared is touched
@@ -485,8 +578,9 @@ def test_keylog_file_that_is_a_device_keeps_its_mode(relay_factory: Factory,
     except OSError as e:
         pytest.skip(f"cannot mknod: {e}")
     os.chmod(device, 0o666)
-    relay = relay_factory({"keylog_file": str(device),
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {"keylog_file": str(device), "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     with TlsClient(relay.port()) as c:
         c.send(request())
         c.recv_messages(1)

@@ -40,8 +40,11 @@ from tlstrace.sip.framing import (
 CORPUS = Path(__file__).parent / "corpus" / "sip"
 SEEDS = {p.stem: p.read_bytes() for p in sorted(CORPUS.glob("*.sip"))}
 EVENT_TYPES = (Message, Ping, KeepAlive, Dropped, FramingError)
-FUZZ = settings(max_examples=400, deadline=None,
-                suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+FUZZ = settings(
+    max_examples=400,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 
 
 def test_corpus_is_there() -> None:
@@ -55,7 +58,7 @@ def test_seed_outcome(name: str) -> None:
     """Each seed, in one read and byte by byte, ends as its name says."""
     outcome = name.split("--")[0]
     data = SEEDS[name]
-    for pieces in ([data], [data[i:i + 1] for i in range(len(data))]):
+    for pieces in ([data], [data[i : i + 1] for i in range(len(data))]):
         framer = SipFramer(max_chunks=None)
         events = run(framer, pieces)  # stops at an error, as the relay does
         errors = [ev for ev in events if isinstance(ev, FramingError)]
@@ -69,40 +72,81 @@ def test_seed_outcome(name: str) -> None:
             assert events[-1] is errors[0]
 
 
-TOKENS = [b"\r\n", b"\r\n\r\n", b"\r", b"\n", b"\x00", b" ", b"\t", b":", b"Content-Length: ",
-          b"l: ", b"-1", b"0", b"65536", b"99999999999", b"4294967296", b" SIP/2.0", b"SIP/2.0 ",
-          b"INVITE ", b"\xff", b"\x16\x03\x01", b"Content-Length: 0\r\n\r\n",
-          b"\r\nContent_Length: 0", b"\r\n Content-Length: 0", b"\r\n\tl: 0", b"\r\nl : 0",
-          b"\r\nl: 0", b"\r\nContent-Length:\r\n 5", b"+", b" :", b"_", b"\r\n ", b"l: 0 "]
+TOKENS = [
+    b"\r\n",
+    b"\r\n\r\n",
+    b"\r",
+    b"\n",
+    b"\x00",
+    b" ",
+    b"\t",
+    b":",
+    b"Content-Length: ",
+    b"l: ",
+    b"-1",
+    b"0",
+    b"65536",
+    b"99999999999",
+    b"4294967296",
+    b" SIP/2.0",
+    b"SIP/2.0 ",
+    b"INVITE ",
+    b"\xff",
+    b"\x16\x03\x01",
+    b"Content-Length: 0\r\n\r\n",
+    b"\r\nContent_Length: 0",
+    b"\r\n Content-Length: 0",
+    b"\r\n\tl: 0",
+    b"\r\nl : 0",
+    b"\r\nl: 0",
+    b"\r\nContent-Length:\r\n 5",
+    b"+",
+    b" :",
+    b"_",
+    b"\r\n ",
+    b"l: 0 ",
+]
 
 
 @st.composite
 def mutated_seeds(draw: st.DrawFn) -> bytes:
     data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
     for _ in range(draw(st.integers(0, 5))):
-        op = draw(st.sampled_from(["flip", "token", "delete", "duplicate", "splice", "cut",
-                                   "digits"]))
+        op = draw(
+            st.sampled_from(["flip", "token", "delete", "duplicate", "splice", "cut", "digits"])
+        )
         i = draw(st.integers(0, len(data)))
         if op == "flip" and i < len(data):
             data[i] = draw(st.integers(0, 255))
         elif op == "token":
             data[i:i] = draw(st.sampled_from(TOKENS))
         elif op == "delete":
-            del data[i:i + draw(st.integers(1, 16))]
+            del data[i : i + draw(st.integers(1, 16))]
         elif op == "duplicate":
-            data[i:i] = data[i:i + draw(st.integers(1, 200))]
+            data[i:i] = data[i : i + draw(st.integers(1, 200))]
         elif op == "splice":
             other = SEEDS[draw(st.sampled_from(sorted(SEEDS)))]
-            data[i:] = other[draw(st.integers(0, len(other))):]
+            data[i:] = other[draw(st.integers(0, len(other))) :]
         elif op == "cut":
             del data[i:]
         elif op == "digits":
             at = data.find(b"ength:")
             if at >= 0:
                 end = data.find(b"\r\n", at)
-                data[at + 6:end if end >= 0 else len(data)] = draw(
-                    st.sampled_from([b" -5", b" 1e3", b" 00000000000", b" 007", b" 65535",
-                                     b" 0 0", b"\t9999999999", b" \x00"]))
+                data[at + 6 : end if end >= 0 else len(data)] = draw(
+                    st.sampled_from(
+                        [
+                            b" -5",
+                            b" 1e3",
+                            b" 00000000000",
+                            b" 007",
+                            b" 65535",
+                            b" 0 0",
+                            b"\t9999999999",
+                            b" \x00",
+                        ]
+                    )
+                )
     if draw(st.booleans()):
         data += SEEDS[draw(st.sampled_from(sorted(SEEDS)))]
     return bytes(data)
@@ -116,9 +160,12 @@ def splits(draw: st.DrawFn, data: bytes) -> list[bytes]:
 
 
 framers = st.builds(
-    lambda size, ping, drop, chunks: SipFramer(max_msg_size=size, pingpong=ping,
-                                               crlf_drop=drop, max_chunks=chunks),
-    st.sampled_from([1024, 4096, 65535]), st.booleans(), st.booleans(),
+    lambda size, ping, drop, chunks: SipFramer(
+        max_msg_size=size, pingpong=ping, crlf_drop=drop, max_chunks=chunks
+    ),
+    st.sampled_from([1024, 4096, 65535]),
+    st.booleans(),
+    st.booleans(),
     st.sampled_from([None, 1, 2, 4, 16]),
 )
 
@@ -149,8 +196,9 @@ def messages(events: list[Event]) -> list[bytes]:
 
 @given(st.data(), mutated_seeds(), framers)
 @FUZZ
-def test_mutated_corpus_in_random_reads(data: st.DataObject, stream: bytes,
-                                        framer: SipFramer) -> None:
+def test_mutated_corpus_in_random_reads(
+    data: st.DataObject, stream: bytes, framer: SipFramer
+) -> None:
     events = run(framer, data.draw(splits(stream)))
     pos = 0
     for msg in messages(events):
@@ -171,8 +219,9 @@ def test_mutated_corpus_in_random_reads(data: st.DataObject, stream: bytes,
 
 @given(st.data(), mutated_seeds(), st.sampled_from([1024, 65535]))
 @FUZZ
-def test_splitting_never_changes_the_messages(data: st.DataObject, stream: bytes,
-                                              size: int) -> None:
+def test_splitting_never_changes_the_messages(
+    data: st.DataObject, stream: bytes, size: int
+) -> None:
     whole = run(SipFramer(max_msg_size=size, max_chunks=None), [stream])
     split = run(SipFramer(max_msg_size=size, max_chunks=None), data.draw(splits(stream)))
     a, b = messages(whole), messages(split)
@@ -189,13 +238,38 @@ def test_splitting_never_changes_the_messages(data: st.DataObject, stream: bytes
 @given(st.binary(max_size=3000), st.integers(1, 64), framers)
 @FUZZ
 def test_random_bytes(data: bytes, step: int, framer: SipFramer) -> None:
-    run(framer, [data[i:i + step] for i in range(0, len(data), step)])
+    run(framer, [data[i : i + step] for i in range(0, len(data), step)])
 
 
-LENGTH_NAMES = [b"Content-Length", b"content-length", b"CONTENT-LENGTH", b"Content_Length",
-                b"l", b"L", b"Content-Lengthx", b"Content-Lengt", b"XContent-Length"]
-LENGTH_VALUES = [b"0", b"5", b"05", b"0005", b"+5", b"-5", b"5 ", b"5\t", b"5x", b"5 6", b"",
-                 b"99999999999", b"0x5", b"5\r\n 6", b"\r\n 5", "\u0665".encode()]
+LENGTH_NAMES = [
+    b"Content-Length",
+    b"content-length",
+    b"CONTENT-LENGTH",
+    b"Content_Length",
+    b"l",
+    b"L",
+    b"Content-Lengthx",
+    b"Content-Lengt",
+    b"XContent-Length",
+]
+LENGTH_VALUES = [
+    b"0",
+    b"5",
+    b"05",
+    b"0005",
+    b"+5",
+    b"-5",
+    b"5 ",
+    b"5\t",
+    b"5x",
+    b"5 6",
+    b"",
+    b"99999999999",
+    b"0x5",
+    b"5\r\n 6",
+    b"\r\n 5",
+    "\u0665".encode(),
+]
 WS = [b"", b" ", b"\t", b"  ", b"\r\n ", b"\r\n\t"]
 
 
@@ -212,26 +286,46 @@ def length_lines(draw: st.DrawFn) -> bytes:
 @st.composite
 def length_messages(draw: st.DrawFn) -> bytes:
     """A message with 0 to 3 length lines of any spelling among its headers, and a body."""
-    start = draw(st.sampled_from([b"OPTIONS sip:x SIP/2.0", b"SIP/2.0 200 OK",
-                                  b"l: 0 SIP/2.0", b"Content_Length: 0 SIP/2.0",
-                                  b"CANCEL sip:x SIP/2.0", b"lala sip:x SIP/2.0"]))
-    headers = [b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1", b"Call-ID: c@x",
-               b"CSeq: 1 OPTIONS", b"Subject: a\r\n folded", b"X-L: 1"]
+    start = draw(
+        st.sampled_from(
+            [
+                b"OPTIONS sip:x SIP/2.0",
+                b"SIP/2.0 200 OK",
+                b"l: 0 SIP/2.0",
+                b"Content_Length: 0 SIP/2.0",
+                b"CANCEL sip:x SIP/2.0",
+                b"lala sip:x SIP/2.0",
+            ]
+        )
+    )
+    headers = [
+        b"Via: SIP/2.0/TLS 192.0.2.1;branch=z9hG4bK1",
+        b"Call-ID: c@x",
+        b"CSeq: 1 OPTIONS",
+        b"Subject: a\r\n folded",
+        b"X-L: 1",
+    ]
     for line in draw(st.lists(length_lines(), max_size=3)):
         headers.insert(draw(st.integers(0, len(headers))), line)
-    body = draw(st.sampled_from([b"", b"12345", b"0123456789",
-                                 b"INVITE sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n"]))
+    body = draw(
+        st.sampled_from(
+            [b"", b"12345", b"0123456789", b"INVITE sip:a SIP/2.0\r\nContent-Length: 0\r\n\r\n"]
+        )
+    )
     return start + b"\r\n" + b"\r\n".join(headers) + b"\r\n\r\n" + body
 
 
 @given(st.lists(length_messages(), min_size=1, max_size=3), st.booleans())
-@settings(max_examples=1500, deadline=None,
-          suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@settings(
+    max_examples=1500,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
+)
 def test_servers_frame_it_the_same(msgs: list[bytes], byte_by_byte: bool) -> None:
     """A message tlstrace relays is, for every server, exactly that message: none of them
     can find a different end, and so none can see a message tlstrace did not frame."""
     stream = b"".join(msgs)
-    pieces = [stream[i:i + 1] for i in range(len(stream))] if byte_by_byte else [stream]
+    pieces = [stream[i : i + 1] for i in range(len(stream))] if byte_by_byte else [stream]
     for msg in messages(run(SipFramer(max_chunks=None), pieces)):
         for name, server in SERVERS.items():
             assert server(msg + stream) == len(msg), (name, msg)

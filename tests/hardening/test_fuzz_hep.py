@@ -40,29 +40,31 @@ def test_corpus_is_there() -> None:
 def mutated(draw: st.DrawFn) -> bytes:
     data = bytearray(SEEDS[draw(st.sampled_from(sorted(SEEDS)))])
     for _ in range(draw(st.integers(1, 5))):
-        op = draw(st.sampled_from(["flip", "u16", "insert", "delete", "cut", "splice",
-                                   "chunk-length"]))
+        op = draw(
+            st.sampled_from(["flip", "u16", "insert", "delete", "cut", "splice", "chunk-length"])
+        )
         i = draw(st.integers(0, max(len(data) - 1, 0)))
         if op == "flip" and data:
             data[i] ^= 1 << draw(st.integers(0, 7))
         elif op == "u16" and i + 2 <= len(data):
-            data[i:i + 2] = draw(st.sampled_from([0, 1, 5, 6, 7, 0xFFFF, len(data)]))\
-                .to_bytes(2, "big")
+            data[i : i + 2] = draw(st.sampled_from([0, 1, 5, 6, 7, 0xFFFF, len(data)])).to_bytes(
+                2, "big"
+            )
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=12))
         elif op == "delete":
-            del data[i:i + draw(st.integers(1, 12))]
+            del data[i : i + draw(st.integers(1, 12))]
         elif op == "cut":
             del data[i:]
         elif op == "splice":
             other = SEEDS[draw(st.sampled_from(sorted(SEEDS)))]
-            data[i:] = other[draw(st.integers(0, len(other))):]
+            data[i:] = other[draw(st.integers(0, len(other))) :]
         elif op == "chunk-length" and len(data) > 12:
             # the length field of the chunk header at 6 + 6k
             k = draw(st.integers(0, (len(data) - 12) // 6))
             at = 6 + 6 * k + 4
             if at + 2 <= len(data):
-                data[at:at + 2] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
+                data[at : at + 2] = draw(st.integers(0, 0xFFFF)).to_bytes(2, "big")
     return bytes(data)
 
 
@@ -82,8 +84,10 @@ def pieces_of(data: bytes, cuts: list[int]) -> list[bytes]:
     return [data[a:b] for a, b in itertools.pairwise(bounds)]
 
 
-@given(st.lists(st.sampled_from(sorted(GOOD)), min_size=1, max_size=8),
-       st.lists(st.integers(0, 1 << 16), max_size=16))
+@given(
+    st.lists(st.sampled_from(sorted(GOOD)), min_size=1, max_size=8),
+    st.lists(st.integers(0, 1 << 16), max_size=16),
+)
 @FUZZ
 def test_stream_of_good_packets_in_any_split(names: list[str], cuts: list[int]) -> None:
     stream = b"".join(GOOD[n] for n in names)
@@ -95,9 +99,14 @@ def test_stream_of_good_packets_in_any_split(names: list[str], cuts: list[int]) 
     assert decoder.pending == 0
 
 
-@given(st.lists(st.one_of(st.sampled_from(sorted(SEEDS)).map(SEEDS.__getitem__), mutated()),
-                min_size=1, max_size=6),
-       st.lists(st.integers(0, 1 << 16), max_size=16))
+@given(
+    st.lists(
+        st.one_of(st.sampled_from(sorted(SEEDS)).map(SEEDS.__getitem__), mutated()),
+        min_size=1,
+        max_size=6,
+    ),
+    st.lists(st.integers(0, 1 << 16), max_size=16),
+)
 @FUZZ
 def test_stream_of_mutated_packets(packets: list[bytes], cuts: list[int]) -> None:
     """Fed on after errors too (a framing error keeps raising, a bad packet is skipped): only

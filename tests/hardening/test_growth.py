@@ -64,9 +64,11 @@ class UdpDiscard:
 def responder() -> Iterator[int]:
     """tlstrace's minimal SIP responder as a backend that keeps nothing."""
     port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "tlstrace.responder", "--listen",
-                             f"127.0.0.1:{port}"], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tlstrace.responder", "--listen", f"127.0.0.1:{port}"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         wait_port("127.0.0.1", port)
         yield port
@@ -95,8 +97,9 @@ def wait_rss_settled(pid: int, quiet: float = 1.0, timeout: float = 20.0) -> int
 PER_CONNECTION_KIB = 4 * 1024
 
 
-def test_tracing_state_per_connection_is_bounded(tmp_path: Path, legit: Legit,
-                                                  record: Record) -> None:
+def test_tracing_state_per_connection_is_bounded(
+    tmp_path: Path, legit: Legit, record: Record
+) -> None:
     """Tracing on; 2 connections each send 1,100 requests with distinct 60,000-byte Call-IDs
     (each one a session record). The Call-IDs the tracer remembers used to be kept whole:
     about 64 MiB per connection, still held after the connections closed."""
@@ -106,9 +109,14 @@ def test_tracing_state_per_connection_is_bounded(tmp_path: Path, legit: Legit,
         with SipBackend() as backend, responder() as attack_backend:
             legit_listener = RelayProcess.tls_listener(backend.port)
             attack_listener = RelayProcess.tls_listener(attack_backend)
-            relay = RelayProcess(tmp_path / "trace", {
-                "trace_on": True, "hep_id": [f"[sink]127.0.0.1:{sink.port};transport=udp"],
-                "listener": [legit_listener, attack_listener]})
+            relay = RelayProcess(
+                tmp_path / "trace",
+                {
+                    "trace_on": True,
+                    "hep_id": [f"[sink]127.0.0.1:{sink.port};transport=udp"],
+                    "listener": [legit_listener, attack_listener],
+                },
+            )
             try:
                 pid = relay.proc.pid
                 before = Metrics.scrape(relay)
@@ -118,12 +126,20 @@ def test_tracing_state_per_connection_is_bounded(tmp_path: Path, legit: Legit,
                 for i, c in enumerate(clients):
                     for j in range(per_conn):
                         cid = f"{i}-{j}-".encode().ljust(cid_size, b"c")
-                        c.send(request("ACK", "cid", 1).replace(b"Call-ID: cid\r\n",
-                                                              b"Call-ID: " + cid + b"\r\n"))
-                wait_metric(relay, "tlstrace_sip_messages_total",
-                            before.get("tlstrace_sip_messages_total", direction="from_client",
-                                       kind="ACK") + n * per_conn, timeout=120,
-                            direction="from_client", kind="ACK")
+                        c.send(
+                            request("ACK", "cid", 1).replace(
+                                b"Call-ID: cid\r\n", b"Call-ID: " + cid + b"\r\n"
+                            )
+                        )
+                wait_metric(
+                    relay,
+                    "tlstrace_sip_messages_total",
+                    before.get("tlstrace_sip_messages_total", direction="from_client", kind="ACK")
+                    + n * per_conn,
+                    timeout=120,
+                    direction="from_client",
+                    kind="ACK",
+                )
                 rss_open = wait_rss_settled(pid)
                 for c in clients:
                     c.close_notify()
@@ -135,14 +151,26 @@ def test_tracing_state_per_connection_is_bounded(tmp_path: Path, legit: Legit,
     finally:
         sink.close()
     per_conn_kib = (rss_open - rss_before) / n
-    record(connections=n, call_ids_per_connection=per_conn, call_id_bytes=cid_size,
-           rss_before_kib=rss_before, rss_open_kib=rss_open, rss_after_close_kib=rss_closed,
-           growth_per_connection_kib=round(per_conn_kib), hep_packets=sink.count,
-           legit_sent=result.sent, legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        connections=n,
+        call_ids_per_connection=per_conn,
+        call_id_bytes=cid_size,
+        rss_before_kib=rss_before,
+        rss_open_kib=rss_open,
+        rss_after_close_kib=rss_closed,
+        growth_per_connection_kib=round(per_conn_kib),
+        hep_packets=sink.count,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
     # each message and each Call-ID's session record was traced (or, too big for one HEP
     # packet with the Call-ID in it twice, counted as oversize): the tracer saw every one
-    assert after.delta(before, "tlstrace_trace_packets_total") + \
-        after.delta(before, "tlstrace_trace_oversize_total") >= 2 * n * per_conn
+    assert (
+        after.delta(before, "tlstrace_trace_packets_total")
+        + after.delta(before, "tlstrace_trace_oversize_total")
+        >= 2 * n * per_conn
+    )
     assert per_conn_kib < PER_CONNECTION_KIB
     assert rss_closed - rss_before < n * PER_CONNECTION_KIB
 
@@ -165,8 +193,9 @@ def open_idle(port: int, n: int) -> list[socket.socket]:
     return socks
 
 
-def test_idle_api_connections_cannot_starve_sip(tmp_path: Path, legit: Legit,
-                                                record: Record) -> None:
+def test_idle_api_connections_cannot_starve_sip(
+    tmp_path: Path, legit: Legit, record: Record
+) -> None:
     """3,000 TCP connections to the API port that never send a request, against a relay
     whose RLIMIT_NOFILE is 400: each used to pin a descriptor until the process ran out, and
     then new TLS clients failed (uvloop stops a listener whose accept fails, silently). Now
@@ -174,9 +203,10 @@ def test_idle_api_connections_cannot_starve_sip(tmp_path: Path, legit: Legit,
     api_request_timeout, and TLS clients never notice."""
     n, limit = 3000, 400
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path / "api", {
-            "tls_handshake_timeout": 2000,
-            "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path / "api",
+            {"tls_handshake_timeout": 2000, "listener": [RelayProcess.tls_listener(backend.port)]},
+        )
         try:
             pid = relay.proc.pid
             prlimit_nofile(pid, limit)
@@ -197,9 +227,17 @@ def test_idle_api_connections_cannot_starve_sip(tmp_path: Path, legit: Legit,
             relay.stop()
     refused = after.delta(before, "tlstrace_api_connections_refused_total")
     timed_out = after.delta(before, "tlstrace_api_connections_timed_out_total")
-    record(idle_api_connections=n, rlimit_nofile=limit, refused=refused, timed_out=timed_out,
-           relay_fds_after=most_fds, legit_sent=result.sent, legit_lost=result.lost,
-           legit_errors=len(result.errors), legit_connections=result.connections)
+    record(
+        idle_api_connections=n,
+        rlimit_nofile=limit,
+        refused=refused,
+        timed_out=timed_out,
+        relay_fds_after=most_fds,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+        legit_connections=result.connections,
+    )
     assert outcome["open"] == 0, outcome
     assert r.status_code == 200
     assert refused > 0 and timed_out > 0
@@ -208,8 +246,7 @@ def test_idle_api_connections_cannot_starve_sip(tmp_path: Path, legit: Legit,
     assert "accept failed" not in log
 
 
-def test_out_of_descriptors_on_the_sip_port(tmp_path: Path, legit: Legit,
-                                            record: Record) -> None:
+def test_out_of_descriptors_on_the_sip_port(tmp_path: Path, legit: Legit, record: Record) -> None:
     """The SIP side itself runs out of descriptors (RLIMIT_NOFILE 150, 300 connections that
     never send a byte): libuv accepts and closes what it cannot take and tells nobody (and
     when even its spare descriptor is gone, uvloop stops the listener for good, silently).
@@ -217,9 +254,10 @@ def test_out_of_descriptors_on_the_sip_port(tmp_path: Path, legit: Legit,
     already connected never notice."""
     flood, limit = 300, 150
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path / "emfile", {
-            "tls_handshake_timeout": 1000,
-            "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path / "emfile",
+            {"tls_handshake_timeout": 1000, "listener": [RelayProcess.tls_listener(backend.port)]},
+        )
         try:
             pid = relay.proc.pid
             traffic = legit(relay.port(), clients=3, newcomers=False)
@@ -248,9 +286,16 @@ def test_out_of_descriptors_on_the_sip_port(tmp_path: Path, legit: Legit,
             relay.stop()
     exhausted = after.get("tlstrace_fd_exhausted_total")
     stopped = after.get("tlstrace_accept_failures_total")
-    record(flood=flood, rlimit_nofile=limit, fd_exhausted=exhausted, listeners_restarted=stopped,
-           outcome=outcome, legit_sent=result.sent, legit_lost=result.lost,
-           legit_errors=len(result.errors))
+    record(
+        flood=flood,
+        rlimit_nofile=limit,
+        fd_exhausted=exhausted,
+        listeners_restarted=stopped,
+        outcome=outcome,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
     assert answer.startswith(b"SIP/2.0 200 OK")
     assert exhausted >= 1
     assert "ERROR tlstrace: out of file descriptors (" in log
@@ -259,8 +304,9 @@ def test_out_of_descriptors_on_the_sip_port(tmp_path: Path, legit: Legit,
 # -- reload storms ---------------------------------------------------------------------------------
 
 
-def answered_during(traffic: LegitTraffic, seconds: float,
-                    meanwhile: Callable[[], None] | None = None) -> int:
+def answered_during(
+    traffic: LegitTraffic, seconds: float, meanwhile: Callable[[], None] | None = None
+) -> int:
     start = traffic.answered
     deadline = time.monotonic() + seconds
     while time.monotonic() < deadline:
@@ -278,8 +324,9 @@ def test_sighup_storm(tmp_path: Path, legit: Legit, record: Record) -> None:
     clients get at least a third of what they got in the same time without the storm."""
     seconds = 4.0
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path / "storm", {
-            "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path / "storm", {"listener": [RelayProcess.tls_listener(backend.port)]}
+        )
         try:
             before = Metrics.scrape(relay)
             traffic = legit(relay.port(), clients=4, pace=0.0)
@@ -308,9 +355,16 @@ def test_sighup_storm(tmp_path: Path, legit: Legit, record: Record) -> None:
         finally:
             relay.stop()
     reloads = after.delta(before, "tlstrace_reloads_total", result="success") if after else -1
-    record(signals=signals, reloads=reloads, answered_baseline=baseline,
-           answered_during_storm=during, api_reload=api_answer, legit_sent=result.sent,
-           legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        signals=signals,
+        reloads=reloads,
+        answered_baseline=baseline,
+        answered_during_storm=during,
+        api_reload=api_answer,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
     assert result.errors == [] and result.answered == result.sent
     assert api_answer == (200, True)
     assert after is not None
@@ -324,16 +378,23 @@ def test_api_requests_whose_body_never_ends_are_closed(tmp_path: Path) -> None:
     """Request heads announcing a body that then arrives a byte at a time (or never): each
     used to keep its connection for ever (the timer was re-armed while uvicorn waited for the
     body), so api_max_connections of them locked the API out, /healthz and /metrics too."""
-    relay = RelayProcess(tmp_path / "slow-body", {
-        "api_max_connections": 4, "api_request_timeout": 1.0,
-        "listener": [RelayProcess.tls_listener(free_port())]})
+    relay = RelayProcess(
+        tmp_path / "slow-body",
+        {
+            "api_max_connections": 4,
+            "api_request_timeout": 1.0,
+            "listener": [RelayProcess.tls_listener(free_port())],
+        },
+    )
     try:
         host, port = str(relay.config["api_listen"]).rsplit(":", 1)
         socks = []
         for _ in range(4):
             s = socket.create_connection((host, int(port)), timeout=10)
-            s.sendall(b"PUT /api/trace HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-                      b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{")
+            s.sendall(
+                b"PUT /api/trace HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                b"Content-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+            )
             socks.append(s)
         outcome = wait_all_closed(socks, timeout=15)
         for s in socks:

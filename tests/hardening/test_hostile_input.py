@@ -97,28 +97,44 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path_factory.mktemp("hostile"),
-                             {**SETTINGS, "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path_factory.mktemp("hostile"),
+            {**SETTINGS, "listener": [RelayProcess.tls_listener(backend.port)]},
+        )
         try:
             yield Target(relay, backend)
         finally:
             relay.stop()
 
 
-def check_counted(t: Target, before: Metrics, traffic: LegitTraffic, *, extra_requests: int = 0,
-                  extra_answers: int | None = None) -> dict[str, int]:
+def check_counted(
+    t: Target,
+    before: Metrics,
+    traffic: LegitTraffic,
+    *,
+    extra_requests: int = 0,
+    extra_answers: int | None = None,
+) -> dict[str, int]:
     """Legitimate traffic clean and each message counted by the relay (plus the complete
     requests offenders sent, `extra_requests`); the figures for the docs."""
     result = traffic.check(t.backend)
     t.settle()
     after = t.scrape()
     answers = extra_requests if extra_answers is None else extra_answers
-    assert after.delta(before, "tlstrace_sip_messages_total", direction="from_client") \
+    assert (
+        after.delta(before, "tlstrace_sip_messages_total", direction="from_client")
         == result.sent + extra_requests
-    assert after.delta(before, "tlstrace_sip_messages_total", direction="to_client",
-                       kind="2xx") == result.answered + answers
-    return {"legit_sent": result.sent, "legit_lost": result.lost,
-            "legit_errors": len(result.errors), "legit_connections": result.connections}
+    )
+    assert (
+        after.delta(before, "tlstrace_sip_messages_total", direction="to_client", kind="2xx")
+        == result.answered + answers
+    )
+    return {
+        "legit_sent": result.sent,
+        "legit_lost": result.lost,
+        "legit_errors": len(result.errors),
+        "legit_connections": result.connections,
+    }
 
 
 def offenders_closed(socks: list, timeout: float = 30.0) -> None:
@@ -155,8 +171,7 @@ def test_plain_sip_on_the_tls_port(target: Target, legit: Legit, record: Record)
     for port in ports:
         assert target.handshake_failed(port, "plain_sip") in log
     assert after.delta(before, "tlstrace_handshake_failures_total", reason="plain_sip") == 30
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="handshake_failed") == 30
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="handshake_failed") == 30
     record(offenders=30, closed=30, reason="plain_sip", **figures)
 
 
@@ -181,12 +196,15 @@ def test_random_bytes(target: Target, legit: Legit, record: Record) -> None:
     log = target.relay.log
     for port in ports:
         assert f" inbound 127.0.0.1:{port}: TLS handshake failed: " in log, port
-    reasons = {r for r in ("not_tls", "plain_sip", "unsupported_version", "handshake_timeout",
-                           "other")
-               if after.delta(before, "tlstrace_handshake_failures_total", reason=r)}
+    reasons = {
+        r
+        for r in ("not_tls", "plain_sip", "unsupported_version", "handshake_timeout", "other")
+        if after.delta(before, "tlstrace_handshake_failures_total", reason=r)
+    }
     assert after.delta(before, "tlstrace_handshake_failures_total") == len(blobs)
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="handshake_failed") == len(blobs)
+    assert after.delta(
+        before, "tlstrace_connections_closed_total", reason="handshake_failed"
+    ) == len(blobs)
     record(offenders=len(blobs), closed=len(blobs), reasons=sorted(reasons), **figures)
 
 
@@ -223,17 +241,22 @@ def test_truncated_client_hello(target: Target, legit: Legit, record: Record) ->
     log = target.relay.log
     for port in ports:
         assert target.handshake_failed(port, "handshake_timeout") in log
-    assert after.delta(before, "tlstrace_handshake_failures_total",
-                       reason="handshake_timeout") == len(cuts)
-    assert after.delta(before, "tlstrace_handshake_failures_total",
-                       reason="peer_closed") == len(cuts)
-    record(offenders=2 * len(cuts), closed=2 * len(cuts),
-           reasons=["handshake_timeout", "peer_closed"], **figures)
+    assert after.delta(
+        before, "tlstrace_handshake_failures_total", reason="handshake_timeout"
+    ) == len(cuts)
+    assert after.delta(before, "tlstrace_handshake_failures_total", reason="peer_closed") == len(
+        cuts
+    )
+    record(
+        offenders=2 * len(cuts),
+        closed=2 * len(cuts),
+        reasons=["handshake_timeout", "peer_closed"],
+        **figures,
+    )
 
 
 @pytest.mark.parametrize("version", [SSL3, TLS1_0, TLS1_1], ids=["SSLv3", "TLSv1.0", "TLSv1.1"])
-def test_old_protocol_versions(target: Target, legit: Legit, record: Record,
-                               version: int) -> None:
+def test_old_protocol_versions(target: Target, legit: Legit, record: Record, version: int) -> None:
     before = target.scrape()
     traffic = legit(target.port())
     socks = []
@@ -252,8 +275,9 @@ def test_old_protocol_versions(target: Target, legit: Legit, record: Record,
     log = target.relay.log
     for port in ports:
         assert target.handshake_failed(port, "unsupported_version") in log
-    assert after.delta(before, "tlstrace_handshake_failures_total",
-                       reason="unsupported_version") == len(socks)
+    assert after.delta(
+        before, "tlstrace_handshake_failures_total", reason="unsupported_version"
+    ) == len(socks)
     record(offenders=len(socks), closed=len(socks), reason="unsupported_version", **figures)
 
 
@@ -282,22 +306,18 @@ def test_thousand_unfinished_handshakes(target: Target, legit: Legit, record: Re
         offenders_closed(socks, timeout=60)
     figures = check_counted(target, before, traffic)
     after = target.scrape()
-    log = wait_log_count(target.relay, "TLS handshake failed: handshake_timeout",
-                         log_before + n)
+    log = wait_log_count(target.relay, "TLS handshake failed: handshake_timeout", log_before + n)
     for port in ports:
         assert target.handshake_failed(port, "handshake_timeout") in log
-    assert after.delta(before, "tlstrace_handshake_failures_total",
-                       reason="handshake_timeout") == n
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="handshake_failed") == n
+    assert after.delta(before, "tlstrace_handshake_failures_total", reason="handshake_timeout") == n
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="handshake_failed") == n
     record(offenders=n, closed=n, reason="handshake_timeout", **figures)
 
 
 # -- slow-loris --------------------------------------------------------------------------------
 
 
-def test_slowloris_one_byte_per_tls_record(target: Target, legit: Legit,
-                                           record: Record) -> None:
+def test_slowloris_one_byte_per_tls_record(target: Target, legit: Legit, record: Record) -> None:
     """Each record carries one byte of the message: the chunk limit closes it."""
     n = 10
     msg = request("INVITE", "loris@x", body=b"v=0\r\n")
@@ -309,7 +329,7 @@ def test_slowloris_one_byte_per_tls_record(target: Target, legit: Legit,
     for i in range(MAX_CHUNKS + 2):
         for c in list(alive):
             try:
-                c.send(msg[i:i + 1])
+                c.send(msg[i : i + 1])
             except (OSError, ssl.SSLError):
                 alive.remove(c)
         traffic.wait_progress(2)
@@ -326,8 +346,9 @@ def test_slowloris_one_byte_per_tls_record(target: Target, legit: Legit,
     record(offenders=n, closed=n, reason="too_many_chunks", **figures)
 
 
-def test_slowloris_partial_message_then_silence(target: Target, legit: Legit,
-                                                record: Record) -> None:
+def test_slowloris_partial_message_then_silence(
+    target: Target, legit: Legit, record: Record
+) -> None:
     """Half a message in complete records, then nothing: tcp_max_msg_time closes it."""
     n = 10
     before = target.scrape()
@@ -345,13 +366,13 @@ def test_slowloris_partial_message_then_silence(target: Target, legit: Legit,
     for port in ports:
         assert target.closed(port, "Timeout waiting for a complete message (") in log
     assert after.delta(before, "tlstrace_framing_errors_total", kind="message_timeout") == n
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="message_timeout") == n
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="message_timeout") == n
     record(offenders=n, closed=n, reason="message_timeout", **figures)
 
 
-def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
-                                                   record: Record) -> None:
+def test_slowloris_one_record_dripped_byte_by_byte(
+    target: Target, legit: Legit, record: Record
+) -> None:
     """One TLS record sent one byte per TCP segment: never a complete record, so the framer
     never sees a byte; tcp_max_msg_time still closes it (an incomplete TLS record counts as
     an incomplete message)."""
@@ -367,8 +388,7 @@ def test_slowloris_one_record_dripped_byte_by_byte(target: Target, legit: Legit,
     record(offenders=1, closed=int(closed), reason="message_timeout", **figures)
     assert closed
     assert target.closed(port, "Timeout waiting for a complete message (") in target.relay.log
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="message_timeout") == 1
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="message_timeout") == 1
     assert after.delta(before, "tlstrace_framing_errors_total", kind="message_timeout") == 1
 
 
@@ -385,14 +405,14 @@ def test_fragmentation_beyond_max_chunks(target: Target, legit: Legit, record: R
     # the control: exactly tls_max_msg_chunks records is allowed
     with TlsClient(target.port()) as ok:
         q = len(msg) // MAX_CHUNKS + 1
-        ok.send_records([msg[i:i + q] for i in range(0, len(msg), q)])
+        ok.send_records([msg[i : i + q] for i in range(0, len(msg), q)])
         assert ok.recv_messages(1)[0].startswith(b"SIP/2.0 200 OK")
         ok.close_notify()
     fragmenters = [TlsClient(target.port()) for _ in range(n)]
     ports = [c.local_port for c in fragmenters]
     for c in fragmenters:
         with contextlib.suppress(OSError, ssl.SSLError):
-            c.send_records([msg[i:i + step] for i in range(0, len(msg), step)])
+            c.send_records([msg[i : i + step] for i in range(0, len(msg), step)])
     for c in fragmenters:
         assert c.wait_closed()
         c.close()
@@ -406,8 +426,12 @@ def test_fragmentation_beyond_max_chunks(target: Target, legit: Legit, record: R
 
 
 def too_large_declared() -> bytes:
-    return request("MESSAGE", "big@x", headers=["Content-Type: text/plain"])\
-        .replace(b"Content-Length: 0", f"Content-Length: {MAX_MSG_SIZE}".encode()) + b"x" * 100
+    return (
+        request("MESSAGE", "big@x", headers=["Content-Type: text/plain"]).replace(
+            b"Content-Length: 0", f"Content-Length: {MAX_MSG_SIZE}".encode()
+        )
+        + b"x" * 100
+    )
 
 
 def too_large_headers() -> bytes:
@@ -439,13 +463,15 @@ def test_messages_over_max_msg_size(target: Target, legit: Legit, record: Record
     after = target.scrape()
     log = target.relay.log
     for port, data in zip(ports, offenders, strict=True):
-        detail = (f"no end of headers within {MAX_MSG_SIZE} bytes" if b"X-Filler" in data
-                  else f"exceeds max_msg_size {MAX_MSG_SIZE}")
+        detail = (
+            f"no end of headers within {MAX_MSG_SIZE} bytes"
+            if b"X-Filler" in data
+            else f"exceeds max_msg_size {MAX_MSG_SIZE}"
+        )
         line = target.closed(port, "Framing error (too_large: ")
         assert line in log
         assert detail in log.split(line, 1)[1].split("\n", 1)[0]
-    assert after.delta(before, "tlstrace_framing_errors_total", kind="too_large") \
-        == len(offenders)
+    assert after.delta(before, "tlstrace_framing_errors_total", kind="too_large") == len(offenders)
     assert not any(b"big@x" in m for c in target.backend.conns for m in c.messages)
     record(offenders=len(offenders), closed=len(offenders), reason="too_large", **figures)
 
@@ -476,7 +502,8 @@ def test_bad_content_length(target: Target, legit: Legit, record: Record) -> Non
     ports = [c.local_port for c in clients]
     for c, (value, _) in zip(clients, cases, strict=True):
         msg = request(call_id=f"cl-{value!r}@x").replace(
-            b"Content-Length: 0", b"Content-Length: " + value.encode())
+            b"Content-Length: 0", b"Content-Length: " + value.encode()
+        )
         with contextlib.suppress(OSError, ssl.SSLError):
             c.send(msg)
     for c in clients:
@@ -526,12 +553,18 @@ def test_nul_and_bare_cr_in_headers(target: Target, legit: Legit, record: Record
     log = target.relay.log
     for port in ports:
         assert target.closed(port, "Framing error (bad_header_bytes: ") in log
-    assert after.delta(before, "tlstrace_framing_errors_total", kind="bad_header_bytes") \
-        == len(BAD_HEADER_BYTES)
+    assert after.delta(before, "tlstrace_framing_errors_total", kind="bad_header_bytes") == len(
+        BAD_HEADER_BYTES
+    )
     assert request("MESSAGE", "nul-body@x", body=body) in [
-        m for c in target.backend.conns for m in c.messages]
-    record(offenders=len(BAD_HEADER_BYTES), closed=len(BAD_HEADER_BYTES),
-           reason="bad_header_bytes", **figures)
+        m for c in target.backend.conns for m in c.messages
+    ]
+    record(
+        offenders=len(BAD_HEADER_BYTES),
+        closed=len(BAD_HEADER_BYTES),
+        reason="bad_header_bytes",
+        **figures,
+    )
 
 
 # -- connection flood ----------------------------------------------------------------------------
@@ -542,9 +575,14 @@ def test_connection_flood_up_to_the_limit(tmp_path: Path, legit: Legit, record: 
     connections already open carry on, and the capacity comes back."""
     limit, flood = 40, 400
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path / "flood", {
-            **SETTINGS, "tcp_max_connections": limit,
-            "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path / "flood",
+            {
+                **SETTINGS,
+                "tcp_max_connections": limit,
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            },
+        )
         try:
             t = Target(relay, backend)
             before = t.scrape()
@@ -560,19 +598,27 @@ def test_connection_flood_up_to_the_limit(tmp_path: Path, legit: Legit, record: 
             # each flood connection was either refused at once, or accepted and then closed
             # by the handshake timeout (it never sends a byte)
             refused = after.delta(before, "tlstrace_connections_refused_total")
-            timed_out = after.delta(before, "tlstrace_handshake_failures_total",
-                                    reason="handshake_timeout")
+            timed_out = after.delta(
+                before, "tlstrace_handshake_failures_total", reason="handshake_timeout"
+            )
             assert refused > 0 and timed_out >= limit - 3
             assert refused + timed_out == flood
-            relay.wait_log(f"refusing connections on tls:127.0.0.1:{relay.port()}: "
-                           f"tcp_max_connections ({limit}) reached")
+            relay.wait_log(
+                f"refusing connections on tls:127.0.0.1:{relay.port()}: "
+                f"tcp_max_connections ({limit}) reached"
+            )
             with TlsClient(relay.port()) as again:  # the capacity is back
                 again.send(request(call_id="again@x"))
                 assert again.recv_messages(1)[0].startswith(b"SIP/2.0 200 OK")
                 again.close_notify()
-            record(offenders=flood, refused=refused, accepted_then_timed_out=timed_out,
-                   legit_sent=result.sent, legit_lost=result.lost,
-                   legit_errors=len(result.errors))
+            record(
+                offenders=flood,
+                refused=refused,
+                accepted_then_timed_out=timed_out,
+                legit_sent=result.sent,
+                legit_lost=result.lost,
+                legit_errors=len(result.errors),
+            )
         finally:
             relay.stop()
 
@@ -586,15 +632,13 @@ def never_reading_client(t: Target, call_id: str) -> TlsClient:
     c.send(request("SUBSCRIBE", call_id))
     assert c.recv_messages(1)[0].startswith(b"SIP/2.0 200 OK")
     marker = f"Call-ID: {call_id}\r\n".encode()
-    index = next(i for i, bc in enumerate(t.backend.conns)
-                 if any(marker in m for m in bc.messages))
+    index = next(i for i, bc in enumerate(t.backend.conns) if any(marker in m for m in bc.messages))
     for i in range(800):  # each under max_msg_size
         t.backend.send(index, request("NOTIFY", f"{call_id}-notify{i}", body=b"n" * 15000))
     return c
 
 
-def test_client_that_never_reads_is_bounded(target: Target, legit: Legit,
-                                            record: Record) -> None:
+def test_client_that_never_reads_is_bounded(target: Target, legit: Legit, record: Record) -> None:
     """The backend floods a client that reads nothing: the relay holds at most about
     conn_buffer_limit for it, stops reading that backend connection, and after
     tls_send_timeout aborts the client (what it held is counted) and closes the backend
@@ -606,21 +650,29 @@ def test_client_that_never_reads_is_bounded(target: Target, legit: Legit,
     ports = [c.local_port for c in sleepers]
     try:
         for port in ports:
-            target.relay.wait_log(target.closed(
-                port, "Send timeout (peer left data unread for over 1500 ms)"), timeout=20)
+            target.relay.wait_log(
+                target.closed(port, "Send timeout (peer left data unread for over 1500 ms)"),
+                timeout=20,
+            )
         growth_kib = rss_kib(target.pid) - rss_before
         # with the sleepers still connected: no connection open, no fd more than at rest
         figures = check_counted(target, before, traffic, extra_requests=3)
         after = target.scrape()
-        assert after.delta(before, "tlstrace_connections_closed_total",
-                           reason="send_timeout") == 3
-        assert after.delta(before, "tlstrace_connections_closed_total",
-                           reason="message_timeout") == 0
+        assert after.delta(before, "tlstrace_connections_closed_total", reason="send_timeout") == 3
+        assert (
+            after.delta(before, "tlstrace_connections_closed_total", reason="message_timeout") == 0
+        )
         dropped = after.delta(before, "tlstrace_bytes_dropped_total", reason="send_timeout")
         assert dropped > 0
     finally:
         for c in sleepers:
             c.close()
     assert growth_kib < 32 * 1024
-    record(offenders=3, closed=3, reason="send_timeout", bytes_dropped=dropped,
-           relay_rss_growth_kib=growth_kib, **figures)
+    record(
+        offenders=3,
+        closed=3,
+        reason="send_timeout",
+        bytes_dropped=dropped,
+        relay_rss_growth_kib=growth_kib,
+        **figures,
+    )

@@ -49,10 +49,14 @@ Legit = Callable[..., LegitTraffic]
 DEFAULT = ["X25519", "P-256", "P-384"]
 OTHERS = ["X448", "P-521", "ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"]
 #: how `openssl s_client` names the key exchange it did ("Server Temp Key: ...")
-TEMP_KEY = {"X25519": "X25519, 253 bits", "X448": "X448, 448 bits",
-            "P-256": "ECDH, prime256v1, 256 bits", "P-384": "ECDH, secp384r1, 384 bits",
-            "P-521": "ECDH, secp521r1, 521 bits",
-            **{f"ffdhe{n}": f"DH, {n} bits" for n in (2048, 3072, 4096, 6144, 8192)}}
+TEMP_KEY = {
+    "X25519": "X25519, 253 bits",
+    "X448": "X448, 448 bits",
+    "P-256": "ECDH, prime256v1, 256 bits",
+    "P-384": "ECDH, secp384r1, 384 bits",
+    "P-521": "ECDH, secp521r1, 521 bits",
+    **{f"ffdhe{n}": f"DH, {n} bits" for n in (2048, 3072, 4096, 6144, 8192)},
+}
 #: OpenSSL's short names, which the stdlib's set_ecdh_curve takes
 SN = {"P-256": "prime256v1", "P-384": "secp384r1", "P-521": "secp521r1"}
 #: a TLS alert record: fatal (2), handshake_failure (40)
@@ -89,8 +93,7 @@ class Target:
 def rsa(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     # RSA, so that a TLS 1.2 client offering a single curve can still be served (with an
     # ECDSA certificate it would have to offer the certificate's curve too)
-    files = Pki(tmp_path_factory.mktemp("pki")).leaf("localhost", names=["localhost"],
-                                                      kind="rsa")
+    files = Pki(tmp_path_factory.mktemp("pki")).leaf("localhost", names=["localhost"], kind="rsa")
     return files.cert, files.key
 
 
@@ -101,13 +104,18 @@ def module_backend() -> Iterator[SipBackend]:
 
 
 @pytest.fixture(scope="module")
-def target(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
-           module_backend: SipBackend) -> Iterator[Target]:
+def target(
+    tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path], module_backend: SipBackend
+) -> Iterator[Target]:
     cert, key = rsa
-    relay = RelayProcess(tmp_path_factory.mktemp("default"), {
-        "tls_handshake_timeout": 2000,
-        "listener": [RelayProcess.tls_listener(module_backend.port)],
-        "server_domain": [{"name": "default", "certificate": cert, "private_key": key}]})
+    relay = RelayProcess(
+        tmp_path_factory.mktemp("default"),
+        {
+            "tls_handshake_timeout": 2000,
+            "listener": [RelayProcess.tls_listener(module_backend.port)],
+            "server_domain": [{"name": "default", "certificate": cert, "private_key": key}],
+        },
+    )
     try:
         yield Target(relay, module_backend)
     finally:
@@ -115,8 +123,9 @@ def target(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
 
 
 @pytest.fixture(scope="module")
-def restricted(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
-               module_backend: SipBackend) -> Iterator[Callable[[str], int]]:
+def restricted(
+    tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path], module_backend: SipBackend
+) -> Iterator[Callable[[str], int]]:
     """One relay, a listener per group of SINGLE whose domain takes that group only, one whose
     domain opted in to ffdhe2048, and one ("sni") with two domains: port(name) is its port."""
     cert, key = rsa
@@ -124,18 +133,36 @@ def restricted(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
     listeners: list[dict[str, Any]] = []
     names = [*SINGLE, "ffdhe2048", "sni"]
     for group in names[:-1]:
-        domains.append({"name": f"only-{group}", "certificate": cert, "private_key": key,
-                        "groups": [group] if group != "ffdhe2048" else [*DEFAULT, group]})
-        listeners.append(RelayProcess.tls_listener(module_backend.port,
-                                                   domains=[f"only-{group}"]))
+        domains.append(
+            {
+                "name": f"only-{group}",
+                "certificate": cert,
+                "private_key": key,
+                "groups": [group] if group != "ffdhe2048" else [*DEFAULT, group],
+            }
+        )
+        listeners.append(RelayProcess.tls_listener(module_backend.port, domains=[f"only-{group}"]))
     # and one listener, two domains chosen by SNI, each with its own groups
-    domains += [{"name": "a", "certificate": cert, "private_key": key,
-                 "match_sip_domain": ["a.example"], "groups": ["P-384"]},
-                {"name": "b", "certificate": cert, "private_key": key,
-                 "match_sip_domain": ["b.example", "*"], "groups": ["X25519"]}]
+    domains += [
+        {
+            "name": "a",
+            "certificate": cert,
+            "private_key": key,
+            "match_sip_domain": ["a.example"],
+            "groups": ["P-384"],
+        },
+        {
+            "name": "b",
+            "certificate": cert,
+            "private_key": key,
+            "match_sip_domain": ["b.example", "*"],
+            "groups": ["X25519"],
+        },
+    ]
     listeners.append(RelayProcess.tls_listener(module_backend.port, domains=["a", "b"]))
-    relay = RelayProcess(tmp_path_factory.mktemp("restricted"),
-                         {"listener": listeners, "server_domain": domains})
+    relay = RelayProcess(
+        tmp_path_factory.mktemp("restricted"), {"listener": listeners, "server_domain": domains}
+    )
     try:
         yield lambda group: relay.port(names.index(group))
     finally:
@@ -144,8 +171,12 @@ def restricted(tmp_path_factory: pytest.TempPathFactory, rsa: tuple[Path, Path],
 
 def s_client(port: int, *args: str, sni: str = "localhost") -> str:
     """Debian's `openssl s_client` against the relay: its whole output (-msg: every message)."""
-    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername",
-                        sni, "-msg", *args], input=b"", capture_output=True, timeout=30)
+    r = subprocess.run(
+        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-servername", sni, "-msg", *args],
+        input=b"",
+        capture_output=True,
+        timeout=30,
+    )
     return r.stdout.decode(errors="replace") + r.stderr.decode(errors="replace")
 
 
@@ -154,8 +185,7 @@ def temp_key(output: str) -> str | None:
     return m.group(1) if m else None
 
 
-def stdlib_client(group: str, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3
-                  ) -> ssl.SSLContext:
+def stdlib_client(group: str, version: ssl.TLSVersion = ssl.TLSVersion.TLSv1_3) -> ssl.SSLContext:
     """A Python client offering exactly one group (the stdlib's own set_ecdh_curve)."""
     ctx = tls_client_context()
     ctx.minimum_version = ctx.maximum_version = version
@@ -186,8 +216,9 @@ def test_a_default_group_is_negotiated(target: Target, group: str) -> None:
         out = s_client(target.port(), "-groups", group, *args)
         assert temp_key(out) == TEMP_KEY[group], out
     assert options_answered(target.port(), stdlib_client(group), f"{group}-13")
-    assert options_answered(target.port(), stdlib_client(group, ssl.TLSVersion.TLSv1_2),
-                            f"{group}-12")
+    assert options_answered(
+        target.port(), stdlib_client(group, ssl.TLSVersion.TLSv1_2), f"{group}-12"
+    )
 
 
 @pytest.mark.parametrize("group", SINGLE)
@@ -197,8 +228,9 @@ def test_a_domain_takes_only_its_groups(restricted: Callable[[str], int], group:
         for args in (["-tls1_3"], ["-tls1_2"]):
             out = s_client(restricted(only), "-groups", group, *args)
             assert (temp_key(out) == TEMP_KEY[group]) is (only == group), (only, out)
-        assert options_answered(restricted(only), stdlib_client(group),
-                                f"{group}-on-{only}") is (only == group)
+        assert options_answered(restricted(only), stdlib_client(group), f"{group}-on-{only}") is (
+            only == group
+        )
 
 
 @pytest.mark.parametrize("group", OTHERS)
@@ -214,37 +246,51 @@ def test_any_other_group_fails_the_handshake(target: Target, group: str) -> None
         out = s_client(target.port(), "-groups", group, "-tls1_2")
         assert temp_key(out) is None and "alert handshake failure" in out, out
     after = target.scrape()
-    assert after.delta(before, "tlstrace_handshake_failures_total", direction="inbound",
-                       reason="no_shared_group") == 2
-    assert after.delta(before, "tlstrace_handshake_failures_total", direction="inbound",
-                       reason="no_shared_cipher") == (1 if tls12 else 0)
-    target.relay.wait_log("TLS handshake failed: no_shared_group (ssl routines: no suitable "
-                          "key share)")
+    assert (
+        after.delta(
+            before,
+            "tlstrace_handshake_failures_total",
+            direction="inbound",
+            reason="no_shared_group",
+        )
+        == 2
+    )
+    assert after.delta(
+        before, "tlstrace_handshake_failures_total", direction="inbound", reason="no_shared_cipher"
+    ) == (1 if tls12 else 0)
+    target.relay.wait_log(
+        "TLS handshake failed: no_shared_group (ssl routines: no suitable key share)"
+    )
 
 
-def test_domains_on_one_listener_each_have_their_groups(
-        restricted: Callable[[str], int]) -> None:
+def test_domains_on_one_listener_each_have_their_groups(restricted: Callable[[str], int]) -> None:
     """a.example takes P-384 only, b.example (and no SNI) X25519 only, on one listener."""
     port = restricted("sni")
-    for sni, group, ok in (("a.example", "P-384", True), ("a.example", "X25519", False),
-                           ("b.example", "X25519", True), ("b.example", "P-384", False)):
+    for sni, group, ok in (
+        ("a.example", "P-384", True),
+        ("a.example", "X25519", False),
+        ("b.example", "X25519", True),
+        ("b.example", "P-384", False),
+    ):
         out = s_client(port, "-groups", group, "-tls1_3", sni=sni)
         assert (temp_key(out) == TEMP_KEY[group]) is ok, (sni, group, out)
     assert options_answered(port, stdlib_client("X25519"), "sni-none-x25519")
     assert not options_answered(port, stdlib_client("P-384"), "sni-none-p384")
 
 
-def test_a_domain_can_opt_in_to_a_finite_field_group(target: Target,
-                                                      restricted: Callable[[str], int]) -> None:
+def test_a_domain_can_opt_in_to_a_finite_field_group(
+    target: Target, restricted: Callable[[str], int]
+) -> None:
     out = s_client(restricted("ffdhe2048"), "-groups", "ffdhe2048", "-tls1_3")
     assert temp_key(out) == TEMP_KEY["ffdhe2048"], out
     assert temp_key(s_client(target.port(), "-groups", "ffdhe2048", "-tls1_3")) is None
 
 
-@pytest.mark.parametrize(("offered", "chosen"), [
-    ("ffdhe8192:X25519", "X25519"), ("ffdhe8192:P-384", "P-384"), ("X448:P-256", "P-256")])
-def test_hello_retry_request_to_an_allowed_group(target: Target, offered: str,
-                                                 chosen: str) -> None:
+@pytest.mark.parametrize(
+    ("offered", "chosen"),
+    [("ffdhe8192:X25519", "X25519"), ("ffdhe8192:P-384", "P-384"), ("X448:P-256", "P-256")],
+)
+def test_hello_retry_request_to_an_allowed_group(target: Target, offered: str, chosen: str) -> None:
     """The client's key share is for a group the relay does not take, but it lists one the
     relay does: TLS 1.3 asks it to try again (HelloRetryRequest) with that group."""
     out = s_client(target.port(), "-groups", offered, "-tls1_3")
@@ -276,8 +322,9 @@ def replay(port: int, hello: bytes, answers: list[bytes], lock: threading.Lock) 
         answers.append(data)
 
 
-def test_canned_ffdhe8192_hellos_are_refused_at_once(target: Target, legit: Legit,
-                                                     record: Record) -> None:
+def test_canned_ffdhe8192_hellos_are_refused_at_once(
+    target: Target, legit: Legit, record: Record
+) -> None:
     """64 clients replay one canned ClientHello that offers ffdhe8192 only, as in the issue.
     Each gets a handshake_failure alert in answer to its hello: no ServerHello, so no key was
     computed; nobody waits for a Finished that never comes."""
@@ -293,8 +340,10 @@ def test_canned_ffdhe8192_hellos_are_refused_at_once(target: Target, legit: Legi
     cpu_before = _cpu(target.pid)
     traffic = legit(target.port())
     for _ in range(rounds):
-        threads = [threading.Thread(target=replay, args=(target.port(), hello, answers, lock))
-                   for _ in range(clients)]
+        threads = [
+            threading.Thread(target=replay, args=(target.port(), hello, answers, lock))
+            for _ in range(clients)
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -306,13 +355,28 @@ def test_canned_ffdhe8192_hellos_are_refused_at_once(target: Target, legit: Legi
     after = target.scrape()
     n = clients * rounds
     assert answers == [HANDSHAKE_FAILURE_ALERT] * (n + 1)
-    assert after.delta(before, "tlstrace_handshake_failures_total", direction="inbound",
-                       reason="no_shared_group") == n
-    assert after.delta(before, "tlstrace_sip_messages_total", direction="from_client") \
-        == result.sent
+    assert (
+        after.delta(
+            before,
+            "tlstrace_handshake_failures_total",
+            direction="inbound",
+            reason="no_shared_group",
+        )
+        == n
+    )
+    assert (
+        after.delta(before, "tlstrace_sip_messages_total", direction="from_client") == result.sent
+    )
     wait_log_count(target.relay, "TLS handshake failed: no_shared_group", n + 1)
-    record(offenders=n, refused=n, reason="no_shared_group", relay_cpu_s=round(cpu, 2),
-           legit_sent=result.sent, legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        offenders=n,
+        refused=n,
+        reason="no_shared_group",
+        relay_cpu_s=round(cpu, 2),
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 def _cpu(pid: int) -> float:
@@ -330,11 +394,15 @@ RATE, BURST = 20.0, 20
 
 
 @pytest.fixture
-def limited(relay_factory: Callable[..., RelayProcess],
-            backend: SipBackend) -> RelayProcess:
-    return relay_factory({"handshake_rate_per_source": RATE, "handshake_rate_burst": BURST,
-                          "tls_handshake_timeout": 2000,
-                          "listener": [RelayProcess.tls_listener(backend.port)]})
+def limited(relay_factory: Callable[..., RelayProcess], backend: SipBackend) -> RelayProcess:
+    return relay_factory(
+        {
+            "handshake_rate_per_source": RATE,
+            "handshake_rate_burst": BURST,
+            "tls_handshake_timeout": 2000,
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
 
 
 def attempt(port: int, source: str, hello: bytes) -> bool:
@@ -354,7 +422,8 @@ def attempt(port: int, source: str, hello: bytes) -> bool:
 
 
 def test_one_source_over_its_rate_is_refused_at_accept(
-        limited: RelayProcess, backend: SipBackend, legit: Legit, record: Record) -> None:
+    limited: RelayProcess, backend: SipBackend, legit: Legit, record: Record
+) -> None:
     """One address opens 400 connections as fast as it can; the legitimate clients (another
     address, opening a new connection for every request at a pace under the limit) see zero
     errors. The excess is refused before a byte is read, counted, and logged a few times, not
@@ -376,17 +445,26 @@ def test_one_source_over_its_rate_is_refused_at_accept(
     after = Metrics.scrape(limited)
     assert after.delta(before, "tlstrace_connections_rate_limited_total") == refused
     # refused connections never reached OpenSSL: accepted = admitted attackers + legit
-    assert after.delta(before, "tlstrace_connections_accepted_total") == \
-        admitted + result.connections
-    lines = wait_log_count(limited, "over handshake_rate_per_source (20/s, burst 20)", 1) \
-        .count("over handshake_rate_per_source")
+    assert (
+        after.delta(before, "tlstrace_connections_accepted_total") == admitted + result.connections
+    )
+    lines = wait_log_count(limited, "over handshake_rate_per_source (20/s, burst 20)", 1).count(
+        "over handshake_rate_per_source"
+    )
     assert "refusing new connections from 127.0.0.2 on tls:127.0.0.1:" in limited.log
     assert lines <= 1 + elapsed / 10 + 1 < refused
     # the address gets its rate back once it slows down
     time.sleep(BURST / RATE)
     assert options_answered_from(port, "127.0.0.2")
-    record(offenders=n, admitted=admitted, refused=refused, log_lines=lines,
-           legit_sent=result.sent, legit_lost=result.lost, legit_errors=len(result.errors))
+    record(
+        offenders=n,
+        admitted=admitted,
+        refused=refused,
+        log_lines=lines,
+        legit_sent=result.sent,
+        legit_lost=result.lost,
+        legit_errors=len(result.errors),
+    )
 
 
 def options_answered_from(port: int, source: str) -> bool:
@@ -407,16 +485,18 @@ def test_a_reload_turns_the_rate_on(relay: RelayProcess) -> None:
     """SIGHUP with handshake_rate_per_source now set: new connections are limited at once."""
     hello = real_client_hello()
     assert all(attempt(relay.port(), "127.0.0.2", hello) for _ in range(10))
-    relay.config_path.write_text(to_toml({**relay.config, "handshake_rate_per_source": 1.0,
-                                          "handshake_rate_burst": 2}))
+    relay.config_path.write_text(
+        to_toml({**relay.config, "handshake_rate_per_source": 1.0, "handshake_rate_burst": 2})
+    )
     relay.signal(signal.SIGHUP)
     relay.wait_log("reloaded")
     start = time.monotonic()
     outcomes = [attempt(relay.port(), "127.0.0.2", hello) for _ in range(20)]
     elapsed = time.monotonic() - start
     assert 2 <= outcomes.count(True) <= 2 + elapsed + 1
-    assert Metrics.scrape(relay).get("tlstrace_connections_rate_limited_total") == \
-        outcomes.count(False)
+    assert Metrics.scrape(relay).get("tlstrace_connections_rate_limited_total") == outcomes.count(
+        False
+    )
 
 
 def test_the_rate_is_off_by_default(relay: RelayProcess) -> None:

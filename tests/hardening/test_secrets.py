@@ -38,8 +38,9 @@ def sink() -> Iterator[HepSink]:
 
 def keylog_secrets(text: str) -> list[str]:
     """The secret of each NSS key-log line (the hex after the client random)."""
-    return [line.split()[2] for line in text.splitlines()
-            if line.strip() and not line.startswith("#")]
+    return [
+        line.split()[2] for line in text.splitlines() if line.strip() and not line.startswith("#")
+    ]
 
 
 def wait_lines(path: Path, at_least: int, timeout: float = 10.0) -> str:
@@ -53,8 +54,11 @@ def wait_lines(path: Path, at_least: int, timeout: float = 10.0) -> str:
 
 def get_everything(relay: RelayProcess, token: str | None = None) -> dict[str, str]:
     """Every GET route of the API (connections one by one), as text."""
-    http = httpx.Client(base_url=relay.api_url, timeout=10,
-                        headers={"Authorization": f"Bearer {token}"} if token else {})
+    http = httpx.Client(
+        base_url=relay.api_url,
+        timeout=10,
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
     out: dict[str, str] = {}
     schema = http.get("/openapi.json")
     out["/openapi.json"] = schema.text
@@ -86,16 +90,28 @@ def read_stream(http: httpx.Client, path: str, seconds: float = 2.0) -> str:
     return out
 
 
-def test_session_keys_never_reach_the_log(relay_factory: Factory, backend: SipBackend,
-                                          sink: HepSink, tmp_path: Path, legit: Legit,
-                                          record: Record) -> None:
+def test_session_keys_never_reach_the_log(
+    relay_factory: Factory,
+    backend: SipBackend,
+    sink: HepSink,
+    tmp_path: Path,
+    legit: Legit,
+    record: Record,
+) -> None:
     """log_level debug, keys traced over HEP and appended to a file: every secret of every
     session is known (from the clients' own key logs), and none appears in the log or in any
     API answer."""
     keyfile = tmp_path / "relay-keys.log"
-    relay = relay_factory({"log_level": "debug", "trace_on": True, "trace_keys": True,
-                           "hep_id": [sink.hep_id], "keylog_file": str(keyfile),
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+    relay = relay_factory(
+        {
+            "log_level": "debug",
+            "trace_on": True,
+            "trace_keys": True,
+            "hep_id": [sink.hep_id],
+            "keylog_file": str(keyfile),
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     ctx12 = client_context(max_version=ssl.TLSVersion.TLSv1_2)
     ctx13 = client_context(min_version=ssl.TLSVersion.TLSv1_3)
     for ctx, name in ((ctx12, "tls12"), (ctx13, "tls13")):
@@ -111,8 +127,9 @@ def test_session_keys_never_reach_the_log(relay_factory: Factory, backend: SipBa
         c.wait_closed()
     api_while_open = get_everything(relay)
     r12, r13 = t12.check(backend), t13.check(backend)
-    client_secrets = (keylog_secrets((tmp_path / "client-tls12.log").read_text())
-                      + keylog_secrets((tmp_path / "client-tls13.log").read_text()))
+    client_secrets = keylog_secrets((tmp_path / "client-tls12.log").read_text()) + keylog_secrets(
+        (tmp_path / "client-tls13.log").read_text()
+    )
     # a TLS 1.2 session has one key-log line, a TLS 1.3 session five
     assert len(client_secrets) == r12.connections + 5 * r13.connections
     relay_file = wait_lines(keyfile, len(client_secrets))
@@ -128,16 +145,26 @@ def test_session_keys_never_reach_the_log(relay_factory: Factory, backend: SipBa
     for label in ("CLIENT_RANDOM", "TRAFFIC_SECRET", "EXPORTER_SECRET"):
         assert label not in log
     api = {**api_while_open, **get_everything(relay)}
-    assert not [(path, s) for path, body in api.items() for s in relay_secrets
-                if s in body or s.upper() in body]
-    record(sessions=r12.connections + r13.connections, secrets_checked=len(relay_secrets),
-           leaked_in_log=len(leaked), api_answers_checked=len(api))
+    assert not [
+        (path, s)
+        for path, body in api.items()
+        for s in relay_secrets
+        if s in body or s.upper() in body
+    ]
+    record(
+        sessions=r12.connections + r13.connections,
+        secrets_checked=len(relay_secrets),
+        leaked_in_log=len(leaked),
+        api_answers_checked=len(api),
+    )
 
 
-def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipBackend,
-                                           record: Record) -> None:
-    relay = relay_factory({"api_token": TOKEN,
-                           "listener": [RelayProcess.tls_listener(backend.port)]})
+def test_api_requires_the_token_everywhere(
+    relay_factory: Factory, backend: SipBackend, record: Record
+) -> None:
+    relay = relay_factory(
+        {"api_token": TOKEN, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     good = {"Authorization": f"Bearer {TOKEN}"}
     schema = httpx.get(f"{relay.api_url}/openapi.json", headers=good, timeout=10).json()
     bad_headers: list[dict[str, str]] = [
@@ -157,8 +184,9 @@ def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipB
             url = path.replace("{conn_id}", "1")
             for method in ops:
                 for headers in bad_headers:
-                    r = http.request(method.upper(), url, headers=headers,
-                                     params={"token": TOKEN}, json={})
+                    r = http.request(
+                        method.upper(), url, headers=headers, params={"token": TOKEN}, json={}
+                    )
                     if path in ("/healthz", "/readyz"):
                         assert r.status_code != 401, (method, path)
                     else:
@@ -167,8 +195,7 @@ def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipB
                         assert "tlstrace_" not in r.text and "connections" not in r.text
                     checked += 1
         assert http.get("/metrics").status_code == 401
-        assert http.get("/metrics", headers={"Authorization": f"bearer {TOKEN}"}).status_code \
-            == 200
+        assert http.get("/metrics", headers={"Authorization": f"bearer {TOKEN}"}).status_code == 200
         # the documentation pages open without the token (issue 14: they describe the API
         # and expose nothing of the sidecar's state)
         for page in ("/openapi.json", "/docs", "/redoc"):
@@ -177,12 +204,22 @@ def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipB
             assert TOKEN not in r.text and "tracing_enabled" not in r.text, page
     # paths that only look like the open ones
     host, port = relay.config["api_listen"].rsplit(":", 1)
-    for raw_path in ("/healthz/../api/trace", "//api/trace", "/api/trace/", "/%61pi/trace",
-                     "/healthz%2F..%2Fapi%2Ftrace", "/readyz/../metrics", "/api/trace?/healthz",
-                     "/api/trace#/healthz", "/metrics;/healthz"):
+    for raw_path in (
+        "/healthz/../api/trace",
+        "//api/trace",
+        "/api/trace/",
+        "/%61pi/trace",
+        "/healthz%2F..%2Fapi%2Ftrace",
+        "/readyz/../metrics",
+        "/api/trace?/healthz",
+        "/api/trace#/healthz",
+        "/metrics;/healthz",
+    ):
         with socket.create_connection((host, int(port)), timeout=10) as s:
-            s.sendall(f"GET {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
-                      "Connection: close\r\n\r\n".encode())
+            s.sendall(
+                f"GET {raw_path} HTTP/1.1\r\nHost: {host}:{port}\r\n"
+                "Connection: close\r\n\r\n".encode()
+            )
             answer = b""
             while chunk := s.recv(65536):
                 answer += chunk
@@ -193,18 +230,21 @@ def test_api_requires_the_token_everywhere(relay_factory: Factory, backend: SipB
     record(requests_without_a_valid_token=checked, answered_401_or_refused=checked)
 
 
-def test_keylog_file_is_created_0600_whatever_the_umask(relay_factory: Factory,
-                                                        backend: SipBackend,
-                                                        tmp_path: Path) -> None:
+def test_keylog_file_is_created_0600_whatever_the_umask(
+    relay_factory: Factory, backend: SipBackend, tmp_path: Path
+) -> None:
     created = tmp_path / "new-keys.log"
     loose = tmp_path / "loose-keys.log"
     loose.write_text("# kept\n")
     loose.chmod(0o644)
     old = os.umask(0)  # the relay inherits it
     try:
-        relays = [relay_factory({"keylog_file": str(path),
-                                 "listener": [RelayProcess.tls_listener(backend.port)]})
-                  for path in (created, loose)]
+        relays = [
+            relay_factory(
+                {"keylog_file": str(path), "listener": [RelayProcess.tls_listener(backend.port)]}
+            )
+            for path in (created, loose)
+        ]
     finally:
         os.umask(old)
     for relay in relays:
@@ -238,20 +278,36 @@ def key_material(files: CertFiles) -> list[str]:
 
 
 @pytest.mark.parametrize("kind", ["ec", "rsa"])
-def test_private_key_material_never_leaves_the_process(relay_factory: Factory,
-                                                       backend: SipBackend, pki: Pki,
-                                                       tmp_path: Path, sink: HepSink,
-                                                       kind: str, record: Record) -> None:
+def test_private_key_material_never_leaves_the_process(
+    relay_factory: Factory,
+    backend: SipBackend,
+    pki: Pki,
+    tmp_path: Path,
+    sink: HepSink,
+    kind: str,
+    record: Record,
+) -> None:
     server = pki.leaf(f"{kind}.secrets.hardening", kind=kind, tag=f"secrets-{kind}")
-    phone = pki.leaf(f"phone-{kind}.secrets.hardening", client=True, kind=kind,
-                     tag=f"secrets-phone-{kind}")
-    relay = relay_factory({
-        "log_level": "debug", "trace_on": True, "hep_id": [sink.hep_id],
-        "server_domain": [{"name": "default", "certificate": str(server.cert),
-                           "private_key": str(server.key), "client_cert": "optional",
-                           "ca_list": str(pki.ca_file)}],
-        "listener": [RelayProcess.tls_listener(backend.port)],
-    })
+    phone = pki.leaf(
+        f"phone-{kind}.secrets.hardening", client=True, kind=kind, tag=f"secrets-phone-{kind}"
+    )
+    relay = relay_factory(
+        {
+            "log_level": "debug",
+            "trace_on": True,
+            "hep_id": [sink.hep_id],
+            "server_domain": [
+                {
+                    "name": "default",
+                    "certificate": str(server.cert),
+                    "private_key": str(server.key),
+                    "client_cert": "optional",
+                    "ca_list": str(pki.ca_file),
+                }
+            ],
+            "listener": [RelayProcess.tls_listener(backend.port)],
+        }
+    )
     ctx = client_context(cert=str(phone.cert), key=str(phone.key))
     clients = [TlsClient(relay.port(), ctx=ctx) for _ in range(2)]
     for i, c in enumerate(clients):

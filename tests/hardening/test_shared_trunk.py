@@ -39,8 +39,9 @@ Factory = Callable[..., RelayProcess]
 Legit = Callable[..., LegitTraffic]
 
 needs_sipp = pytest.mark.skipif(not sipp.available(), reason="sipp is not installed: make deps")
-needs_kamailio = pytest.mark.skipif(not kamailio_sip.available(),
-                                    reason="kamailio is not installed: make deps")
+needs_kamailio = pytest.mark.skipif(
+    not kamailio_sip.available(), reason="kamailio is not installed: make deps"
+)
 
 
 def peer_files(pki: Pki) -> tuple[Path, Path]:
@@ -48,15 +49,18 @@ def peer_files(pki: Pki) -> tuple[Path, Path]:
     return files.cert, files.key
 
 
-def trunk_config(pki: Pki, peer_port: int, backend_port: int | None = None,
-                 **listener: Any) -> dict[str, Any]:
-    listeners: list[dict[str, Any]] = [{"listen": f"tcp:127.0.0.1:{free_port()}",
-                                        "peer": f"tls:127.0.0.1:{peer_port}", **listener}]
+def trunk_config(
+    pki: Pki, peer_port: int, backend_port: int | None = None, **listener: Any
+) -> dict[str, Any]:
+    listeners: list[dict[str, Any]] = [
+        {"listen": f"tcp:127.0.0.1:{free_port()}", "peer": f"tls:127.0.0.1:{peer_port}", **listener}
+    ]
     if backend_port is not None:  # legitimate traffic on a tls: listener alongside
         listeners.append(RelayProcess.tls_listener(backend_port))
     return {
-        "client_domain": [{"name": "default", "ca_list": str(pki.ca_file),
-                           "server_name": "peer.example"}],
+        "client_domain": [
+            {"name": "default", "ca_list": str(pki.ca_file), "server_name": "peer.example"}
+        ],
         "listener": listeners,
     }
 
@@ -71,19 +75,23 @@ def kamailio_peer(pki: Pki, tmp_path: Path) -> Iterator[KamailioTlsPeer]:
     k.stop()
 
 
-def run_sipp(tmp_path: Path, port: int, clients: int, calls: int,
-             scenario: str | Path = "uac") -> list[sipp.SippResult]:
-    procs = [sipp.Sipp(tmp_path / "sipp", f"client{i}", port, calls=calls, rate=10,
-                       scenario=scenario) for i in range(clients)]
+def run_sipp(
+    tmp_path: Path, port: int, clients: int, calls: int, scenario: str | Path = "uac"
+) -> list[sipp.SippResult]:
+    procs = [
+        sipp.Sipp(tmp_path / "sipp", f"client{i}", port, calls=calls, rate=10, scenario=scenario)
+        for i in range(clients)
+    ]
     return [p.wait() for p in procs]
 
 
 def assert_all_calls_completed(results: list[sipp.SippResult], calls: int) -> None:
-    summary = [(r.returncode, r.successful, r.failed, r.out_of_call, r.dead_call)
-               for r in results]
-    totals = (f"{sum(r.successful for r in results)} of {calls * len(results)} calls "
-              f"completed, {sum(r.out_of_call for r in results)} out-of-call messages; "
-              f"(rc, completed, failed, out-of-call, dead-call) per client: {summary}")
+    summary = [(r.returncode, r.successful, r.failed, r.out_of_call, r.dead_call) for r in results]
+    totals = (
+        f"{sum(r.successful for r in results)} of {calls * len(results)} calls "
+        f"completed, {sum(r.out_of_call for r in results)} out-of-call messages; "
+        f"(rc, completed, failed, out-of-call, dead-call) per client: {summary}"
+    )
     assert summary == [(0, calls, 0, 0, 0)] * len(results), (totals, results[0].errors[:2000])
 
 
@@ -91,10 +99,14 @@ def tables_emptied_by_closes(relay: RelayProcess) -> None:
     """Every call ended (its dialog went with its BYE's 200) and every SIPp client closed its
     connection (its transactions went with it): the routing tables are empty, without waiting
     for any expiry."""
+
     def empty() -> bool:
         m = Metrics.scrape(relay)
-        return all(m.get("tlstrace_trunk_table_entries", table=t) == 0
-                   for t in ("transactions", "peer_transactions", "dialogs"))
+        return all(
+            m.get("tlstrace_trunk_table_entries", table=t) == 0
+            for t in ("transactions", "peer_transactions", "dialogs")
+        )
+
     wait_for(empty)
 
 
@@ -102,12 +114,17 @@ def tables_emptied_by_closes(relay: RelayProcess) -> None:
 
 
 @needs_sipp
-@pytest.mark.parametrize(("clients", "calls"), [(2, 40), (8, 15)], ids=["2-clients",
-                                                                        "8-clients"])
-def test_every_sipp_client_gets_its_own_replies(relay_factory: Factory, pki: Pki,
-                                                kamailio_peer: KamailioTlsPeer,
-                                                tmp_path: Path, legit: Legit, record: Record,
-                                                clients: int, calls: int) -> None:
+@pytest.mark.parametrize(("clients", "calls"), [(2, 40), (8, 15)], ids=["2-clients", "8-clients"])
+def test_every_sipp_client_gets_its_own_replies(
+    relay_factory: Factory,
+    pki: Pki,
+    kamailio_peer: KamailioTlsPeer,
+    tmp_path: Path,
+    legit: Legit,
+    record: Record,
+    clients: int,
+    calls: int,
+) -> None:
     """SIPp clients, one TCP connection each, place calls at the same time through one tcp:
     listener to Kamailio over one pooled TLS connection (INVITE/100/180/200/ACK/BYE/200):
     every call completes, no client sees a message of another's call."""
@@ -128,10 +145,16 @@ def test_every_sipp_client_gets_its_own_replies(relay_factory: Factory, pki: Pki
     assert after.delta(before, "tlstrace_messages_dropped_total") == 0
     assert after.get("tlstrace_connections_opened_total") == 1  # one pooled TLS connection
     tables_emptied_by_closes(relay)
-    record(clients=clients, calls_each=calls, completed=sum(r.successful for r in results),
-           failed=sum(r.failed for r in results),
-           out_of_call=sum(r.out_of_call for r in results), routed_by_transaction=routed,
-           legit_sent=legit_result.sent, legit_errors=len(legit_result.errors))
+    record(
+        clients=clients,
+        calls_each=calls,
+        completed=sum(r.successful for r in results),
+        failed=sum(r.failed for r in results),
+        out_of_call=sum(r.out_of_call for r in results),
+        routed_by_transaction=routed,
+        legit_sent=legit_result.sent,
+        legit_errors=len(legit_result.errors),
+    )
 
 
 # -- requests from the peer -----------------------------------------------------------------
@@ -256,8 +279,8 @@ class EndingPeer:
         lines = [
             method + b" " + call["uri"] + b" SIP/2.0",
             # the ACK of a 2xx is a transaction of its own: a branch of its own
-            b"Via: SIP/2.0/TLS 127.0.0.1:%d;branch=z9hG4bKpeer-%s-%d-%s" % (
-                self.port, call["tag"], cseq, method),
+            b"Via: SIP/2.0/TLS 127.0.0.1:%d;branch=z9hG4bKpeer-%s-%d-%s"
+            % (self.port, call["tag"], cseq, method),
             b"From: " + call["to"] + b";tag=" + call["tag"],
             b"To: " + call["from"],
             b"Call-ID: " + call["call_id"],
@@ -277,21 +300,36 @@ class EndingPeer:
         if first.startswith(b"INVITE ") and call is None:
             tag = b"p%d" % len(self.calls)
             self.calls[call_id] = call = {
-                "tag": tag, "call_id": call_id, "from": h[b"from"], "to": h[b"to"],
-                "uri": h[b"contact"].strip(b"<>"), "state": b"answered"}
-            with_tag = msg.replace(b"\r\nTo: " + h[b"to"], b"\r\nTo: " + h[b"to"] + b";tag="
-                                   + tag)
-            return [response_to(msg, 100, "Trying"), response_to(with_tag, 180, "Ringing"),
-                    response_to(with_tag, 200, "OK")], []
+                "tag": tag,
+                "call_id": call_id,
+                "from": h[b"from"],
+                "to": h[b"to"],
+                "uri": h[b"contact"].strip(b"<>"),
+                "state": b"answered",
+            }
+            with_tag = msg.replace(b"\r\nTo: " + h[b"to"], b"\r\nTo: " + h[b"to"] + b";tag=" + tag)
+            return [
+                response_to(msg, 100, "Trying"),
+                response_to(with_tag, 180, "Ringing"),
+                response_to(with_tag, 200, "OK"),
+            ], []
         if call is not None and first.startswith(b"ACK ") and call["state"] == b"answered":
             call["state"] = b"reinvite"
             return [], [self._request(call, b"INVITE", 100)]
-        if call is not None and first.startswith(b"SIP/2.0 200") and call["state"] == \
-                b"reinvite" and h.get(b"cseq") == b"100 INVITE":
+        if (
+            call is not None
+            and first.startswith(b"SIP/2.0 200")
+            and call["state"] == b"reinvite"
+            and h.get(b"cseq") == b"100 INVITE"
+        ):
             call["state"] = b"bye"
             return [self._request(call, b"ACK", 100)], [self._request(call, b"BYE", 101)]
-        if call is not None and first.startswith(b"SIP/2.0 200") and call["state"] == b"bye" \
-                and h.get(b"cseq") == b"101 BYE":
+        if (
+            call is not None
+            and first.startswith(b"SIP/2.0 200")
+            and call["state"] == b"bye"
+            and h.get(b"cseq") == b"101 BYE"
+        ):
             call["state"] = b"done"
             self.completed += 1
             return [], []
@@ -308,11 +346,10 @@ class EndingPeer:
 
 
 @needs_sipp
-@pytest.mark.parametrize(("clients", "calls"), [(2, 40), (8, 15)], ids=["2-clients",
-                                                                        "8-clients"])
-def test_peer_requests_reach_the_dialogs_connection(relay_factory: Factory, pki: Pki,
-                                                    tmp_path: Path, record: Record,
-                                                    clients: int, calls: int) -> None:
+@pytest.mark.parametrize(("clients", "calls"), [(2, 40), (8, 15)], ids=["2-clients", "8-clients"])
+def test_peer_requests_reach_the_dialogs_connection(
+    relay_factory: Factory, pki: Pki, tmp_path: Path, record: Record, clients: int, calls: int
+) -> None:
     """The peer sends a re-INVITE and then a BYE in every call the SIPp clients placed: each
     reaches the client of its dialog (no local_target: nothing falls back)."""
     cert, key = peer_files(pki)
@@ -338,8 +375,13 @@ def test_peer_requests_reach_the_dialogs_connection(relay_factory: Factory, pki:
     assert after.delta(before, "tlstrace_trunk_routed_total", by="latest") == 0
     assert after.delta(before, "tlstrace_messages_dropped_total") == 0
     tables_emptied_by_closes(relay)
-    record(clients=clients, calls_each=calls, completed=peer.completed,
-           out_of_call=sum(r.out_of_call for r in results), routed_by_dialog=by_dialog)
+    record(
+        clients=clients,
+        calls_each=calls,
+        completed=peer.completed,
+        out_of_call=sum(r.out_of_call for r in results),
+        routed_by_dialog=by_dialog,
+    )
 
 
 # -- local_target: the local SIP server gets what belongs to no local connection -----------
@@ -389,18 +431,18 @@ def wait_for(cond: Callable[[], bool], timeout: float = 10) -> None:
 
 
 @needs_kamailio
-def test_requests_without_a_connection_go_to_local_target(relay_factory: Factory, pki: Pki,
-                                                          tls_peer: SipBackend,
-                                                          tmp_path: Path,
-                                                          record: Record) -> None:
+def test_requests_without_a_connection_go_to_local_target(
+    relay_factory: Factory, pki: Pki, tls_peer: SipBackend, tmp_path: Path, record: Record
+) -> None:
     """With local connections attached (none of which knows the request), the peer's
     out-of-dialog requests, and in-dialog ones of dialogs tlstrace does not know, go to
     local_target: the real Kamailio, over a connection tlstrace opens (and reuses); its answers
     go back to the peer."""
     kam = KamailioSip(tmp_path / "kamailio")
     try:
-        relay = relay_factory(trunk_config(pki, tls_peer.port,
-                                           local_target=f"tcp:127.0.0.1:{kam.port}"))
+        relay = relay_factory(
+            trunk_config(pki, tls_peer.port, local_target=f"tcp:127.0.0.1:{kam.port}")
+        )
         before = Metrics.scrape(relay)
         a, b = LocalConn(relay.port()), LocalConn(relay.port())
         for i, conn in enumerate((a, b)):
@@ -408,24 +450,37 @@ def test_requests_without_a_connection_go_to_local_target(relay_factory: Factory
         tls_peer.wait_messages(2)
         assert len(a.received()) == 1 and len(b.received()) == 1  # their own answers
         tls_peer.send(0, request("OPTIONS", "from-peer-1@t", uri="sip:ping@127.0.0.1"))
-        tls_peer.send(0, request("BYE", "unknown-dialog@t", 2).replace(
-            b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=never-seen"))
+        tls_peer.send(
+            0,
+            request("BYE", "unknown-dialog@t", 2).replace(
+                b"To: <sip:bob@example.com>", b"To: <sip:bob@example.com>;tag=never-seen"
+            ),
+        )
         tls_peer.send(0, request("OPTIONS", "from-peer-2@t", uri="sip:ping@127.0.0.1"))
         wait_for(lambda: len(tls_peer.conns[0].messages) >= 5)
         answers = tls_peer.conns[0].messages[2:]
         assert [m.split(b"\r\n")[0] for m in answers] == [
-            b"SIP/2.0 200 Kamailio OK", b"SIP/2.0 405 Method Not Allowed",
-            b"SIP/2.0 200 Kamailio OK"]
+            b"SIP/2.0 200 Kamailio OK",
+            b"SIP/2.0 405 Method Not Allowed",
+            b"SIP/2.0 200 Kamailio OK",
+        ]
         assert a.received() == [] and b.received() == []
         # one connection from tlstrace to Kamailio carried all three
         log = kam.wait_log("ci=from-peer-2@t")
-        sources = {line.split(" from ")[1].split(" ")[0] for line in log.splitlines()
-                   if "KAM " in line and " from " in line}
+        sources = {
+            line.split(" from ")[1].split(" ")[0]
+            for line in log.splitlines()
+            if "KAM " in line and " from " in line
+        }
         assert len(sources) == 1, sources
         after = Metrics.scrape(relay)
         assert after.delta(before, "tlstrace_trunk_routed_total", by="local_target") == 3
-        assert after.get("tlstrace_upstream_up", upstream=f"tcp:127.0.0.1:{kam.port}",
-                         role="local_target") == 1
+        assert (
+            after.get(
+                "tlstrace_upstream_up", upstream=f"tcp:127.0.0.1:{kam.port}", role="local_target"
+            )
+            == 1
+        )
         a.close()
         b.close()
     finally:
@@ -433,17 +488,18 @@ def test_requests_without_a_connection_go_to_local_target(relay_factory: Factory
     record(peer_requests=3, to_local_target=3, to_other_connections=0)
 
 
-def test_a_response_whose_sender_left_is_dropped_and_counted(relay_factory: Factory, pki: Pki,
-                                                             tls_peer: SipBackend,
-                                                             record: Record) -> None:
+def test_a_response_whose_sender_left_is_dropped_and_counted(
+    relay_factory: Factory, pki: Pki, tls_peer: SipBackend, record: Record
+) -> None:
     """A local connection sends requests and closes before the answers come: with
     local_target set, the answers go to no other connection; they are dropped, counted by
     reason, and logged once per 10 s."""
     target = SipBackend()
     try:
         tls_peer.answer = False
-        relay = relay_factory(trunk_config(pki, tls_peer.port,
-                                           local_target=f"tcp:127.0.0.1:{target.port}"))
+        relay = relay_factory(
+            trunk_config(pki, tls_peer.port, local_target=f"tcp:127.0.0.1:{target.port}")
+        )
         before = Metrics.scrape(relay)
         stay, leave = LocalConn(relay.port()), LocalConn(relay.port())
         stay.send(request("OPTIONS", "stay@t"))
@@ -455,8 +511,14 @@ def test_a_response_whose_sender_left_is_dropped_and_counted(relay_factory: Fact
         time.sleep(0.5)  # the relay sees the close before the answers come
         for req in sent:
             tls_peer.send(0, response_to(req))
-        wait_for(lambda: Metrics.scrape(relay).delta(
-            before, "tlstrace_messages_dropped_total", reason="unmatched_response") == n)
+        wait_for(
+            lambda: (
+                Metrics.scrape(relay).delta(
+                    before, "tlstrace_messages_dropped_total", reason="unmatched_response"
+                )
+                == n
+            )
+        )
         assert stay.received() == []
         assert target.conns == []  # a response never goes to local_target
         log = relay.log
@@ -468,8 +530,9 @@ def test_a_response_whose_sender_left_is_dropped_and_counted(relay_factory: Fact
     record(responses=n, dropped=n, log_lines=1)
 
 
-def test_without_local_target_cancel_follows_its_invite(relay_factory: Factory, pki: Pki,
-                                                        tls_peer: SipBackend) -> None:
+def test_without_local_target_cancel_follows_its_invite(
+    relay_factory: Factory, pki: Pki, tls_peer: SipBackend
+) -> None:
     """Without local_target a request from the peer that matches nothing goes to the local
     connection that sent last (as before); its CANCEL, retransmission and non-2xx ACK follow
     it there even when another connection sent since."""
@@ -497,13 +560,13 @@ def test_without_local_target_cancel_follows_its_invite(relay_factory: Factory, 
     b.close()
 
 
-def test_local_target_down_then_up(relay_factory: Factory, pki: Pki, tls_peer: SipBackend,
-                                   record: Record) -> None:
+def test_local_target_down_then_up(
+    relay_factory: Factory, pki: Pki, tls_peer: SipBackend, record: Record
+) -> None:
     """While local_target refuses connections, the peer's requests for it are dropped,
     counted and logged once; once it listens, the next request gets through (no restart)."""
     port = free_port()
-    relay = relay_factory(trunk_config(pki, tls_peer.port,
-                                       local_target=f"tcp:127.0.0.1:{port}"))
+    relay = relay_factory(trunk_config(pki, tls_peer.port, local_target=f"tcp:127.0.0.1:{port}"))
     before = Metrics.scrape(relay)
     local = LocalConn(relay.port())
     local.send(request("OPTIONS", "hello@t"))
@@ -511,8 +574,14 @@ def test_local_target_down_then_up(relay_factory: Factory, pki: Pki, tls_peer: S
     n = 4
     for i in range(n):
         tls_peer.send(0, request("OPTIONS", f"lost{i}@t"))
-    wait_for(lambda: Metrics.scrape(relay).delta(
-        before, "tlstrace_messages_dropped_total", reason="local_target_unreachable") == n)
+    wait_for(
+        lambda: (
+            Metrics.scrape(relay).delta(
+                before, "tlstrace_messages_dropped_total", reason="local_target_unreachable"
+            )
+            == n
+        )
+    )
     log = relay.wait_log(f"local_target tcp:127.0.0.1:{port} unreachable")
     assert log.count("dropped a message (local_target_unreachable)") == 1
     assert Metrics.scrape(relay).get("tlstrace_upstream_up", role="local_target") == 0

@@ -82,22 +82,33 @@ def wait_requests(k: KamailioSip, call_ids: list[str], timeout: float = 15.0) ->
         time.sleep(0.05)
 
 
-def test_kamailio_sees_what_tlstrace_framed(relay_factory: Callable[..., RelayProcess],
-                                            kamailio: KamailioSip,
-                                            legit: Callable[..., LegitTraffic],
-                                            record: Record) -> None:
+def test_kamailio_sees_what_tlstrace_framed(
+    relay_factory: Callable[..., RelayProcess],
+    kamailio: KamailioSip,
+    legit: Callable[..., LegitTraffic],
+    record: Record,
+) -> None:
     with HepSink() as sink:
-        relay = relay_factory({"trace_on": True, "hep_id": [sink.hep_id],
-                               "trace_sessions": False,
-                               "listener": [RelayProcess.tls_listener(kamailio.port)]})
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "hep_id": [sink.hep_id],
+                "trace_sessions": False,
+                "listener": [RelayProcess.tls_listener(kamailio.port)],
+            }
+        )
         before = Metrics.scrape(relay)
         traffic = legit(relay.port(), pace=0.05)
 
         # the legitimate forms, one connection, each answered by Kamailio
         with TlsClient(relay.port()) as c:
             for name, (lines, body) in LEGIT_FORMS.items():
-                msg = request("OPTIONS", f"form-{name}@t").replace(
-                    b"Content-Length: 0", lines.encode()) + body
+                msg = (
+                    request("OPTIONS", f"form-{name}@t").replace(
+                        b"Content-Length: 0", lines.encode()
+                    )
+                    + body
+                )
                 c.send(msg)
                 (answer,) = c.recv_messages(1)
                 assert answer.startswith(b"SIP/2.0 200 Kamailio OK"), (name, answer[:80])
@@ -124,8 +135,11 @@ def test_kamailio_sees_what_tlstrace_framed(relay_factory: Callable[..., RelayPr
 
         traffic.stop()
         assert traffic.errors == [], traffic.errors[:5]
-        wait_requests(kamailio, [f"before-{i}@t" for i in range(len(cases))]
-                      + [f"piped-{i}@t" for i in range(len(cases))])
+        wait_requests(
+            kamailio,
+            [f"before-{i}@t" for i in range(len(cases))]
+            + [f"piped-{i}@t" for i in range(len(cases))],
+        )
         sink.settle()
         after = Metrics.scrape(relay)
 
@@ -138,13 +152,23 @@ def test_kamailio_sees_what_tlstrace_framed(relay_factory: Callable[..., RelayPr
     assert sum(seen_by_kamailio.values()) == counted
     log = relay.log
     for port in offenders:
-        assert re.search(rf"127\.0\.0\.1:{port} closed: Framing error \(ambiguous_length: ",
-                         log), port
-    assert after.delta(before, "tlstrace_framing_errors_total", kind="ambiguous_length") \
-        == len(offenders)
+        assert re.search(rf"127\.0\.0\.1:{port} closed: Framing error \(ambiguous_length: ", log), (
+            port
+        )
+    assert after.delta(before, "tlstrace_framing_errors_total", kind="ambiguous_length") == len(
+        offenders
+    )
     assert after.delta(before, "tlstrace_framing_errors_total") == len(offenders)
-    record(cases=cases, offenders=len(offenders), refused=len(offenders),
-           kamailio_requests=sum(seen_by_kamailio.values()), traced=sum(traced.values()),
-           counted=counted, smuggled_seen_by_kamailio=len(smuggled),
-           legit_sent=traffic.sent, legit_answered=traffic.answered,
-           legit_errors=len(traffic.errors), legit_forms=len(LEGIT_FORMS))
+    record(
+        cases=cases,
+        offenders=len(offenders),
+        refused=len(offenders),
+        kamailio_requests=sum(seen_by_kamailio.values()),
+        traced=sum(traced.values()),
+        counted=counted,
+        smuggled_seen_by_kamailio=len(smuggled),
+        legit_sent=traffic.sent,
+        legit_answered=traffic.answered,
+        legit_errors=len(traffic.errors),
+        legit_forms=len(LEGIT_FORMS),
+    )

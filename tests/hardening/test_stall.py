@@ -74,8 +74,10 @@ class Target:
 @pytest.fixture(scope="module")
 def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path_factory.mktemp("stall"),
-                             {**SETTINGS, "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path_factory.mktemp("stall"),
+            {**SETTINGS, "listener": [RelayProcess.tls_listener(backend.port)]},
+        )
         try:
             yield Target(relay, backend)
         finally:
@@ -85,8 +87,11 @@ def target(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Target]:
 def legit_figures(t: Target, traffic: LegitTraffic) -> dict[str, int]:
     result = traffic.check(t.backend)
     t.settle()
-    return {"legit_sent": result.sent, "legit_lost": result.lost,
-            "legit_errors": len(result.errors)}
+    return {
+        "legit_sent": result.sent,
+        "legit_lost": result.lost,
+        "legit_errors": len(result.errors),
+    }
 
 
 def cpu_seconds(pid: int) -> float:
@@ -130,8 +135,7 @@ def test_renegotiation_requests(target: Target, legit: Legit, record: Record) ->
     # then a flood: the relay must close them, not buffer an alert for each
     for c in clients:
         with contextlib.suppress(OSError):
-            c.sock.sendall(b"".join(c.renegotiation_request(hello)
-                                    for _ in range(per_client)))
+            c.sock.sendall(b"".join(c.renegotiation_request(hello) for _ in range(per_client)))
     closed = sum(wait_closed(c.sock)[0] != "open" for c in clients)
     growth_kib = rss_kib(target.pid) - rss_before
     cpu = cpu_seconds(target.pid) - cpu_before
@@ -139,15 +143,21 @@ def test_renegotiation_requests(target: Target, legit: Legit, record: Record) ->
         c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
-    record(offenders=n, records_sent=n * (per_client + 1), alerts_answered_at_once=answered,
-           closed=closed, relay_rss_growth_kib=growth_kib, relay_cpu_s=round(cpu, 3), **figures)
+    record(
+        offenders=n,
+        records_sent=n * (per_client + 1),
+        alerts_answered_at_once=answered,
+        closed=closed,
+        relay_rss_growth_kib=growth_kib,
+        relay_cpu_s=round(cpu, 3),
+        **figures,
+    )
     assert answered == n
     assert closed == n
     log = target.relay.log
     for port in ports:
         assert target.closed(port, "Too many TLS records without SIP (") in log
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="non_sip_records") == n
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="non_sip_records") == n
     assert growth_kib < 16 * 1024
 
 
@@ -169,15 +179,20 @@ def _renegotiation(c: InjectingClient) -> bytes:
 
 NEIGHBOURS = {
     # kind: (TLS version, record maker, the reason the offender is closed with)
-    "tls12_renegotiation_spaced": (ssl.TLSVersion.TLSv1_2, _renegotiation,
-                                   "Too many TLS records without SIP ("),
-    "tls13_key_update": (ssl.TLSVersion.TLSv1_3, _key_update,
-                         "Too many TLS records without SIP ("),
+    "tls12_renegotiation_spaced": (
+        ssl.TLSVersion.TLSv1_2,
+        _renegotiation,
+        "Too many TLS records without SIP (",
+    ),
+    "tls13_key_update": (ssl.TLSVersion.TLSv1_3, _key_update, "Too many TLS records without SIP ("),
     "tls12_empty_records": (ssl.TLSVersion.TLSv1_2, _empty, "Too many TLS records without SIP ("),
     "tls13_empty_records": (ssl.TLSVersion.TLSv1_3, _empty, "Too many TLS records without SIP ("),
     # OpenSSL itself ends a TLS 1.2 session at the 5th warning alert: the control
-    "tls12_warning_alerts": (ssl.TLSVersion.TLSv1_2, _warning,
-                             "Read error (ssl routines: too many warn alerts)"),
+    "tls12_warning_alerts": (
+        ssl.TLSVersion.TLSv1_2,
+        _warning,
+        "Read error (ssl routines: too many warn alerts)",
+    ),
 }
 
 
@@ -214,16 +229,22 @@ def test_records_without_sip(target: Target, legit: Legit, record: Record, kind:
     assert after.delta(before, "tlstrace_connections_closed_total", reason=label) == n
 
 
-def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFactory,
-                                             legit: Legit, record: Record) -> None:
+def test_records_without_sip_are_not_traffic(
+    tmp_path_factory: pytest.TempPathFactory, legit: Legit, record: Record
+) -> None:
     """A client that sends only records without SIP, slowly (fewer than the count limit), is
     closed by `tcp_connection_lifetime` as idle while it goes on sending: such records do not
     count as traffic (each used to refresh the idle timer)."""
     lifetime = 2.0
     with SipBackend() as backend:
-        relay = RelayProcess(tmp_path_factory.mktemp("idle"), {
-            **SETTINGS, "tcp_connection_lifetime": lifetime,
-            "listener": [RelayProcess.tls_listener(backend.port)]})
+        relay = RelayProcess(
+            tmp_path_factory.mktemp("idle"),
+            {
+                **SETTINGS,
+                "tcp_connection_lifetime": lifetime,
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            },
+        )
         try:
             t = Target(relay, backend)
             before = t.scrape()
@@ -239,8 +260,7 @@ def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFa
                     open_ = False
                     break
                 sent += 1
-                if c.read_raw(0.3) == b"" and sent > 1 and \
-                        wait_closed(c.sock, 0.01)[0] != "open":
+                if c.read_raw(0.3) == b"" and sent > 1 and wait_closed(c.sock, 0.01)[0] != "open":
                     open_ = False
                     break
             # (still open when the client stops: it was kept alive by what it sent)
@@ -248,12 +268,18 @@ def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFa
             result = traffic.check(backend)
             t.settle()
             after = t.scrape()
-            record(records_sent=sent, closed=int(not open_), legit_sent=result.sent,
-                   legit_lost=result.lost, legit_errors=len(result.errors))
+            record(
+                records_sent=sent,
+                closed=int(not open_),
+                legit_sent=result.sent,
+                legit_lost=result.lost,
+                legit_errors=len(result.errors),
+            )
             assert not open_
             assert t.closed(port, "Timeout on no traffic") in relay.log
-            assert after.delta(before, "tlstrace_connections_closed_total",
-                               reason="idle_timeout") == 1
+            assert (
+                after.delta(before, "tlstrace_connections_closed_total", reason="idle_timeout") == 1
+            )
         finally:
             relay.stop()
 
@@ -261,8 +287,9 @@ def test_records_without_sip_are_not_traffic(tmp_path_factory: pytest.TempPathFa
 # -- keep-alives ---------------------------------------------------------------------------------
 
 
-def test_pongs_for_pings_read_together_leave_in_one_record(target: Target, legit: Legit,
-                                                           record: Record) -> None:
+def test_pongs_for_pings_read_together_leave_in_one_record(
+    target: Target, legit: Legit, record: Record
+) -> None:
     """Eight CRLFCRLF pings in one TLS record get their eight pongs in one record (each pong
     used to be a record of its own: 29 bytes on the wire for each 4 received)."""
     pings = 8
@@ -275,8 +302,7 @@ def test_pongs_for_pings_read_together_leave_in_one_record(target: Target, legit
     c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
-    record(pings=pings, records_back=len(got), bytes_back=sum(5 + n for _, n in got),
-           **figures)
+    record(pings=pings, records_back=len(got), bytes_back=sum(5 + n for _, n in got), **figures)
     # one application-data record: 8 explicit nonce bytes, 2 bytes per pong, 16 tag bytes
     assert got == [(APPLICATION_DATA, 8 + 2 * pings + 16)]
     assert after.delta(before, "tlstrace_keepalives_total", kind="ping") == pings
@@ -311,17 +337,19 @@ def test_keepalive_flood(target: Target, legit: Legit, record: Record) -> None:
         c.close()
     figures = legit_figures(target, traffic)
     after = target.scrape()
-    record(offenders=n, closed=closed,
-           pings_answered=after.delta(before, "tlstrace_keepalives_total", kind="ping"),
-           relay_cpu_s=round(cpu, 3), **figures)
+    record(
+        offenders=n,
+        closed=closed,
+        pings_answered=after.delta(before, "tlstrace_keepalives_total", kind="ping"),
+        relay_cpu_s=round(cpu, 3),
+        **figures,
+    )
     assert closed == n
     log = target.relay.log
     for port in ports:
         assert target.closed(port, "Keep-alive rate exceeded (") in log
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="keepalive_flood") == n
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="message_timeout") == 0
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="keepalive_flood") == n
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="message_timeout") == 0
 
 
 def test_keepalives_within_the_rate(target: Target) -> None:
@@ -336,8 +364,9 @@ def test_keepalives_within_the_rate(target: Target) -> None:
         c.close_notify()
 
 
-def test_streaming_whole_records_is_not_a_slowloris(target: Target, legit: Legit,
-                                                    record: Record) -> None:
+def test_streaming_whole_records_is_not_a_slowloris(
+    target: Target, legit: Legit, record: Record
+) -> None:
     """A client that pipelines requests without a pause for several times
     `tcp_max_msg_time` always has a record or message in flight at the end of a read; that
     is not one message waiting for its rest, and must not be closed as one. (The client
@@ -371,18 +400,26 @@ def test_streaming_whole_records_is_not_a_slowloris(target: Target, legit: Legit
     deadline = time.monotonic() + 4 * SETTINGS["tcp_max_msg_time"]
     with contextlib.suppress(OSError):
         while time.monotonic() < deadline:
-            c.sock.sendall(b"".join(
-                c.sip(request("MESSAGE", f"stream-{sent + i}@x", 1, body)) for i in range(20)))
+            c.sock.sendall(
+                b"".join(
+                    c.sip(request("MESSAGE", f"stream-{sent + i}@x", 1, body)) for i in range(20)
+                )
+            )
             sent += 20
     # every request relayed and answered, then the client leaves
     after = target.scrape()
     wait_until = time.monotonic() + 30
-    while after.delta(before, "tlstrace_sip_messages_total", direction="to_client",
-                      kind="2xx") < sent + traffic.answered and time.monotonic() < wait_until:
+    while (
+        after.delta(before, "tlstrace_sip_messages_total", direction="to_client", kind="2xx")
+        < sent + traffic.answered
+        and time.monotonic() < wait_until
+    ):
         time.sleep(0.2)
         after = target.scrape()
-    answered = int(after.delta(before, "tlstrace_sip_messages_total", direction="to_client",
-                               kind="2xx")) - traffic.answered
+    answered = (
+        int(after.delta(before, "tlstrace_sip_messages_total", direction="to_client", kind="2xx"))
+        - traffic.answered
+    )
     c.sock.sendall(c.record(ALERT, b"\x01\x00"))  # close_notify
     stop.set()
     th.join(5)
@@ -392,5 +429,4 @@ def test_streaming_whole_records_is_not_a_slowloris(target: Target, legit: Legit
     record(requests=sent, answered=answered, bytes_back=drained, **figures)
     assert answered >= sent
     assert target.closed(port, "Timeout waiting for a complete message") not in target.relay.log
-    assert after.delta(before, "tlstrace_connections_closed_total",
-                       reason="message_timeout") == 0
+    assert after.delta(before, "tlstrace_connections_closed_total", reason="message_timeout") == 0

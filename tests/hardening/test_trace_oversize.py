@@ -43,16 +43,28 @@ def expected_short(call_id: bytes) -> bytes:
     """The documented short form of a long (ASCII) Call-ID."""
     if len(call_id) <= CALL_ID_MAX:
         return call_id
-    return call_id[:CALL_ID_MAX - 33] + b"~" + hashlib.sha256(call_id).hexdigest()[:32].encode()
+    return call_id[: CALL_ID_MAX - 33] + b"~" + hashlib.sha256(call_id).hexdigest()[:32].encode()
 
 
-def build(call_id: str, *, body: bytes = b"", headers: tuple[str, ...] = (),
-          method: str = "INVITE", branch: str = "z9hG4bK-ovs") -> bytes:
-    lines = [f"{method} sip:bob@example.com SIP/2.0",
-             f"Via: SIP/2.0/TLS 192.0.2.10:5061;branch={branch}",
-             "Max-Forwards: 70", "From: <sip:alice@example.com>;tag=a-1",
-             "To: <sip:bob@example.com>", *headers, f"Call-ID: {call_id}",
-             f"CSeq: 1 {method}", f"Content-Length: {len(body)}"]
+def build(
+    call_id: str,
+    *,
+    body: bytes = b"",
+    headers: tuple[str, ...] = (),
+    method: str = "INVITE",
+    branch: str = "z9hG4bK-ovs",
+) -> bytes:
+    lines = [
+        f"{method} sip:bob@example.com SIP/2.0",
+        f"Via: SIP/2.0/TLS 192.0.2.10:5061;branch={branch}",
+        "Max-Forwards: 70",
+        "From: <sip:alice@example.com>;tag=a-1",
+        "To: <sip:bob@example.com>",
+        *headers,
+        f"Call-ID: {call_id}",
+        f"CSeq: 1 {method}",
+        f"Content-Length: {len(body)}",
+    ]
     return ("\r\n".join(lines) + "\r\n\r\n").encode() + body
 
 
@@ -83,19 +95,24 @@ class Case:
 
 @pytest.fixture(scope="module")
 def kam(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KamailioCapture]:
-    with KamailioCapture(tmp_path_factory.mktemp("kam-oversize"), transports=("udp", "tcp"),
-                         ipv6=False) as k:
+    with KamailioCapture(
+        tmp_path_factory.mktemp("kam-oversize"), transports=("udp", "tcp"), ipv6=False
+    ) as k:
         yield k
 
 
-def rows_of(kam: KamailioCapture, instance: str, cid: bytes, count: int,
-            timeout: float = 20.0) -> list[dict[str, Any]]:
+def rows_of(
+    kam: KamailioCapture, instance: str, cid: bytes, count: int, timeout: float = 20.0
+) -> list[dict[str, Any]]:
     """The sip_capture rows of one Kamailio instance under correlation id `cid`, once there are
     `count` of them."""
     deadline = time.monotonic() + timeout
     while True:
-        rows = [r for r in kam.rows("sip_capture", "correlation_id = ?", (cid.decode(),))
-                if r["instance"] == instance]
+        rows = [
+            r
+            for r in kam.rows("sip_capture", "correlation_id = ?", (cid.decode(),))
+            if r["instance"] == instance
+        ]
         if len(rows) >= count or time.monotonic() > deadline:
             return rows
         time.sleep(0.05)
@@ -106,19 +123,25 @@ def without_mark(msg: bytes) -> tuple[bytes, str | None, int | None]:
     m = re.search(rb"\r\nX-Tlstrace-Truncated: length=(\d+);cut=(body|headers)\r\n", msg)
     if m is None:
         return msg, None, None
-    return msg[:m.start()] + msg[m.end() - 2:], m.group(2).decode(), int(m.group(1))
+    return msg[: m.start()] + msg[m.end() - 2 :], m.group(2).decode(), int(m.group(1))
 
 
-def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: SipBackend,
-                                              kam: KamailioCapture, legit: Legit,
-                                              record: Record) -> None:
+def test_every_relayed_message_leaves_a_trace(
+    relay_factory: Factory, backend: SipBackend, kam: KamailioCapture, legit: Legit, record: Record
+) -> None:
     with HepSink() as sink:
-        relay = relay_factory({
-            "trace_on": True, "tls_max_msg_chunks": 16,
-            "hep_id": [kam.hep_id("udp", name="kamudp"), kam.hep_id("tcp", name="kamtcp"),
-                       sink.hep_id],
-            "listener": [RelayProcess.tls_listener(backend.port)],
-        })
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "tls_max_msg_chunks": 16,
+                "hep_id": [
+                    kam.hep_id("udp", name="kamudp"),
+                    kam.hep_id("tcp", name="kamtcp"),
+                    sink.hep_id,
+                ],
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            }
+        )
         # what a packet costs besides the payload and the correlation id, as received
         with TlsClient(relay.port()) as probe:
             probe.send(build("probe@ovs", method="OPTIONS"))
@@ -145,8 +168,10 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
             Case("cid-at", build("a" * CALL_ID_MAX), None),
             Case("cid-under", build("u" * (CALL_ID_MAX - 1)), None),
             Case("cid-over", build("o" * (CALL_ID_MAX + 1)), None),
-            *[Case(f"33k-cid-{i}", build(cid, body=b"v" * 100), None)
-              for i, cid in enumerate(long_ids[:5])],
+            *[
+                Case(f"33k-cid-{i}", build(cid, body=b"v" * 100), None)
+                for i, cid in enumerate(long_ids[:5])
+            ],
             # a long Call-ID and a message just over the limit with it
             Case("33k-cid-over", sized(long_ids[5], fits(long_ids[5]) + 1), "body"),
         ]
@@ -208,29 +233,45 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
                 if len(c.call_id) <= 1000:
                     assert req[0]["callid"] == c.call_id.decode(), (instance, c.label)
         # the same long Call-ID maps to the same short id on another connection
-        again_rows = kam.wait_rows("sip_capture", 1, where="via_1_branch = ?",
-                                   params=("z9hG4bK-again",), timeout=20)
-        assert {r["correlation_id"] for r in again_rows} == {expected_short(
-            long_ids[1].encode()).decode()}
+        again_rows = kam.wait_rows(
+            "sip_capture", 1, where="via_1_branch = ?", params=("z9hG4bK-again",), timeout=20
+        )
+        assert {r["correlation_id"] for r in again_rows} == {
+            expected_short(long_ids[1].encode()).decode()
+        }
         assert kam.rows("sip_capture", "callid = ?", ("refused@ovs",)) == []
         assert not any(b"refused@ovs" in d for d in sink.datagrams)
 
         # type-100 records (Kamailio stores them over UDP): one per truncated message
-        logs = kam.wait_rows("logs_capture", 1, where="CAST(msg AS TEXT) LIKE ?",
-                             params=('%"tls-trace-truncated"%',), timeout=20)
+        logs = kam.wait_rows(
+            "logs_capture",
+            1,
+            where="CAST(msg AS TEXT) LIKE ?",
+            params=('%"tls-trace-truncated"%',),
+            timeout=20,
+        )
         notes = [(r["correlation_id"], json.loads(r["msg"])) for r in logs]
         for c in truncated:
-            mine = [n for cid, n in notes if cid == c.cid.decode() and n["length"] ==
-                    len(c.message)]
+            mine = [
+                n for cid, n in notes if cid == c.cid.decode() and n["length"] == len(c.message)
+            ]
             assert len(mine) == 1, c.label
             n = mine[0]
             assert (n["message"], n["cut"], n["max_packet"], n["direction"]) == (
-                "received", c.truncated, MAX_PACKET, "inbound")
+                "received",
+                c.truncated,
+                MAX_PACKET,
+                "inbound",
+            )
             assert n["remote"] == f"127.0.0.1:{cport}" and n["call_id"] == c.cid.decode()
             assert n["traced_length"] < len(c.message)
         # session records: the short id, and the real length of a long Call-ID
-        sessions = {r["correlation_id"]: json.loads(r["msg"]) for r in kam.wait_rows(
-            "logs_capture", 1, where="CAST(msg AS TEXT) LIKE ?", params=('%"tls-session"%',))}
+        sessions = {
+            r["correlation_id"]: json.loads(r["msg"])
+            for r in kam.wait_rows(
+                "logs_capture", 1, where="CAST(msg AS TEXT) LIKE ?", params=('%"tls-session"%',)
+            )
+        }
         for c in cases:
             s = sessions[c.cid.decode()]
             assert s["call_id"] == c.cid.decode()
@@ -247,42 +288,63 @@ def test_every_relayed_message_leaves_a_trace(relay_factory: Factory, backend: S
             by_cid: dict[str, int] = {}
             for d in decoded:
                 assert d is not None
-                by_cid[d["rcinfo"]["correlation_id"]] = by_cid.get(
-                    d["rcinfo"]["correlation_id"], 0) + 1
+                by_cid[d["rcinfo"]["correlation_id"]] = (
+                    by_cid.get(d["rcinfo"]["correlation_id"], 0) + 1
+                )
             for c in cases:  # request, answer, session record (and the truncation record)
                 assert by_cid.get(c.cid.decode(), 0) >= 3, c.label
 
         # counted by reason, logged with the connection and its address
-        after = wait_metric(relay, "tlstrace_trace_oversize_total",
-                            before.get("tlstrace_trace_oversize_total") + 1)
-        delta = {r: after.delta(before, "tlstrace_trace_oversize_total", reason=r)
-                 for r in ("truncated_body", "truncated_headers", "long_call_id", "not_traced")}
+        after = wait_metric(
+            relay, "tlstrace_trace_oversize_total", before.get("tlstrace_trace_oversize_total") + 1
+        )
+        delta = {
+            r: after.delta(before, "tlstrace_trace_oversize_total", reason=r)
+            for r in ("truncated_body", "truncated_headers", "long_call_id", "not_traced")
+        }
         long_msgs = 2 * (len([c for c in cases if c.cid != c.call_id]) + 1)  # with the answers
-        assert delta == {"truncated_body": len([c for c in truncated if c.truncated == "body"]),
-                         "truncated_headers": 1, "long_call_id": long_msgs,
-                         "not_traced": 0}, delta
-        line = re.search(rf"WARNING tlstrace\.trace: conn \d+ inbound 127\.0\.0\.1:{cport}: "
-                         rf"'INVITE' of {len(over.message)} bytes received: does "
-                         rf"not fit one HEP packet \(hep_max_packet {MAX_PACKET}\): traced "
-                         rf"truncated to \d+ bytes, body cut", relay.log)
+        assert delta == {
+            "truncated_body": len([c for c in truncated if c.truncated == "body"]),
+            "truncated_headers": 1,
+            "long_call_id": long_msgs,
+            "not_traced": 0,
+        }, delta
+        line = re.search(
+            rf"WARNING tlstrace\.trace: conn \d+ inbound 127\.0\.0\.1:{cport}: "
+            rf"'INVITE' of {len(over.message)} bytes received: does "
+            rf"not fit one HEP packet \(hep_max_packet {MAX_PACKET}\): traced "
+            rf"truncated to \d+ bytes, body cut",
+            relay.log,
+        )
         assert line is not None, relay.log[-3000:]
         # messages that fit (at and under the limits) are not news
         for c in cases:
             if c.truncated is None and c.cid == c.call_id:
                 assert f"'INVITE' of {len(c.message)} bytes" not in relay.log, c.label
-        record(cases=len(cases), truncated=len(truncated), long_call_ids=long_msgs,
-               packets=len(mine), largest=max(map(len, mine)), legit=traffic.sent,
-               legit_errors=len(traffic.errors))
+        record(
+            cases=len(cases),
+            truncated=len(truncated),
+            long_call_ids=long_msgs,
+            packets=len(mine),
+            largest=max(map(len, mine)),
+            legit=traffic.sent,
+            legit_errors=len(traffic.errors),
+        )
 
 
-def test_oversize_log_is_rate_limited(relay_factory: Factory, backend: SipBackend,
-                                      legit: Legit, record: Record) -> None:
+def test_oversize_log_is_rate_limited(
+    relay_factory: Factory, backend: SipBackend, legit: Legit, record: Record
+) -> None:
     """A client padding every request gets each one traced and counted, not a log line each."""
     with HepSink() as sink:
-        relay = relay_factory({
-            "trace_on": True, "tls_max_msg_chunks": 16, "hep_id": [sink.hep_id],
-            "listener": [RelayProcess.tls_listener(backend.port)],
-        })
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "tls_max_msg_chunks": 16,
+                "hep_id": [sink.hep_id],
+                "listener": [RelayProcess.tls_listener(backend.port)],
+            }
+        )
         traffic = legit(relay.port())
         n = 60
         started = time.monotonic()
@@ -298,8 +360,11 @@ def test_oversize_log_is_rate_limited(relay_factory: Factory, backend: SipBacken
         want = {f"flood{i}@ovs".encode() for i in range(n)}
         deadline = time.monotonic() + 20
         while True:  # every request traced, truncated
-            got = {p.correlation_id for p in sink.packets(1)
-                   if b"X-Tlstrace-Truncated: length=65500;cut=body" in p.payload}
+            got = {
+                p.correlation_id
+                for p in sink.packets(1)
+                if b"X-Tlstrace-Truncated: length=65500;cut=body" in p.payload
+            }
             if got >= want or time.monotonic() > deadline:
                 break
             time.sleep(0.1)

@@ -29,7 +29,7 @@ def check_exact(data: bytes, p: HepPacket) -> None:
     off = 6
     while off < len(data):
         vendor, ctype, length = struct.unpack_from("!HHH", data, off)
-        body = data[off + 6:off + length]
+        body = data[off + 6 : off + length]
         if vendor == 0 and ctype in CHUNK_NAMES:
             assert ctype not in seen
             seen[ctype] = body
@@ -120,9 +120,9 @@ def mutated(draw: st.DrawFn) -> bytes:
         elif op == "insert":
             data[i:i] = draw(st.binary(min_size=1, max_size=8))
         elif op == "u16" and len(data) >= i + 2:
-            data[i:i + 2] = struct.pack("!H", draw(st.integers(0, 0xFFFF)))
+            data[i : i + 2] = struct.pack("!H", draw(st.integers(0, 0xFFFF)))
         elif op == "delete":
-            del data[i:i + draw(st.integers(1, 8))]
+            del data[i : i + draw(st.integers(1, 8))]
     return bytes(data)
 
 
@@ -153,7 +153,7 @@ def corpus_files() -> list[Path]:
 def test_corpus(path: Path) -> None:
     """Each file: `# expect: ok` or `# expect: error <text in the message>`, then hex."""
     lines = path.read_text().splitlines()
-    expect = next(line for line in lines if line.startswith("# expect:"))[len("# expect:"):]
+    expect = next(line for line in lines if line.startswith("# expect:"))[len("# expect:") :]
     data = bytes.fromhex("".join(line for line in lines if not line.startswith("#")))
     kind, _, text = expect.strip().partition(" ")
     if kind == "ok":

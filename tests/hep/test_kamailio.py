@@ -18,8 +18,10 @@ from hep.destination import HepDestination
 from hep.sender import HepSender
 from tests.support.kamailio_capture import KamailioCapture
 
-pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None,
-                                reason="kamailio is not installed (scripts/install-test-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("kamailio") is None,
+    reason="kamailio is not installed (scripts/install-test-deps.sh)",
+)
 
 TS = 1_700_000_000
 
@@ -28,7 +30,7 @@ def invite(call_id: str) -> bytes:
     return (
         f"INVITE sip:bob@example.com SIP/2.0\r\n"
         f"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK-{call_id}\r\n"
-        f"From: \"Alice\" <sip:alice@example.com>;tag=from-{call_id}\r\n"
+        f'From: "Alice" <sip:alice@example.com>;tag=from-{call_id}\r\n'
         f"To: <sip:bob@example.com>\r\n"
         f"Call-ID: {call_id}\r\n"
         f"CSeq: 7 INVITE\r\n"
@@ -42,7 +44,7 @@ def ok_reply(call_id: str) -> bytes:
     return (
         f"SIP/2.0 200 OK\r\n"
         f"Via: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK-{call_id}\r\n"
-        f"From: \"Alice\" <sip:alice@example.com>;tag=from-{call_id}\r\n"
+        f'From: "Alice" <sip:alice@example.com>;tag=from-{call_id}\r\n'
         f"To: <sip:bob@example.com>;tag=to-{call_id}\r\n"
         f"Call-ID: {call_id}\r\n"
         f"CSeq: 7 INVITE\r\n"
@@ -62,8 +64,7 @@ class Case:
         return f"{self.transport}-{v}-in{self.inner}"
 
 
-CASES = [Case(t, c, i) for t in ("udp", "tcp", "tls") for c in ("127.0.0.1", "::1")
-         for i in (4, 6)]
+CASES = [Case(t, c, i) for t in ("udp", "tcp", "tls") for c in ("127.0.0.1", "::1") for i in (4, 6)]
 
 
 def packets_for(case: Case, n: int) -> list[HepPacket]:
@@ -72,26 +73,43 @@ def packets_for(case: Case, n: int) -> list[HepPacket]:
     for k in range(3):
         call_id = f"{case.tag}-{k}@tlstrace.test"
         payload = ok_reply(call_id) if k == 2 else invite(call_id)
-        out.append(HepPacket(
-            src_ip=src if k != 2 else dst, dst_ip=dst if k != 2 else src,
-            src_port=5061 if k != 2 else 5060, dst_port=5060 if k != 2 else 5061,
-            ts_sec=TS + n, ts_usec=100_000 * k + n,
-            ip_proto=6 if case.inner == 4 else 17,
-            proto_type=1, capture_id=1000 + n,
-            correlation_id=f"corr-{case.tag}".encode() if k == 1 else None,
-            auth_key=b"ignored-by-kamailio", node_name=b"tlstrace-node",
-            payload=payload,
-        ))
+        out.append(
+            HepPacket(
+                src_ip=src if k != 2 else dst,
+                dst_ip=dst if k != 2 else src,
+                src_port=5061 if k != 2 else 5060,
+                dst_port=5060 if k != 2 else 5061,
+                ts_sec=TS + n,
+                ts_usec=100_000 * k + n,
+                ip_proto=6 if case.inner == 4 else 17,
+                proto_type=1,
+                capture_id=1000 + n,
+                correlation_id=f"corr-{case.tag}".encode() if k == 1 else None,
+                auth_key=b"ignored-by-kamailio",
+                node_name=b"tlstrace-node",
+                payload=payload,
+            )
+        )
     return out
 
 
 def log_packets() -> list[HepPacket]:
-    return [HepPacket(
-        src_ip=src, dst_ip=dst, src_port=5061, dst_port=5060, ts_sec=TS + 99, ts_usec=654321,
-        ip_proto=6, proto_type=100, capture_id=4242,
-        correlation_id=f"log-{i}@tlstrace.test".encode(),
-        payload=f'{{"event":"tls-closed","n":{i},"text":"é"}}'.encode(),
-    ) for i, (src, dst) in enumerate([("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])]
+    return [
+        HepPacket(
+            src_ip=src,
+            dst_ip=dst,
+            src_port=5061,
+            dst_port=5060,
+            ts_sec=TS + 99,
+            ts_usec=654321,
+            ip_proto=6,
+            proto_type=100,
+            capture_id=4242,
+            correlation_id=f"log-{i}@tlstrace.test".encode(),
+            payload=f'{{"event":"tls-closed","n":{i},"text":"é"}}'.encode(),
+        )
+        for i, (src, dst) in enumerate([("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -124,21 +142,27 @@ async def send_all(kam: KamailioCapture, batches: list[tuple[HepDestination, lis
 
 
 def expected_row(p: HepPacket, case: Case) -> dict[str, Any]:
-    call_id = next(line.split(b": ", 1)[1].decode() for line in p.payload.split(b"\r\n")
-                   if line.startswith(b"Call-ID: "))
+    call_id = next(
+        line.split(b": ", 1)[1].decode()
+        for line in p.payload.split(b"\r\n")
+        if line.startswith(b"Call-ID: ")
+    )
     return {
         "micro_ts": p.ts_sec * 1_000_000 + p.ts_usec,
         "callid": call_id,
-        "source_ip": p.src_ip, "source_port": p.src_port,
-        "destination_ip": p.dst_ip, "destination_port": p.dst_port,
+        "source_ip": p.src_ip,
+        "source_port": p.src_port,
+        "destination_ip": p.dst_ip,
+        "destination_port": p.dst_port,
         "proto": {17: 1, 6: 2}[p.ip_proto],  # Kamailio's enum: 1 UDP, 2 TCP
         "family": p.family,
         "type": 2 if p.payload.startswith(b"SIP/2.0 ") else 1,
         "node": f"kam:{p.capture_id}",
         "correlation_id": (p.correlation_id or b"").decode() or call_id,
         "msg": p.payload,
-        "instance": ("stream" if case.transport != "udp"
-                     else "udp6" if ":" in case.collector else "udp4"),
+        "instance": (
+            "stream" if case.transport != "udp" else "udp6" if ":" in case.collector else "udp4"
+        ),
     }
 
 
@@ -147,14 +171,16 @@ def test_kamailio_stores_every_field(kam: KamailioCapture) -> None:
     batches = []
     for n, case in enumerate(CASES):
         ps = packets_for(case, n)
-        dest = HepDestination(case.tag, case.collector, port_of(kam, case.transport),
-                              case.transport)  # type: ignore[arg-type]
+        dest = HepDestination(
+            case.tag, case.collector, port_of(kam, case.transport), case.transport
+        )  # type: ignore[arg-type]
         batches.append((dest, [encode(p) for p in ps]))
         for p in ps:
             sent[expected_row(p, case)["callid"]] = (p, case)
     logs = log_packets()
-    batches.append((HepDestination("logs", "127.0.0.1", kam.udp_port, "udp"),
-                    [encode(p) for p in logs]))
+    batches.append(
+        (HepDestination("logs", "127.0.0.1", kam.udp_port, "udp"), [encode(p) for p in logs])
+    )
     asyncio.run(send_all(kam, batches))
 
     rows = kam.wait_rows("sip_capture", len(sent))

@@ -32,25 +32,68 @@ TLSTRACE = Path(sys.executable).parent / "tlstrace"
 
 
 def sip(call_id: str) -> bytes:
-    return (f"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK"
-            f"{call_id}\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
-            f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n").encode()
+    return (
+        f"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK"
+        f"{call_id}\r\nFrom: <sip:alice@example.com>;tag=1\r\nTo: <sip:bob@example.com>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
 
 
 PACKETS = [
-    HepPacket(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060,
-              ts_sec=1700000000, ts_usec=123456, ip_proto=6, proto_type=1, capture_id=2001,
-              keep_alive=30, auth_key=b"k", correlation_id=b"corr-1", vlan=7,
-              node_name=b"relay-1", payload=sip("listen-1@x")),
-    HepPacket(src_ip="2001:db8::1", dst_ip="2001:db8::2", src_port=5062, dst_port=5063,
-              ts_sec=1700000001, ts_usec=999999, ip_proto=17, proto_type=1, capture_id=1,
-              payload=sip("listen-2@x")),
-    HepPacket(src_ip="10.0.0.2", dst_ip="10.0.0.1", src_port=5060, dst_port=5061,
-              ts_sec=1700000002, ts_usec=5, ip_proto=6, proto_type=100, capture_id=2001,
-              correlation_id=b"listen-1@x", payload='{"event":"closed","é":1}'.encode()),
-    HepPacket(src_ip="10.0.0.3", dst_ip="10.0.0.4", src_port=1, dst_port=2,
-              ts_sec=1700000003, ts_usec=0, ip_proto=17, proto_type=4,
-              unknown=(HepChunk(3, 0x65, b"\x01\x02"),), payload=b"\x80\xff\x00rtp"),
+    HepPacket(
+        src_ip="10.0.0.1",
+        dst_ip="10.0.0.2",
+        src_port=5061,
+        dst_port=5060,
+        ts_sec=1700000000,
+        ts_usec=123456,
+        ip_proto=6,
+        proto_type=1,
+        capture_id=2001,
+        keep_alive=30,
+        auth_key=b"k",
+        correlation_id=b"corr-1",
+        vlan=7,
+        node_name=b"relay-1",
+        payload=sip("listen-1@x"),
+    ),
+    HepPacket(
+        src_ip="2001:db8::1",
+        dst_ip="2001:db8::2",
+        src_port=5062,
+        dst_port=5063,
+        ts_sec=1700000001,
+        ts_usec=999999,
+        ip_proto=17,
+        proto_type=1,
+        capture_id=1,
+        payload=sip("listen-2@x"),
+    ),
+    HepPacket(
+        src_ip="10.0.0.2",
+        dst_ip="10.0.0.1",
+        src_port=5060,
+        dst_port=5061,
+        ts_sec=1700000002,
+        ts_usec=5,
+        ip_proto=6,
+        proto_type=100,
+        capture_id=2001,
+        correlation_id=b"listen-1@x",
+        payload='{"event":"closed","é":1}'.encode(),
+    ),
+    HepPacket(
+        src_ip="10.0.0.3",
+        dst_ip="10.0.0.4",
+        src_port=1,
+        dst_port=2,
+        ts_sec=1700000003,
+        ts_usec=0,
+        ip_proto=17,
+        proto_type=4,
+        unknown=(HepChunk(3, 0x65, b"\x01\x02"),),
+        payload=b"\x80\xff\x00rtp",
+    ),
 ]
 
 
@@ -61,8 +104,13 @@ class Listener:
         cmd = [str(TLSTRACE), "hep-listen", address]
         if pcap is not None:
             cmd += ["--pcap", str(pcap)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                     stdin=subprocess.DEVNULL, start_new_session=True)
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.lines: queue.Queue[str] = queue.Queue()
         self.stderr = ""
         self._t = threading.Thread(target=self._read, daemon=True)
@@ -154,7 +202,10 @@ def test_udp_json_lines_and_pcap(tmp_path: Path) -> None:
     first, log, binary = lines[0], lines[2], lines[3]
     assert first["time"] == "2023-11-14T22:13:20.123456Z"
     assert (first["auth_key"], first["correlation_id"], first["node_name"]) == (
-        "k", "corr-1", "relay-1")
+        "k",
+        "corr-1",
+        "relay-1",
+    )
     assert (first["keep_alive"], first["vlan"], first["proto_name"]) == (30, 7, "SIP")
     assert first["payload"] == sip("listen-1@x").decode()
     assert (log["proto_name"], log["payload"]) == ("LOG", '{"event":"closed","é":1}')
@@ -177,16 +228,33 @@ def check_pcap(pcap: Path, packets: list[HepPacket]) -> None:
     for f, p in zip(frames, packets, strict=True):
         ip = f[IP] if p.family == 2 else f[IPv6]
         l4 = f[TCP] if p.ip_proto == 6 else f[UDP]
-        assert (ip.src, ip.dst, l4.sport, l4.dport) == (p.src_ip, p.dst_ip, p.src_port,
-                                                        p.dst_port)
+        assert (ip.src, ip.dst, l4.sport, l4.dport) == (p.src_ip, p.dst_ip, p.src_port, p.dst_port)
         assert bytes(l4.payload) == p.payload
         assert int(f.time) == p.ts_sec
         assert round((f.time - p.ts_sec) * 1_000_000) == p.ts_usec
     if shutil.which("tshark"):
         out = subprocess.run(
-            ["tshark", "-r", str(pcap), "-T", "fields", "-E", "separator=|",
-             "-e", "frame.time_epoch", "-e", "ip.src", "-e", "ipv6.src", "-e", "sip.Call-ID"],
-            capture_output=True, text=True, timeout=60, check=True,
+            [
+                "tshark",
+                "-r",
+                str(pcap),
+                "-T",
+                "fields",
+                "-E",
+                "separator=|",
+                "-e",
+                "frame.time_epoch",
+                "-e",
+                "ip.src",
+                "-e",
+                "ipv6.src",
+                "-e",
+                "sip.Call-ID",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=True,
         ).stdout.splitlines()
         assert out[0] == "1700000000.123456000|10.0.0.1||listen-1@x"
         assert out[1] == "1700000001.999999000||2001:db8::1|listen-2@x"
@@ -219,26 +287,39 @@ def test_tcp_on_ipv6_with_a_broken_connection(tmp_path: Path) -> None:
 
 
 def test_bad_address_and_busy_port() -> None:
-    bad = subprocess.run([str(TLSTRACE), "hep-listen", "sctp:1.2.3.4:9"], capture_output=True,
-                         text=True, timeout=30, check=False)
+    bad = subprocess.run(
+        [str(TLSTRACE), "hep-listen", "sctp:1.2.3.4:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
     assert bad.returncode == 2 and "udp:HOST:PORT" in bad.stderr
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.bind(("127.0.0.1", 0))
-        busy = subprocess.run([str(TLSTRACE), "hep-listen", f"udp:127.0.0.1:{s.getsockname()[1]}"],
-                              capture_output=True, text=True, timeout=30, check=False)
+        busy = subprocess.run(
+            [str(TLSTRACE), "hep-listen", f"udp:127.0.0.1:{s.getsockname()[1]}"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     assert busy.returncode == 1 and "cannot listen" in busy.stderr
 
 
-@pytest.mark.parametrize(("text", "ok"), [
-    ("udp:127.0.0.1:9060", ("udp", "127.0.0.1", 9060)),
-    ("tcp:[::1]:0", ("tcp", "::1", 0)),
-    ("udp:localhost:9", ("udp", "localhost", 9)),
-    ("udp:::1:9060", None),
-    ("udp:[::1]", None),
-    ("udp:127.0.0.1", None),
-    ("tls:127.0.0.1:9060", None),
-    ("udp:127.0.0.1:70000", None),
-])
+@pytest.mark.parametrize(
+    ("text", "ok"),
+    [
+        ("udp:127.0.0.1:9060", ("udp", "127.0.0.1", 9060)),
+        ("tcp:[::1]:0", ("tcp", "::1", 0)),
+        ("udp:localhost:9", ("udp", "localhost", 9)),
+        ("udp:::1:9060", None),
+        ("udp:[::1]", None),
+        ("udp:127.0.0.1", None),
+        ("tls:127.0.0.1:9060", None),
+        ("udp:127.0.0.1:70000", None),
+    ],
+)
 def test_parse_listen_address(text: str, ok: tuple[str, str, int] | None) -> None:
     if ok is None:
         with pytest.raises(ValueError):
@@ -254,8 +335,11 @@ def test_serve_in_process_on_both_transports() -> None:
             col = Collector()
             async with await serve(address, col.on_packet, col.on_error) as server:
                 assert server.address.port != 0
-                s = HepSender(HepDestination("x", server.address.host, server.address.port,
-                                             server.address.transport))
+                s = HepSender(
+                    HepDestination(
+                        "x", server.address.host, server.address.port, server.address.transport
+                    )
+                )
                 await s.start()
                 for p in PACKETS:
                     s.send(encode(p))

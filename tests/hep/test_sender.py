@@ -23,10 +23,13 @@ from tests.support.hep_collectors import (
 from tests.support.net import free_port
 from tests.support.pki import Pki
 
-SIP = (b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
-       b"Call-ID: sender-test@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
-TEMPLATE = PacketTemplate(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060,
-                          ip_proto=6, capture_id=7)
+SIP = (
+    b"OPTIONS sip:bob@example.com SIP/2.0\r\nVia: SIP/2.0/TLS 10.0.0.1:5061;branch=z9hG4bK1\r\n"
+    b"Call-ID: sender-test@x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+)
+TEMPLATE = PacketTemplate(
+    src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=5061, dst_port=5060, ip_proto=6, capture_id=7
+)
 FAST: dict[str, Any] = {"backoff_initial": 0.02, "backoff_max": 0.1, "connect_timeout": 2.0}
 
 
@@ -40,11 +43,14 @@ def run(request: pytest.FixtureRequest) -> Iterator[Callable[[Awaitable[None]], 
     """Runs a scenario on a fresh loop of each kind, bounded by 30 s."""
     factory = uvloop.new_event_loop if request.param == "uvloop" else None
     with asyncio.Runner(loop_factory=factory) as runner:
+
         def go(coro: Awaitable[None]) -> None:
             async def bounded() -> None:
                 async with asyncio.timeout(30):
                     await coro
+
             runner.run(bounded())
+
         yield go
 
 
@@ -63,8 +69,9 @@ def accounted(s: SenderStats, total: int) -> bool:
 
 # ------------------------------------------------------------------- UDP
 @pytest.mark.parametrize("host", ["127.0.0.1", "::1"])
-def test_udp_live_collector_gets_everything(run: Callable[[Awaitable[None]], None],
-                                            host: str) -> None:
+def test_udp_live_collector_gets_everything(
+    run: Callable[[Awaitable[None]], None], host: str
+) -> None:
     async def scenario() -> None:
         col = Collector()
         h = f"[{host}]" if ":" in host else host
@@ -92,8 +99,9 @@ def test_udp_live_collector_gets_everything(run: Callable[[Awaitable[None]], Non
 def test_udp_collector_down_then_back(run: Callable[[Awaitable[None]], None]) -> None:
     async def scenario() -> None:
         port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
-        sender = HepSender(HepDestination("down", "127.0.0.1", port, "udp"),
-                           backoff_initial=0.05, backoff_max=0.2)
+        sender = HepSender(
+            HepDestination("down", "127.0.0.1", port, "udp"), backoff_initial=0.05, backoff_max=0.2
+        )
         await sender.start()
         assert await sender.wait_connected(5)
         # send only queues: the datagrams go out right after this loop iteration. The first
@@ -126,7 +134,8 @@ def test_udp_collector_down_then_back(run: Callable[[Awaitable[None]], None]) ->
 
 
 def test_udp_oversized_datagram_is_a_counted_send_error(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         col = Collector()
         server = await serve("udp:127.0.0.1:0", col.on_packet)
@@ -148,7 +157,8 @@ def test_udp_oversized_datagram_is_a_counted_send_error(
 
 # ------------------------------------------------------------------- TCP
 def test_tcp_collector_down_queues_then_drops_then_delivers(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         port = free_port()
         sender = HepSender(HepDestination("tcp", "127.0.0.1", port, "tcp"), queue_size=20, **FAST)
@@ -172,7 +182,8 @@ def test_tcp_collector_down_queues_then_drops_then_delivers(
 
 
 def test_tcp_reconnects_after_the_collector_restarts(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         col = await StreamCollector().start()
         port = col.port
@@ -198,16 +209,21 @@ def test_tcp_reconnects_after_the_collector_restarts(
 
 
 @pytest.mark.parametrize("rst", [False, True], ids=["fin", "rst"])
-def test_tcp_collector_that_flaps_then_recovers(run: Callable[[Awaitable[None]], None],
-                                                rst: bool) -> None:
+def test_tcp_collector_that_flaps_then_recovers(
+    run: Callable[[Awaitable[None]], None], rst: bool
+) -> None:
     """A collector that closes every connection as soon as it accepts it (under uvloop,
     `create_connection` can then return an already-closed transport) must never end the
     sender: once the collector behaves, every packet sent arrives."""
     col = FlappingCollector(rst=rst)
 
     async def scenario() -> None:
-        sender = HepSender(HepDestination("flappy", "127.0.0.1", col.port, "tcp"),
-                           backoff_initial=0.001, backoff_max=0.005, connect_timeout=2.0)
+        sender = HepSender(
+            HepDestination("flappy", "127.0.0.1", col.port, "tcp"),
+            backoff_initial=0.001,
+            backoff_max=0.005,
+            connect_timeout=2.0,
+        )
         await sender.start()
         total = 0
         while col.flapped < 200:  # a few hundred accept-and-close, packets sent throughout
@@ -217,14 +233,18 @@ def test_tcp_collector_that_flaps_then_recovers(run: Callable[[Awaitable[None]],
             if total > 20000:
                 raise AssertionError(f"only {col.flapped} connections in {total} rounds")
         col.flap = False  # recovered
-        await until(lambda: col.connections >= 1 and sender.connected,
-                    f"the sender connected to the recovered collector ({sender.stats})")
+        await until(
+            lambda: col.connections >= 1 and sender.connected,
+            f"the sender connected to the recovered collector ({sender.stats})",
+        )
         first = total
         for _ in range(300):
             assert sender.send(packet(total)) is True
             total += 1
-        await until(lambda: sum(p.ts_usec >= first for p in col.packets) >= 300,
-                    f"300 packets after recovery arrived ({sender.stats})")
+        await until(
+            lambda: sum(p.ts_usec >= first for p in col.packets) >= 300,
+            f"300 packets after recovery arrived ({sender.stats})",
+        )
         after = sorted(p.ts_usec for p in col.packets if p.ts_usec >= first)
         assert after == list(range(first, total))
         s = sender.stats
@@ -239,9 +259,11 @@ def test_tcp_collector_that_flaps_then_recovers(run: Callable[[Awaitable[None]],
 
 
 def test_a_sender_whose_task_fails_is_logged_and_restarted(
-        run: Callable[[Awaitable[None]], None], caplog: pytest.LogCaptureFixture) -> None:
+    run: Callable[[Awaitable[None]], None], caplog: pytest.LogCaptureFixture
+) -> None:
     """Whatever ends a sender's task (here an exception injected into its writer, standing
     for a bug nobody foresaw) is logged and the sender starts again."""
+
     async def scenario() -> None:
         col = await StreamCollector().start()
         sender = HepSender(HepDestination("buggy", "127.0.0.1", col.port, "tcp"), **FAST)
@@ -275,11 +297,17 @@ def test_a_sender_whose_task_fails_is_logged_and_restarted(
 
 
 def test_tcp_collector_that_never_reads_ends_in_drops_not_memory(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         with deaf_tcp_listener() as port:
-            sender = HepSender(HepDestination("deaf", "127.0.0.1", port, "tcp"), queue_size=100,
-                               write_buffer_limit=64 * 1024, stall_timeout=3600, **FAST)
+            sender = HepSender(
+                HepDestination("deaf", "127.0.0.1", port, "tcp"),
+                queue_size=100,
+                write_buffer_limit=64 * 1024,
+                stall_timeout=3600,
+                **FAST,
+            )
             await sender.start()
             assert await sender.wait_connected(5)
             total = 0
@@ -302,11 +330,17 @@ def test_tcp_collector_that_never_reads_ends_in_drops_not_memory(
 
 
 def test_tcp_stalled_connection_is_aborted_and_reopened(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         with deaf_tcp_listener() as port:
-            sender = HepSender(HepDestination("deaf", "127.0.0.1", port, "tcp"), queue_size=50,
-                               write_buffer_limit=16 * 1024, stall_timeout=0.3, **FAST)
+            sender = HepSender(
+                HepDestination("deaf", "127.0.0.1", port, "tcp"),
+                queue_size=50,
+                write_buffer_limit=16 * 1024,
+                stall_timeout=0.3,
+                **FAST,
+            )
             await sender.start()
             assert await sender.wait_connected(5)
 
@@ -325,11 +359,16 @@ def test_tcp_stalled_connection_is_aborted_and_reopened(
 
 
 def test_slow_tcp_collector_gets_every_packet_sent_and_whole(
-        run: Callable[[Awaitable[None]], None]) -> None:
+    run: Callable[[Awaitable[None]], None],
+) -> None:
     async def scenario() -> None:
         col = await StreamCollector(read_delay=0.002, read_size=4096).start()
-        sender = HepSender(HepDestination("slow", "127.0.0.1", col.port, "tcp"), queue_size=50,
-                           write_buffer_limit=16 * 1024, **FAST)
+        sender = HepSender(
+            HepDestination("slow", "127.0.0.1", col.port, "tcp"),
+            queue_size=50,
+            write_buffer_limit=16 * 1024,
+            **FAST,
+        )
         await sender.start()
         assert await sender.wait_connected(5)
         total = 0
@@ -338,8 +377,10 @@ def test_slow_tcp_collector_gets_every_packet_sent_and_whole(
                 sender.send(packet(total, size=500))
                 total += 1
             await asyncio.sleep(0.001)
-        await until(lambda: sender.stats.queue_depth == 0 and sender.stats.buffered_bytes == 0,
-                    "the queue drains")
+        await until(
+            lambda: sender.stats.queue_depth == 0 and sender.stats.buffered_bytes == 0,
+            "the queue drains",
+        )
         s = sender.stats
         assert s.dropped > 0 and accounted(s, total)
         await until(lambda: len(col.packets) == s.sent, "everything sent is received")
@@ -358,20 +399,29 @@ def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
     return Pki(tmp_path_factory.mktemp("hep-pki"))
 
 
-@pytest.mark.parametrize(("untrusted", "verify", "delivered"), [
-    (False, True, True),
-    (True, True, False),
-    (True, False, True),
-])
-def test_tls_verification(run: Callable[[Awaitable[None]], None], pki: Pki, untrusted: bool,
-                          verify: bool, delivered: bool) -> None:
-    leaf = pki.leaf("127.0.0.1", names=["127.0.0.1", "::1"], untrusted=untrusted,
-                    tag=f"collector-{untrusted}")
+@pytest.mark.parametrize(
+    ("untrusted", "verify", "delivered"),
+    [
+        (False, True, True),
+        (True, True, False),
+        (True, False, True),
+    ],
+)
+def test_tls_verification(
+    run: Callable[[Awaitable[None]], None], pki: Pki, untrusted: bool, verify: bool, delivered: bool
+) -> None:
+    leaf = pki.leaf(
+        "127.0.0.1", names=["127.0.0.1", "::1"], untrusted=untrusted, tag=f"collector-{untrusted}"
+    )
 
     async def scenario() -> None:
         col = await StreamCollector(cert=leaf.cert, key=leaf.key).start()
-        sender = HepSender(HepDestination("tls", "127.0.0.1", col.port, "tls"),
-                           ca_file=pki.ca_file, verify=verify, **FAST)
+        sender = HepSender(
+            HepDestination("tls", "127.0.0.1", col.port, "tls"),
+            ca_file=pki.ca_file,
+            verify=verify,
+            **FAST,
+        )
         await sender.start()
         for i in range(5):
             assert sender.send(packet(i))
@@ -423,8 +473,9 @@ def test_send_never_raises(run: Callable[[Awaitable[None]], None]) -> None:
 
 def test_unresolvable_udp_host_counts_and_drops(run: Callable[[Awaitable[None]], None]) -> None:
     async def scenario() -> None:
-        sender = HepSender(HepDestination("nx", "no-such-host.invalid", 9060, "udp"),
-                           queue_size=3, **FAST)
+        sender = HepSender(
+            HepDestination("nx", "no-such-host.invalid", 9060, "udp"), queue_size=3, **FAST
+        )
         await sender.start()
         results = [sender.send(packet(i)) for i in range(5)]
         assert results == [True, True, True, False, False]
@@ -442,10 +493,12 @@ def test_group_sends_by_name_and_identity(run: Callable[[Awaitable[None]], None]
         col = Collector()
         server = await serve("udp:127.0.0.1:0", col.on_packet)
         ident = HepIdentity(capture_id=9, auth_key=b"k")
-        group = HepSenderGroup([
-            HepSender(f"[homer]127.0.0.1:{server.address.port}", identity=ident),
-            HepSender(f"[down]127.0.0.1:{free_port()};transport=tcp", queue_size=1, **FAST),
-        ])
+        group = HepSenderGroup(
+            [
+                HepSender(f"[homer]127.0.0.1:{server.address.port}", identity=ident),
+                HepSender(f"[down]127.0.0.1:{free_port()};transport=tcp", queue_size=1, **FAST),
+            ]
+        )
         with pytest.raises(ValueError, match="already exists"):
             group.add(HepSender("[homer]127.0.0.1"))
         assert group.names == ["homer", "down"] and len(group) == 2 and "down" in group
@@ -465,7 +518,6 @@ def test_group_sends_by_name_and_identity(run: Callable[[Awaitable[None]], None]
         assert group.stats()["down"].dropped == 2  # the queued one, at close
 
     run(scenario())
-
 
 
 def test_backoff_doubles_up_to_the_cap_and_resets() -> None:

@@ -14,8 +14,9 @@ from hep.destination import HepDestination
 from hep.sender import HepSender
 from tests.support.sngrep import SngrepHep
 
-pytestmark = pytest.mark.skipif(shutil.which("sngrep") is None,
-                                reason="sngrep is not installed (scripts/install-test-deps.sh)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("sngrep") is None, reason="sngrep is not installed (scripts/install-test-deps.sh)"
+)
 
 KEY = b"s3cret"
 
@@ -34,8 +35,13 @@ def message(call_id: str) -> bytes:
 
 def template(auth_key: bytes | None, v6: bool = False) -> PacketTemplate:
     return PacketTemplate(
-        src_ip="2001:db8::1" if v6 else "10.0.0.1", dst_ip="2001:db8::2" if v6 else "10.0.0.2",
-        src_port=5061, dst_port=5062, ip_proto=17, capture_id=3, auth_key=auth_key,
+        src_ip="2001:db8::1" if v6 else "10.0.0.1",
+        dst_ip="2001:db8::2" if v6 else "10.0.0.2",
+        src_port=5061,
+        dst_port=5062,
+        ip_proto=17,
+        capture_id=3,
+        auth_key=auth_key,
         node_name=b"tlstrace",
     )
 
@@ -51,8 +57,9 @@ async def send(port: int, packets: list[bytes]) -> None:
     await sender.aclose()
 
 
-def run_sngrep(root: Path, auth_key: str | None) -> dict[str, tuple[int, int, str, int, str, int,
-                                                                     bytes]]:
+def run_sngrep(
+    root: Path, auth_key: str | None
+) -> dict[str, tuple[int, int, str, int, str, int, bytes]]:
     packets = [
         template(KEY).encode(1700000000, 123456, message("right-key@x")),
         template(b"wrong").encode(1700000001, 1, message("wrong-key@x")),
@@ -66,22 +73,36 @@ def run_sngrep(root: Path, auth_key: str | None) -> dict[str, tuple[int, int, st
         sng.drain()
     kept = {}
     for f in sng.frames():
-        call_id = next(line[9:].decode() for line in f.payload.split(b"\r\n")
-                       if line.startswith(b"Call-ID: "))
-        kept[call_id] = (f.ts_sec, f.ts_usec, f.src_ip, f.src_port, f.dst_ip, f.dst_port,
-                         f.payload)
+        call_id = next(
+            line[9:].decode() for line in f.payload.split(b"\r\n") if line.startswith(b"Call-ID: ")
+        )
+        kept[call_id] = (f.ts_sec, f.ts_usec, f.src_ip, f.src_port, f.dst_ip, f.dst_port, f.payload)
     return kept
 
 
 def test_sngrep_enforces_the_auth_key(tmp_path: Path) -> None:
     kept = run_sngrep(tmp_path, KEY.decode())
-    assert kept["right-key@x"] == (1700000000, 123456, "10.0.0.1", 5061, "10.0.0.2", 5062,
-                                   message("right-key@x"))
+    assert kept["right-key@x"] == (
+        1700000000,
+        123456,
+        "10.0.0.1",
+        5061,
+        "10.0.0.2",
+        5062,
+        message("right-key@x"),
+    )
     assert "wrong-key@x" not in kept
     assert "no-key@x" not in kept
     # sngrep keeps IPv6 HEP but writes its pcap as IPv4 with 0.0.0.0 addresses
-    assert kept["right-key-v6@x"] == (1700000003, 999999, "0.0.0.0", 5061, "0.0.0.0", 5062,
-                                      message("right-key-v6@x"))
+    assert kept["right-key-v6@x"] == (
+        1700000003,
+        999999,
+        "0.0.0.0",
+        5061,
+        "0.0.0.0",
+        5062,
+        message("right-key-v6@x"),
+    )
 
 
 def test_sngrep_without_a_key_keeps_everything(tmp_path: Path) -> None:

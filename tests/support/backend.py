@@ -51,7 +51,7 @@ class _Proto(asyncio.Protocol):
             if parsed is None:
                 return
             conn.proxy = (parsed[0], parsed[1])
-            data, self.head = self.head[parsed[2]:], b""
+            data, self.head = self.head[parsed[2] :], b""
         replies = []
         for ev in self.framer.feed(data):
             if isinstance(ev, Message):
@@ -70,8 +70,15 @@ class _Proto(asyncio.Protocol):
 
 
 class SipBackend:
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *, answer: bool = True,
-                 expect_proxy: bool = False, ssl_context: ssl.SSLContext | None = None) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        answer: bool = True,
+        expect_proxy: bool = False,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
         self.host = host
         self.answer = answer
         self.expect_proxy = expect_proxy
@@ -90,8 +97,9 @@ class SipBackend:
         asyncio.set_event_loop(self.loop)
 
         async def start() -> asyncio.Server:
-            return await self.loop.create_server(lambda: _Proto(self), self.host, self.port,
-                                                 ssl=self.ssl_context)
+            return await self.loop.create_server(
+                lambda: _Proto(self), self.host, self.port, ssl=self.ssl_context
+            )
 
         self.server = self.loop.run_until_complete(start())
         self.port = self.server.sockets[0].getsockname()[1]

@@ -20,9 +20,17 @@ import pytest
 from tests.support.net import free_port, wait_port
 
 CHROMIUM = "/usr/lib/chromium/chromium"  # the binary; /usr/bin/chromium is a shell wrapper
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run",
-         "--disable-default-apps", "--disable-extensions"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-default-apps",
+    "--disable-extensions",
+]
 
 
 def need_chromium() -> None:
@@ -35,23 +43,32 @@ class Browser:
         need_chromium()
         self.profile = tempfile.TemporaryDirectory(prefix="tlstrace-chromium-")
         port = free_port()
-        self.driver = subprocess.Popen(["chromedriver", f"--port={port}"],
-                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        self.driver = subprocess.Popen(
+            ["chromedriver", f"--port={port}"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         wait_port("127.0.0.1", port)
         self.http = httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=60)
-        args = [*FLAGS, f"--window-size={width},{height}",
-                f"--user-data-dir={self.profile.name}"]
-        r = self.http.post("/session", json={"capabilities": {"alwaysMatch": {
-            "browserName": "chrome",
-            "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
-        }}})
+        args = [*FLAGS, f"--window-size={width},{height}", f"--user-data-dir={self.profile.name}"]
+        r = self.http.post(
+            "/session",
+            json={
+                "capabilities": {
+                    "alwaysMatch": {
+                        "browserName": "chrome",
+                        "goog:chromeOptions": {"binary": CHROMIUM, "args": args},
+                    }
+                }
+            },
+        )
         r.raise_for_status()
         self.session = r.json()["value"]["sessionId"]
 
     def _call(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
-        r = self.http.request(method, f"/session/{self.session}{path}",
-                              json=body if body is not None else ({} if method == "POST"
-                                                                  else None))
+        r = self.http.request(
+            method,
+            f"/session/{self.session}{path}",
+            json=body if body is not None else ({} if method == "POST" else None),
+        )
         value = r.json().get("value")
         if r.status_code != 200:
             raise AssertionError(f"webdriver {method} {path}: {value}")
@@ -64,8 +81,7 @@ class Browser:
         """Run `script` (a function body; `arguments` holds args) and return its value."""
         return self._call("POST", "/execute/sync", {"script": script, "args": list(args)})
 
-    def wait(self, script: str, *args: Any, timeout: float = 15.0,
-             what: str = "") -> Any:
+    def wait(self, script: str, *args: Any, timeout: float = 15.0, what: str = "") -> Any:
         """Run `script` until it returns something truthy."""
         deadline = time.monotonic() + timeout
         while True:
@@ -88,8 +104,11 @@ class Browser:
         self._call("POST", f"/element/{self.element(css)}/click")
 
     def text(self, css: str = "body") -> str:
-        return str(self.js("const e = document.querySelector(arguments[0]); "
-                           "return e ? e.innerText : ''", css))
+        return str(
+            self.js(
+                "const e = document.querySelector(arguments[0]); return e ? e.innerText : ''", css
+            )
+        )
 
     def screenshot(self, path: Path) -> None:
         path.write_bytes(base64.b64decode(self._call("GET", "/screenshot")))

@@ -17,7 +17,10 @@ class LoopbackCapture:
         self._err = open(self.errlog, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             ["tshark", "-i", "lo", "-f", f"tcp port {port}", "-w", str(path), "-q"],
-            stdout=subprocess.DEVNULL, stderr=self._err, start_new_session=True)
+            stdout=subprocess.DEVNULL,
+            stderr=self._err,
+            start_new_session=True,
+        )
         deadline = time.monotonic() + 20
         while b"Capture started" not in self.errlog.read_bytes():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -37,9 +40,27 @@ class LoopbackCapture:
 
 def decrypted_sip(pcap: Path, port: int, keylog: Path | None) -> list[tuple[str, str]]:
     """(Call-ID, method or status code) of every SIP message tshark can read in `pcap`."""
-    args = ["tshark", "-r", str(pcap), "-d", f"tcp.port=={port},tls",
-            "-d", f"tls.port=={port},sip", "-Y", "sip", "-T", "fields", "-E", "separator=|",
-            "-e", "sip.Call-ID", "-e", "sip.Method", "-e", "sip.Status-Code"]
+    args = [
+        "tshark",
+        "-r",
+        str(pcap),
+        "-d",
+        f"tcp.port=={port},tls",
+        "-d",
+        f"tls.port=={port},sip",
+        "-Y",
+        "sip",
+        "-T",
+        "fields",
+        "-E",
+        "separator=|",
+        "-e",
+        "sip.Call-ID",
+        "-e",
+        "sip.Method",
+        "-e",
+        "sip.Status-Code",
+    ]
     if keylog is not None:
         args += ["-o", f"tls.keylog_file:{keylog}"]
     out = subprocess.run(args, capture_output=True, text=True, timeout=120, check=True).stdout

@@ -25,9 +25,16 @@ from hep.codec import HepDecodeError, HepPacket, StreamDecoder
 class StreamCollector:
     """A HEP-over-TCP/TLS collector on 127.0.0.1 or ::1."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 0, *,
-                 cert: Path | None = None, key: Path | None = None,
-                 read_delay: float = 0.0, read_size: int = 65536) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 0,
+        *,
+        cert: Path | None = None,
+        key: Path | None = None,
+        read_delay: float = 0.0,
+        read_size: int = 65536,
+    ) -> None:
         self.host, self.port = host, port
         self.read_delay, self.read_size = read_delay, read_size
         self.packets: list[HepPacket] = []
@@ -44,7 +51,11 @@ class StreamCollector:
 
     async def start(self) -> StreamCollector:
         self._server = await asyncio.start_server(
-            self._handle, self.host, self.port, ssl=self._ssl, reuse_address=True,
+            self._handle,
+            self.host,
+            self.port,
+            ssl=self._ssl,
+            reuse_address=True,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         return self

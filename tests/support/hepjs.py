@@ -39,8 +39,13 @@ def available() -> bool:
 def hepjs_decode(packets: list[bytes], timeout: float = 30.0) -> list[dict[str, Any] | None]:
     env = dict(os.environ, NODE_PATH=str(NODE_MODULES))
     proc = subprocess.run(
-        ["node", "-e", SCRIPT], input="\n".join(p.hex() for p in packets) + "\n",
-        capture_output=True, text=True, env=env, timeout=timeout, check=False,
+        ["node", "-e", SCRIPT],
+        input="\n".join(p.hex() for p in packets) + "\n",
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
     )
     if proc.returncode != 0:
         raise RuntimeError(f"node failed ({proc.returncode}): {proc.stderr}")

@@ -37,8 +37,9 @@ class HepSink:
         out = [decode(d) for d in list(self.datagrams)]
         return [p for p in out if proto_type is None or p.proto_type == proto_type]
 
-    def wait(self, count: int, proto_type: int | None = None,
-             timeout: float = 10.0) -> list[HepPacket]:
+    def wait(
+        self, count: int, proto_type: int | None = None, timeout: float = 10.0
+    ) -> list[HepPacket]:
         deadline = time.monotonic() + timeout
         while True:
             got = self.packets(proto_type)

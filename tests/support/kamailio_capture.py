@@ -225,8 +225,9 @@ class KamailioCapture:
         self.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self) -> None:
@@ -255,11 +256,15 @@ class KamailioCapture:
                 while not inst.ready():
                     assert inst.proc is not None
                     if inst.proc.poll() is not None:
-                        raise KamailioError(f"kamailio ({inst.name}) exited with "
-                                            f"{inst.proc.returncode}:\n{self._tail(inst)}")
+                        raise KamailioError(
+                            f"kamailio ({inst.name}) exited with "
+                            f"{inst.proc.returncode}:\n{self._tail(inst)}"
+                        )
                     if time.monotonic() > deadline:
-                        raise KamailioError(f"kamailio ({inst.name}) not ready after "
-                                            f"{self.start_timeout}s:\n{self._tail(inst)}")
+                        raise KamailioError(
+                            f"kamailio ({inst.name}) not ready after "
+                            f"{self.start_timeout}s:\n{self._tail(inst)}"
+                        )
                     time.sleep(0.05)
         except BaseException:
             self.stop()
@@ -311,21 +316,50 @@ class KamailioCapture:
                 listen.append("enable_tls=yes")
                 (d / "tls.cfg").write_text(TLS_CFG.format(cert=self.cert, key=self.key))
                 tls_module = f'loadmodule "tls.so"\nmodparam("tls", "config", "{d / "tls.cfg"}")'
-        (d / "kamailio.cfg").write_text(CONFIG.format(
-            listen="\n".join(listen), modules=MODULES, tls_module=tls_module, db=inst.db,
-            node=self.capture_node, hook=hook, event_route=event_route,
-        ))
+        (d / "kamailio.cfg").write_text(
+            CONFIG.format(
+                listen="\n".join(listen),
+                modules=MODULES,
+                tls_module=tls_module,
+                db=inst.db,
+                node=self.capture_node,
+                hook=hook,
+                event_route=event_route,
+            )
+        )
         return inst
 
     def _spawn(self, inst: _Instance) -> None:
         cmd = [
-            "timeout", "-s", "TERM", "-k", "5", str(int(self.max_lifetime)),
-            "kamailio", "-f", str(inst.root / "kamailio.cfg"), "-DD", "-E", "-m", "64", "-M", "8",
-            "-Y", str(inst.root), "-P", str(inst.root / "kamailio.pid"),
+            "timeout",
+            "-s",
+            "TERM",
+            "-k",
+            "5",
+            str(int(self.max_lifetime)),
+            "kamailio",
+            "-f",
+            str(inst.root / "kamailio.cfg"),
+            "-DD",
+            "-E",
+            "-m",
+            "64",
+            "-M",
+            "8",
+            "-Y",
+            str(inst.root),
+            "-P",
+            str(inst.root / "kamailio.pid"),
         ]
         with open(inst.log, "wb") as log:
-            inst.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                         start_new_session=True, cwd=inst.root)
+            inst.proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=inst.root,
+            )
 
     def _tail(self, inst: _Instance, lines: int = 40) -> str:
         try:
@@ -335,12 +369,14 @@ class KamailioCapture:
 
     def logs(self) -> str:
         """Every instance's log, for assertion messages."""
-        return "\n".join(f"--- kamailio {i.name} ---\n{self._tail(i, 200)}"
-                         for i in self._instances)
+        return "\n".join(
+            f"--- kamailio {i.name} ---\n{self._tail(i, 200)}" for i in self._instances
+        )
 
     # ------------------------------------------------------------------- queries
-    def hep_id(self, transport: str = "udp", host: str = "127.0.0.1",
-               name: str = "kamailio") -> str:
+    def hep_id(
+        self, transport: str = "udp", host: str = "127.0.0.1", name: str = "kamailio"
+    ) -> str:
         """An OpenSIPS-style hep_id for one of the listeners, for tlstrace's configuration."""
         port = {"udp": self.udp_port, "tcp": self.tcp_port, "tls": self.tls_port}[transport]
         if not port or host not in self.hosts:
@@ -361,8 +397,13 @@ class KamailioCapture:
                 db.close()
         return out
 
-    def rows(self, table: str = "sip_capture", where: str = "", params: tuple[Any, ...] = (),
-             since: dict[tuple[str, str], int] | None = None) -> list[dict[str, Any]]:
+    def rows(
+        self,
+        table: str = "sip_capture",
+        where: str = "",
+        params: tuple[Any, ...] = (),
+        since: dict[tuple[str, str], int] | None = None,
+    ) -> list[dict[str, Any]]:
         """Rows of `table` from every instance (dicts, with `instance`), by micro_ts then id.
 
         `where` is an SQL condition ("callid = ?") with `params`; `since` (from `mark()`)
@@ -392,9 +433,16 @@ class KamailioCapture:
         out.sort(key=lambda r: (r["micro_ts"] or 0, r["instance"], r["id"]))
         return out
 
-    def wait_rows(self, table: str, count: int, *, where: str = "", params: tuple[Any, ...] = (),
-                  since: dict[tuple[str, str], int] | None = None,
-                  timeout: float = 10.0) -> list[dict[str, Any]]:
+    def wait_rows(
+        self,
+        table: str,
+        count: int,
+        *,
+        where: str = "",
+        params: tuple[Any, ...] = (),
+        since: dict[tuple[str, str], int] | None = None,
+        timeout: float = 10.0,
+    ) -> list[dict[str, Any]]:
         """Poll until `table` has at least `count` matching rows; return them all."""
         deadline = time.monotonic() + timeout
         while True:

@@ -64,22 +64,38 @@ class KamailioTlsPeer:
         tls_cfg.write_text(TLS_CFG.format(cert=cert, key=key))
         self.cfg = workdir / "kamailio.cfg"
         self.cfg.write_text(CONFIG.format(port=self.port, mpath=MODULES, tls_cfg=tls_cfg))
-        check = subprocess.run(["kamailio", "-c", "-f", str(self.cfg)], capture_output=True,
-                               text=True, timeout=30)
+        check = subprocess.run(
+            ["kamailio", "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30
+        )
         if check.returncode != 0:
             raise RuntimeError(f"kamailio config check failed:\n{check.stderr}")
         self.log_path = workdir / "kamailio.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
-            ["kamailio", "-f", str(self.cfg), "-DD", "-E", "-m", "64", "-M", "8",
-             "-Y", str(workdir)],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True)
+            [
+                "kamailio",
+                "-f",
+                str(self.cfg),
+                "-DD",
+                "-E",
+                "-m",
+                "64",
+                "-M",
+                "8",
+                "-Y",
+                str(workdir),
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         try:
             wait_port("127.0.0.1", self.port, timeout=20)
         except TimeoutError:
             self.stop()
-            raise RuntimeError("kamailio did not start:\n"
-                               f"{self.log_path.read_text(errors='replace')}") from None
+            raise RuntimeError(
+                f"kamailio did not start:\n{self.log_path.read_text(errors='replace')}"
+            ) from None
 
     @property
     def log(self) -> str:

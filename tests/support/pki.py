@@ -38,8 +38,15 @@ class Pki:
         tag: str | None = None,
     ) -> CertFiles:
         issuer = self.other_ca if untrusted else self.ca
-        issued = issue(cn, issuer=issuer, names=names, client=client, kind=kind, days=days,
-                       org="tlstrace tests")
+        issued = issue(
+            cn,
+            issuer=issuer,
+            names=names,
+            client=client,
+            kind=kind,
+            days=days,
+            org="tlstrace tests",
+        )
         stem = tag or cn.replace("*", "star")
         cert, key = self.root / f"{stem}.crt", self.root / f"{stem}.key"
         issued.write(cert, key)

@@ -8,8 +8,9 @@ import signal
 import subprocess
 
 
-def stop_group(proc: subprocess.Popen[bytes], grace: float = 5.0,
-               sig: signal.Signals = signal.SIGTERM) -> None:
+def stop_group(
+    proc: subprocess.Popen[bytes], grace: float = 5.0, sig: signal.Signals = signal.SIGTERM
+) -> None:
     """`sig` to the process's group, SIGKILL after `grace` seconds; then SIGKILL whatever is
     left in the group (there should be nothing). Safe to call on a process that has ended."""
     if proc.poll() is None:

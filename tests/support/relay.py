@@ -51,12 +51,22 @@ def to_toml(config: dict[str, Any]) -> str:
 class RelayProcess:
     """`tlstrace run --config FILE` as a child process; logs go to a file."""
 
-    def __init__(self, workdir: Path, config: dict[str, Any], *, args: list[str] | None = None,
-                 wait: bool = True, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        config: dict[str, Any],
+        *,
+        args: list[str] | None = None,
+        wait: bool = True,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.workdir = workdir
         workdir.mkdir(parents=True, exist_ok=True)
-        config = {"state_dir": str(workdir / "state"),
-                  "api_listen": f"127.0.0.1:{free_port()}", **config}
+        config = {
+            "state_dir": str(workdir / "state"),
+            "api_listen": f"127.0.0.1:{free_port()}",
+            **config,
+        }
         self.config = config
         self.config_path = workdir / "tlstrace.toml"
         self.config_path.write_text(to_toml(config))
@@ -64,7 +74,9 @@ class RelayProcess:
         self._log = open(self.log_path, "wb")  # noqa: SIM115
         self.proc = subprocess.Popen(
             [*TLSTRACE, "run", "--config", str(self.config_path), *(args or [])],
-            stdout=self._log, stderr=subprocess.STDOUT, start_new_session=True,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
             env={**os.environ, **(env or {})},
         )
         if wait:
@@ -73,8 +85,11 @@ class RelayProcess:
     @staticmethod
     def tls_listener(backend_port: int, **extra: Any) -> dict[str, Any]:
         port = free_port()
-        return {"listen": f"tls:127.0.0.1:{port}", "backend": f"tcp:127.0.0.1:{backend_port}",
-                **extra}
+        return {
+            "listen": f"tls:127.0.0.1:{port}",
+            "backend": f"tcp:127.0.0.1:{backend_port}",
+            **extra,
+        }
 
     @property
     def api_url(self) -> str:

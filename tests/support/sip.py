@@ -37,16 +37,25 @@ def request(
 
 def response_to(req: bytes, code: int = 200, reason: str = "OK", body: bytes = b"") -> bytes:
     head = req.split(b"\r\n\r\n", 1)[0].split(b"\r\n")
-    keep = [h for h in head[1:] if h.split(b":", 1)[0].strip().lower()
-            in (b"via", b"from", b"to", b"call-id", b"i", b"cseq")]
+    keep = [
+        h
+        for h in head[1:]
+        if h.split(b":", 1)[0].strip().lower()
+        in (b"via", b"from", b"to", b"call-id", b"i", b"cseq")
+    ]
     lines = [f"SIP/2.0 {code} {reason}".encode(), *keep, f"Content-Length: {len(body)}".encode()]
     return b"\r\n".join(lines) + b"\r\n\r\n" + body
 
 
-def client_context(*, ca: str | None = None, cert: str | None = None, key: str | None = None,
-                   min_version: ssl.TLSVersion | None = None,
-                   max_version: ssl.TLSVersion | None = None,
-                   check_hostname: bool = False) -> ssl.SSLContext:
+def client_context(
+    *,
+    ca: str | None = None,
+    cert: str | None = None,
+    key: str | None = None,
+    min_version: ssl.TLSVersion | None = None,
+    max_version: ssl.TLSVersion | None = None,
+    check_hostname: bool = False,
+) -> ssl.SSLContext:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = check_hostname
     if ca:
@@ -66,9 +75,16 @@ def client_context(*, ca: str | None = None, cert: str | None = None, key: str |
 class TlsClient:
     """A blocking TLS client. Each `send()` call becomes one TLS record (up to 16 KiB)."""
 
-    def __init__(self, port: int, host: str = "127.0.0.1", *,
-                 ctx: ssl.SSLContext | None = None, server_hostname: str | None = None,
-                 timeout: float = 10.0, session: ssl.SSLSession | None = None) -> None:
+    def __init__(
+        self,
+        port: int,
+        host: str = "127.0.0.1",
+        *,
+        ctx: ssl.SSLContext | None = None,
+        server_hostname: str | None = None,
+        timeout: float = 10.0,
+        session: ssl.SSLSession | None = None,
+    ) -> None:
         self.ctx = ctx or client_context()
         raw = socket.create_connection((host, port), timeout=timeout)
         self.sock = self.ctx.wrap_socket(raw, server_hostname=server_hostname, session=session)

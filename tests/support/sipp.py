@@ -47,9 +47,19 @@ class SippResult:
 class Sipp:
     """`sipp` placing `calls` calls to `target_port` over one TCP connection."""
 
-    def __init__(self, workdir: Path, name: str, target_port: int, *, calls: int,
-                 rate: float = 10, scenario: str | Path = "uac", duration_ms: int = 200,
-                 recv_timeout_ms: int = 8000, global_timeout_s: int = 120) -> None:
+    def __init__(
+        self,
+        workdir: Path,
+        name: str,
+        target_port: int,
+        *,
+        calls: int,
+        rate: float = 10,
+        scenario: str | Path = "uac",
+        duration_ms: int = 200,
+        recv_timeout_ms: int = 8000,
+        global_timeout_s: int = 120,
+    ) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.workdir = workdir
         self.name = name
@@ -58,18 +68,49 @@ class Sipp:
         self.out_path = workdir / f"{name}.out"
         scen = ["-sn", scenario] if scenario == "uac" else ["-sf", str(scenario)]
         self.cmd = [
-            "sipp", f"127.0.0.1:{target_port}", *scen, "-t", "t1",
-            "-i", "127.0.0.1", "-p", str(free_port()), "-s", name,
-            "-m", str(calls), "-r", str(rate), "-l", str(max(1, calls)),
-            "-d", str(duration_ms), "-recv_timeout", str(recv_timeout_ms),
-            "-timeout", f"{global_timeout_s}s", "-nostdin", "-nd",
-            "-trace_stat", "-stf", str(self.stats_path), "-fd", "1",
-            "-trace_err", "-error_file", str(self.errors_path),
+            "sipp",
+            f"127.0.0.1:{target_port}",
+            *scen,
+            "-t",
+            "t1",
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(free_port()),
+            "-s",
+            name,
+            "-m",
+            str(calls),
+            "-r",
+            str(rate),
+            "-l",
+            str(max(1, calls)),
+            "-d",
+            str(duration_ms),
+            "-recv_timeout",
+            str(recv_timeout_ms),
+            "-timeout",
+            f"{global_timeout_s}s",
+            "-nostdin",
+            "-nd",
+            "-trace_stat",
+            "-stf",
+            str(self.stats_path),
+            "-fd",
+            "1",
+            "-trace_err",
+            "-error_file",
+            str(self.errors_path),
         ]
         self._out = open(self.out_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(self.cmd, cwd=workdir, stdout=self._out,
-                                     stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     start_new_session=True)
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=workdir,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         self.timeout = global_timeout_s + 30
 
     def wait(self) -> SippResult:
@@ -82,8 +123,7 @@ class Sipp:
         if self.stats_path.exists():
             with open(self.stats_path, newline="") as f:
                 rows = list(csv.DictReader(f, delimiter=";"))
-        errors = self.errors_path.read_text(errors="replace") if self.errors_path.exists() \
-            else ""
+        errors = self.errors_path.read_text(errors="replace") if self.errors_path.exists() else ""
         return SippResult(rc, rows[-1] if rows else {}, errors)
 
     def output(self) -> str:

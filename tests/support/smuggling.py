@@ -40,8 +40,12 @@ START_LINE_CASE = "start-line"
 
 
 def inner_invite(n: int) -> bytes:
-    return request("INVITE", f"smuggled-{n}@t", uri="sip:alice@example.com",
-                   headers=["Contact: <sip:mallory@192.0.2.66:5061;transport=tls>"])
+    return request(
+        "INVITE",
+        f"smuggled-{n}@t",
+        uri="sip:alice@example.com",
+        headers=["Contact: <sip:mallory@192.0.2.66:5061;transport=tls>"],
+    )
 
 
 def smuggle(case: str, n: int) -> bytes:
@@ -49,7 +53,7 @@ def smuggle(case: str, n: int) -> bytes:
     body = inner_invite(n)
     if case == START_LINE_CASE:
         outer = request("OPTIONS", f"outer-{n}@t", body=body)
-        return b"l: 0 SIP/2.0" + outer[outer.index(b"\r\n"):]
+        return b"l: 0 SIP/2.0" + outer[outer.index(b"\r\n") :]
     lines = CASES[case].format(n=len(body)).encode()
     outer = request("OPTIONS", f"outer-{n}@t")
     return outer.replace(b"Content-Length: 0", lines) + body

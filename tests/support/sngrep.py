@@ -46,8 +46,8 @@ def read_pcap_udp(path: Path) -> list[Frame]:
     out = []
     off = 24
     while off + 16 <= len(data):
-        sec, usec, incl, _ = struct.unpack(endian + "IIII", data[off:off + 16])
-        frame = data[off + 16:off + 16 + incl]
+        sec, usec, incl, _ = struct.unpack(endian + "IIII", data[off : off + 16])
+        frame = data[off + 16 : off + 16 + incl]
         off += 16 + incl
         if frame[12:14] != b"\x08\x00":
             continue
@@ -58,8 +58,17 @@ def read_pcap_udp(path: Path) -> list[Frame]:
         total = struct.unpack("!H", ip[2:4])[0]
         udp = ip[ihl:total]
         sport, dport = struct.unpack("!HH", udp[:4])
-        out.append(Frame(sec, usec, socket.inet_ntoa(ip[12:16]), sport,
-                         socket.inet_ntoa(ip[16:20]), dport, bytes(udp[8:])))
+        out.append(
+            Frame(
+                sec,
+                usec,
+                socket.inet_ntoa(ip[12:16]),
+                sport,
+                socket.inet_ntoa(ip[16:20]),
+                dport,
+                bytes(udp[8:]),
+            )
+        )
     return out
 
 
@@ -77,8 +86,9 @@ def _rx_queue(port: int) -> int | None:
 class SngrepHep:
     """`sngrep -N -q -F -f CONF -L udp:127.0.0.1:PORT -O FILE` in its own process group."""
 
-    def __init__(self, root: Path, *, auth_key: str | None = None,
-                 max_lifetime: float = 120.0) -> None:
+    def __init__(
+        self, root: Path, *, auth_key: str | None = None, max_lifetime: float = 120.0
+    ) -> None:
         self.root = root
         self.auth_key = auth_key
         self.max_lifetime = max_lifetime
@@ -91,8 +101,9 @@ class SngrepHep:
         self.start()
         return self
 
-    def __exit__(self, et: type[BaseException] | None, e: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, et: type[BaseException] | None, e: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.stop()
 
     def start(self, timeout: float = 10.0) -> None:
@@ -100,12 +111,33 @@ class SngrepHep:
         conf = self.root / "sngrep.conf"
         conf.write_text(f"set eep.listen.pass {self.auth_key}\n" if self.auth_key else "")
         self.port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
-        cmd = ["timeout", "-s", "TERM", "-k", "5", str(int(self.max_lifetime)),
-               "sngrep", "-N", "-q", "-F", "-f", str(conf), "-L", f"udp:127.0.0.1:{self.port}",
-               "-O", str(self.pcap)]
+        cmd = [
+            "timeout",
+            "-s",
+            "TERM",
+            "-k",
+            "5",
+            str(int(self.max_lifetime)),
+            "sngrep",
+            "-N",
+            "-q",
+            "-F",
+            "-f",
+            str(conf),
+            "-L",
+            f"udp:127.0.0.1:{self.port}",
+            "-O",
+            str(self.pcap),
+        ]
         with open(self.log, "wb") as log:
-            self._proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                          start_new_session=True, cwd=self.root)
+            self._proc = subprocess.Popen(
+                cmd,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,
+                cwd=self.root,
+            )
         deadline = time.monotonic() + timeout
         while _rx_queue(self.port) is None:
             if self._proc.poll() is not None or time.monotonic() > deadline:

@@ -37,8 +37,7 @@ def _p_sha256(secret: bytes, seed: bytes, size: int) -> bytes:
     return out[:size]
 
 
-def _expand_label(algorithm: hashes.HashAlgorithm, secret: bytes, label: str,
-                  size: int) -> bytes:
+def _expand_label(algorithm: hashes.HashAlgorithm, secret: bytes, label: str, size: int) -> bytes:
     full = b"tls13 " + label.encode()
     info = struct.pack("!HB", size, len(full)) + full + b"\x00"
     return HKDFExpand(algorithm, size, info).derive(secret)
@@ -91,13 +90,17 @@ class InjectingClient:
         client_random = sent[11:43]
         lines = self._keylog.read_text().split("\n")
         self._keylog.unlink()
-        secrets = {f[0]: bytes.fromhex(f[2]) for f in (ln.split() for ln in lines)
-                   if len(f) == 3 and bytes.fromhex(f[1]) == client_random}
+        secrets = {
+            f[0]: bytes.fromhex(f[2])
+            for f in (ln.split() for ln in lines)
+            if len(f) == 3 and bytes.fromhex(f[1]) == client_random
+        }
         self.seq = 0
         if self.version == "TLSv1.2":
             server_random = received[11:43]
-            block = _p_sha256(secrets["CLIENT_RANDOM"],
-                              b"key expansion" + server_random + client_random, 40)
+            block = _p_sha256(
+                secrets["CLIENT_RANDOM"], b"key expansion" + server_random + client_random, 40
+            )
             self.key, self.iv = block[0:16], block[32:36]
             self.seq = 1  # the client's Finished was record 0 under these keys
         else:
@@ -142,8 +145,9 @@ class InjectingClient:
     def key_update(self, requested: bool = True) -> bytes:
         """A TLS 1.3 KeyUpdate; our keys move on after it, as RFC 8446 §4.6.3 says."""
         rec = self.record(HANDSHAKE, b"\x18\x00\x00\x01" + (b"\x01" if requested else b"\x00"))
-        self._traffic(_expand_label(self.algorithm, self.secret, "traffic upd",
-                                    self.algorithm.digest_size))
+        self._traffic(
+            _expand_label(self.algorithm, self.secret, "traffic upd", self.algorithm.digest_size)
+        )
         return rec
 
     def sip(self, data: bytes) -> bytes:

@@ -195,12 +195,15 @@ def _hep_flags(flags: Sequence[str], existing: Any) -> list[str]:
     optional in both: names hep1, hep2, ... are given); a bad flag is reported as --hep."""
     from hep.destination import parse_hep_id, with_names
 
-    file_ids = [e for e in existing if isinstance(e, str)] \
-        if isinstance(existing, list) and all(isinstance(e, str) for e in existing) else None
+    file_ids = (
+        [e for e in existing if isinstance(e, str)]
+        if isinstance(existing, list) and all(isinstance(e, str) for e in existing)
+        else None
+    )
     if file_ids is None:  # not a list of strings: the model reports the file's mistake
         return [*(existing if isinstance(existing, list) else [existing]), *flags]
     named = with_names([*file_ids, *flags])
-    for text in named[len(file_ids):]:
+    for text in named[len(file_ids) :]:
         try:
             parse_hep_id(text)
         except ValueError as e:

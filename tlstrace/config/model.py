@@ -144,8 +144,10 @@ def _check_groups(names: list[str]) -> list[str]:
 
 #: RFC 6750's b64token: the characters of a bearer token
 _B64TOKEN = re.compile(r"[A-Za-z0-9\-._~+/]+=*")
-_HOST_NAME = re.compile(r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
-                        r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?")
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}\.?$)[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?"
+    r"(?:\.[A-Za-z0-9_](?:[A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?)*\.?"
+)
 
 _NETWORK_PATTERN = r"^[0-9A-Fa-f:.]+(/[0-9]{1,3})?$"
 
@@ -209,8 +211,11 @@ class Listener(_Model):
     @model_validator(mode="before")
     @classmethod
     def _default_backend(cls, data: Any) -> Any:
-        if (isinstance(data, dict) and str(data.get("listen", "")).startswith("tls:")
-                and "backend" not in data):
+        if (
+            isinstance(data, dict)
+            and str(data.get("listen", "")).startswith("tls:")
+            and "backend" not in data
+        ):
             return {**data, "backend": DEFAULT_LISTENER["backend"]}
         return data
 
@@ -230,8 +235,9 @@ class Listener(_Model):
                 raise ValueError("proxy_protocol: applies to the backend of tls: listeners only")
         if self.local_target is not None:
             if self.listen.scheme != "tcp":
-                raise ValueError("local_target: for tcp: listeners; a tls: listener relays to "
-                                 "backend")
+                raise ValueError(
+                    "local_target: for tcp: listeners; a tls: listener relays to backend"
+                )
             if self.local_target.scheme != "tcp":
                 raise ValueError("local_target: must be tcp:HOST:PORT (the local SIP server)")
         return self
@@ -445,9 +451,11 @@ class Config(_Model):
             if not value:
                 raise ValueError("is empty (leave the key out for an API without a token)")
             if not _B64TOKEN.fullmatch(value):
-                raise ValueError("has characters a bearer token cannot carry (RFC 6750: "
-                                 "letters, digits, - . _ ~ + / and = at the end; no spaces "
-                                 "or line breaks around it)")
+                raise ValueError(
+                    "has characters a bearer token cannot carry (RFC 6750: "
+                    "letters, digits, - . _ ~ + / and = at the end; no spaces "
+                    "or line breaks around it)"
+                )
         return value
 
     @property
@@ -464,7 +472,8 @@ class Config(_Model):
             if first[1] != li.local_target:
                 raise ValueError(
                     f"listener[{i}].local_target: listener[{first[0]}] sends to the same peer "
-                    f"{li.peer} (one pooled connection) with local_target {first[1]}")
+                    f"{li.peer} (one pooled connection) with local_target {first[1]}"
+                )
 
     def _check_tracing(self) -> None:
         from hep.destination import parse_hep_ids

@@ -19,12 +19,23 @@ class ClientTls(TlsLeg):
     protocol header) before its ClientHello."""
 
     @classmethod
-    def open(cls, relay: Relay, target: Endpoint, client_domain: str | None, listener: str,
-             preamble: bytes = b"") -> Self:
+    def open(
+        cls,
+        relay: Relay,
+        target: Endpoint,
+        client_domain: str | None,
+        listener: str,
+        preamble: bytes = b"",
+    ) -> Self:
         domain = relay.client_contexts.domain(client_domain)
         conn = Connection("outbound", (target.host, target.port), ("", 0), listener)
-        leg = cls(relay, conn, relay.client_contexts.get(client_domain), server_side=False,
-                  server_hostname=domain.server_name or target.host)
+        leg = cls(
+            relay,
+            conn,
+            relay.client_contexts.get(client_domain),
+            server_side=False,
+            server_hostname=domain.server_name or target.host,
+        )
         leg.client_domain = client_domain
         leg.preamble = preamble
         return leg

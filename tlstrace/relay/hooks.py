@@ -25,11 +25,13 @@ class MessageTracer(Protocol):
 class ConnectionObserver(Protocol):
     def handshake_done(self, conn: Connection) -> MessageTracer | None: ...
 
-    def handshake_failed(self, conn: Connection, reason: HandshakeFailure, message: str) -> None:
-        ...
+    def handshake_failed(
+        self, conn: Connection, reason: HandshakeFailure, message: str
+    ) -> None: ...
 
-    def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
-        ...
+    def closed(
+        self, conn: Connection, reason: CloseReason, traced: MessageTracer | None
+    ) -> None: ...
 
 
 class NullObserver:

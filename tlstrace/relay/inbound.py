@@ -43,10 +43,12 @@ class InboundListener:
 
     async def start(self) -> None:
         ep = self.listener.listen
-        sock = bind_listening(ep.host, ep.port, backlog=4096,
-                              reuse_port=self.relay.config.reuse_port)
-        self.listening = Listening(self.relay.loop, lambda: InboundTls(self.relay, self), sock,
-                                   4096)
+        sock = bind_listening(
+            ep.host, ep.port, backlog=4096, reuse_port=self.relay.config.reuse_port
+        )
+        self.listening = Listening(
+            self.relay.loop, lambda: InboundTls(self.relay, self), sock, 4096
+        )
         self.server = await self.listening.start()
 
     def close(self) -> None:
@@ -84,8 +86,11 @@ class InboundTls(TlsLeg):
             now = relay.loop.time()
             if now - self.listener.refused_logged > 10:
                 self.listener.refused_logged = now
-                log.warning("refusing connections on %s: tcp_max_connections (%d) reached",
-                            self.conn.listener, relay.config.tcp_max_connections)
+                log.warning(
+                    "refusing connections on %s: tcp_max_connections (%d) reached",
+                    self.conn.listener,
+                    relay.config.tcp_max_connections,
+                )
             transport.abort()
             return
         gate = relay.handshake_gate
@@ -129,26 +134,36 @@ class InboundTls(TlsLeg):
         timeout = relay.config.tls_handshake_timeout / 1000
         leg: PlainLeg | BackendTls
         try:
-            preamble = proxy_protocol.header(self.conn.remote, self.conn.local) \
-                if lst.proxy_protocol else b""
+            preamble = (
+                proxy_protocol.header(self.conn.remote, self.conn.local)
+                if lst.proxy_protocol
+                else b""
+            )
             if backend.scheme == "tcp":
                 leg = PlainLeg(relay, self, name="backend", preamble=preamble)
             else:
-                leg = BackendTls.open(relay, backend, lst.client_domain, self.conn.listener,
-                                      preamble)
+                leg = BackendTls.open(
+                    relay, backend, lst.client_domain, self.conn.listener, preamble
+                )
                 leg.partner = self
             async with asyncio.timeout(timeout):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
         except Exception as e:  # any failure closes this client, never the relay
             self.partner_pending = False
             if self.closed and self.pending_msgs:
-                relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += \
+                relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += (
                     self.pending_msgs
+                )
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
             relay.upstream_result(self.listener.backend_name, "backend", False, why)
-            log.warning("conn %d: backend %s unreachable: %s", self.conn.id, backend, why,
-                        extra={**conn_fields(self.conn), "backend": str(backend)})
+            log.warning(
+                "conn %d: backend %s unreachable: %s",
+                self.conn.id,
+                backend,
+                why,
+                extra={**conn_fields(self.conn), "backend": str(backend)},
+            )
             self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
             return
         relay.upstream_result(self.listener.backend_name, "backend", True)
@@ -159,8 +174,10 @@ class InboundTls(TlsLeg):
             if self.pending:
                 leg.send(self.pending, self.pending_msgs)
                 self.pending, self.pending_msgs, self.pending_size = [], 0, 0
-            leg.partner_closed(CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
-                               "the client closed first")
+            leg.partner_closed(
+                CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
+                "the client closed first",
+            )
             return
         self.partner = leg
         if self.tracer is not None:

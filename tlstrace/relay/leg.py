@@ -89,10 +89,15 @@ class BaseLeg(asyncio.Protocol):
         """A send or partial-message timeout that has passed, if any."""
         cfg = self.relay.config
         if self.blocked_since and now - self.blocked_since > cfg.tls_send_timeout / 1000:
-            return (CloseReason.SEND_TIMEOUT,
-                    f"{self.name} left data unread for over {cfg.tls_send_timeout} ms")
-        if (self.partial_since and not self.reading_paused
-                and now - self.partial_since > cfg.tcp_max_msg_time):
+            return (
+                CloseReason.SEND_TIMEOUT,
+                f"{self.name} left data unread for over {cfg.tls_send_timeout} ms",
+            )
+        if (
+            self.partial_since
+            and not self.reading_paused
+            and now - self.partial_since > cfg.tcp_max_msg_time
+        ):
             return CloseReason.MESSAGE_TIMEOUT, f"incomplete message from {self.name}"
         return None
 

@@ -37,9 +37,13 @@ def bind_listening(host: str, port: int, *, backlog: int, reuse_port: bool) -> s
 class Listening:
     """One listening socket served by the loop, restartable after uvloop dropped it."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop,
-                 factory: Callable[[], asyncio.BaseProtocol], sock: socket.socket,
-                 backlog: int) -> None:
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        factory: Callable[[], asyncio.BaseProtocol],
+        sock: socket.socket,
+        backlog: int,
+    ) -> None:
         self.loop = loop
         self.factory = factory
         self.backlog = backlog
@@ -53,8 +57,7 @@ class Listening:
         sock, self.sock = self.sock, None
         if sock is None:
             sock = self.keep.dup()
-        self.server = await self.loop.create_server(self.factory, sock=sock,
-                                                    backlog=self.backlog)
+        self.server = await self.loop.create_server(self.factory, sock=sock, backlog=self.backlog)
         self.server.sockets  # noqa: B018 - caches the socket objects stopped() looks at
         return self.server
 

@@ -57,8 +57,9 @@ class OutboundListener:
 
     async def start(self) -> None:
         ep = self.listener.listen
-        sock = bind_listening(ep.host, ep.port, backlog=1024,
-                              reuse_port=self.relay.config.reuse_port)
+        sock = bind_listening(
+            ep.host, ep.port, backlog=1024, reuse_port=self.relay.config.reuse_port
+        )
         self.listening = Listening(self.relay.loop, self._accept, sock, 1024)
         self.server = await self.listening.start()
 
@@ -82,14 +83,23 @@ class PeerPool:
         peer = listener.peer
         assert peer is not None
         domain = listener.client_domain or "default"
-        key: PoolKey = (peer.host, peer.port,
-                        domain if self.relay.config.cert_check_on_conn_reusage else None)
+        key: PoolKey = (
+            peer.host,
+            peer.port,
+            domain if self.relay.config.cert_check_on_conn_reusage else None,
+        )
         link = self.links.get(key)
         if link is None:
             link = self.links[key] = PeerLink(self.relay, peer, domain, str(listener.listen))
             # the listeners sharing this peer agree on it (the configuration checks that)
-            link.local_target = next((li.local_target for li in self.relay.config.listener
-                                      if li.peer == peer and li.local_target is not None), None)
+            link.local_target = next(
+                (
+                    li.local_target
+                    for li in self.relay.config.listener
+                    if li.peer == peer and li.local_target is not None
+                ),
+                None,
+            )
         return link
 
 
@@ -110,8 +120,11 @@ class PeerLink:
         self.locals: OrderedDict[PlainLeg, None] = OrderedDict()
         cfg = relay.config
         self.routes: TrunkRoutes[PlainLeg] = TrunkRoutes(
-            max_transactions=cfg.trunk_max_transactions, max_dialogs=cfg.trunk_max_dialogs,
-            max_bytes=cfg.trunk_max_table_bytes, dialog_idle=cfg.trunk_dialog_idle)
+            max_transactions=cfg.trunk_max_transactions,
+            max_dialogs=cfg.trunk_max_dialogs,
+            max_bytes=cfg.trunk_max_table_bytes,
+            dialog_idle=cfg.trunk_dialog_idle,
+        )
         self.expiry: asyncio.TimerHandle | None = None
         #: where requests from the peer go that belong to no known local connection
         self.local_target: Endpoint | None = None
@@ -183,7 +196,8 @@ class PeerLink:
         try:
             await asyncio.wait_for(
                 relay.loop.create_connection(lambda: leg, self.peer.host, self.peer.port),
-                relay.config.tls_handshake_timeout / 1000)
+                relay.config.tls_handshake_timeout / 1000,
+            )
         except Exception as e:  # any failure ends this attempt, never the relay
             why = str(e) or type(e).__name__
             log.warning("peer %s unreachable: %s", self.peer, why)
@@ -191,8 +205,9 @@ class PeerLink:
             relay.stats.dropped_messages["peer_unreachable"] += leg.outq_msgs
             leg.outq.clear()
             leg.outq_msgs = leg.outq_size = 0
-            relay.stats.handshake_failed(leg.conn.listener, "outbound",
-                                         HandshakeFailure.CONNECT_FAILED.value)
+            relay.stats.handshake_failed(
+                leg.conn.listener, "outbound", HandshakeFailure.CONNECT_FAILED.value
+            )
             relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             # counts the close, sends CLOSED when traced, and lets this link reconnect later
             # (also when the timeout came after the TCP connection was made)
@@ -263,10 +278,14 @@ class PeerLink:
             self.drops_logged[reason] = (last, since + 1)
             return
         self.drops_logged[reason] = (now, 0)
-        first = chunk[:chunk.find(b"\r\n")][:80].decode("ascii", "replace")
-        log.warning("peer %s: dropped a message (%s): %r%s", self.peer, reason, first,
-                    f"; {since} more dropped for this reason since the last such line"
-                    if since else "")
+        first = chunk[: chunk.find(b"\r\n")][:80].decode("ascii", "replace")
+        log.warning(
+            "peer %s: dropped a message (%s): %r%s",
+            self.peer,
+            reason,
+            first,
+            f"; {since} more dropped for this reason since the last such line" if since else "",
+        )
 
     def _target(self) -> TargetLeg | None:
         """The connection to local_target, opened when needed (not within a second of a
@@ -290,7 +309,8 @@ class PeerLink:
         try:
             await asyncio.wait_for(
                 relay.loop.create_connection(lambda: leg, where.host, where.port),
-                relay.config.tls_handshake_timeout / 1000)
+                relay.config.tls_handshake_timeout / 1000,
+            )
         except Exception as e:  # any failure ends this attempt, never the relay
             why = str(e) or type(e).__name__
             self.target_failed_at = relay.loop.time()
@@ -376,4 +396,3 @@ class PeerTls(ClientTls):
 
     relay_direction_in = "from_peer"
     relay_direction_out = "to_peer"
-

@@ -21,16 +21,22 @@ log = logging.getLogger("tlstrace.relay")
 class PlainLeg(BaseLeg):
     """Frames SIP from a TCP peer and hands it to the partner; writes the partner's SIP."""
 
-    def __init__(self, relay: Relay, partner: Partner | None, *, name: str,
-                 preamble: bytes = b"") -> None:
+    def __init__(
+        self, relay: Relay, partner: Partner | None, *, name: str, preamble: bytes = b""
+    ) -> None:
         super().__init__(relay)
         self.partner = partner
         self.name = name  # "backend" or "local", for logs
         self.timeout_kind = f"{name}_message_timeout"
         self.preamble = preamble
         # the SIP server side is trusted with keep-alives: relay them as they are
-        self.framer = SipFramer(max_msg_size=relay.config.max_msg_size, pingpong=False,
-                                crlf_drop=False, max_chunks=None, strict=False)
+        self.framer = SipFramer(
+            max_msg_size=relay.config.max_msg_size,
+            pingpong=False,
+            crlf_drop=False,
+            max_chunks=None,
+            strict=False,
+        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = self.attach(transport)
@@ -65,8 +71,10 @@ class PlainLeg(BaseLeg):
         self.live = False
         self.relay.unregister(self)
         if not self.closed:
-            self.close(CloseReason.BACKEND_GONE,
-                       f"{self.name} closed the connection" + (f": {exc}" if exc else ""))
+            self.close(
+                CloseReason.BACKEND_GONE,
+                f"{self.name} closed the connection" + (f": {exc}" if exc else ""),
+            )
 
     # -- Partner interface ---------------------------------------------------------------------
 

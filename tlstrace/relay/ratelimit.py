@@ -51,8 +51,18 @@ OVERFLOW_FACTOR = 16
 class SourceRateLimiter:
     """GCRA per source, bounded to `max_sources` tracked sources (least recently seen go)."""
 
-    __slots__ = ("burst", "evicted", "interval", "max_sources", "overflow_at",
-                 "overflow_interval", "overflow_tolerance", "overflowed", "tolerance", "tracked")
+    __slots__ = (
+        "burst",
+        "evicted",
+        "interval",
+        "max_sources",
+        "overflow_at",
+        "overflow_interval",
+        "overflow_tolerance",
+        "overflowed",
+        "tolerance",
+        "tracked",
+    )
 
     def __init__(self, rate: float, burst: int, max_sources: int) -> None:
         if not 0 < rate < float("inf") or burst < 1 or max_sources < 1:
@@ -120,16 +130,20 @@ class HandshakeGate:
     unlogged: int = 0
 
     @classmethod
-    def from_config(cls, config: Config, stats: RelayStats,
-                    current: HandshakeGate | None = None) -> HandshakeGate | None:
+    def from_config(
+        cls, config: Config, stats: RelayStats, current: HandshakeGate | None = None
+    ) -> HandshakeGate | None:
         """The gate `config` asks for (None: no limit); `current` is kept, with what it
         tracks, when its settings did not change (a reload)."""
         rate = config.handshake_rate_per_source
         if not rate:
             return None
         burst, sources = config.handshake_rate_burst, config.handshake_rate_sources
-        if current is not None and (current.rate, current.limiter.burst,
-                                    current.limiter.max_sources) == (rate, burst, sources):
+        if current is not None and (
+            current.rate,
+            current.limiter.burst,
+            current.limiter.max_sources,
+        ) == (rate, burst, sources):
             return current
         return cls(SourceRateLimiter(rate, burst, sources), stats, rate)
 
@@ -141,10 +155,15 @@ class HandshakeGate:
         self.unlogged += 1
         if now - self.last_log >= LOG_INTERVAL:
             more = self.unlogged - 1
-            log.warning("refusing new connections from %s on %s: over handshake_rate_per_source"
-                        " (%g/s, burst %d)%s", address, listener, self.rate,
-                        self.limiter.burst,
-                        f"; {more} more refused since the last such line" if more else "")
+            log.warning(
+                "refusing new connections from %s on %s: over handshake_rate_per_source"
+                " (%g/s, burst %d)%s",
+                address,
+                listener,
+                self.rate,
+                self.limiter.burst,
+                f"; {more} more refused since the last such line" if more else "",
+            )
             self.last_log = now
             self.unlogged = 0
         return False

@@ -49,9 +49,15 @@ def listener_directions(config: Config) -> list[tuple[str, tuple[str, ...]]]:
 
 
 class Relay:
-    def __init__(self, config: Config, loop: asyncio.AbstractEventLoop, *, source: str,
-                 observer: ConnectionObserver | None = None,
-                 client_contexts: ClientContexts | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        loop: asyncio.AbstractEventLoop,
+        *,
+        source: str,
+        observer: ConnectionObserver | None = None,
+        client_contexts: ClientContexts | None = None,
+    ) -> None:
         from tlstrace.relay.outbound import PeerPool
 
         self.config = config
@@ -123,9 +129,13 @@ class Relay:
 
     def handshake_done(self, leg: TlsLeg, elapsed: float) -> None:
         conn = leg.conn
-        self.stats.handshakes[conn.listener, conn.direction, "success",
-                              conn.tls_version or NOT_NEGOTIATED,
-                              conn.cipher or NOT_NEGOTIATED] += 1
+        self.stats.handshakes[
+            conn.listener,
+            conn.direction,
+            "success",
+            conn.tls_version or NOT_NEGOTIATED,
+            conn.cipher or NOT_NEGOTIATED,
+        ] += 1
         self.stats.handshake_seconds[conn.listener, conn.direction].observe(elapsed)
 
     def connection_closed(self, leg: TlsLeg) -> None:

@@ -71,17 +71,34 @@ class RelayStats:
     handshake_failures: Counter[tuple[str, str, str]] = field(default_factory=Counter)
     #: successful handshakes' durations by (listener, direction)
     handshake_seconds: defaultdict[tuple[str, str], Histogram] = field(
-        default_factory=lambda: defaultdict(_handshake_histogram))
+        default_factory=lambda: defaultdict(_handshake_histogram)
+    )
     #: messages by (listener, direction: from_client, to_client, ...) then method or status
     #: class
     messages: defaultdict[tuple[str, str], Counter[str]] = field(
-        default_factory=lambda: defaultdict(Counter))
+        default_factory=lambda: defaultdict(Counter)
+    )
     bytes: Counter[tuple[str, str]] = field(default_factory=Counter)  # (listener, direction)
     framing_errors: Counter[str] = field(default_factory=Counter)
     keepalives: Counter[str] = field(default_factory=Counter)  # ping, pong, crlf_relayed, dropped
     relay_seconds: Histogram = field(
-        default_factory=lambda: Histogram((0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025,
-                                           0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0))
+        default_factory=lambda: Histogram(
+            (
+                0.00005,
+                0.0001,
+                0.00025,
+                0.0005,
+                0.001,
+                0.0025,
+                0.005,
+                0.01,
+                0.025,
+                0.05,
+                0.1,
+                0.25,
+                1.0,
+            )
+        )
     )
     dropped_messages: Counter[str] = field(default_factory=Counter)
     #: bytes accepted for a peer that stopped reading, thrown away with its connection
@@ -119,15 +136,17 @@ class RelayStats:
             self.rate_limited[listener] += 0
             self.outbound_opened[listener] += 0
             for direction in directions:
-                self.handshakes[listener, direction, "failure", NOT_NEGOTIATED,
-                                NOT_NEGOTIATED] += 0
-                self.handshake_seconds.setdefault((listener, direction),
-                                                  _handshake_histogram())
+                self.handshakes[listener, direction, "failure", NOT_NEGOTIATED, NOT_NEGOTIATED] += 0
+                self.handshake_seconds.setdefault((listener, direction), _handshake_histogram())
                 for failure in HandshakeFailure:
                     self.handshake_failures[listener, direction, failure.value] += 0
         self.bytes_dropped[CloseReason.SEND_TIMEOUT.label] += 0
-        for name in ("peer_unreachable", "no_local_connection", "unmatched_response",
-                     "local_target_unreachable"):
+        for name in (
+            "peer_unreachable",
+            "no_local_connection",
+            "unmatched_response",
+            "local_target_unreachable",
+        ):
             self.dropped_messages[name] += 0
         for kind in FramingErrorKind:
             for prefix in ("", "backend_", "local_"):

@@ -17,8 +17,15 @@ if TYPE_CHECKING:
 
 def interval_for(relay: Relay) -> float:
     cfg = relay.config
-    return max(0.05, min(1.0, cfg.tcp_max_msg_time / 4, cfg.tls_send_timeout / 4000,
-                         cfg.tcp_connection_lifetime / 4))
+    return max(
+        0.05,
+        min(
+            1.0,
+            cfg.tcp_max_msg_time / 4,
+            cfg.tls_send_timeout / 4000,
+            cfg.tcp_connection_lifetime / 4,
+        ),
+    )
 
 
 async def sweep_forever(relay: Relay) -> None:

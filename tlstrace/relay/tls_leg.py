@@ -57,6 +57,8 @@ def keepalive_burst(rate: float) -> float:
     """Keep-alives a connection may send at once: ten seconds' worth, and at least two (a rate
     of one every 20 s still allows the RFC 5626 ping and its CRLF)."""
     return max(rate * _KEEPALIVE_BURST, 2.0)
+
+
 _QUIET_REASONS = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
 
 
@@ -140,7 +142,8 @@ class TlsLeg(BaseLeg):
         if self.hello is None:
             self._start_tls(self.context)
         self.handshake_timer = self.relay.loop.call_later(
-            self.relay.config.tls_handshake_timeout / 1000, self._handshake_timed_out)
+            self.relay.config.tls_handshake_timeout / 1000, self._handshake_timed_out
+        )
         if not self.server_side:
             self._do_handshake()
 
@@ -150,7 +153,8 @@ class TlsLeg(BaseLeg):
         n = len(data)
         if self.rec_left or self.rec_head or n < 5 or 5 + (data[3] << 8 | data[4]) != n:
             self.rec_left, self.rec_head, ended = records.advance_counting(
-                self.rec_left, self.rec_head, data)
+                self.rec_left, self.rec_head, data
+            )
             self.records_in += ended
         else:
             self.records_in += 1
@@ -168,11 +172,14 @@ class TlsLeg(BaseLeg):
                 # handshake was attempted, so there is no failure to report
                 self.close(CloseReason.EOF, "closed before the handshake began")
             elif self.conn.state == "handshake":
-                self._handshake_failed(HandshakeFailure.PEER_CLOSED,
-                                       "connection closed during the handshake")
+                self._handshake_failed(
+                    HandshakeFailure.PEER_CLOSED, "connection closed during the handshake"
+                )
             else:
-                self.close(CloseReason.EOF if exc is None else CloseReason.READ_ERROR,
-                           str(exc) if exc else "")
+                self.close(
+                    CloseReason.EOF if exc is None else CloseReason.READ_ERROR,
+                    str(exc) if exc else "",
+                )
         self.relay.unregister(self)
 
     # -- Partner interface (called by the other leg) -----------------------------------------
@@ -221,8 +228,12 @@ class TlsLeg(BaseLeg):
 
     def _start_tls(self, context: ssl.SSLContext) -> None:
         self.context = context
-        self.obj = context.wrap_bio(self.incoming, self.outgoing, server_side=self.server_side,
-                                    server_hostname=self.server_hostname)
+        self.obj = context.wrap_bio(
+            self.incoming,
+            self.outgoing,
+            server_side=self.server_side,
+            server_hostname=self.server_hostname,
+        )
 
     def choose_context(self, server_name: str | None) -> ssl.SSLContext:
         """The context for a client's handshake, from the SNI tlstrace read in its ClientHello
@@ -237,17 +248,20 @@ class TlsLeg(BaseLeg):
             if data[0] != 0x16:  # not a TLS handshake record: say what it is
                 hello = sniff(data)
                 if hello.kind is HelloKind.PLAIN_SIP:
-                    self._handshake_failed(HandshakeFailure.PLAIN_SIP,
-                                           "plain SIP sent to the TLS port")
+                    self._handshake_failed(
+                        HandshakeFailure.PLAIN_SIP, "plain SIP sent to the TLS port"
+                    )
                     return
                 if hello.kind is HelloKind.NOT_TLS:
                     self._handshake_failed(
                         HandshakeFailure.NOT_TLS,
-                        f"not a TLS ClientHello (first bytes {data[:8].hex()})")
+                        f"not a TLS ClientHello (first bytes {data[:8].hex()})",
+                    )
                     return
                 if hello.kind is HelloKind.SSLV2:
-                    self._handshake_failed(HandshakeFailure.UNSUPPORTED_VERSION,
-                                           "SSLv2-style ClientHello")
+                    self._handshake_failed(
+                        HandshakeFailure.UNSUPPORTED_VERSION, "SSLv2-style ClientHello"
+                    )
                     return
         if self.obj is None:
             # the whole ClientHello first: its SNI chooses the context (OpenSSL's session
@@ -257,8 +271,10 @@ class TlsLeg(BaseLeg):
             hello = reader.feed(data)
             if hello.kind is HelloKind.INCOMPLETE:
                 if reader.total > MAX_HELLO_BYTES:
-                    self._handshake_failed(HandshakeFailure.HELLO_TOO_LARGE,
-                                           f"no complete ClientHello in {MAX_HELLO_BYTES} bytes")
+                    self._handshake_failed(
+                        HandshakeFailure.HELLO_TOO_LARGE,
+                        f"no complete ClientHello in {MAX_HELLO_BYTES} bytes",
+                    )
                 return
             self.hello = None
             self.hello_facts = hello
@@ -286,7 +302,8 @@ class TlsLeg(BaseLeg):
                 self._handshake_failed(
                     HandshakeFailure.SNI_MISMATCH,
                     f"OpenSSL read the SNI {getattr(obj, 'tlstrace_sni', None)!r} where "
-                    "tlstrace read another: refused")
+                    "tlstrace read another: refused",
+                )
                 return
             self._handshake_failed(*classify(e))
             return
@@ -322,8 +339,11 @@ class TlsLeg(BaseLeg):
             facts = self.hello_facts
             if facts is None and conn.resumed and self.first_bytes:
                 facts = sniff(self.first_bytes)
-            conn.sni = facts.sni if facts is not None and facts.client_random is not None \
+            conn.sni = (
+                facts.sni
+                if facts is not None and facts.client_random is not None
                 else getattr(obj, "tlstrace_sni", None)
+            )
         else:
             conn.sni = self.server_hostname
         self.first_bytes, self.hello_facts = b"", None
@@ -352,14 +372,26 @@ class TlsLeg(BaseLeg):
         if hello is not None:
             self.first_bytes, self.hello_facts, self.hello = b"", None, None
             conn.sni, conn.client_random = hello.sni, hello.client_random
-            if kind is HandshakeFailure.OTHER and hello.kind is HelloKind.TLS and \
-                    hello.max_version and hello.max_version < TLS1_2:
+            if (
+                kind is HandshakeFailure.OTHER
+                and hello.kind is HelloKind.TLS
+                and hello.max_version
+                and hello.max_version < TLS1_2
+            ):
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
         self.relay.stats.handshake_failed(conn.listener, conn.direction, kind.value)
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
-        log.log(level, "conn %d %s %s:%d: TLS handshake failed: %s (%s)", conn.id,
-                conn.direction, conn.remote[0], conn.remote[1], kind.value, message,
-                extra={**conn_fields(conn), "reason": kind.value})
+        log.log(
+            level,
+            "conn %d %s %s:%d: TLS handshake failed: %s (%s)",
+            conn.id,
+            conn.direction,
+            conn.remote[0],
+            conn.remote[1],
+            kind.value,
+            message,
+            extra={**conn_fields(conn), "reason": kind.value},
+        )
         self.relay.observer.handshake_failed(conn, kind, message)
         self.close(CloseReason.HANDSHAKE_FAILED, kind.value)
 
@@ -368,7 +400,8 @@ class TlsLeg(BaseLeg):
         if self.conn.state == "handshake" and not self.closed:
             self._handshake_failed(
                 HandshakeFailure.HANDSHAKE_TIMEOUT,
-                f"no complete handshake within {self.relay.config.tls_handshake_timeout} ms")
+                f"no complete handshake within {self.relay.config.tls_handshake_timeout} ms",
+            )
 
     # -- reading -------------------------------------------------------------------------------
 
@@ -438,8 +471,10 @@ class TlsLeg(BaseLeg):
             if self.server_side and not self._keepalives_allowed(pings + keepalives, now):
                 self._deliver(out, nmsgs)
                 rate = self.relay.config.tls_keepalive_rate
-                self.close(CloseReason.KEEPALIVE_FLOOD,
-                           f"over {rate:g} keep-alives a second (tls_keepalive_rate)")
+                self.close(
+                    CloseReason.KEEPALIVE_FLOOD,
+                    f"over {rate:g} keep-alives a second (tls_keepalive_rate)",
+                )
                 return
             if pings:
                 # the pongs for the pings read together leave in one record; one CRLF goes on,
@@ -463,9 +498,11 @@ class TlsLeg(BaseLeg):
             limit = self.relay.config.tls_max_non_sip_records
             if self.non_sip_records >= limit:
                 self._deliver(out, nmsgs)
-                self.close(CloseReason.NON_SIP_RECORDS,
-                           f"{self.non_sip_records} TLS records in a row without SIP "
-                           "(tls_max_non_sip_records)")
+                self.close(
+                    CloseReason.NON_SIP_RECORDS,
+                    f"{self.non_sip_records} TLS records in a row without SIP "
+                    "(tls_max_non_sip_records)",
+                )
                 return
         # an incomplete TLS record counts as a partial message too (a slow-loris that drips
         # one record byte by byte never reaches the framer). What is incomplete after a read
@@ -607,10 +644,17 @@ class TlsLeg(BaseLeg):
         if reason is CloseReason.FRAMING_ERROR:
             level = logging.WARNING
         if reason is not CloseReason.HANDSHAKE_FAILED:  # that one was logged with its cause
-            log.log(level, "conn %d %s %s:%d closed: %s%s", conn.id, conn.direction,
-                    conn.remote[0], conn.remote[1], reason.value,
-                    f" ({detail})" if detail else "",
-                    extra={**conn_fields(conn), "reason": reason.label})
+            log.log(
+                level,
+                "conn %d %s %s:%d closed: %s%s",
+                conn.id,
+                conn.direction,
+                conn.remote[0],
+                conn.remote[1],
+                reason.value,
+                f" ({detail})" if detail else "",
+                extra={**conn_fields(conn), "reason": reason.label},
+            )
         self.relay.connection_closed(self)
         self.relay.observer.closed(conn, reason, self.tracer)
         partner, self.partner = self.partner, None
@@ -649,5 +693,6 @@ class TlsLeg(BaseLeg):
     def _note_registration(self, reg: RegistrationTracker) -> None:
         """Show the registration's expiry on the connection (wall clock, for the API)."""
         until = reg.until
-        self.conn.registered_until = \
+        self.conn.registered_until = (
             time.time() + (until - self.relay.loop.time()) if until else None
+        )

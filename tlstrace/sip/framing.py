@@ -90,8 +90,8 @@ _CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*([^\r\n]*)"
 #: `l` before whitespace, a colon or the end of the line; then the rest of the line and its
 #: folded continuation lines, if any
 _LENGTH_LINE = re.compile(
-    rb"\r\n([ \t]*(?:content[-_]length|l(?=[ \t:\r]))[^\r\n]*(?:\r\n[ \t][^\r\n]*)*)",
-    re.IGNORECASE)
+    rb"\r\n([ \t]*(?:content[-_]length|l(?=[ \t:\r]))[^\r\n]*(?:\r\n[ \t][^\r\n]*)*)", re.IGNORECASE
+)
 #: the one form of a length line every server reads the same way
 _CANONICAL_LENGTH = re.compile(rb"(?:content-length|l):[ \t]*([0-9]{1,10})[ \t]*", re.IGNORECASE)
 _BLANKS = b" \t"
@@ -187,8 +187,11 @@ class SipFramer:
             head_end = buf.find(b"\r\n\r\n", pos)
             if head_end < 0:
                 if n - pos > self.max_msg_size:
-                    return self._error(events, FramingErrorKind.TOO_LARGE,
-                                       f"no end of headers within {self.max_msg_size} bytes")
+                    return self._error(
+                        events,
+                        FramingErrorKind.TOO_LARGE,
+                        f"no end of headers within {self.max_msg_size} bytes",
+                    )
                 break
             need_or_error = self._parse_head(buf, pos, head_end)
             if isinstance(need_or_error, FramingError):
@@ -206,8 +209,11 @@ class SipFramer:
     def _incomplete(self, events: list[Event]) -> list[Event]:
         self._chunks += 1
         if self.max_chunks is not None and self._chunks >= self.max_chunks:
-            return self._error(events, FramingErrorKind.TOO_MANY_CHUNKS,
-                               f"message still incomplete after {self._chunks} reads")
+            return self._error(
+                events,
+                FramingErrorKind.TOO_MANY_CHUNKS,
+                f"message still incomplete after {self._chunks} reads",
+            )
         return events
 
     def _between_messages(self, buf: bytes, pos: int, events: list[Event]) -> int:
@@ -233,16 +239,22 @@ class SipFramer:
             or buf.endswith(_REQUEST_SUFFIX, pos, line_end)
             or _is_start_line(buf[pos:line_end].upper())
         ):
-            return FramingError(FramingErrorKind.BAD_START_LINE,
-                                f"not a SIP request or status line: {buf[pos:line_end][:60]!r}")
+            return FramingError(
+                FramingErrorKind.BAD_START_LINE,
+                f"not a SIP request or status line: {buf[pos:line_end][:60]!r}",
+            )
         if buf[pos] in b"cClL" and _START_LENGTH.match(buf, pos, line_end):
-            return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH,
-                                f"start line reads as a length header: {buf[pos:line_end][:60]!r}")
+            return FramingError(
+                FramingErrorKind.AMBIGUOUS_LENGTH,
+                f"start line reads as a length header: {buf[pos:line_end][:60]!r}",
+            )
         head = buf[pos:head_end]
         # every CR and LF must belong to a CRLF pair, and there must be no NUL
         if len(head) - len(head.translate(None, b"\x00\r\n")) != 2 * head.count(b"\r\n"):
-            return FramingError(FramingErrorKind.BAD_HEADER_BYTES,
-                                "NUL byte, bare CR or bare LF in the header section")
+            return FramingError(
+                FramingErrorKind.BAD_HEADER_BYTES,
+                "NUL byte, bare CR or bare LF in the header section",
+            )
         return self._content_length(buf, pos, head_end)
 
     def _content_length(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
@@ -255,27 +267,36 @@ class SipFramer:
                 size = head_end + 4 - pos + int(m[1])
                 if size <= self.max_msg_size:
                     return size
-                return FramingError(FramingErrorKind.TOO_LARGE, f"message of {size} bytes "
-                                    f"exceeds max_msg_size {self.max_msg_size}")
+                return FramingError(
+                    FramingErrorKind.TOO_LARGE,
+                    f"message of {size} bytes exceeds max_msg_size {self.max_msg_size}",
+                )
         return _length_error(lines)
 
-    def _lenient_content_length(self, buf: bytes, pos: int,
-                                head_end: int) -> int | FramingError:
+    def _lenient_content_length(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
         """The trusted SIP server's side: only the Content-Length value is checked."""
         values = _CONTENT_LENGTH.findall(buf, pos, head_end + 2)
         if not values:
-            return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
-                                "no Content-Length header (required on stream transports)")
+            return FramingError(
+                FramingErrorKind.MISSING_CONTENT_LENGTH,
+                "no Content-Length header (required on stream transports)",
+            )
         text = values[0].strip(b" \t")
-        if not text.isdigit() or len(text) > 10 or (
-            len(values) > 1 and any(v.strip(b" \t") != text for v in values)
+        if (
+            not text.isdigit()
+            or len(text) > 10
+            or (len(values) > 1 and any(v.strip(b" \t") != text for v in values))
         ):
-            return FramingError(FramingErrorKind.BAD_CONTENT_LENGTH,
-                                f"Content-Length {b', '.join(values)[:40]!r} is not one number")
+            return FramingError(
+                FramingErrorKind.BAD_CONTENT_LENGTH,
+                f"Content-Length {b', '.join(values)[:40]!r} is not one number",
+            )
         size = head_end + 4 - pos + int(text)
         if size > self.max_msg_size:
-            return FramingError(FramingErrorKind.TOO_LARGE,
-                                f"message of {size} bytes exceeds max_msg_size {self.max_msg_size}")
+            return FramingError(
+                FramingErrorKind.TOO_LARGE,
+                f"message of {size} bytes exceeds max_msg_size {self.max_msg_size}",
+            )
         return size
 
     def _error(self, events: list[Event], kind: FramingErrorKind, detail: str) -> list[Event]:
@@ -292,12 +313,15 @@ class SipFramer:
 def _length_error(lines: list[bytes]) -> FramingError:
     """Why the length lines found are not exactly one in the canonical form."""
     if not lines:
-        return FramingError(FramingErrorKind.MISSING_CONTENT_LENGTH,
-                            "no Content-Length header (required on stream transports)")
+        return FramingError(
+            FramingErrorKind.MISSING_CONTENT_LENGTH,
+            "no Content-Length header (required on stream transports)",
+        )
     if len(lines) > 1:
         shown = b" | ".join(lines)[:80]
-        return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH,
-                            f"{len(lines)} length headers: {shown!r}")
+        return FramingError(
+            FramingErrorKind.AMBIGUOUS_LENGTH, f"{len(lines)} length headers: {shown!r}"
+        )
     line, folded = lines[0], b"\r\n" in lines[0]
     name_end = 1 if line.lstrip(_BLANKS)[:1] in (b"l", b"L") else 14
     name = line.lstrip(_BLANKS)[:name_end]
@@ -309,10 +333,14 @@ def _length_error(lines: list[bytes]) -> FramingError:
     elif folded:
         why = "continued on a folded line"
     elif rest[:1] != b":":
-        why = ("whitespace before the colon" if rest.lstrip(_BLANKS)[:1] == b":"
-               else "no colon right after the name")
+        why = (
+            "whitespace before the colon"
+            if rest.lstrip(_BLANKS)[:1] == b":"
+            else "no colon right after the name"
+        )
     else:
         text = rest[1:].strip(_BLANKS)
-        return FramingError(FramingErrorKind.BAD_CONTENT_LENGTH,
-                            f"Content-Length {text[:40]!r} is not one number")
+        return FramingError(
+            FramingErrorKind.BAD_CONTENT_LENGTH, f"Content-Length {text[:40]!r} is not one number"
+        )
     return FramingError(FramingErrorKind.AMBIGUOUS_LENGTH, f"length header {line[:60]!r}: {why}")

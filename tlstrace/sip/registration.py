@@ -32,8 +32,9 @@ MAX_EXPIRY = 86400.0
 #: seconds a REGISTER waits for its final answer before it is forgotten (RFC 3261 Timer F)
 TRANSACTION_SECONDS = 32.0
 
-_HEADER = re.compile(rb"\r\n(call-id|i|cseq|contact|m|expires|to|t)[ \t]*:[ \t]*([^\r\n]*)",
-                     re.IGNORECASE)
+_HEADER = re.compile(
+    rb"\r\n(call-id|i|cseq|contact|m|expires|to|t)[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE
+)
 _EXPIRES_PARAM = re.compile(rb";[ \t]*expires[ \t]*=[ \t]*([0-9]{1,10})", re.IGNORECASE)
 _ONE_CONTACT = re.compile(rb'(?:[^,"<]|"[^"]*"?|<[^>]*>?)+')
 _CANONICAL = {b"i": b"call-id", b"m": b"contact", b"t": b"to"}
@@ -136,7 +137,8 @@ class RegistrationTracker:
         if not h.call_id or not number:
             return
         removes_all = any(uri == 0 for uri, _ in h.contacts) or (
-            h.expires == 0 and all(exp in (None, 0) for _, exp in h.contacts))
+            h.expires == 0 and all(exp in (None, 0) for _, exp in h.contacts)
+        )
         contacts = frozenset(uri for uri, _ in h.contacts[:MAX_CONTACTS] if uri)
         key = hash((h.call_id, number[0]))
         pending = self._pending
@@ -170,8 +172,7 @@ class RegistrationTracker:
             listed = [(uri, exp) for uri, exp in h.contacts if uri]
             if len(listed) == 1:
                 listed[0] = (next(iter(contacts), 0), listed[0][1])  # it can only be ours
-            mine = [exp if exp is not None else h.expires for uri, exp in listed
-                    if uri in contacts]
+            mine = [exp if exp is not None else h.expires for uri, exp in listed if uri in contacts]
             known = [e for e in mine if e is not None]
             granted = max(known) if known else None
         if granted:

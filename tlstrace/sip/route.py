@@ -53,19 +53,38 @@ ENTRY_OVERHEAD = 440
 #: methods whose request without a To tag can create a dialog (RFC 3261, 6665, 3515)
 DIALOG_CREATING = frozenset({b"INVITE", b"SUBSCRIBE", b"REFER"})
 
-_HEADER = re.compile(rb"\r\n(via|call-id|cseq|from|to|[vift])[ \t]*:[ \t]*([^\r\n]*)",
-                     re.IGNORECASE)
+_HEADER = re.compile(
+    rb"\r\n(via|call-id|cseq|from|to|[vift])[ \t]*:[ \t]*([^\r\n]*)", re.IGNORECASE
+)
 _BRANCH = re.compile(rb";[ \t]*branch[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 _TAG = re.compile(rb";[ \t]*tag[ \t]*=[ \t]*([^;, \t]+)", re.IGNORECASE)
 _VIA, _CALL_ID, _CSEQ, _FROM, _TO = range(5)
-_NAMES = {b"via": _VIA, b"v": _VIA, b"call-id": _CALL_ID, b"i": _CALL_ID, b"cseq": _CSEQ,
-          b"from": _FROM, b"f": _FROM, b"to": _TO, b"t": _TO}
+_NAMES = {
+    b"via": _VIA,
+    b"v": _VIA,
+    b"call-id": _CALL_ID,
+    b"i": _CALL_ID,
+    b"cseq": _CSEQ,
+    b"from": _FROM,
+    b"f": _FROM,
+    b"to": _TO,
+    b"t": _TO,
+}
 _NAMES.update({k.upper(): v for k, v in list(_NAMES.items())})
-_NAMES.update({b"Via": _VIA, b"Call-ID": _CALL_ID, b"Call-Id": _CALL_ID, b"CSeq": _CSEQ,
-               b"From": _FROM, b"To": _TO})
+_NAMES.update(
+    {
+        b"Via": _VIA,
+        b"Call-ID": _CALL_ID,
+        b"Call-Id": _CALL_ID,
+        b"CSeq": _CSEQ,
+        b"From": _FROM,
+        b"To": _TO,
+    }
+)
 #: "SIP/2.0/TCP host:port": the sent-by after the protocol and transport
-_SENT_BY = re.compile(rb"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z0-9-]+[ \t]+([^;,]*)",
-                      re.IGNORECASE)
+_SENT_BY = re.compile(
+    rb"[ \t]*SIP[ \t]*/[ \t]*2\.0[ \t]*/[ \t]*[A-Za-z0-9-]+[ \t]+([^;,]*)", re.IGNORECASE
+)
 
 
 @dataclass(slots=True)
@@ -153,8 +172,17 @@ def peek(data: bytes) -> Peek | None:
     parts = cseq.split()
     if len(parts) != 2:
         return None
-    return Peek(method, status, branch, sent_by, call_id.strip(), parts[0], parts[1],
-                _tag(from_) if from_ is not None else b"", _tag(to) if to is not None else b"")
+    return Peek(
+        method,
+        status,
+        branch,
+        sent_by,
+        call_id.strip(),
+        parts[0],
+        parts[1],
+        _tag(from_) if from_ is not None else b"",
+        _tag(to) if to is not None else b"",
+    )
 
 
 def transaction_key(p: Peek, method: bytes) -> tuple[bytes, ...]:
@@ -181,8 +209,15 @@ class Route(StrEnum):
 class Entry(Generic[K]):
     __slots__ = ("call_id", "confirmed", "conn", "cost", "creating", "expires", "tag")
 
-    def __init__(self, conn: K, call_id: bytes = b"", tag: bytes = b"", *,
-                 creating: bool = False, confirmed: bool = False) -> None:
+    def __init__(
+        self,
+        conn: K,
+        call_id: bytes = b"",
+        tag: bytes = b"",
+        *,
+        creating: bool = False,
+        confirmed: bool = False,
+    ) -> None:
         self.conn = conn
         self.call_id = call_id
         #: the local side's tag of the dialog
@@ -229,8 +264,9 @@ class Table(Generic[K]):
             self.evicted += 1
             return
         self.expire(now)
-        while self.entries and (len(self.entries) >= self.max_entries
-                                or self.bytes + entry.cost > self.max_bytes):
+        while self.entries and (
+            len(self.entries) >= self.max_entries or self.bytes + entry.cost > self.max_bytes
+        ):
             self.pop(next(iter(self.entries)))
             self.evicted += 1
         entry.expires = now + self.ttl
@@ -282,21 +318,35 @@ class Table(Generic[K]):
 class TrunkRoutes(Generic[K]):
     """The transaction and dialog tables of one trunk (one pooled peer destination)."""
 
-    def __init__(self, *, max_transactions: int = 32768, max_dialogs: int = 32768,
-                 max_bytes: int = 16 << 20, dialog_idle: float = 3600.0) -> None:
+    def __init__(
+        self,
+        *,
+        max_transactions: int = 32768,
+        max_dialogs: int = 32768,
+        max_bytes: int = 16 << 20,
+        dialog_idle: float = 3600.0,
+    ) -> None:
         #: requests local connections sent, waiting for the peer's responses
-        self.client: Table[K] = Table("transactions", ttl=TRANSACTION_TTL,
-                                      max_entries=max_transactions, max_bytes=max_bytes)
-        self.client_invite: Table[K] = Table("transactions", ttl=INVITE_TTL,
-                                             max_entries=max_transactions, max_bytes=max_bytes)
+        self.client: Table[K] = Table(
+            "transactions", ttl=TRANSACTION_TTL, max_entries=max_transactions, max_bytes=max_bytes
+        )
+        self.client_invite: Table[K] = Table(
+            "transactions", ttl=INVITE_TTL, max_entries=max_transactions, max_bytes=max_bytes
+        )
         #: requests the peer sent, by the local connection they were given to
-        self.server: Table[K] = Table("peer_transactions", ttl=TRANSACTION_TTL,
-                                      max_entries=max_transactions, max_bytes=max_bytes)
-        self.server_invite: Table[K] = Table("peer_transactions", ttl=INVITE_TTL,
-                                             max_entries=max_transactions, max_bytes=max_bytes)
+        self.server: Table[K] = Table(
+            "peer_transactions",
+            ttl=TRANSACTION_TTL,
+            max_entries=max_transactions,
+            max_bytes=max_bytes,
+        )
+        self.server_invite: Table[K] = Table(
+            "peer_transactions", ttl=INVITE_TTL, max_entries=max_transactions, max_bytes=max_bytes
+        )
         #: dialogs by (Call-ID, the local side's tag)
-        self.dialogs: Table[K] = Table("dialogs", ttl=dialog_idle, max_entries=max_dialogs,
-                                       max_bytes=max_bytes)
+        self.dialogs: Table[K] = Table(
+            "dialogs", ttl=dialog_idle, max_entries=max_dialogs, max_bytes=max_bytes
+        )
 
     @property
     def tables(self) -> tuple[Table[K], ...]:
@@ -321,8 +371,11 @@ class TrunkRoutes(Generic[K]):
                     self._dialog_used(conn, p.call_id, p.from_tag, now)
                 return  # a non-2xx ACK gets no response
             creating = not p.to_tag and p.method in DIALOG_CREATING
-            self._client(p.method).put(transaction_key(p, p.method),
-                            Entry(conn, p.call_id, p.from_tag, creating=creating), now)
+            self._client(p.method).put(
+                transaction_key(p, p.method),
+                Entry(conn, p.call_id, p.from_tag, creating=creating),
+                now,
+            )
             if p.to_tag:
                 self._dialog_used(conn, p.call_id, p.from_tag, now)
             return
@@ -410,8 +463,9 @@ class TrunkRoutes(Generic[K]):
 
     # -- dialogs -------------------------------------------------------------------------------
 
-    def _dialog_learnt(self, conn: K, call_id: bytes, tag: bytes, confirmed: bool,
-                       now: float) -> None:
+    def _dialog_learnt(
+        self, conn: K, call_id: bytes, tag: bytes, confirmed: bool, now: float
+    ) -> None:
         key = (call_id, tag)
         d = self.dialogs.get(key, now)
         if d is None:

@@ -64,8 +64,12 @@ def _san(names: list[str]) -> x509.SubjectAlternativeName:
     return x509.SubjectAlternativeName(entries)
 
 
-def make_ca(cn: str = "tlstrace test CA", org: str | None = "tlstrace", kind: str = "ec",
-            issuer: Issued | None = None) -> Issued:
+def make_ca(
+    cn: str = "tlstrace test CA",
+    org: str | None = "tlstrace",
+    kind: str = "ec",
+    issuer: Issued | None = None,
+) -> Issued:
     """A root CA, or with `issuer` an intermediate CA signed by it."""
     key = new_key(kind)
     now = dt.datetime.now(dt.UTC)
@@ -81,9 +85,15 @@ def make_ca(cn: str = "tlstrace test CA", org: str | None = "tlstrace", kind: st
         .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
         .add_extension(
             x509.KeyUsage(
-                digital_signature=True, content_commitment=False, key_encipherment=False,
-                data_encipherment=False, key_agreement=False, key_cert_sign=True,
-                crl_sign=True, encipher_only=False, decipher_only=False,
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
             ),
             critical=True,
         )

@@ -90,9 +90,13 @@ def chain_problem(certificate_pem: bytes, chain_pem: bytes | None) -> str | None
         try:
             cert.verify_directly_issued_by(issuer)
         except (ValueError, TypeError) as e:
-            return (f"{oneline(cert.subject)} is not issued by the certificate after it, "
-                    f"{oneline(issuer.subject)} ({e})")
+            return (
+                f"{oneline(cert.subject)} is not issued by the certificate after it, "
+                f"{oneline(issuer.subject)} ({e})"
+            )
         except InvalidSignature:
-            return (f"{oneline(cert.subject)} is not signed by the certificate after it, "
-                    f"{oneline(issuer.subject)}")
+            return (
+                f"{oneline(cert.subject)} is not signed by the certificate after it, "
+                f"{oneline(issuer.subject)}"
+            )
     return None

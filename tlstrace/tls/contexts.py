@@ -77,8 +77,9 @@ class ServerContexts:
         ident = self._match(server_name)
         return self.initial if ident is None else ident.context
 
-    def _on_sni(self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
-                ctx: ssl.SSLContext) -> int | None:
+    def _on_sni(
+        self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext
+    ) -> int | None:
         obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
         ident = self._match(server_name)
         if ident is None:
@@ -96,8 +97,9 @@ class ServerContexts:
         return self._by_context.get(id(ctx))
 
 
-def _note_sni(obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None,
-              ctx: ssl.SSLContext) -> None:
+def _note_sni(
+    obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext
+) -> None:
     obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
 
 
@@ -117,8 +119,9 @@ class ClientContexts:
         domain = self._config.client_domain_named(name)
         ctx = self._cache.get(domain.name)
         if ctx is None:
-            ctx = self._cache[domain.name] = build_client_context(domain, "client_domain",
-                                                                  self._source)
+            ctx = self._cache[domain.name] = build_client_context(
+                domain, "client_domain", self._source
+            )
         return ctx
 
     def domain(self, name: str | None) -> ClientDomain:
@@ -128,8 +131,9 @@ class ClientContexts:
         """Our client certificate in this domain, if it has one."""
         domain = self.domain(name)
         if domain.name not in self._certs:
-            self._certs[domain.name] = (certinfo.from_pem_file(str(domain.certificate))
-                                        if domain.certificate else None)
+            self._certs[domain.name] = (
+                certinfo.from_pem_file(str(domain.certificate)) if domain.certificate else None
+            )
         return self._certs[domain.name]
 
     def contexts(self) -> list[ssl.SSLContext]:
@@ -144,8 +148,9 @@ def build_server_contexts(config: Config, listener: Listener, source: str) -> Se
     return ServerContexts(identities)
 
 
-def build_server_identity(config: Config, domain: ServerDomain, key: str,
-                          source: str) -> ServerIdentity:
+def build_server_identity(
+    config: Config, domain: ServerDomain, key: str, source: str
+) -> ServerIdentity:
     cert_file, key_file = domain.certificate, domain.private_key
     if cert_file is None or key_file is None:
         try:
@@ -178,8 +183,11 @@ def build_server_identity(config: Config, domain: ServerDomain, key: str,
 
 
 def state_dir_error(config: Config, source: str, reason: str) -> ConfigError:
-    return ConfigError(source, "state_dir", f"{config.state_dir}: cannot create the "
-                                            f"self-signed certificate there: {reason}")
+    return ConfigError(
+        source,
+        "state_dir",
+        f"{config.state_dir}: cannot create the self-signed certificate there: {reason}",
+    )
 
 
 def build_client_context(domain: ClientDomain, key: str, source: str) -> ssl.SSLContext:
@@ -200,33 +208,40 @@ def build_client_context(domain: ClientDomain, key: str, source: str) -> ssl.SSL
     return ctx
 
 
-def _apply_common(ctx: ssl.SSLContext, min_v: str, max_v: str, ciphers: str | None, key: str,
-                  source: str) -> None:
+def _apply_common(
+    ctx: ssl.SSLContext, min_v: str, max_v: str, ciphers: str | None, key: str, source: str
+) -> None:
     ctx.minimum_version = _VERSIONS[min_v]
     ctx.maximum_version = _VERSIONS[max_v]
     if ciphers:
         try:
             ctx.set_ciphers(ciphers)
         except ssl.SSLError:
-            raise ConfigError(source, f"{key}.ciphers_list",
-                              f"{ciphers!r} selects no cipher OpenSSL knows") from None
+            raise ConfigError(
+                source, f"{key}.ciphers_list", f"{ciphers!r} selects no cipher OpenSSL knows"
+            ) from None
 
 
-def _load_chain(ctx: ssl.SSLContext, cert: Path, key_file: Path, chain: Path | None, key: str,
-                source: str) -> None:
+def _load_chain(
+    ctx: ssl.SSLContext, cert: Path, key_file: Path, chain: Path | None, key: str, source: str
+) -> None:
     for name, path in (("certificate", cert), ("private_key", key_file), ("chain", chain)):
         if path is not None and not os.access(path, os.R_OK):
             raise ConfigError(source, f"{key}.{name}", f"{path}: missing or not readable")
     certfile = str(cert)
     tmp = None
     try:
-        problem = certinfo.chain_problem(Path(cert).read_bytes(),
-                                         Path(chain).read_bytes() if chain is not None else None)
+        problem = certinfo.chain_problem(
+            Path(cert).read_bytes(), Path(chain).read_bytes() if chain is not None else None
+        )
     except OSError as e:
         raise ConfigError(source, f"{key}.certificate", f"{e.filename}: {e.strerror}") from None
     if problem is not None:
-        raise ConfigError(source, f"{key}.chain" if chain is not None else f"{key}.certificate",
-                          f"{chain or cert}: {problem}")
+        raise ConfigError(
+            source,
+            f"{key}.chain" if chain is not None else f"{key}.certificate",
+            f"{chain or cert}: {problem}",
+        )
     if chain is not None:
         # OpenSSL reads the chain from the certificate file: join them in a private temp file
         tmp = tempfile.NamedTemporaryFile("wb", suffix=".pem", delete=False)  # noqa: SIM115
@@ -236,10 +251,14 @@ def _load_chain(ctx: ssl.SSLContext, cert: Path, key_file: Path, chain: Path | N
     try:
         ctx.load_cert_chain(certfile, str(key_file))
     except ssl.SSLError as e:
-        what = "private_key" if "KEY_VALUES_MISMATCH" in str(e) or "PEM_LIB" in str(e) \
+        what = (
+            "private_key"
+            if "KEY_VALUES_MISMATCH" in str(e) or "PEM_LIB" in str(e)
             else "certificate"
-        raise ConfigError(source, f"{key}.{what}",
-                          f"OpenSSL cannot load {cert} with {key_file}: {e.reason or e}") from None
+        )
+        raise ConfigError(
+            source, f"{key}.{what}", f"OpenSSL cannot load {cert} with {key_file}: {e.reason or e}"
+        ) from None
     except OSError as e:
         raise ConfigError(source, f"{key}.certificate", f"{e.filename}: {e.strerror}") from None
     finally:

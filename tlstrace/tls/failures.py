@@ -67,9 +67,13 @@ _TEXT = re.compile(r"^\[[^\]]*\] (.*?)(?: \(_ssl\.c:\d+\))?$")
 def classify(error: BaseException) -> tuple[HandshakeFailure, str]:
     """(reason, message) for an exception raised by a handshake."""
     if isinstance(error, ssl.SSLCertVerificationError):
-        kind = (HandshakeFailure.HOSTNAME_MISMATCH if error.verify_code == 62
-                else HandshakeFailure.UNKNOWN_CA if error.verify_code in (2, 19, 20, 21)
-                else HandshakeFailure.BAD_CERTIFICATE)
+        kind = (
+            HandshakeFailure.HOSTNAME_MISMATCH
+            if error.verify_code == 62
+            else HandshakeFailure.UNKNOWN_CA
+            if error.verify_code in (2, 19, 20, 21)
+            else HandshakeFailure.BAD_CERTIFICATE
+        )
         return kind, f"certificate verify failed: {error.verify_message}"
     if isinstance(error, ssl.SSLError):
         reason = error.reason or ""

@@ -28,8 +28,7 @@ from collections.abc import Callable, Sequence
 
 #: RFC 7919 finite-field groups: each costs a server tens to hundreds of times an X25519
 #: handshake; never offered unless a domain lists them.
-FINITE_FIELD_GROUPS = frozenset({"ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144",
-                                 "ffdhe8192"})
+FINITE_FIELD_GROUPS = frozenset({"ffdhe2048", "ffdhe3072", "ffdhe4096", "ffdhe6144", "ffdhe8192"})
 
 #: Names to suggest when a name is unknown (the TLS 1.3 groups OpenSSL 3 knows).
 KNOWN_TLS13_GROUPS = ("X25519", "X448", "P-256", "P-384", "P-521", *sorted(FINITE_FIELD_GROUPS))
@@ -51,16 +50,19 @@ class _LibSsl:
         import _ssl
 
         if sys.implementation.name != "cpython":
-            raise GroupsError(f"setting key-exchange groups needs CPython "
-                              f"(this is {sys.implementation.name})")
+            raise GroupsError(
+                f"setting key-exchange groups needs CPython (this is {sys.implementation.name})"
+            )
         try:
             lib = ctypes.CDLL(_ssl.__file__)
             self.ctrl = lib.SSL_CTX_ctrl
             self.get_options = lib.SSL_CTX_get_options
             self.get_verify_mode = lib.SSL_CTX_get_verify_mode
         except (OSError, AttributeError) as e:
-            raise GroupsError(f"libssl's SSL_CTX functions are not reachable through "
-                              f"{getattr(_ssl, '__file__', '_ssl')}: {e}") from None
+            raise GroupsError(
+                f"libssl's SSL_CTX functions are not reachable through "
+                f"{getattr(_ssl, '__file__', '_ssl')}: {e}"
+            ) from None
         self.ctrl.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_long, ctypes.c_void_p]
         self.ctrl.restype = ctypes.c_long
         self.get_options.argtypes = [ctypes.c_void_p]
@@ -79,15 +81,24 @@ class _LibSsl:
         ptr = ctypes.c_void_p.from_address(id(ctx) + object.__basicsize__).value
         if not ptr:
             raise GroupsError("ssl.SSLContext holds no SSL_CTX where this code expects it")
-        seen = (int(self.get_options(ptr)), int(self.get_verify_mode(ptr)) & 3,
-                int(self.ctrl(ptr, _SSL_CTRL_GET_MIN_PROTO_VERSION, 0, None)),
-                int(self.ctrl(ptr, _SSL_CTRL_GET_MAX_PROTO_VERSION, 0, None)))
-        expected = (int(ctx.options), _verify_bits(ctx), _proto(ctx.minimum_version),
-                    _proto(ctx.maximum_version))
+        seen = (
+            int(self.get_options(ptr)),
+            int(self.get_verify_mode(ptr)) & 3,
+            int(self.ctrl(ptr, _SSL_CTRL_GET_MIN_PROTO_VERSION, 0, None)),
+            int(self.ctrl(ptr, _SSL_CTRL_GET_MAX_PROTO_VERSION, 0, None)),
+        )
+        expected = (
+            int(ctx.options),
+            _verify_bits(ctx),
+            _proto(ctx.minimum_version),
+            _proto(ctx.maximum_version),
+        )
         if seen != expected:
-            raise GroupsError(f"the SSL_CTX found in ssl.SSLContext does not match it (OpenSSL "
-                              f"sees {seen}, ssl reports {expected}): this Python's ssl module "
-                              "is not laid out as expected")
+            raise GroupsError(
+                f"the SSL_CTX found in ssl.SSLContext does not match it (OpenSSL "
+                f"sees {seen}, ssl reports {expected}): this Python's ssl module "
+                "is not laid out as expected"
+            )
         return ptr
 
     def set_list(self, ptr: int, text: str) -> bool:
@@ -148,10 +159,12 @@ def check_names(names: Sequence[str]) -> None:
         if not name or any(c in name for c in ":,? \t") or not lib.set_list(ptr, name):
             raise GroupsError(
                 f"{name!r} is not a group {ssl.OPENSSL_VERSION} knows (OpenSSL's names, "
-                f"e.g. {', '.join(KNOWN_TLS13_GROUPS)})")
+                f"e.g. {', '.join(KNOWN_TLS13_GROUPS)})"
+            )
     if not lib.set_list(ptr, ":".join(names)):
-        raise GroupsError(f"{list(names)} names a group twice (an alias counts: P-256 is "
-                          "prime256v1 is secp256r1)")
+        raise GroupsError(
+            f"{list(names)} names a group twice (an alias counts: P-256 is prime256v1 is secp256r1)"
+        )
     _good.add(tuple(names))
 
 

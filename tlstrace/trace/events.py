@@ -36,8 +36,9 @@ def render(parts: list[tuple[str, str]], fmt: Format, delim: str = ":") -> bytes
         return delim.join(v for _, v in parts).encode()
     # cJSON's printed layout, which OpenSIPS sends: a tab before each key and after each colon,
     # non-ASCII as it is (the keys of an event are distinct)
-    return json.dumps(dict(parts), indent="\t", separators=(",", ":\t"),
-                      ensure_ascii=False).encode()
+    return json.dumps(
+        dict(parts), indent="\t", separators=(",", ":\t"), ensure_ascii=False
+    ).encode()
 
 
 def master_key(keylog: list[str]) -> str | None:
@@ -53,23 +54,31 @@ def _cert_parts(conn: Connection) -> list[tuple[str, str]]:
     parts = []
     peer = conn.peer_cert
     if peer is not None:
-        parts += [("client-subject", short_text(peer.subject)),
-                  ("client-issuer", short_text(peer.issuer))]
+        parts += [
+            ("client-subject", short_text(peer.subject)),
+            ("client-issuer", short_text(peer.issuer)),
+        ]
     if conn.local_cert is not None:
-        parts += [("server-subject", short_text(conn.local_cert.subject)),
-                  ("server-issuer", short_text(conn.local_cert.issuer))]
+        parts += [
+            ("server-subject", short_text(conn.local_cert.subject)),
+            ("server-issuer", short_text(conn.local_cert.issuer)),
+        ]
     return parts
 
 
-def handshake_event(conn: Connection, *, ok: bool, message: str, reason: str | None,
-                    keys: bool) -> list[tuple[str, str]]:
+def handshake_event(
+    conn: Connection, *, ok: bool, message: str, reason: str | None, keys: bool
+) -> list[tuple[str, str]]:
     event = "ACCEPTED" if conn.direction == "inbound" else "CONNECTED"
     parts = [("Protocol", "TLS"), *_cert_parts(conn)]
     mk = master_key(conn.keylog) if keys else None
     if mk:
         parts.append(("master-key", mk))
-    parts += [("Event", event), ("Status", "SUCCESS" if ok else "FAILURE"),
-              ("Message", SUCCESS_MESSAGE[event] if ok else message)]
+    parts += [
+        ("Event", event),
+        ("Status", "SUCCESS" if ok else "FAILURE"),
+        ("Message", SUCCESS_MESSAGE[event] if ok else message),
+    ]
     if reason:
         parts.append(("Reason", reason))
     if keys and conn.keylog:
@@ -122,9 +131,17 @@ def session_record(prefix: str, call_id: bytes, call_id_length: int | None = Non
     return f'{prefix},"call_id":{cid},"call_id_length":{call_id_length}}}'.encode()
 
 
-def truncated_record(conn: Connection, *, received: bool, length: int, traced: int, cut: str,
-                     max_packet: int, call_id: bytes | None,
-                     call_id_length: int | None) -> bytes:
+def truncated_record(
+    conn: Connection,
+    *,
+    received: bool,
+    length: int,
+    traced: int,
+    cut: str,
+    max_packet: int,
+    call_id: bytes | None,
+    call_id_length: int | None,
+) -> bytes:
     """The type-100 record sent with a SIP message traced truncated."""
     record: dict[str, Any] = {
         "type": "tls-trace-truncated",

@@ -44,15 +44,20 @@ Cut = Literal["body", "headers"]
 #: the first CRLF not followed by a space or a tab (or at the end).
 _ESSENTIAL = re.compile(
     rb"(\r\n(?=[vftic])(?:via|v|from|f|to|t|call-id|i|cseq)[ \t]*:"
-    rb"[^\r]*(?:\r(?!\n(?![ \t]))[^\r]*)*)", re.IGNORECASE)
+    rb"[^\r]*(?:\r(?!\n(?![ \t]))[^\r]*)*)",
+    re.IGNORECASE,
+)
 #: The first header of each kind of those (the Call-ID's is the fourth).
-_KINDS = tuple(re.compile(rb"\r\n(?:%s)[ \t]*:" % names, re.IGNORECASE)
-               for names in (b"via|v", b"from|f", b"to|t", b"call-id|i", b"cseq"))
+_KINDS = tuple(
+    re.compile(rb"\r\n(?:%s)[ \t]*:" % names, re.IGNORECASE)
+    for names in (b"via|v", b"from|f", b"to|t", b"call-id|i", b"cseq")
+)
 #: Where a header ends: a CRLF not followed by a space or a tab.
 _HEADER_END = re.compile(rb"\r\n(?![ \t])")
 #: Every byte but space, tab, CR and LF made an `x` (see `_cut`).
-_FLAT = bytes.maketrans(bytes(range(256)), bytes(c if c in b" \t\r\n" else 0x78
-                                                  for c in range(256)))
+_FLAT = bytes.maketrans(
+    bytes(range(256)), bytes(c if c in b" \t\r\n" else 0x78 for c in range(256))
+)
 #: What a client's own header named like the mark becomes in the traced copy (same length).
 CLIENT_MARK = b"X-Tlstrace-Untrusted"
 
@@ -80,7 +85,7 @@ def short_text(value: str, bound: int = FIELD_MAX) -> str:
         return value
     data = value.encode("utf-8", "surrogatepass")
     digest = hashlib.sha256(data).hexdigest()[:_HASH_HEX]
-    return value[:bound - 1 - _HASH_HEX] + "~" + digest
+    return value[: bound - 1 - _HASH_HEX] + "~" + digest
 
 
 def mark_line(length: int, cut: Cut) -> bytes:
@@ -102,7 +107,7 @@ def _cut(rest: bytes, budget: int) -> int:
     at = rest.rfind(b"\r\n", 0, budget + 2)
     if at <= 0:
         return 0
-    if rest[at + 2:at + 3] not in (b" ", b"\t"):  # the common case: a header ends there
+    if rest[at + 2 : at + 3] not in (b" ", b"\t"):  # the common case: a header ends there
         return at
     # inside a folded header: back to where it starts, the last CRLF before that is not
     # followed by a space or a tab (a translation and three rfinds, in C)
@@ -110,27 +115,26 @@ def _cut(rest: bytes, budget: int) -> int:
     return max(flat.rfind(b"\r\nx"), flat.rfind(b"\r\n\r"), flat.rfind(b"\r\n\n"), 0)
 
 
-def truncate_sip(message: bytes, room: int,
-                 call_id: bytes | None = None) -> tuple[bytes, Cut]:
+def truncate_sip(message: bytes, room: int, call_id: bytes | None = None) -> tuple[bytes, Cut]:
     """A copy of `message` of at most `room` bytes, marked (see the module docstring), and
     what was cut. `call_id` (the short form of a long Call-ID) replaces the Call-ID header's
     value when that header alone is too long to keep. `room` must be at least 200."""
     end = message.find(b"\r\n\r\n")
-    head = message[:end + 2] if end >= 0 else message
+    head = message[: end + 2] if end >= 0 else message
     body_at = end + 4 if end >= 0 else len(message)
     first = head.find(b"\r\n")
     start = head[:first] if first >= 0 else head
-    lines_part = head[first + 2:] if first >= 0 else b""
+    lines_part = head[first + 2 :] if first >= 0 else b""
     mark = mark_line(len(message), "body")
     # start line, mark, headers, blank line: is there room for a piece of the body?
     whole_head = len(start) + 2 + len(mark) + len(lines_part) + 2
     if whole_head <= room:
-        body = message[body_at:body_at + room - whole_head]
+        body = message[body_at : body_at + room - whole_head]
         return b"".join((start, b"\r\n", mark, lines_part, b"\r\n", body)), "body"
     mark = mark_line(len(message), "headers")[:-2]  # each header brings its CRLF
     budget = room - len(mark) - 6  # CRLFs: the start line's, the last header's, the blank line
     if len(start) > budget // 2:  # a start line padded by the client: keep a piece of it
-        start = start[:budget // 2]
+        start = start[: budget // 2]
     budget -= len(start)
     # the header section as pieces CRLF + header (a header's folded lines stay with it)
     text = message[first:end] if end >= 0 else message[first:] if first >= 0 else b""
@@ -141,7 +145,7 @@ def truncate_sip(message: bytes, room: int,
     if len(kept) > budget:  # the dialog's headers alone do not fit: keep what does, in order
         kept = _fit_each(kept, budget, call_id)
     rest = b"".join(parts[0::2])
-    rest = rest[:_cut(rest, budget - len(kept))]
+    rest = rest[: _cut(rest, budget - len(kept))]
     return b"".join((start, b"\r\n", mark, kept, rest, b"\r\n\r\n")), "headers"
 
 
@@ -155,8 +159,9 @@ def _fit_each(joined: bytes, budget: int, call_id: bytes | None) -> bytes:
         m = kind.search(joined)
         if m is not None:
             stop = _HEADER_END.search(joined, m.end())
-            firsts.append((m.start(), stop.start() if stop is not None else len(joined),
-                           kind is _KINDS[3]))
+            firsts.append(
+                (m.start(), stop.start() if stop is not None else len(joined), kind is _KINDS[3])
+            )
     firsts.sort()
     kept, others, at = [], [], 0
     for start, end, is_call_id in firsts:
@@ -170,5 +175,5 @@ def _fit_each(joined: bytes, budget: int, call_id: bytes | None) -> bytes:
         at = end
     others.append(joined[at:])
     rest = b"".join(others)
-    kept.append(rest[:_cut(rest, budget)])
+    kept.append(rest[: _cut(rest, budget)])
     return b"".join(kept)

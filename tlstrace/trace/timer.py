@@ -16,6 +16,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("tlstrace.trace")
 
+
 class TracingTimer:
     """Every switch goes through `switch`, which replaces any limit in force."""
 
@@ -25,8 +26,9 @@ class TracingTimer:
         self._handle: asyncio.TimerHandle | None = None
         self._until: float | None = None  # wall-clock time.time()
 
-    def switch(self, on: bool, for_seconds: float | None = None,
-               by: SwitchedBy | None = None) -> None:
+    def switch(
+        self, on: bool, for_seconds: float | None = None, by: SwitchedBy | None = None
+    ) -> None:
         """On or off; on with `for_seconds`: off again after that many seconds. Without a limit
         a switch cancels the one in force. `by` (who switched) goes in the log line."""
         self._cancel()
@@ -46,8 +48,9 @@ class TracingTimer:
         self._until = None
         if self.tracing.enabled:
             log.info("tracing switched off: its %s limit ran out", format_seconds(seconds))
-            self.tracing.set_enabled(False, SwitchedBy(
-                "limit", f"its {format_seconds(seconds)} limit running out"))
+            self.tracing.set_enabled(
+                False, SwitchedBy("limit", f"its {format_seconds(seconds)} limit running out")
+            )
 
     def _cancel(self) -> None:
         if self._handle is not None:

@@ -100,8 +100,10 @@ class TraceManager:
         self._log_suppressed = 0
 
     def apply_config(self, config: Config) -> None:
-        session_changed = (self.config.trace_keys, self.config.trace_sessions) != \
-            (config.trace_keys, config.trace_sessions)
+        session_changed = (self.config.trace_keys, self.config.trace_sessions) != (
+            config.trace_keys,
+            config.trace_sessions,
+        )
         size_changed = self.config.hep_max_packet != config.hep_max_packet
         self.max_packet = config.hep_max_packet
         self.config = config
@@ -150,16 +152,18 @@ class TraceManager:
         if by is None:
             log.info("tracing switched %s", "on" if on else "off")
         else:
-            log.info("tracing switched %s by %s", "on" if on else "off", by.text,
-                     extra=by.log_fields(on))
+            log.info(
+                "tracing switched %s by %s", "on" if on else "off", by.text, extra=by.log_fields(on)
+            )
 
     def set_filter(self, rules: TraceFilter) -> None:
         """New rules; they decide for connections whose handshake ends from now on."""
         self.filter = rules
 
     def _facts(self, conn: Connection) -> Facts:
-        return Facts(conn.direction, conn.remote[0], conn.remote[1], conn.local[0],
-                     conn.local[1], conn.sni)
+        return Facts(
+            conn.direction, conn.remote[0], conn.remote[1], conn.local[0], conn.local[1], conn.sni
+        )
 
     def _wanted(self, conn: Connection) -> bool:
         return self.enabled and self.filter.allows(self._facts(conn))
@@ -177,8 +181,12 @@ class TraceManager:
         tracer = self._tracer_for(conn)
         if tracer is None:
             return None
-        self.send_event(conn, events.handshake_event(
-            conn, ok=True, message="", reason=None, keys=self.config.trace_keys))
+        self.send_event(
+            conn,
+            events.handshake_event(
+                conn, ok=True, message="", reason=None, keys=self.config.trace_keys
+            ),
+        )
         return tracer
 
     def handshake_failed(self, conn: Connection, reason: HandshakeFailure, message: str) -> None:
@@ -187,8 +195,12 @@ class TraceManager:
         if not self._wanted(conn):
             return
         conn.traced = True  # so that its CLOSED follows: never half-traced
-        self.send_event(conn, events.handshake_event(
-            conn, ok=False, message=message, reason=reason.value, keys=self.config.trace_keys))
+        self.send_event(
+            conn,
+            events.handshake_event(
+                conn, ok=False, message=message, reason=reason.value, keys=self.config.trace_keys
+            ),
+        )
 
     def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
         if self.enabled and conn.traced:
@@ -198,8 +210,11 @@ class TraceManager:
 
     def template(self, src: Addr, dst: Addr, proto_type: int) -> PacketTemplate:
         return self.identity.template(
-            src_ip=_hep_ip(src[0], dst[0]), dst_ip=_hep_ip(dst[0], src[0]),
-            src_port=src[1], dst_port=dst[1], ip_proto=self.config.trace_ip_proto,
+            src_ip=_hep_ip(src[0], dst[0]),
+            dst_ip=_hep_ip(dst[0], src[0]),
+            src_port=src[1],
+            dst_port=dst[1],
+            ip_proto=self.config.trace_ip_proto,
             proto_type=proto_type,
         )
 
@@ -210,11 +225,11 @@ class TraceManager:
         tpl = self.template(conn.remote, conn.local, PROTO_NET)
         now = time.time()
         sec = int(now)
-        self.send_checked(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(),
-                          conn)
+        self.send_checked(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(), conn)
 
-    def send(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
-             cid: bytes | None) -> None:
+    def send(
+        self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes, cid: bytes | None
+    ) -> None:
         """A SIP message's packet: `ConnectionTracer.message` made it fit."""
         try:
             packet = tpl.encode(sec, usec, payload, cid)
@@ -225,8 +240,15 @@ class TraceManager:
         for sender in self.senders:
             sender.send(packet)
 
-    def send_checked(self, tpl: PacketTemplate, sec: int, usec: int, payload: bytes,
-                     cid: bytes | None, conn: Connection) -> None:
+    def send_checked(
+        self,
+        tpl: PacketTemplate,
+        sec: int,
+        usec: int,
+        payload: bytes,
+        cid: bytes | None,
+        conn: Connection,
+    ) -> None:
         """An event or record's packet (once per connection, call or truncated message):
         its fields are bounded, and what still does not fit `hep_max_packet` is not sent."""
         try:
@@ -244,10 +266,18 @@ class TraceManager:
         self.oversize["not_traced"] += 1
         suppressed = self.may_log()
         if suppressed is not None:
-            who = f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: " \
-                if conn is not None else ""
-            log.warning("%sa HEP packet of type %d was not sent: %s%s", who,
-                        tpl.packet.proto_type, error, _suppressed(suppressed))
+            who = (
+                f"conn {conn.id} {conn.direction} {join_host_port(*conn.remote)}: "
+                if conn is not None
+                else ""
+            )
+            log.warning(
+                "%sa HEP packet of type %d was not sent: %s%s",
+                who,
+                tpl.packet.proto_type,
+                error,
+                _suppressed(suppressed),
+            )
 
     def may_log(self) -> int | None:
         """None when this oversize line must not be logged (more than LOG_BURST in the
@@ -271,8 +301,20 @@ def _suppressed(n: int) -> str:
 class ConnectionTracer:
     """Traces one connection's SIP messages and per-call session records."""
 
-    __slots__ = ("backend_in", "backend_out", "conn", "early", "early_size", "fixed", "manager",
-                 "room", "seen", "session", "tpl_in", "tpl_out")
+    __slots__ = (
+        "backend_in",
+        "backend_out",
+        "conn",
+        "early",
+        "early_size",
+        "fixed",
+        "manager",
+        "room",
+        "seen",
+        "session",
+        "tpl_in",
+        "tpl_out",
+    )
 
     def __init__(self, manager: TraceManager, conn: Connection) -> None:
         self.manager = manager
@@ -285,8 +327,9 @@ class ConnectionTracer:
         cfg = manager.config
         # messages read before the backend leg was up, traced on that leg once it is (with
         # the message as it was read when the traced copy is a truncated one)
-        self.early: list[tuple[int, int, bytes, bytes | None, bytes | None]] | None = \
+        self.early: list[tuple[int, int, bytes, bytes | None, bytes | None]] | None = (
             [] if cfg.trace_backend and conn.direction == "inbound" else None
+        )
         self.early_size = 0
         #: the session record's per-connection prefix and its template (trace_sessions)
         self.session: tuple[str, PacketTemplate] | None = None
@@ -308,9 +351,13 @@ class ConnectionTracer:
         """The per-connection part of the session record (keys in it only when asked)."""
         cfg, conn = self.manager.config, self.conn
         self.session = (
-            events.session_record_prefix(conn, keys=cfg.trace_keys),
-            self.manager.template(conn.remote, conn.local, PROTO_LOG),
-        ) if cfg.trace_sessions else None
+            (
+                events.session_record_prefix(conn, keys=cfg.trace_keys),
+                self.manager.template(conn.remote, conn.local, PROTO_LOG),
+            )
+            if cfg.trace_sessions
+            else None
+        )
 
     def backend_leg(self, addresses: tuple[Addr, Addr] | None) -> None:
         """The backend connection is up (its plain leg is traced with trace_backend)."""
@@ -360,12 +407,18 @@ class ConnectionTracer:
             self.seen[key] = None
             if len(self.seen) > SEEN_CALL_IDS:
                 self.seen.popitem(last=False)
-            manager.send_checked(session[1], sec, usec,
-                                 events.session_record(session[0], cid, cid_length), cid,
-                                 self.conn)
+            manager.send_checked(
+                session[1],
+                sec,
+                usec,
+                events.session_record(session[0], cid, cid_length),
+                cid,
+                self.conn,
+            )
 
-    def _fit(self, data: bytes, cid: bytes | None, received: bool, sec: int,
-             usec: int) -> tuple[bytes | None, bytes | None, int | None]:
+    def _fit(
+        self, data: bytes, cid: bytes | None, received: bool, sec: int, usec: int
+    ) -> tuple[bytes | None, bytes | None, int | None]:
         """The slow path of `message`: shorten a long Call-ID, truncate a message too large
         for one packet, count, log (rate-limited) and send the type-100 record about it.
         Returns what to trace: (payload or None, correlation id, real Call-ID length)."""
@@ -388,12 +441,23 @@ class ConnectionTracer:
                 manager.oversize[f"truncated_{cut}"] += 1
             conn = self.conn
             record = events.truncated_record(
-                conn, received=received, length=length,
-                traced=len(traced) if traced is not None else 0, cut=cut,
-                max_packet=manager.max_packet, call_id=cid, call_id_length=cid_length)
-            manager.send_checked(manager.template(conn.remote, conn.local, PROTO_LOG), sec,
-                                 usec, record,
-                                 cid if cid is not None else str(conn.id).encode(), conn)
+                conn,
+                received=received,
+                length=length,
+                traced=len(traced) if traced is not None else 0,
+                cut=cut,
+                max_packet=manager.max_packet,
+                call_id=cid,
+                call_id_length=cid_length,
+            )
+            manager.send_checked(
+                manager.template(conn.remote, conn.local, PROTO_LOG),
+                sec,
+                usec,
+                record,
+                cid if cid is not None else str(conn.id).encode(),
+                conn,
+            )
         if traced is data and cid_length is None:
             return data, cid, None  # it fits: near the limit, nothing to say
         suppressed = manager.may_log()
@@ -401,22 +465,42 @@ class ConnectionTracer:
             self._log(data, received, traced, cut, cid, cid_length, suppressed)
         return traced, cid, cid_length
 
-    def _log(self, data: bytes, received: bool, traced: bytes | None, cut: str | None,
-             cid: bytes | None, cid_length: int | None, suppressed: int) -> None:
+    def _log(
+        self,
+        data: bytes,
+        received: bool,
+        traced: bytes | None,
+        cut: str | None,
+        cid: bytes | None,
+        cid_length: int | None,
+        suppressed: int,
+    ) -> None:
         conn = self.conn
-        first = data[:data.find(b" ", 0, 32)] if b" " in data[:32] else data[:32]
-        what = f"{first.decode('ascii', 'replace')!r} of {len(data)} bytes " \
+        first = data[: data.find(b" ", 0, 32)] if b" " in data[:32] else data[:32]
+        what = (
+            f"{first.decode('ascii', 'replace')!r} of {len(data)} bytes "
             f"{'received' if received else 'sent'}"
+        )
         notes = []
         if cut == "not_traced":
             notes.append(f"not traced: hep_max_packet {self.manager.max_packet} leaves no room")
         elif cut is not None and traced is not None:
-            notes.append(f"does not fit one HEP packet (hep_max_packet "
-                         f"{self.manager.max_packet}): traced truncated to {len(traced)} bytes, "
-                         f"{cut} cut")
+            notes.append(
+                f"does not fit one HEP packet (hep_max_packet "
+                f"{self.manager.max_packet}): traced truncated to {len(traced)} bytes, "
+                f"{cut} cut"
+            )
         if cid_length is not None and cid is not None:
-            notes.append(f"Call-ID of {cid_length} bytes traced as its first "
-                         f"{len(cid) - 33} bytes and ...{cid[-33:].decode('ascii', 'replace')}")
-        log.warning("conn %s %s %s: %s: %s%s", conn.id, conn.direction,
-                    join_host_port(*conn.remote), what, "; ".join(notes),
-                    _suppressed(suppressed))
+            notes.append(
+                f"Call-ID of {cid_length} bytes traced as its first "
+                f"{len(cid) - 33} bytes and ...{cid[-33:].decode('ascii', 'replace')}"
+            )
+        log.warning(
+            "conn %s %s %s: %s: %s%s",
+            conn.id,
+            conn.direction,
+            join_host_port(*conn.remote),
+            what,
+            "; ".join(notes),
+            _suppressed(suppressed),
+        )
