@@ -5,13 +5,10 @@ with its Call-ID, so a test can count what it saw."""
 
 from __future__ import annotations
 
-import subprocess
-import time
 from pathlib import Path
 
-from tests.support.kamailio_sip import MODULES
-from tests.support.net import free_port, wait_port
-from tests.support.procs import stop_group
+from tests.support.kamailio_sip import MODULES, KamailioProcess
+from tests.support.net import free_port
 
 CONFIG = """#!KAMAILIO
 debug=2
@@ -56,63 +53,13 @@ certificate = {cert}
 """
 
 
-class KamailioTlsPeer:
+class KamailioTlsPeer(KamailioProcess):
     def __init__(self, workdir: Path, cert: Path, key: Path) -> None:
         workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         tls_cfg = workdir / "tls.cfg"
         tls_cfg.write_text(TLS_CFG.format(cert=cert, key=key))
-        self.cfg = workdir / "kamailio.cfg"
-        self.cfg.write_text(CONFIG.format(port=self.port, mpath=MODULES, tls_cfg=tls_cfg))
-        check = subprocess.run(
-            ["kamailio", "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30
-        )
-        if check.returncode != 0:
-            raise RuntimeError(f"kamailio config check failed:\n{check.stderr}")
-        self.log_path = workdir / "kamailio.log"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115
-        self.proc = subprocess.Popen(
-            [
-                "kamailio",
-                "-f",
-                str(self.cfg),
-                "-DD",
-                "-E",
-                "-m",
-                "64",
-                "-M",
-                "8",
-                "-Y",
-                str(workdir),
-            ],
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            wait_port("127.0.0.1", self.port, timeout=20)
-        except TimeoutError:
-            self.stop()
-            raise RuntimeError(
-                f"kamailio did not start:\n{self.log_path.read_text(errors='replace')}"
-            ) from None
-
-    @property
-    def log(self) -> str:
-        self._log.flush()
-        return self.log_path.read_text(errors="replace")
+        self.start(workdir, CONFIG.format(port=self.port, mpath=MODULES, tls_cfg=tls_cfg))
 
     def count(self, method: str) -> int:
         return self.log.count(f"PEER {method} ci=")
-
-    def wait_log(self, text: str, timeout: float = 10) -> str:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if text in self.log:
-                return self.log
-            time.sleep(0.05)
-        raise AssertionError(f"{text!r} not in the kamailio log:\n{self.log}")
-
-    def stop(self) -> None:
-        stop_group(self.proc, grace=10)
-        self._log.close()

@@ -68,16 +68,15 @@ def available() -> bool:
     return shutil.which("kamailio") is not None and Path(MODULES, "registrar.so").exists()
 
 
-class KamailioSip:
-    def __init__(self, workdir: Path, *, haproxy: bool = False) -> None:
-        workdir.mkdir(parents=True, exist_ok=True)
-        self.port = free_port()
+class KamailioProcess:
+    """One Kamailio started on a configuration file: checked with `kamailio -c` first, run in
+    the foreground with its log in the work folder, stopped with its process group."""
+
+    port: int
+
+    def start(self, workdir: Path, config: str) -> None:
         self.cfg = workdir / "kamailio.cfg"
-        self.cfg.write_text(
-            CONFIG.format(
-                port=self.port, mpath=MODULES, haproxy="tcp_accept_haproxy=yes" if haproxy else ""
-            )
-        )
+        self.cfg.write_text(config)
         check = subprocess.run(
             ["kamailio", "-c", "-f", str(self.cfg)], capture_output=True, text=True, timeout=30
         )
@@ -85,20 +84,9 @@ class KamailioSip:
             raise RuntimeError(f"kamailio config check failed:\n{check.stderr}")
         self.log_path = workdir / "kamailio.log"
         self._log = open(self.log_path, "wb")  # noqa: SIM115
+        argv = ["kamailio", "-f", str(self.cfg), "-DD", "-E", "-m", "64", "-M", "8"]
         self.proc = subprocess.Popen(
-            [
-                "kamailio",
-                "-f",
-                str(self.cfg),
-                "-DD",
-                "-E",
-                "-m",
-                "64",
-                "-M",
-                "8",
-                "-Y",
-                str(workdir),
-            ],
+            [*argv, "-Y", str(workdir)],
             stdout=self._log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -127,3 +115,15 @@ class KamailioSip:
     def stop(self) -> None:
         stop_group(self.proc, grace=10)
         self._log.close()
+
+
+class KamailioSip(KamailioProcess):
+    def __init__(self, workdir: Path, *, haproxy: bool = False) -> None:
+        workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self.start(
+            workdir,
+            CONFIG.format(
+                port=self.port, mpath=MODULES, haproxy="tcp_accept_haproxy=yes" if haproxy else ""
+            ),
+        )
