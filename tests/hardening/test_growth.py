@@ -92,18 +92,21 @@ def wait_rss_settled(pid: int, quiet: float = 1.0, timeout: float = 20.0) -> int
 
 # -- tracing state per connection ----------------------------------------------------------------
 
-#: what docs/hardening.md and the README promise for one connection's tracing state under
-#: this attack, with room for the allocator (measured: see the figures)
-PER_CONNECTION_KIB = 4 * 1024
+#: RSS growth allowed per connection under this attack. The tracing state itself is bounded to
+#: about 1.5 MiB (README, "Hardening"); RSS also holds the allocator's high-water mark of the
+#: 60 kB messages being read, copied for tracing and relayed, which varies from run to run
+#: (1 to 4.6 MiB per connection with 2 connections). Before the fix: 64 MiB per connection,
+#: still held after close.
+PER_CONNECTION_KIB = 8 * 1024
 
 
 def test_tracing_state_per_connection_is_bounded(
     tmp_path: Path, legit: Legit, record: Record
 ) -> None:
-    """Tracing on; 2 connections each send 1,100 requests with distinct 60,000-byte Call-IDs
+    """Tracing on; 4 connections each send 1,100 requests with distinct 60,000-byte Call-IDs
     (each one a session record). The Call-IDs the tracer remembers used to be kept whole:
     about 64 MiB per connection, still held after the connections closed."""
-    n, per_conn, cid_size = 2, 1100, 60_000
+    n, per_conn, cid_size = 4, 1100, 60_000
     sink = UdpDiscard()
     try:
         with SipBackend() as backend, responder() as attack_backend:
