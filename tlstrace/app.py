@@ -205,15 +205,6 @@ class Sidecar:
         self.reload_by = by
         return self.reloader.request()
 
-    def reload(self) -> ReloadOutcome:
-        """Reload at once, in the caller's thread (SIGHUP and the API go through
-        `self.reloader`, which coalesces requests and builds off the event loop)."""
-        try:
-            prepared = self.prepare_reload()
-        except Exception as e:  # any failure keeps what runs
-            return self.reload_failed(e)
-        return self.apply_reload(prepared)
-
     def prepare_reload(self) -> PreparedReload:
         """The slow part of a reload: re-read the configuration file, decide what each changed
         key does (`tlstrace.reload`), build the SSL contexts and parse the certificates. Runs

@@ -28,18 +28,16 @@ from tests.hardening.harness import (
     LegitTraffic,
     Metrics,
     RawTlsClient,
+    Target,
     connect,
     crafted_client_hello,
-    fd_count,
     local_port,
     many_sockets,
     real_client_hello,
     rss_kib,
     wait_all_closed,
     wait_closed,
-    wait_fds,
     wait_log_count,
-    wait_open_inbound,
 )
 from tests.support.backend import SipBackend
 from tests.support.relay import RelayProcess
@@ -60,38 +58,6 @@ SETTINGS = {
     "tls_send_timeout": 1500,
     "conn_buffer_limit": 65536,
 }
-
-
-class Target:
-    """The module's relay and backend, and the relay's fd count at rest."""
-
-    def __init__(self, relay: RelayProcess, backend: SipBackend) -> None:
-        self.relay = relay
-        self.backend = backend
-        self.pid = relay.proc.pid
-        self.fds_at_rest = fd_count(self.pid)
-
-    def port(self) -> int:
-        return self.relay.port()
-
-    def scrape(self) -> Metrics:
-        return Metrics.scrape(self.relay)
-
-    def handshake_failed(self, port: int, reason: str) -> str:
-        """The log line of one offender's failed handshake (up to its detail)."""
-        return f" inbound 127.0.0.1:{port}: TLS handshake failed: {reason} ("
-
-    def closed(self, port: int, reason: str) -> str:
-        """The log line of one offender's connection closed."""
-        return f" inbound 127.0.0.1:{port} closed: {reason}"
-
-    def settle(self) -> None:
-        """Nothing of the case is left open in the relay: no connection, no fd."""
-        wait_open_inbound(self.relay, 0)
-        assert wait_fds(self.pid, self.fds_at_rest) <= self.fds_at_rest
-        assert self.relay.proc.poll() is None
-        log = self.relay.log
-        assert "Traceback" not in log and " ERROR " not in log
 
 
 @pytest.fixture(scope="module")

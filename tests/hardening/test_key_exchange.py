@@ -30,11 +30,10 @@ from tests.hardening.conftest import Record
 from tests.hardening.harness import (
     LegitTraffic,
     Metrics,
-    fd_count,
+    Target,
     real_client_hello,
     tls_client_context,
     wait_closed,
-    wait_fds,
     wait_log_count,
     wait_open_inbound,
 )
@@ -64,29 +63,6 @@ HANDSHAKE_FAILURE_ALERT = b"\x15\x03\x03\x00\x02\x02\x28"
 
 
 SINGLE = ("X25519", "P-256", "P-384")
-
-
-class Target:
-    """A relay whose configuration says nothing about groups: the defaults."""
-
-    def __init__(self, relay: RelayProcess, backend: SipBackend) -> None:
-        self.relay = relay
-        self.backend = backend
-        self.pid = relay.proc.pid
-        self.fds_at_rest = fd_count(self.pid)
-
-    def port(self) -> int:
-        return self.relay.port()
-
-    def scrape(self) -> Metrics:
-        return Metrics.scrape(self.relay)
-
-    def settle(self) -> None:
-        wait_open_inbound(self.relay, 0)
-        assert wait_fds(self.pid, self.fds_at_rest) <= self.fds_at_rest
-        assert self.relay.proc.poll() is None
-        log = self.relay.log
-        assert "Traceback" not in log and " ERROR " not in log
 
 
 @pytest.fixture(scope="module")

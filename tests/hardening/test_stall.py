@@ -22,13 +22,10 @@ from tests.hardening.conftest import Record
 from tests.hardening.harness import (
     TLS1_2,
     LegitTraffic,
-    Metrics,
+    Target,
     crafted_client_hello,
-    fd_count,
     rss_kib,
     wait_closed,
-    wait_fds,
-    wait_open_inbound,
 )
 from tests.support.backend import SipBackend
 from tests.support.relay import RelayProcess
@@ -45,30 +42,6 @@ SETTINGS = {
 }
 NON_SIP_LIMIT = 16  # the default tls_max_non_sip_records
 KEEPALIVE_RATE = 2.0  # the default tls_keepalive_rate
-
-
-class Target:
-    def __init__(self, relay: RelayProcess, backend: SipBackend) -> None:
-        self.relay = relay
-        self.backend = backend
-        self.pid = relay.proc.pid
-        self.fds_at_rest = fd_count(self.pid)
-
-    def port(self) -> int:
-        return self.relay.port()
-
-    def scrape(self) -> Metrics:
-        return Metrics.scrape(self.relay)
-
-    def closed(self, port: int, reason: str) -> str:
-        return f" inbound 127.0.0.1:{port} closed: {reason}"
-
-    def settle(self) -> None:
-        wait_open_inbound(self.relay, 0)
-        assert wait_fds(self.pid, self.fds_at_rest) <= self.fds_at_rest
-        assert self.relay.proc.poll() is None
-        log = self.relay.log
-        assert "Traceback" not in log and " ERROR " not in log
 
 
 @pytest.fixture(scope="module")
