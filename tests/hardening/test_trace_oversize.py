@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import ssl
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -194,8 +195,14 @@ def test_every_relayed_message_leaves_a_trace(
                     assert len(rows_of(kam, instance, c.cid, 2)) >= 2, (instance, c.label)
             # one byte over max_msg_size is not relayed (the connection is closed): no trace
             with TlsClient(relay.port()) as refused:
-                refused.send(sized("refused@ovs", MAX_MSG_SIZE + 1))
-                assert refused.wait_closed()
+                # the relay closes as soon as the Content-Length tells the size, which may be
+                # while the rest is still being sent
+                try:
+                    refused.send(sized("refused@ovs", MAX_MSG_SIZE + 1))
+                except (OSError, ssl.SSLError):
+                    pass
+                else:
+                    assert refused.wait_closed()
             # the same long Call-ID again, on another connection: the same short id
             with TlsClient(relay.port()) as again:
                 again.send(build(long_ids[1], branch="z9hG4bK-again"))
