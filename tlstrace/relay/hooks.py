@@ -17,6 +17,10 @@ class MessageTracer(Protocol):
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         """One SIP message: `received` from the TLS peer, or sent to it."""
 
+    def messages(self, chunks: list[bytes], received: bool, timestamp: float) -> None:
+        """A batch of framed chunks read or written together: SIP messages, and keep-alives
+        (whitespace first), which are not traced."""
+
     def backend_leg(self, addresses: tuple[tuple[str, int], tuple[str, int]] | None) -> None:
         """The backend connection is up: (local, remote) of a plain TCP leg, or None when
         there is none to trace (a tls: backend, or no backend at all)."""

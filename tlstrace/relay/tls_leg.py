@@ -202,12 +202,11 @@ class TlsLeg(BaseLeg):
         self.last_activity = self.relay.loop.time()
         counts = self.out_counts
         tracer = self.tracer
-        now = time.time() if tracer is not None else 0.0
         for chunk in chunks:
             if chunk[0] not in WHITESPACE:  # keep-alives are not messages
                 counts[message_label(chunk)] += 1
-                if tracer is not None:
-                    tracer.message(chunk, False, now)
+        if tracer is not None:
+            tracer.messages(chunks, False, time.time())
         reg = self.registrations
         if reg is not None and reg.pending:
             until = reg.until
@@ -534,10 +533,7 @@ class TlsLeg(BaseLeg):
         conn.bytes_in += size
         conn.msgs_in += nmsgs
         if self.tracer is not None:
-            now = time.time()
-            for chunk in out:
-                if chunk[0] not in WHITESPACE:
-                    self.tracer.message(chunk, True, now)
+            self.tracer.messages(out, True, time.time())
         partner = self.partner
         if partner is not None and not self.pending:
             partner.send(out, nmsgs)

@@ -22,6 +22,7 @@ from hep.sender import HepIdentity, HepSender
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
+from tlstrace.sip.framing import WHITESPACE
 from tlstrace.sip.peek import call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
@@ -372,6 +373,13 @@ class ConnectionTracer:
                 self.manager.send(self.backend_out, sec, usec, data, cid)
         self.early = None
         self.early_size = 0
+
+    def messages(self, chunks: list[bytes], received: bool, timestamp: float) -> None:
+        """A batch read or written together (keep-alives, whitespace first, are skipped)."""
+        message = self.message
+        for chunk in chunks:
+            if chunk[0] not in WHITESPACE:
+                message(chunk, received, timestamp)
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
