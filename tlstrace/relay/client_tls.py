@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING, Self, cast
+import ssl
+from typing import Self, cast
 
 from tlstrace.config import Endpoint
 from tlstrace.relay.connection import Connection
+from tlstrace.relay.host import RelayHost
 from tlstrace.relay.tls_leg import TlsLeg
 from tlstrace.tls.certinfo import CertInfo
-
-if TYPE_CHECKING:
-    from tlstrace.relay.runtime import Relay
 
 
 class ClientTls(TlsLeg):
@@ -21,7 +20,7 @@ class ClientTls(TlsLeg):
     @classmethod
     def open(
         cls,
-        relay: Relay,
+        relay: RelayHost,
         target: Endpoint,
         client_domain: str | None,
         listener: str,
@@ -43,8 +42,10 @@ class ClientTls(TlsLeg):
     client_domain: str | None = None
     preamble = b""
 
-    def local_cert(self) -> CertInfo | None:
-        return self.relay.client_contexts.cert_info(self.client_domain)
+    def local_cert(
+        self, context: ssl.SSLContext, started: bool
+    ) -> tuple[CertInfo | None, str | None]:
+        return self.relay.client_contexts.cert_info(self.client_domain), None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = cast(asyncio.Transport, transport)

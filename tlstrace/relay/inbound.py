@@ -5,28 +5,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-from typing import TYPE_CHECKING, cast
+from typing import cast
 
 from tlstrace.config import Listener
 from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.host import RelayHost
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
 from tlstrace.tls.certinfo import CertInfo
-from tlstrace.tls.clienthello import HelloReader
 from tlstrace.tls.contexts import ServerContexts
-
-if TYPE_CHECKING:
-    from tlstrace.relay.runtime import Relay
 
 log = logging.getLogger("tlstrace.relay")
 
 
 class InboundListener:
-    def __init__(self, relay: Relay, listener: Listener, contexts: ServerContexts) -> None:
+    def __init__(self, relay: RelayHost, listener: Listener, contexts: ServerContexts) -> None:
         self.relay = relay
         self.listener = listener
         self.contexts = contexts
@@ -34,11 +31,18 @@ class InboundListener:
         self.listening: Listening | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
-        relay.prepare_contexts(ident.context for ident in contexts.identities)
+        self.prepare(contexts)
+
+    def prepare(self, contexts: ServerContexts) -> None:
+        """Hook new contexts into key logging, when keys are enabled."""
+        keylog = self.relay.ctx.keylog
+        if keylog is not None:
+            for ident in contexts.identities:
+                keylog.attach(ident.context)
 
     def replace_contexts(self, contexts: ServerContexts) -> None:
         """New certificates for new connections; open ones keep theirs."""
-        self.relay.prepare_contexts(ident.context for ident in contexts.identities)
+        self.prepare(contexts)
         self.contexts = contexts
 
     async def start(self) -> None:
@@ -59,14 +63,19 @@ class InboundListener:
 class InboundTls(TlsLeg):
     """A client's TLS connection; its backend connection opens when the handshake completes."""
 
-    def __init__(self, relay: Relay, listener: InboundListener) -> None:
+    def __init__(self, relay: RelayHost, listener: InboundListener) -> None:
         conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
         contexts = listener.contexts
-        super().__init__(relay, conn, contexts.initial, server_side=True)
+        super().__init__(
+            relay,
+            conn,
+            contexts.initial,
+            server_side=True,
+            # several domains: the ClientHello's SNI chooses the context
+            chooser=None if contexts.single else contexts,
+        )
         self.listener = listener
         self.contexts = contexts  # the set this connection started with, whatever reloads do
-        if not contexts.single:
-            self.hello = HelloReader()
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
 
@@ -117,14 +126,14 @@ class InboundTls(TlsLeg):
         # the leg keeps its task (asyncio only keeps weak references to tasks)
         self.connecting = self.relay.loop.create_task(self._connect_backend())
 
-    def choose_context(self, server_name: str | None) -> ssl.SSLContext:
-        return self.contexts.select(server_name)
-
-    def local_cert(self) -> CertInfo | None:
-        ident = self.contexts.identity_of(self.obj.context if self.obj else self.context)
-        if ident is not None and self.obj is not None:  # the domain the handshake ran on
-            self.conn.server_domain = ident.domain.name
-        return ident.cert if ident is not None else None
+    def local_cert(
+        self, context: ssl.SSLContext, started: bool
+    ) -> tuple[CertInfo | None, str | None]:
+        ident = self.contexts.identity_of(context)
+        if ident is None:
+            return None, None
+        # the domain the handshake ran on
+        return ident.cert, ident.domain.name if started else None
 
     async def _connect_backend(self) -> None:
         relay = self.relay
@@ -150,9 +159,9 @@ class InboundTls(TlsLeg):
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
         except Exception as e:  # any failure closes this client, never the relay
             self.partner_pending = False
-            if self.closed and self.pending_msgs:
+            if self.closed and self.core.pending_msgs:
                 relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += (
-                    self.pending_msgs
+                    self.core.pending_msgs
                 )
             relay.stats.backend_connect_failures += 1
             why = str(e) or type(e).__name__
@@ -171,9 +180,8 @@ class InboundTls(TlsLeg):
         if self.closed:
             # the client went away while we connected: what it sent before still goes to the
             # backend, then the backend connection closes (after flushing it)
-            if self.pending:
-                leg.send(self.pending, self.pending_msgs)
-                self.pending, self.pending_msgs, self.pending_size = [], 0, 0
+            if self.core.pending:
+                leg.send(*self.core.take_pending())
             leg.partner_closed(
                 CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
                 "the client closed first",

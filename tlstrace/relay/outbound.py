@@ -23,19 +23,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from tlstrace.config import Endpoint, Listener
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.host import RelayHost
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.sip.framing import WHITESPACE
 from tlstrace.sip.route import Peek, Route, TrunkRoutes
 from tlstrace.tls.failures import HandshakeFailure
-
-if TYPE_CHECKING:
-    from tlstrace.relay.runtime import Relay
 
 log = logging.getLogger("tlstrace.relay")
 
@@ -48,8 +46,14 @@ _DROP_LOG_INTERVAL = 10.0
 _TARGET_RETRY = 1.0
 
 
+class PoolHost(RelayHost, Protocol):
+    """The relay, with its pool of peer connections."""
+
+    pool: PeerPool
+
+
 class OutboundListener:
-    def __init__(self, relay: Relay, listener: Listener) -> None:
+    def __init__(self, relay: PoolHost, listener: Listener) -> None:
         self.relay = relay
         self.listener = listener
         self.server: asyncio.Server | None = None
@@ -75,7 +79,7 @@ class OutboundListener:
 
 
 class PeerPool:
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: RelayHost) -> None:
         self.relay = relay
         self.links: dict[PoolKey, PeerLink] = {}
 
@@ -109,7 +113,7 @@ class PeerLink:
     It is the partner of the pooled TLS leg: what the peer sends arrives in `send`.
     """
 
-    def __init__(self, relay: Relay, peer: Endpoint, domain: str, listener: str) -> None:
+    def __init__(self, relay: RelayHost, peer: Endpoint, domain: str, listener: str) -> None:
         self.relay = relay
         self.peer = peer
         self.domain = domain
@@ -202,13 +206,11 @@ class PeerLink:
             why = str(e) or type(e).__name__
             log.warning("peer %s unreachable: %s", self.peer, why)
             relay.upstream_result(str(self.peer), "peer", False, why)
-            relay.stats.dropped_messages["peer_unreachable"] += leg.outq_msgs
-            leg.outq.clear()
-            leg.outq_msgs = leg.outq_size = 0
+            relay.stats.dropped_messages["peer_unreachable"] += leg.core.drop_outq()
             relay.stats.handshake_failed(
                 leg.conn.listener, "outbound", HandshakeFailure.CONNECT_FAILED.value
             )
-            relay.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
+            relay.ctx.observer.handshake_failed(leg.conn, HandshakeFailure.CONNECT_FAILED, why)
             # counts the close, sends CLOSED when traced, and lets this link reconnect later
             # (also when the timeout came after the TCP connection was made)
             leg.close(CloseReason.CONNECT_FAILED, why, abort=True)
@@ -362,7 +364,7 @@ class TargetLeg(PlainLeg):
     """tlstrace's TCP connection to a tcp: listener's local_target; what is sent to it while
     it connects waits (bounded by conn_buffer_limit: above it the peer is not read)."""
 
-    def __init__(self, relay: Relay) -> None:
+    def __init__(self, relay: RelayHost) -> None:
         super().__init__(relay, None, name="local")
         self.queued: list[bytes] = []
         self.queued_msgs = 0

@@ -1,42 +1,29 @@
-"""A plain TCP leg: the backend SIP server (inbound) or the local SIP server (outbound)."""
+"""A plain TCP leg: the backend SIP server (inbound) or the local SIP server (outbound). An
+adapter around relay/plain_core.PlainCore."""
 
 from __future__ import annotations
 
 import asyncio
-import logging
 import time
-from typing import TYPE_CHECKING
 
 from tlstrace.relay.connection import CloseReason
+from tlstrace.relay.host import RelayHost
 from tlstrace.relay.leg import BaseLeg
 from tlstrace.relay.partner import Partner
-from tlstrace.sip.framing import FramingError, KeepAlive, Message, SipFramer
-
-if TYPE_CHECKING:
-    from tlstrace.relay.runtime import Relay
-
-log = logging.getLogger("tlstrace.relay")
+from tlstrace.relay.plain_core import PlainCore
 
 
 class PlainLeg(BaseLeg):
     """Frames SIP from a TCP peer and hands it to the partner; writes the partner's SIP."""
 
+    core: PlainCore
+
     def __init__(
-        self, relay: Relay, partner: Partner | None, *, name: str, preamble: bytes = b""
+        self, relay: RelayHost, partner: Partner | None, *, name: str, preamble: bytes = b""
     ) -> None:
-        super().__init__(relay)
+        super().__init__(relay, PlainCore(relay.ctx, name))
         self.partner = partner
-        self.name = name  # "backend" or "local", for logs
-        self.timeout_kind = f"{name}_message_timeout"
         self.preamble = preamble
-        # the SIP server side is trusted with keep-alives: relay them as they are
-        self.framer = SipFramer(
-            max_msg_size=relay.config.max_msg_size,
-            pingpong=False,
-            crlf_drop=False,
-            max_chunks=None,
-            strict=False,
-        )
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         transport = self.attach(transport)
@@ -46,26 +33,14 @@ class PlainLeg(BaseLeg):
 
     def data_received(self, data: bytes) -> None:
         started = time.perf_counter()
-        out: list[bytes] = []
-        nmsgs = 0
-        for ev in self.framer.feed(data):
-            cls = ev.__class__
-            if cls is Message:
-                out.append(ev.data)  # type: ignore[union-attr]
-                nmsgs += 1
-            elif cls is KeepAlive:
-                out.append(ev.data)  # type: ignore[union-attr]
-            elif cls is FramingError:
-                assert isinstance(ev, FramingError)
-                if out and self.partner is not None:
-                    self.partner.send(out, nmsgs)
-                self.relay.stats.framing_errors[f"{self.name}_{ev.kind.value}"] += 1
-                self.close(CloseReason.FRAMING_ERROR, f"from {self.name}: {ev.detail}")
-                return
-        self.note_partial(bool(self.framer.buffered))
+        core = self.core
+        out = core.receive(data, self.ctx.clock())
         if out and self.partner is not None:
-            self.partner.send(out, nmsgs)
-            self.relay.stats.relay_seconds.sample(started)
+            self.partner.send(out, core.batch_msgs)
+            if core.close_request is None:
+                self.ctx.stats.relay_seconds.sample(started)
+        if core.close_request is not None:
+            self.close(*core.close_request)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.live = False

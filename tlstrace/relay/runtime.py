@@ -5,22 +5,20 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Coroutine, Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
-from tlstrace.relay.hooks import ConnectionObserver, NullObserver
+from tlstrace.relay.context import RelayContext
+from tlstrace.relay.hooks import ConnectionObserver
+from tlstrace.relay.host import LiveLeg, TlsLegView
+from tlstrace.relay.outbound import PeerPool
 from tlstrace.relay.ratelimit import HandshakeGate
-from tlstrace.relay.stats import NOT_NEGOTIATED, RelayStats
+from tlstrace.relay.stats import RelayStats
 from tlstrace.tls.contexts import ClientContexts
 from tlstrace.tls.keylog import KeyLogTap
-
-if TYPE_CHECKING:
-    from tlstrace.relay.leg import BaseLeg
-    from tlstrace.relay.outbound import PeerPool
-    from tlstrace.relay.tls_leg import TlsLeg
 
 
 @dataclass
@@ -58,19 +56,20 @@ class Relay:
         observer: ConnectionObserver | None = None,
         client_contexts: ClientContexts | None = None,
     ) -> None:
-        from tlstrace.relay.outbound import PeerPool
-
-        self.config = config
         self.loop = loop
         self.source = source
-        self.stats = RelayStats(listener_directions(config))
-        self.observer: ConnectionObserver = observer or NullObserver()
-        self.keylog: KeyLogTap | None = KeyLogTap() if config.keys_wanted else None
+        #: what the connection cores see of the relay (config, clock, counters, observer)
+        self.ctx = RelayContext(
+            config,
+            RelayStats(listener_directions(config)),
+            observer=observer,
+            keylog=KeyLogTap() if config.keys_wanted else None,
+        )
         #: open TLS connections by id, with their legs
         self.connections: dict[int, Connection] = {}
-        self.tls_legs: dict[int, TlsLeg] = {}
+        self.tls_legs: dict[int, TlsLegView] = {}
         #: every live leg, for the timeout sweep and shutdown
-        self.legs: set[BaseLeg] = set()
+        self.legs: set[LiveLeg] = set()
         self.inbound_open = 0
         self.handshake_gate = HandshakeGate.from_config(config, self.stats)
         self.client_contexts = client_contexts or ClientContexts(config, source)
@@ -81,6 +80,30 @@ class Relay:
         #: by endpoint text ("tcp:127.0.0.1:5060")
         self.upstreams: dict[str, UpstreamStatus] = {}
 
+    @property
+    def config(self) -> Config:
+        return self.ctx.config
+
+    @config.setter
+    def config(self, config: Config) -> None:
+        self.ctx.config = config
+
+    @property
+    def stats(self) -> RelayStats:
+        return self.ctx.stats
+
+    @property
+    def observer(self) -> ConnectionObserver:
+        return self.ctx.observer
+
+    @observer.setter
+    def observer(self, observer: ConnectionObserver) -> None:
+        self.ctx.observer = observer
+
+    @property
+    def keylog(self) -> KeyLogTap | None:
+        return self.ctx.keylog
+
     def upstream_result(self, endpoint: str, role: str, ok: bool, error: str = "") -> None:
         status = self.upstreams.get(endpoint)
         if ok and status is not None and status.ok:
@@ -90,61 +113,48 @@ class Relay:
 
     def prepare_contexts(self, contexts: Iterable[ssl.SSLContext]) -> None:
         """Hook new contexts into key logging, when keys are enabled."""
-        if self.keylog is not None:
+        keylog = self.ctx.keylog
+        if keylog is not None:
             for ctx in contexts:
-                self.keylog.attach(ctx)
+                keylog.attach(ctx)
 
     def set_keys(self, wanted: bool) -> None:
         """Start or stop collecting session keys (a reload changed trace_keys or
         keylog_file). Starting hooks the contexts prepared from then on (a reload replaces
         them all); stopping leaves the hooks in place but nothing is collected any more."""
-        if wanted and self.keylog is None:
-            self.keylog = KeyLogTap()
+        if wanted and self.ctx.keylog is None:
+            self.ctx.keylog = KeyLogTap()
         elif not wanted:
-            self.keylog = None
+            self.ctx.keylog = None
 
     def replace_client_contexts(self, contexts: ClientContexts) -> None:
         """New client certificates for connections opened from now on."""
         self.prepare_contexts(contexts.contexts())
         self.client_contexts = contexts
 
-    def spawn(self, coro: object) -> None:
+    def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
         """Run a background task and keep a reference to it until it ends."""
-        task: asyncio.Task[None] = self.loop.create_task(coro)  # type: ignore[arg-type]
+        task: asyncio.Task[None] = self.loop.create_task(coro)
         self.tasks.add(task)
         task.add_done_callback(self.tasks.discard)
 
     # -- registry ------------------------------------------------------------------------------
 
-    def register(self, leg: BaseLeg) -> None:
+    def register(self, leg: LiveLeg) -> None:
         self.legs.add(leg)
 
-    def register_tls(self, leg: TlsLeg) -> None:
+    def register_tls(self, leg: TlsLegView) -> None:
         self.legs.add(leg)
         self.connections[leg.conn.id] = leg.conn
         self.tls_legs[leg.conn.id] = leg
 
-    def unregister(self, leg: BaseLeg) -> None:
+    def unregister(self, leg: LiveLeg) -> None:
         self.legs.discard(leg)
 
-    def handshake_done(self, leg: TlsLeg, elapsed: float) -> None:
-        conn = leg.conn
-        self.stats.handshakes[
-            conn.listener,
-            conn.direction,
-            "success",
-            conn.tls_version or NOT_NEGOTIATED,
-            conn.cipher or NOT_NEGOTIATED,
-        ] += 1
-        self.stats.handshake_seconds[conn.listener, conn.direction].observe(elapsed)
-
-    def connection_closed(self, leg: TlsLeg) -> None:
-        # bytes are counted on the connection while it lives (cheaper on the message path)
-        self.stats.bytes[leg.conn.listener, "from_tls"] += leg.conn.bytes_in
-        self.stats.bytes[leg.conn.listener, "to_tls"] += leg.conn.bytes_out
-        self.connections.pop(leg.conn.id, None)
-        self.tls_legs.pop(leg.conn.id, None)
-        if leg.conn.direction == "inbound":
+    def connection_closed(self, conn: Connection) -> None:
+        self.connections.pop(conn.id, None)
+        self.tls_legs.pop(conn.id, None)
+        if conn.direction == "inbound":
             self.inbound_open -= 1
 
     def close_connection(self, conn_id: int, reason: CloseReason) -> bool:

@@ -7,12 +7,10 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING
+
+from tlstrace.relay.runtime import Relay
 
 log = logging.getLogger("tlstrace.relay")
-
-if TYPE_CHECKING:
-    from tlstrace.relay.runtime import Relay
 
 
 def interval_for(relay: Relay) -> float:
@@ -31,7 +29,7 @@ def interval_for(relay: Relay) -> float:
 async def sweep_forever(relay: Relay) -> None:
     while True:
         await asyncio.sleep(interval_for(relay))
-        now = relay.loop.time()
+        now = relay.ctx.clock()
         for leg in list(relay.legs):
             try:
                 leg.check_timeouts(now)

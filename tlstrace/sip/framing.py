@@ -115,9 +115,13 @@ class SipFramer:
         "_chunks",
         "_need",
         "crlf_drop",
+        "dropped",
+        "error",
         "max_chunks",
         "max_msg_size",
         "pingpong",
+        "pings",
+        "relayed",
         "strict",
     )
 
@@ -139,6 +143,13 @@ class SipFramer:
         self._chunks = 0
         # total size of the message at the head of the buffer, once its headers are parsed
         self._need = 0
+        #: `feed_into` counts here what `feed` returns as events: CRLFCRLF pings, whitespace
+        #: runs relayed (KeepAlive) and dropped (Dropped); the caller reads and resets them
+        self.pings = 0
+        self.relayed = 0
+        self.dropped = 0
+        #: the error that made `feed_into` return -1
+        self.error: FramingError | None = None
 
     @property
     def buffered(self) -> int:
@@ -160,6 +171,98 @@ class SipFramer:
                     return [Message(data)]
                 self._need = size  # _feed carries on from the parsed headers
         return self._feed(data)
+
+    def feed_into(self, data: bytes, out: list[bytes]) -> int:
+        """`feed` without an object per message: append each complete message and each relayed
+        keep-alive (whitespace first) to `out`; count pings, relayed and dropped keep-alives in
+        `pings`, `relayed` and `dropped`. Return the messages appended, or -1 after a framing
+        error (in `error`; what came before it is in `out`)."""
+        if not self._buf and data and data[0] not in WHITESPACE:
+            # the common case, one whole message in one chunk: no slicing, no loop
+            head_end = data.find(b"\r\n\r\n")
+            if head_end > 0:
+                size = self._parse_head(data, 0, head_end)
+                if isinstance(size, FramingError):
+                    self._reset()
+                    self.error = size
+                    return -1
+                if size == len(data):
+                    self._chunks = 0
+                    out.append(data)
+                    return 1
+                self._need = size
+        buf = self._buf + data if self._buf else data
+        n = len(buf)
+        need = self._need
+        if need and n < need:
+            self._buf = buf
+            return self._incomplete_into(0)
+        count = 0
+        pos = 0
+        while pos < n:
+            if need:
+                end = pos + need
+                if end > n:
+                    break
+                out.append(buf[pos:end])
+                count += 1
+                pos = end
+                need = 0
+                self._chunks = 0
+                continue
+            if buf[pos] in WHITESPACE:
+                pos = self._between_into(buf, pos, out)
+                continue
+            head_end = buf.find(b"\r\n\r\n", pos)
+            if head_end < 0:
+                if n - pos > self.max_msg_size:
+                    self._reset()
+                    self.error = FramingError(
+                        FramingErrorKind.TOO_LARGE,
+                        f"no end of headers within {self.max_msg_size} bytes",
+                    )
+                    return -1
+                break
+            need_or_error = self._parse_head(buf, pos, head_end)
+            if isinstance(need_or_error, FramingError):
+                self._reset()
+                self.error = need_or_error
+                return -1
+            need = need_or_error
+        self._need = need
+        self._buf = buf[pos:] if pos < n else b""
+        if self._buf:
+            return self._incomplete_into(count)
+        self._chunks = 0
+        return count
+
+    def _incomplete_into(self, count: int) -> int:
+        self._chunks += 1
+        if self.max_chunks is not None and self._chunks >= self.max_chunks:
+            chunks = self._chunks
+            self._reset()
+            self.error = FramingError(
+                FramingErrorKind.TOO_MANY_CHUNKS, f"message still incomplete after {chunks} reads"
+            )
+            return -1
+        return count
+
+    def _between_into(self, buf: bytes, pos: int, out: list[bytes]) -> int:
+        end = pos + 1
+        n = len(buf)
+        while end < n and buf[end] in WHITESPACE:
+            end += 1
+        run = buf[pos:end]
+        if self.pingpong and _PING_BYTES in run:
+            self.pings += run.count(_PING_BYTES)
+            run = run.replace(_PING_BYTES, b"")
+        if run:
+            if self.crlf_drop:
+                self.dropped += 1
+            else:
+                out.append(run)
+                self.relayed += 1
+        return end
 
     def _feed(self, data: bytes) -> list[Event]:
         buf = self._buf + data if self._buf else data
