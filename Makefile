@@ -29,13 +29,14 @@ test: deps lint
 	$(BIN)/pytest
 
 # The in-memory tests alone (sans-IO parts: framing, ClientHello, registrations, trunk routes,
-# rate limits, HEP codec, tracing fit, reloader, fuzzers): half a minute, no sockets.
+# rate limits, HEP codec, tracing fit, reloader, fuzzers, the relay core in tests/core):
+# half a minute, no sockets.
 UNIT = tests/test_framing.py tests/test_clienthello.py tests/test_registration.py \
        tests/test_sip_route.py tests/test_ratelimit.py tests/test_trace_fit.py \
        tests/test_trace_units.py tests/test_tls_records.py tests/test_keepalive_budget.py \
        tests/test_reloader.py tests/test_feed.py tests/test_trunk_config.py tests/test_docs.py \
        tests/hep/test_codec.py tests/hep/test_codec_fuzz.py \
-       tests/hardening/test_fuzz_framer.py tests/hardening/test_fuzz_hep.py
+       tests/hardening/test_fuzz_framer.py tests/hardening/test_fuzz_hep.py tests/core
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest $(UNIT)

@@ -106,6 +106,7 @@ class TlsSession:
         chooser: ContextChooser | None = None,
         keylog: KeyLogTap | None = None,
         keylog_lines: list[str] | None = None,
+        ssl_session: ssl.SSLSession | None = None,
     ) -> None:
         #: the context OpenSSL runs (or will run) on
         self.context = context
@@ -116,6 +117,8 @@ class TlsSession:
         #: the tap that takes OpenSSL's key-log lines (None: keys are not wanted)
         self.keylog = keylog
         self.keylog_lines: list[str] = keylog_lines if keylog_lines is not None else []
+        #: a session to resume (client side)
+        self.ssl_session = ssl_session
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
         self.obj: ssl.SSLObject | None = None
@@ -278,6 +281,7 @@ class TlsSession:
             self.outgoing,
             server_side=self.server_side,
             server_hostname=self.server_hostname,
+            session=self.ssl_session,
         )
 
     def _handshake_data(self, data: bytes, now: float) -> None:
