@@ -238,7 +238,6 @@ class Wire:
         core = self.core
         self.opened += len(core.pop_events())
         if out:
-            core.delivered(out, core.batch_msgs)
             self.forwarded += out
             self.forwarded_msgs += core.batch_msgs
             joined = b"".join(out)

@@ -165,22 +165,24 @@ class TlsCore(LegState):
                 self._session_event(ev, now)
         session.events = ended
         if self.close_request is not None or not (chunks or ended):
-            self.batch_msgs = 0
-            return []
+            return self._note_in([], 0)
         return self._frame(chunks, now)
 
     def _frame(self, chunks: list[bytes], now: float) -> list[bytes]:
         out: list[bytes] = []
         framer = self.framer
-        error: FramingError | None = None
         for chunk in chunks:
             if framer.feed_into(chunk, out) < 0:
-                error = framer.error
-                break
+                nmsgs = self._count(out, now) if out else 0
+                self._framing_error()
+                return self._note_in(out, nmsgs)
         nmsgs = 0
+        size = 0
         if out:
+            # (`_count` and `_note_in`, inlined: this is the hot path)
             counts = self.in_counts
             for data in out:
+                size += len(data)
                 if data[0] in WHITESPACE:
                     continue
                 nmsgs += 1
@@ -190,7 +192,77 @@ class TlsCore(LegState):
                     if self.registrations is None:
                         self.registrations = RegistrationTracker()
                     self.registrations.request(data, now)
+        session = self.session
+        if framer.pings or framer.relayed or framer.dropped or session.events or not chunks:
+            out = self._frame_rest(chunks, out, nmsgs, now)
+            return self._note_in(out, nmsgs)
+        # the common case: SIP and nothing else. Only SIP and keep-alives count as traffic
+        # for tcp_connection_lifetime
+        self.last_activity = now
+        self.non_sip_records = 0
+        # an incomplete TLS record counts as a partial message too (a slow-loris that drips
+        # one record byte by byte never reaches the framer). What is incomplete after a read
+        # that completed a message, or a record with no message pending, started in this read:
+        # its clock starts now (a client streaming whole records is not a slow-loris)
+        if session.rec_left or session.rec_head or framer.buffered:
+            if nmsgs or not self.partial_since or (session.records_ended and not framer.buffered):
+                self.partial_since = now
+        else:
+            self.partial_since = 0.0
         self.batch_msgs = nmsgs
+        if size:
+            conn = self.conn
+            conn.bytes_in += size
+            conn.msgs_in += nmsgs
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.messages(out, True, time.time())
+        return out
+
+    def _count(self, out: list[bytes], now: float) -> int:
+        """Count the messages of a batch by label; note REGISTERs. Returns how many."""
+        nmsgs = 0
+        counts = self.in_counts
+        for data in out:
+            if data[0] in WHITESPACE:
+                continue
+            nmsgs += 1
+            label = message_label(data)
+            counts[label] += 1
+            if label == "REGISTER" and self.server_side:
+                if self.registrations is None:
+                    self.registrations = RegistrationTracker()
+                self.registrations.request(data, now)
+        return nmsgs
+
+    def _note_in(self, out: list[bytes], nmsgs: int) -> list[bytes]:
+        """The batch leaves for the partner (or waits for it): count it, trace it."""
+        self.batch_msgs = nmsgs
+        if out:
+            conn = self.conn
+            conn.bytes_in += sum(map(len, out))
+            conn.msgs_in += nmsgs
+            tracer = self.tracer
+            if tracer is not None:
+                tracer.messages(out, True, time.time())
+        return out
+
+    def _framing_error(self) -> None:
+        framer = self.framer
+        error = framer.error
+        assert error is not None
+        stats = self.ctx.stats
+        stats.keepalives["crlf_relayed"] += framer.relayed
+        stats.keepalives["crlf_dropped"] += framer.dropped
+        framer.relayed = framer.dropped = framer.pings = 0
+        stats.framing_errors[error.kind.value] += 1
+        self._request_close(CloseReason.FRAMING_ERROR, f"{error.kind.value}: {error.detail}")
+
+    def _frame_rest(
+        self, chunks: list[bytes], out: list[bytes], nmsgs: int, now: float
+    ) -> list[bytes]:
+        """`_frame` for a read with keep-alives, no SIP, or the peer's close after it."""
+        framer = self.framer
         stats = self.ctx.stats
         keepalives = 0
         if framer.relayed or framer.dropped:
@@ -200,10 +272,6 @@ class TlsCore(LegState):
             framer.relayed = framer.dropped = 0
         pings = framer.pings
         framer.pings = 0
-        if error is not None:
-            stats.framing_errors[error.kind.value] += 1
-            self._request_close(CloseReason.FRAMING_ERROR, f"{error.kind.value}: {error.detail}")
-            return out
         session = self.session
         if session.events:  # the peer ended the session after these
             for ev in session.pop_events():
@@ -224,9 +292,8 @@ class TlsCore(LegState):
                 # so the backend's connection does not idle out while the client only sends
                 # keep-alives
                 stats.keepalives["ping"] += pings
-                self.session.queue(PONG * pings)
+                session.queue(PONG * pings)
                 out.append(PONG)
-        session = self.session
         ended = session.records_ended
         if chunks or pings or keepalives:
             # only SIP and keep-alives count as traffic for tcp_connection_lifetime
@@ -242,10 +309,6 @@ class TlsCore(LegState):
                     "(tls_max_non_sip_records)",
                 )
                 return out
-        # an incomplete TLS record counts as a partial message too (a slow-loris that drips
-        # one record byte by byte never reaches the framer). What is incomplete after a read
-        # that completed a message, or a record with no message pending, started in this read:
-        # its clock starts now (a client streaming whole records is not a slow-loris)
         buffered = framer.buffered
         partial = bool(session.rec_left or session.rec_head or buffered)
         if partial and (nmsgs or pings or keepalives or (ended and not buffered)):
@@ -279,7 +342,13 @@ class TlsCore(LegState):
             self.outq_size += sum(map(len, chunks))
             return b""
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        wire = self.session.send(data)
+        # (TlsSession.send, inlined: this is the hot path)
+        session = self.session
+        obj = session.obj
+        assert obj is not None
+        obj._sslobj.write(data)  # type: ignore[attr-defined]
+        session.urgent = False
+        wire = session.outgoing.read()
         conn = self.conn
         conn.bytes_out += len(data)
         conn.msgs_out += nmsgs
@@ -318,14 +387,6 @@ class TlsCore(LegState):
         if due:
             wire.append(due)
         return b"".join(wire)
-
-    def delivered(self, out: list[bytes], nmsgs: int) -> None:
-        """`out` (from `receive`) leaves for the partner or waits: count it, trace it."""
-        conn = self.conn
-        conn.bytes_in += sum(map(len, out))
-        conn.msgs_in += nmsgs
-        if self.tracer is not None:
-            self.tracer.messages(out, True, time.time())
 
     def hold(self, chunks: list[bytes], nmsgs: int) -> None:
         """Keep messages until the partner is ready; bounded by `backlog_in`."""

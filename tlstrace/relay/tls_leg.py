@@ -176,7 +176,6 @@ class TlsLeg(BaseLeg):
 
     def _deliver(self, out: list[bytes], nmsgs: int, started: float = 0.0) -> None:
         core = self.core
-        core.delivered(out, nmsgs)
         partner = self.partner
         if partner is not None and not core.pending:
             partner.send(out, nmsgs)
