@@ -5,20 +5,25 @@ from __future__ import annotations
 
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.context import RelayContext
+from tlstrace.relay.core import Framer
 from tlstrace.relay.leg_state import LegState
 from tlstrace.sip.framing import WHITESPACE, SipFramer
 
 
 class PlainCore(LegState):
-    def __init__(self, ctx: RelayContext, name: str) -> None:
+    def __init__(self, ctx: RelayContext, name: str, framer: Framer | None = None) -> None:
         super().__init__(ctx, name, f"{name}_message_timeout")
         # the SIP server side is trusted with keep-alives: relay them as they are
-        self.framer = SipFramer(
-            max_msg_size=ctx.config.max_msg_size,
-            pingpong=False,
-            crlf_drop=False,
-            max_chunks=None,
-            strict=False,
+        self.framer: Framer = (
+            framer
+            if framer is not None
+            else SipFramer(
+                max_msg_size=ctx.config.max_msg_size,
+                pingpong=False,
+                crlf_drop=False,
+                max_chunks=None,
+                strict=False,
+            )
         )
         #: messages in the last batch `receive` returned
         self.batch_msgs = 0
