@@ -100,7 +100,7 @@ class TlsSession:
         context: ssl.SSLContext,
         *,
         server_side: bool,
-        handshake_timeout_ms: float,
+        handshake_timeout_ms: int,
         now: float,
         server_hostname: str | None = None,
         chooser: ContextChooser | None = None,
