@@ -4,6 +4,7 @@ control seam (`tlstrace.control`) is all the API needs of the process."""
 from __future__ import annotations
 
 import asyncio
+import pickle
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
@@ -328,3 +329,23 @@ def test_the_token_is_read_from_the_control_config() -> None:
         assert (await c.get("/healthz")).status_code == 200
 
     drive(control, test)
+
+
+def test_what_crosses_the_seam_survives_a_pipe(control: MemoryControl) -> None:
+    """Plain data: a supervisor can get it from a worker process (pickled over a pipe)."""
+
+    async def answers() -> list[object]:
+        return [
+            await control.counters(),
+            await control.connection(1),
+            await control.trace_state(),
+            await control.trace_filter(),
+            await control.destinations(),
+            await control.readiness(),
+            await control.reload(SwitchedBy("api", "test")),
+        ]
+
+    for answer in asyncio.run(answers()):
+        assert pickle.loads(pickle.dumps(answer)) == answer or isinstance(answer, Counters)
+    counters = pickle.loads(pickle.dumps(asyncio.run(control.counters())))
+    assert counters.stats.accepted[LISTENER] == 3
