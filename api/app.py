@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, HTTPException, Path, Query, Request, Response
 from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api import models
@@ -22,60 +20,84 @@ from api.status import install_status
 from api.timing import time_limit
 from hep.address import join_host_port
 from tlstrace import __version__
-from tlstrace.config import Endpoint
-from tlstrace.relay.connection import CloseReason, Connection
-from tlstrace.relay.inbound import InboundListener
-from tlstrace.relay.outbound import OutboundListener
-from tlstrace.relay.sweeper import probe_backend
-from tlstrace.trace.filters import TraceFilter
-from tlstrace.trace.tracer import SwitchedBy
-
-if TYPE_CHECKING:
-    from tlstrace.app import Sidecar
+from tlstrace.control import (
+    CertificateView,
+    ConnectionView,
+    Control,
+    NoDestination,
+    SwitchedBy,
+    TraceRules,
+    TraceStatus,
+)
+from tlstrace.metrics import CONTENT_TYPE_LATEST, Metrics
 
 ConnId = Annotated[int, Path(ge=0, le=2**64 - 1, description="connection id")]
 
 
-def _info(conn: Connection, detail: bool = False) -> models.ConnectionInfo:
-    peer = conn.peer_cert
-    fields = {
-        "id": str(conn.id),
-        "direction": conn.direction,
-        "state": conn.state,
-        "listener": conn.listener,
-        "remote": join_host_port(*conn.remote),
-        "local": join_host_port(*conn.local),
-        "sni": conn.sni,
-        "server_domain": conn.server_domain,
-        "tls_version": conn.tls_version,
-        "cipher": conn.cipher,
-        "alpn": conn.alpn,
-        "resumed": conn.resumed,
-        "handshake_ms": conn.handshake_ms,
-        "peer_subject": peer.subject if peer else None,
-        "age_seconds": round(time.time() - conn.started, 3),
-        "bytes_in": conn.bytes_in,
-        "bytes_out": conn.bytes_out,
-        "messages_in": conn.msgs_in,
-        "messages_out": conn.msgs_out,
-        "traced": conn.traced,
-        "registered_for_seconds": None
+def _info(conn: ConnectionView) -> models.ConnectionInfo:
+    now = time.time()
+    return models.ConnectionInfo(
+        id=str(conn.id),
+        direction=conn.direction,
+        state=conn.state,
+        listener=conn.listener,
+        remote=conn.remote,
+        local=conn.local,
+        sni=conn.sni,
+        server_domain=conn.server_domain,
+        tls_version=conn.tls_version,
+        cipher=conn.cipher,
+        alpn=conn.alpn,
+        resumed=conn.resumed,
+        handshake_ms=conn.handshake_ms,
+        peer_subject=conn.peer_subject,
+        age_seconds=round(now - conn.started, 3),
+        bytes_in=conn.bytes_in,
+        bytes_out=conn.bytes_out,
+        messages_in=conn.messages_in,
+        messages_out=conn.messages_out,
+        traced=conn.traced,
+        registered_for_seconds=None
         if conn.registered_until is None
-        else max(0.0, round(conn.registered_until - time.time(), 1)),
-    }
-    if not detail:
-        return models.ConnectionInfo(**fields)  # type: ignore[arg-type]
-    local = conn.local_cert
-    return models.ConnectionDetail(
-        **fields,  # type: ignore[arg-type]
-        peer_certificate=models.Certificate(**peer.as_dict()) if peer else None,
-        local_certificate=models.Certificate(**local.as_dict()) if local else None,
+        else max(0.0, round(conn.registered_until - now, 1)),
     )
 
 
-def create_app(sidecar: Sidecar) -> FastAPI:
-    """Every handler is `async def`: it runs in the event loop's thread, the only thread that
-    may touch the relay (a plain `def` would run in a worker thread)."""
+def _detail(conn: ConnectionView) -> models.ConnectionDetail:
+    return models.ConnectionDetail(
+        **_info(conn).model_dump(),
+        peer_certificate=_certificate(conn.peer_certificate),
+        local_certificate=_certificate(conn.local_certificate),
+    )
+
+
+def _certificate(cert: CertificateView | None) -> models.Certificate | None:
+    if cert is None:
+        return None
+    return models.Certificate(
+        subject=cert.subject,
+        issuer=cert.issuer,
+        serial=cert.serial,
+        sha256=cert.sha256,
+        not_after=cert.not_after,
+    )
+
+
+def _trace_state(state: TraceStatus) -> models.TraceState:
+    return models.TraceState(
+        tracing="on" if state.enabled else "off",
+        destinations=list(state.destinations),
+        keys=state.keys,
+        filter_rules=state.filter_rules,
+        traced_connections=state.traced_connections,
+        **time_limit(state.until),
+    )
+
+
+def create_app(control: Control) -> FastAPI:
+    """The API over `control`, all it knows of the process. Every handler is `async def`: it
+    runs in the event loop's thread, the only thread that may touch the relay (a plain `def`
+    would run in a worker thread)."""
     app = app_with_docs(
         title="tlstrace",
         version=__version__,
@@ -85,16 +107,17 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     )
     declare_bearer(app, OPEN_PATHS)
     app.add_middleware(JsonBodies)
-    app.middleware("http")(token_middleware(lambda: sidecar.config.api_token))
+    app.middleware("http")(token_middleware(lambda: control.config.api_token))
     app.add_exception_handler(StarletteHTTPException, _with_allow_header)
     app.add_exception_handler(RequestValidationError, json_safe_validation_errors)
     # added last: the outermost, before the token check
-    app.add_middleware(HostAndOrigin, allowed=lambda: sidecar.config.api_allowed_hosts)
+    app.add_middleware(HostAndOrigin, allowed=lambda: control.config.api_allowed_hosts)
     problems: dict[int | str, dict[str, Any]] = {
         404: {"model": models.Problem},
         401: {"model": models.Problem},
     }
-    install_status(app, sidecar)  # the status page at /, /api/status, /api/events
+    install_status(app, control)  # the status page at /, /api/status, /api/events
+    scrape = Metrics(control)
 
     @app.get(
         "/api/trace",
@@ -103,15 +126,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         responses={401: problems[401]},
     )
     async def get_trace() -> models.TraceState:
-        tracing = sidecar.tracing
-        return models.TraceState(
-            tracing="on" if tracing.enabled else "off",
-            destinations=sidecar.senders.names,
-            keys=sidecar.config.trace_keys,
-            filter_rules=len(tracing.filter.rules),
-            traced_connections=sum(1 for c in sidecar.relay.connections.values() if c.traced),
-            **time_limit(sidecar.trace_timer),
-        )
+        return _trace_state(await control.trace_state())
 
     @app.put(
         "/api/trace",
@@ -126,11 +141,13 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     async def put_trace(body: models.TraceSwitch, request: Request) -> models.TraceState:
         """Switch tracing on or off: the analogue of OpenSIPS's `tls_trace` command. With
         `for_seconds`, tracing switches itself off after that time."""
-        on = body.tracing == "on"
-        if on and not len(sidecar.senders):
-            raise HTTPException(409, "no HEP destination is configured (hep_id)")
-        sidecar.trace_timer.switch(on, body.for_seconds, _api_client(request))
-        return await get_trace()
+        try:
+            state = await control.switch_tracing(
+                body.tracing == "on", body.for_seconds, _api_client(request)
+            )
+        except NoDestination as e:
+            raise HTTPException(409, str(e)) from None
+        return _trace_state(state)
 
     @app.get(
         "/api/trace/filters",
@@ -139,7 +156,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         responses={401: problems[401]},
     )
     async def get_filters() -> models.TraceFilters:
-        f = sidecar.tracing.filter
+        f = await control.trace_filter()
         return models.TraceFilters(rules=f.rules, default=f.default)
 
     @app.put(
@@ -151,8 +168,8 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     async def put_filters(body: models.TraceFilters) -> models.TraceFilters:
         """Replace the rules; they decide for connections whose handshake ends from now on.
         A rule set that does not validate is refused (422) and the old one stays."""
-        sidecar.tracing.set_filter(TraceFilter(body.rules, body.default))
-        return await get_filters()
+        f = await control.set_trace_filter(TraceRules(body.rules, body.default))
+        return models.TraceFilters(rules=f.rules, default=f.default)
 
     @app.get(
         "/api/connections",
@@ -165,22 +182,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         traced: bool | None = None,
         limit: Annotated[int, Query(ge=1, le=100_000)] = 1000,
     ) -> list[models.ConnectionInfo]:
-        out = []
-        for conn in list(sidecar.relay.connections.values()):
-            if direction is not None and conn.direction != direction:
-                continue
-            if traced is not None and conn.traced != traced:
-                continue
-            out.append(_info(conn))
-            if len(out) >= limit:
-                break
-        return out
-
-    def _find(conn_id: int) -> Connection:
-        conn = sidecar.relay.connections.get(conn_id)
-        if conn is None:
-            raise HTTPException(404, f"no open connection {conn_id}")
-        return conn
+        return [_info(c) for c in await control.connections(direction, traced, limit)]
 
     @app.get(
         "/api/connections/{conn_id}",
@@ -189,14 +191,17 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         responses=problems,
     )
     async def get_connection(conn_id: ConnId) -> models.ConnectionInfo:
-        return _info(_find(conn_id), detail=True)
+        conn = await control.connection(conn_id)
+        if conn is None:
+            raise HTTPException(404, f"no open connection {conn_id}")
+        return _detail(conn)
 
     @app.delete(
         "/api/connections/{conn_id}", status_code=204, tags=["connections"], responses=problems
     )
     async def close_connection(conn_id: ConnId) -> Response:
         """Close a connection (close_notify, then its backend after pending data)."""
-        if not sidecar.relay.close_connection(conn_id, CloseReason.CLOSED_BY_API):
+        if not await control.close_connection(conn_id):
             raise HTTPException(404, f"no open connection {conn_id}")
         return Response(status_code=204)
 
@@ -222,7 +227,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
                 queue_depth=s.queue_depth,
                 last_error=s.last_error,
             )
-            for s in sidecar.senders.stats().values()
+            for s in await control.destinations()
         ]
 
     @app.post(
@@ -237,7 +242,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         their running value). New connections get the new certificates; open ones keep
         theirs. Reloads are coalesced: the answer is that of the first reload that starts
         after this request. On any error nothing changes (409, with the reason)."""
-        outcome = await sidecar.request_reload(_api_client(request))
+        outcome = await control.reload(_api_client(request))
         if not outcome.ok:
             response.status_code = 409
         return models.ReloadResult(
@@ -252,7 +257,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         """The configuration in force (after reloads: what was applied; keys that need a
         restart keep their running value). Secrets (`api_token`, `hep_auth_key`) show as
         "<set>"."""
-        data = sidecar.config.model_dump(mode="json")
+        data = control.config.model_dump(mode="json")
         for key in ("api_token", "hep_auth_key"):
             if data.get(key) is not None:
                 data[key] = "<set>"
@@ -270,19 +275,10 @@ def create_app(sidecar: Sidecar) -> FastAPI:
     )
     async def readyz(response: Response) -> models.Readiness:
         """Ready when every listener is up and every backend accepts TCP connections."""
-        checks: dict[str, str] = {}
-        listeners: list[InboundListener | OutboundListener] = [*sidecar.inbound, *sidecar.outbound]
-        for lst in listeners:
-            up = lst.server is not None and lst.server.is_serving()
-            checks[f"listener {lst.listener.listen}"] = "up" if up else "down"
-        backends = sidecar.config.backends
-        results = await asyncio.gather(*(_reachable(sidecar, b) for b in backends))
-        for backend, result in zip(backends, results, strict=True):
-            checks[f"backend {backend}"] = result
-        ready = all(v in ("up", "reachable") for v in checks.values())
-        if not ready:
+        readiness = await control.readiness()
+        if not readiness.ready:
             response.status_code = 503
-        return models.Readiness(ready=ready, checks=checks)
+        return models.Readiness(ready=readiness.ready, checks=readiness.checks)
 
     @app.get(
         "/metrics",
@@ -291,7 +287,7 @@ def create_app(sidecar: Sidecar) -> FastAPI:
         responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
     )
     async def metrics() -> Response:
-        return Response(generate_latest(sidecar.metrics), media_type=CONTENT_TYPE_LATEST)
+        return Response(await scrape.render(), media_type=CONTENT_TYPE_LATEST)
 
     return app
 
@@ -313,11 +309,3 @@ async def _with_allow_header(request: Request, exc: Exception) -> Response:
                 allowed |= route.methods or set()
         response.headers["Allow"] = ", ".join(sorted(allowed))
     return response
-
-
-async def _reachable(sidecar: Sidecar, backend: Endpoint) -> str:
-    ok = await probe_backend(sidecar.relay, backend.host, backend.port, str(backend))
-    if ok:
-        return "reachable"
-    status = sidecar.relay.upstreams[str(backend)]
-    return f"unreachable: {status.error}"

@@ -16,8 +16,9 @@ import contextlib
 import logging
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol
 
 import uvicorn
 from fastapi import FastAPI
@@ -25,7 +26,6 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from tlstrace.config import Config
 from tlstrace.fds import FdReserve
-from tlstrace.relay.stats import RelayStats
 
 #: periods of api_request_timeout an answer may take to be written (its client reading slowly)
 _ANSWER_PERIODS = 6
@@ -39,10 +39,19 @@ class ApiServer(uvicorn.Server):
         yield  # the sidecar owns SIGTERM/SIGINT/SIGHUP
 
 
+class ApiCounters(Protocol):
+    """Where the guard counts (the process's counters, exported as metrics)."""
+
+    #: connections refused at accept, by reason (limit, fd_reserve)
+    api_refused: Counter[str]
+    #: connections closed for sending no complete request in time
+    api_timeouts: int
+
+
 class ApiGuard:
     """The API's connection limits, shared by its connections."""
 
-    def __init__(self, config: Callable[[], Config], stats: RelayStats) -> None:
+    def __init__(self, config: Callable[[], Config], stats: ApiCounters) -> None:
         self.config = config
         self.stats = stats
         self.open = 0

@@ -16,7 +16,6 @@ import time
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 from importlib import resources
-from typing import TYPE_CHECKING
 
 from fastapi import FastAPI, HTTPException, Response
 from fastapi.responses import StreamingResponse
@@ -24,10 +23,8 @@ from pydantic import BaseModel, Field
 
 from api import models
 from tlstrace import __version__
+from tlstrace.control import Control
 from tlstrace.feed import QUEUE_SIZE, EventFeed, Viewer
-
-if TYPE_CHECKING:
-    from tlstrace.app import Sidecar
 
 #: the page's files: path -> (package file, content type)
 PAGE_FILES = {
@@ -92,7 +89,7 @@ def _read(name: str) -> bytes:
     return resources.files("api").joinpath("static", name).read_bytes()
 
 
-def install_status(app: FastAPI, sidecar: Sidecar) -> None:
+def install_status(app: FastAPI, control: Control) -> None:
     """Add the status page, `GET /api/status` and `GET /api/events` to the API."""
     files = {path: (_read(name), ctype) for path, (name, ctype) in PAGE_FILES.items()}
 
@@ -116,11 +113,11 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
     async def status() -> Status:
         """What the status page shows at the top: counters since start, handshake failures by
         reason, and the event feed's figures."""
-        relay = sidecar.relay
-        st = relay.stats
+        counters = await control.counters()
+        st = counters.stats
         open_ = {"inbound": 0, "outbound": 0}
-        for conn in relay.connections.values():
-            open_[conn.direction] += 1
+        for (_, direction), n in counters.open_connections.items():
+            open_[direction] += n
         failures: Counter[tuple[str, str]] = Counter()
         for key, n in st.handshake_failures.items():
             if n:  # keyed (listener, direction, reason): summed over the listeners
@@ -128,13 +125,13 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
         closed: Counter[str] = Counter()
         for (*_, reason), n in st.closed.items():
             closed[reason] += n
-        feed = sidecar.feed
+        feed = control.feed
         return Status(
             version=__version__,
             python=platform.python_version(),
             openssl=ssl.OPENSSL_VERSION,
-            uptime_seconds=round(time.time() - sidecar.started, 1),
-            tracing="on" if sidecar.tracing.enabled else "off",
+            uptime_seconds=round(time.time() - counters.started, 1),
+            tracing="on" if counters.tracing.enabled else "off",
             connections_open=open_,
             connections_accepted=sum(st.accepted.values()),
             connections_refused=sum(st.refused.values()),
@@ -169,14 +166,13 @@ def install_status(app: FastAPI, sidecar: Sidecar) -> None:
         direction, listener, remote, local, sni, and per event TLS version and cipher, the
         failure or close reason, byte and message counts). A viewer that does not keep up
         loses events, never slows the relay: `event: dropped` then says how many it missed."""
-        viewer = sidecar.feed.subscribe()
+        feed = control.feed
+        viewer = feed.subscribe()
         if viewer is None:
-            raise HTTPException(
-                503, f"{sidecar.feed.max_viewers} event viewers are connected already"
-            )
-        token = sidecar.config.api_token
+            raise HTTPException(503, f"{feed.max_viewers} event viewers are connected already")
+        token = control.config.api_token
         return StreamingResponse(
-            _stream(sidecar.feed, viewer, lambda: sidecar.config.api_token == token),
+            _stream(feed, viewer, lambda: control.config.api_token == token),
             media_type="text/event-stream",
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )

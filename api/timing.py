@@ -6,12 +6,10 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
-from tlstrace.trace.timer import TracingTimer
 
-
-def time_limit(timer: TracingTimer) -> dict[str, Any]:
-    """`until` (UTC) and `remaining_seconds`, both None without a limit."""
-    until = timer.until
+def time_limit(until: float | None) -> dict[str, Any]:
+    """`until` (UTC) and `remaining_seconds`, both None without a limit (`until`: when tracing
+    switches itself off, as time.time())."""
     if until is None:
         return {"until": None, "remaining_seconds": None}
     return {

@@ -23,7 +23,6 @@ from tlstrace.config import Config, ConfigError, Overrides, load_config
 from tlstrace.fds import fd_limit, free_at_least, open_fds
 from tlstrace.feed import EventFeed, FeedObserver
 from tlstrace.logs import set_format
-from tlstrace.metrics import make_registry
 from tlstrace.preflight import prepare, sender_for, trace_destinations, warnings
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.inbound import InboundListener
@@ -34,6 +33,7 @@ from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.reload import ReloadOutcome, ReloadPlan
 from tlstrace.reload import plan as reload_plan
 from tlstrace.reloader import Reloader
+from tlstrace.sidecar_control import SidecarControl
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.timer import TracingTimer
 from tlstrace.trace.tracer import SwitchedBy, TraceManager
@@ -91,7 +91,6 @@ class Sidecar:
         self._prober: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
         self._api_keep: socket.socket | None = None
-        self.metrics = make_registry(self)
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
         self._api_guard: ApiGuard | None = None
@@ -100,6 +99,8 @@ class Sidecar:
         )
         #: who asked for the reload that runs next
         self.reload_by = SIGHUP
+        #: what the API and /metrics see of this process (`tlstrace.control`)
+        self.control = SidecarControl(self)
 
     async def start(self) -> None:
         cfg = self.config
@@ -191,7 +192,7 @@ class Sidecar:
             ) from None
         self._api_keep = sock.dup()  # see tlstrace.relay.listening
         self._api_guard = ApiGuard(lambda: self.config, self.relay.stats)
-        self.api = make_server(create_app(self), self._api_guard)
+        self.api = make_server(create_app(self.control), self._api_guard)
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
         log.info(
             "API and /metrics on http://%s/ (%s)",
@@ -395,7 +396,7 @@ class Sidecar:
         if self._api_task is not None:
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
                 await asyncio.wait_for(self._api_task, 3)
-        self.api = make_server(create_app(self), self._api_guard)
+        self.api = make_server(create_app(self.control), self._api_guard)
         self._api_task = self.loop.create_task(self.api.serve(sockets=[sock]))
 
     def _accept_failed(self, name: str) -> None:
