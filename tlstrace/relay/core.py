@@ -8,7 +8,7 @@ the counting and the observer calls. An adapter (relay/tls_leg.py) moves the byt
     if core.close_request: close      # (reason, detail, abort)
     transport.write(core.send(chunks, nmsgs, now))
     core.next_deadline() / core.handle_timer(now)
-    core.close(reason, detail, now, flush=...) then transport.write(core.data_to_send())
+    core.close(reason, detail, flush=...) then transport.write(core.data_to_send())
 
 Per read the hot path is: decrypt (one chunk per TLS record), frame into one list, one counter
 increment per message (its label), and one list handed on; no object per message.
