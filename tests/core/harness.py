@@ -20,7 +20,13 @@ from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.contexts import ServerContexts, build_server_identity
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.tls.keylog import KeyLogTap
-from tlstrace.tls.session import HandshakeDone, HandshakeFailed, SessionEvent, TlsSession
+from tlstrace.tls.session import (
+    ContextChooser,
+    HandshakeDone,
+    HandshakeFailed,
+    SessionEvent,
+    TlsSession,
+)
 
 LISTENER = "tls:127.0.0.1:5061"
 
@@ -181,6 +187,7 @@ class Wire:
         sni: str | None = "a.example.com",
         ssl_session: ssl.SSLSession | None = None,
         start_client: bool = True,
+        chooser: ContextChooser | None = None,
     ) -> None:
         self.ctx = ctx
         clock = ctx.clock
@@ -190,7 +197,7 @@ class Wire:
             server_side=True,
             handshake_timeout_ms=ctx.config.tls_handshake_timeout,
             now=clock(),
-            chooser=None if contexts.single else contexts,
+            chooser=chooser if chooser is not None else None if contexts.single else contexts,
             keylog=ctx.keylog,
             keylog_lines=self.conn.keylog,
         )

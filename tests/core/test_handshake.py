@@ -209,3 +209,30 @@ def test_session_keys_go_to_their_connection(pki: Pki, clock: FakeClock) -> None
     labels = {line.split()[0] for line in wire.conn.keylog}
     assert "CLIENT_TRAFFIC_SECRET_0" in labels and "SERVER_TRAFFIC_SECRET_0" in labels
     assert ctx.keylog.current is None
+
+
+class WrongChooser:
+    """Picks domain a whatever the name: as if tlstrace had read another SNI than OpenSSL."""
+
+    def __init__(self, contexts: ServerContexts) -> None:
+        self.contexts = contexts
+
+    def select(self, server_name: str | None) -> ssl.SSLContext:
+        return self.contexts.select("a.example.com")
+
+
+def test_an_sni_read_differently_by_openssl_is_refused(
+    pki: Pki, clock: FakeClock, observer: Observer
+) -> None:
+    ctx = make_ctx(clock, observer)
+    contexts = two_domains(pki)
+    wire = Wire(
+        ctx,
+        contexts,
+        pki.client_context(verify=False),
+        sni="b.example.com",
+        chooser=WrongChooser(contexts),
+    )
+    assert wire.close_reason is CloseReason.HANDSHAKE_FAILED
+    assert observer.failed[0][0] is HandshakeFailure.SNI_MISMATCH
+    assert "'b.example.com'" in observer.failed[0][1]

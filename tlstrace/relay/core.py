@@ -8,7 +8,7 @@ the counting and the observer calls. An adapter (relay/tls_leg.py) moves the byt
     if core.close_request: close      # (reason, detail, abort)
     transport.write(core.send(chunks, nmsgs, now))
     core.next_deadline() / core.handle_timer(now)
-    core.close(reason, detail, now, flush=...) then transport.write(core.data_to_send())
+    core.close(reason, detail, flush=...) then transport.write(core.data_to_send())
 
 Per read the hot path is: decrypt (one chunk per TLS record), frame into one list, one counter
 increment per message (its label), and one list handed on; no object per message.
@@ -501,7 +501,7 @@ class TlsCore(LegState):
     def connection_lost(self, error: str | None, now: float) -> None:
         """The transport closed under us: `close_request` says how to end."""
         session = self.session
-        if session.state != OPEN and conn_state_handshake(self.conn):
+        if session.state != OPEN and self.conn.state == "handshake":
             if self.server_side and not session.sniffed:
                 # closed before sending a byte (a port probe, a TCP health check): no
                 # handshake was attempted, so there is no failure to report
@@ -536,7 +536,7 @@ class TlsCore(LegState):
         if self.closed or self.close_request is not None:
             return
         if self.session.state != OPEN:
-            if conn_state_handshake(self.conn):
+            if self.conn.state == "handshake":
                 self.session.handle_timer(now)
                 if self.session.events:
                     self._session_events(now)
@@ -596,7 +596,3 @@ class TlsCore(LegState):
                 extra={**conn_fields(conn), "reason": reason.label},
             )
         self.ctx.observer.closed(conn, reason, self.tracer)
-
-
-def conn_state_handshake(conn: Connection) -> bool:
-    return conn.state == "handshake"
