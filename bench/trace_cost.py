@@ -210,6 +210,7 @@ async def run_variant(
     if prof is not None:
         prof.disable()
         pstats.Stats(prof).sort_stats("tottime").print_stats(18)
+    await asyncio.sleep(0.05)  # the last TCP batch (flush_delay) before the counters
     stats: dict[str, int] = {}
     for s in senders:
         st = s.stats

@@ -197,6 +197,7 @@ class HepSender:
         backoff_max: float = 30.0,
         write_buffer_limit: int = 256 * 1024,
         stall_timeout: float = 30.0,
+        flush_delay: float = 0.001,
     ) -> None:
         self.dest = parse_hep_id(dest) if isinstance(dest, str) else dest
         self.identity = identity or HepIdentity()
@@ -209,6 +210,9 @@ class HepSender:
         self.backoff_max = max(backoff_max, backoff_initial)
         self.write_buffer_limit = write_buffer_limit
         self.stall_timeout = stall_timeout
+        #: TCP/TLS: how long packets may gather before they are written (0: right after the
+        #: loop iteration that queued the first)
+        self.flush_delay = flush_delay
         self._ssl: ssl.SSLContext | None = None
         self._server_name = server_name or self.dest.host
         if self.dest.transport == "tls":
@@ -547,11 +551,14 @@ class HepSender:
         return True
 
     def _stream_schedule(self) -> None:
-        """`send` found the writer idle: write what this loop iteration queues right after it
-        (one callback, however many packets)."""
+        """`send` found the writer idle: write what is queued from now to `flush_delay` later
+        in one write (one callback, however many packets)."""
         if not self._flush_pending and self._loop is not None:
             self._flush_pending = True
-            self._loop.call_soon(self._stream_flush)
+            if self.flush_delay > 0:
+                self._loop.call_later(self.flush_delay, self._stream_flush)
+            else:
+                self._loop.call_soon(self._stream_flush)
 
     def _stream_flush(self) -> None:
         """The queued packets in one write when the connection takes them at once; otherwise
