@@ -24,7 +24,7 @@ from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.sip.framing import WHITESPACE
-from tlstrace.sip.peek import call_id
+from tlstrace.sip.peek import CALL_ID_LINE, call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
 from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
@@ -409,11 +409,16 @@ class ConnectionTracer:
             first, second = self.tpl_out, self.backend_in
         ts: bytes | None = None
         count = 0
+        search = CALL_ID_LINE.search
         try:
             for data in chunks:
                 if data[0] in WHITESPACE:  # keep-alives are not traced
                     continue
-                cid = call_id(data)
+                # call_id(data), inline
+                m = search(data)
+                cid = m.group(1) if m is not None else None
+                if cid is not None:
+                    cid = cid.rstrip(b" \t") or None
                 if (
                     early
                     or len(data) > room
