@@ -3,23 +3,25 @@
 `HepSender.send(data)` is what the relay calls for each encoded packet: synchronous, O(1),
 never blocks, never raises. It returns False when the packet was dropped, and counts it.
 
-- **TCP/TLS**: packets wait in a bounded queue (`queue_size` packets and `queue_bytes` bytes);
-  one task writes them in batches. The transport's write buffer is bounded too: while it is
-  above `write_buffer_limit` nothing more is written, so a collector that accepts and never
+- **TCP/TLS**: packets wait in a bounded queue (`queue_size` packets and `queue_bytes` bytes,
+  `hep.packetqueue.PacketQueue`); the packets queued during one event-loop iteration go out
+  joined in one write, by one callback right after it (a task writes the rest when the transport
+  pushes back or a connection comes back). The transport's write buffer is bounded too: while it
+  is above `write_buffer_limit` nothing more is written, so a collector that accepts and never
   reads fills the queue and then costs drops, not memory. A connection stuck like that for
   `stall_timeout` seconds is aborted and opened again. Connecting retries with capped
-  exponential backoff (`backoff_initial` doubling up to `backoff_max`, ±20 % jitter).
-  Packets queued while disconnected are sent once connected; queued packets lost with a
-  connection that drops are not counted again (`sent` counts packets handed to the socket).
-  A connection the collector closes at once (even before `create_connection` returns, which
-  uvloop reports as an already-closed transport) is a lost connection like any other.
+  exponential backoff (`backoff_initial` doubling up to `backoff_max`, ±20 % jitter). Packets
+  queued while disconnected are sent once connected; queued packets lost with a connection that
+  drops are not counted again (`sent` counts packets handed to the socket). A connection the
+  collector closes at once (even before `create_connection` returns, which uvloop reports as an
+  already-closed transport) is a lost connection like any other.
 - A sender never stops on its own: whatever ends its task other than `aclose` (an exception,
   a bug) is logged with its traceback and counted (`restarts`), and the task starts again
   after a backoff.
-- **UDP**: a connected datagram socket. `send` only queues; the datagrams queued during one
-  event-loop iteration are written right after it by one callback (one `send` syscall each,
-  after the relay's own work for the message). Datagrams the kernel refuses with EAGAIN wait
-  in the same bounded queue until the socket is writable. A collector that is down answers
+- **UDP**: a connected, non-blocking datagram socket. `send` sends the datagram at once (one
+  `send` syscall, the cheapest there is: `sendmmsg` through ctypes measured slower). Datagrams
+  the kernel refuses with EAGAIN wait in the same bounded queue until the socket is writable
+  (and later ones queue behind them, in order). A collector that is down answers
   with ICMP port unreachable, which the kernel reports as ECONNREFUSED on a later send: the
   sender counts a send error, drops what is queued, and drops everything for a backoff period
   (doubling like TCP), then tries again. A slow UDP collector loses datagrams in its own
@@ -49,6 +51,7 @@ from pathlib import Path
 
 from hep.codec import PacketTemplate
 from hep.destination import HepDestination, parse_hep_id
+from hep.packetqueue import PacketQueue
 
 log = logging.getLogger("hep.sender")
 
@@ -194,6 +197,7 @@ class HepSender:
         backoff_max: float = 30.0,
         write_buffer_limit: int = 256 * 1024,
         stall_timeout: float = 30.0,
+        flush_delay: float = 0.001,
     ) -> None:
         self.dest = parse_hep_id(dest) if isinstance(dest, str) else dest
         self.identity = identity or HepIdentity()
@@ -206,12 +210,19 @@ class HepSender:
         self.backoff_max = max(backoff_max, backoff_initial)
         self.write_buffer_limit = write_buffer_limit
         self.stall_timeout = stall_timeout
+        #: TCP/TLS: how long packets may gather before they are written (0: right after the
+        #: loop iteration that queued the first)
+        self.flush_delay = flush_delay
         self._ssl: ssl.SSLContext | None = None
         self._server_name = server_name or self.dest.host
         if self.dest.transport == "tls":
             self._ssl = ssl_context or client_context(ca_file, verify, cert_file, key_file)
-        self._queue: collections.deque[bytes] = collections.deque()
-        self._queued = 0
+        self._queue = PacketQueue(queue_size, queue_bytes)
+        #: UDP: the socket while datagrams go straight out (open, nothing queued, not refused)
+        self._direct: socket.socket | None = None
+        #: TCP/TLS: the connection's protocol while connected
+        self._proto: _StreamProtocol | None = None
+        self._flush_pending = False
         self._sent = self._dropped = self._send_errors = self._connect_errors = 0
         self._reconnects = self._bytes = self._restarts = 0
         self._state = "stopped"
@@ -250,7 +261,7 @@ class HepSender:
             reconnects=self._reconnects,
             bytes_sent=self._bytes,
             queue_depth=len(self._queue),
-            queue_bytes=self._queued,
+            queue_bytes=self._queue.size,
             buffered_bytes=self._buffered(),
             connected=self.connected,
             state=self._state,
@@ -315,19 +326,24 @@ class HepSender:
         return True
 
     def send(self, data: bytes) -> bool:
-        """Queue one encoded packet. Never blocks, never raises; False = dropped (counted)."""
+        """Send (UDP) or queue one encoded packet. Never blocks, never raises; False =
+        dropped (counted)."""
+        sock = self._direct
+        if sock is not None:
+            try:
+                sock.send(data)
+            except Exception as e:
+                return self._udp_send_failed(data, e)
+            self._sent += 1
+            self._bytes += len(data)
+            if self._udp_ok < 2:
+                self._udp_counted_ok()
+            return True
         try:
-            if (
-                self._closing
-                or self._udp_blocked
-                or len(self._queue) >= self.queue_size
-                or self._queued + len(data) > self.queue_bytes_max
-            ):
+            if self._closing or self._udp_blocked or not self._queue.add(data):
                 self._dropped += 1
                 self._log_drops()
                 return False
-            self._queue.append(data)
-            self._queued += len(data)
             if self._idle:
                 self._idle = False
                 self._wake()
@@ -370,6 +386,7 @@ class HepSender:
         ):
             await asyncio.sleep(0.01)
         self._closing = True
+        self._direct = None
         self._idle = False
         self._poke()
         task, self._task = self._task, None
@@ -381,9 +398,7 @@ class HepSender:
         if t is not None:
             t.abort()
         self._close_udp()
-        self._dropped += len(self._queue)
-        self._queue.clear()
-        self._queued = 0
+        self._dropped += self._queue.clear()
         self._state = "closed"
 
     # -------------------------------------------------------------- internals
@@ -463,6 +478,7 @@ class HepSender:
                 else:
                     transport.set_write_buffer_limits(high=self.write_buffer_limit)
                     self._transport = transport
+                    self._proto = proto
                     self._state = "connected"
                     log.info(
                         "HEP %s connected to %s over %s",
@@ -473,6 +489,7 @@ class HepSender:
                 await self._pump(transport, proto)
             finally:
                 self._transport = None
+                self._proto = None
                 if not transport.is_closing():
                     transport.abort()
             if self._closing:
@@ -484,6 +501,7 @@ class HepSender:
 
     async def _pump(self, transport: asyncio.Transport, proto: _StreamProtocol) -> None:
         queue = self._queue
+        self._wake = self._stream_schedule
         batch_max = max(_BATCH_BYTES, self.write_buffer_limit)
         paused_since: float | None = None
         while True:
@@ -512,24 +530,56 @@ class HepSender:
                 await self._wait()
                 self._idle = False
                 continue
-            batch: list[bytes] = []
-            size = 0
-            while queue and size < batch_max:
-                data = queue.popleft()
-                batch.append(data)
-                size += len(data)
-            self._queued -= size
-            try:
-                transport.write(b"".join(batch))
-            except Exception as e:
-                self._send_errors += 1
-                self._dropped += len(batch)
-                self._fail("write failed", e)
-                transport.abort()
+            if not self._write_batch(transport, batch_max):
                 return
-            self._sent += len(batch)
-            self._bytes += size
             await asyncio.sleep(0)  # let the relay run between batches
+
+    def _write_batch(self, transport: asyncio.Transport, batch_max: int) -> bool:
+        """Write the oldest queued packets (whole, up to `batch_max` bytes) in one write;
+        False when the write failed (the connection is aborted, the batch counted dropped)."""
+        data, n = self._queue.take(batch_max)
+        try:
+            transport.write(data)
+        except Exception as e:
+            self._send_errors += 1
+            self._dropped += n
+            self._fail("write failed", e)
+            transport.abort()
+            return False
+        self._sent += n
+        self._bytes += len(data)
+        return True
+
+    def _stream_schedule(self) -> None:
+        """`send` found the writer idle: write what is queued from now to `flush_delay` later
+        in one write (one callback, however many packets)."""
+        if not self._flush_pending and self._loop is not None:
+            self._flush_pending = True
+            if self.flush_delay > 0:
+                self._loop.call_later(self.flush_delay, self._stream_flush)
+            else:
+                self._loop.call_soon(self._stream_flush)
+
+    def _stream_flush(self) -> None:
+        """The queued packets in one write when the connection takes them at once; otherwise
+        (pushed back, lost, more than a batch) the task takes over."""
+        self._flush_pending = False
+        try:
+            transport, proto = self._transport, self._proto
+            if (
+                transport is not None
+                and proto is not None
+                and not (proto.paused or proto.lost or self._closing)
+                and self._queue
+            ):
+                self._write_batch(transport, max(_BATCH_BYTES, self.write_buffer_limit))
+            if self._queue or transport is None or proto is None or proto.paused or proto.lost:
+                self._poke()
+            else:
+                self._idle = True
+        except Exception as e:  # a loop callback must not raise
+            self._fail("flush failed", e)
+            self._poke()
 
     # -------------------------------------------------------------------- UDP
     async def _run_udp(self) -> None:
@@ -562,27 +612,56 @@ class HepSender:
                 continue
             self._sock = sock
             self._state = "connected"
-            self._wake = self._udp_schedule
             self._udp_flush()  # what was queued before the socket existed
             return
 
-    def _udp_schedule(self) -> None:
-        assert self._loop is not None
-        self._loop.call_soon(self._udp_flush)
+    def _udp_counted_ok(self) -> None:
+        """A datagram went out: two in a row end a refusal's backoff."""
+        self._udp_ok += 1
+        if self._udp_ok == 2:
+            self._udp_backoff.reset()
+            if self._state == "refused":
+                self._state = "connected"
+
+    def _udp_send_failed(self, data: bytes, exc: Exception) -> bool:
+        """`send`'s datagram did not go out: EAGAIN queues it (and the datagrams after it)
+        until the socket is writable; a refusal drops it and starts a backoff; any other
+        error drops it."""
+        if isinstance(exc, BlockingIOError):
+            self._direct = None
+            if not self._queue.add(data):
+                self._dropped += 1
+                self._log_drops()
+                return False
+            self._udp_want_writable()
+            return True
+        self._dropped += 1
+        if isinstance(exc, ConnectionRefusedError):
+            self._udp_refused(exc)
+        elif isinstance(exc, OSError):
+            self._send_errors += 1
+            self._fail("send failed", exc)
+        else:  # never into the caller
+            self._last_error = _describe(exc)
+        return False
+
+    def _udp_want_writable(self) -> None:
+        if not self._udp_writer and self._loop is not None and self._sock is not None:
+            self._loop.add_writer(self._sock, self._udp_flush)
+            self._udp_writer = True
 
     def _udp_flush(self) -> None:
-        """Write the queued datagrams; called soon after `send`, or when writable."""
+        """Write the queued datagrams (after the socket opens, or when it is writable again);
+        once none is left, `send` sends straight again."""
         sock = self._sock
         queue = self._queue
         try:
             while queue and sock is not None:
-                data = queue[0]
+                data = queue.first()
                 try:
                     sock.send(data)
                 except BlockingIOError:
-                    if not self._udp_writer and self._loop is not None:
-                        self._loop.add_writer(sock, self._udp_flush)
-                        self._udp_writer = True
+                    self._udp_want_writable()
                     return
                 except ConnectionRefusedError as e:
                     self._udp_refused(e)
@@ -594,25 +673,23 @@ class HepSender:
                 else:
                     self._sent += 1
                     self._bytes += len(data)
-                    self._udp_ok += 1
-                    if self._udp_ok == 2:
-                        self._udp_backoff.reset()
-                        if self._state == "refused":
-                            self._state = "connected"
-                queue.popleft()
-                self._queued -= len(data)
+                    self._udp_counted_ok()
+                queue.pop()
         except Exception as e:  # a loop callback must not raise
             self._fail("flush failed", e)
         self._udp_stop_writer()
-        self._idle = not queue and sock is not None
+        self._udp_go_direct()
+
+    def _udp_go_direct(self) -> None:
+        if not (self._queue or self._udp_blocked or self._closing):
+            self._direct = self._sock
 
     def _udp_refused(self, exc: OSError) -> None:
         """The collector's port is closed: drop what is queued, then everything for a while."""
+        self._direct = None
         self._send_errors += 1
         self._fail("refused", exc)
-        self._dropped += len(self._queue)
-        self._queue.clear()
-        self._queued = 0
+        self._dropped += self._queue.clear()
         self._udp_ok = 0
         self._udp_blocked = True
         self._state = "refused"
@@ -624,6 +701,7 @@ class HepSender:
         if not self._closing:
             self._udp_blocked = False
             self._reconnects += 1
+            self._udp_go_direct()
 
     def _udp_stop_writer(self) -> None:
         if self._udp_writer and self._sock is not None and self._loop is not None:
@@ -633,6 +711,7 @@ class HepSender:
 
     def _close_udp(self) -> None:
         self._idle = False
+        self._direct = None
         if self._udp_timer is not None:
             self._udp_timer.cancel()
             self._udp_timer = None

@@ -18,6 +18,7 @@ from hep.codec import (
     StreamDecoder,
     decode,
     encode,
+    timestamp_chunks,
 )
 from tests.hep.strategies import packets
 
@@ -169,6 +170,8 @@ def test_template_is_byte_identical_to_encode(p: HepPacket, cid: bytes | None) -
     expected = encode(dataclasses.replace(p, correlation_id=cid))
     got = t.encode(p.ts_sec, p.ts_usec, p.payload, cid)
     assert got == expected
+    assert t.encode_at(timestamp_chunks(p.ts_sec, p.ts_usec), p.payload, cid) == expected
+    assert t.fixed_size + len(p.payload) + (0 if cid is None else 6 + len(cid)) == len(got)
     assert total_length(got) == len(got)
     back = t.swapped().encode(p.ts_sec, p.ts_usec, p.payload, cid)
     swapped = decode(back)
@@ -459,3 +462,20 @@ def test_stream_decoder_bad_frame_between_good_ones() -> None:
     with pytest.raises(HepDecodeError, match="missing chunk 0x000c"):
         d.feed(bad)
     assert d.feed(GOLDEN) == [GOLDEN_PACKET]
+
+
+def test_encode_at_refuses_what_does_not_fit() -> None:
+    t = PacketTemplate(src_ip="10.0.0.1", dst_ip="10.0.0.2", src_port=1, dst_port=2, ip_proto=6)
+    ts = timestamp_chunks(1, 2)
+    biggest = t.encode_at(ts, b"x" * t.max_payload(b"cid"), b"cid")
+    assert len(biggest) == MAX_PACKET == total_length(biggest)
+    with pytest.raises(ValueError, match="does not fit"):
+        t.encode_at(ts, b"x" * (t.max_payload(b"cid") + 1), b"cid")
+    with pytest.raises(ValueError, match="does not fit"):
+        t.encode_at(ts, b"x" * (t.max_payload() + 1))
+    with pytest.raises(ValueError, match="microsecond"):
+        timestamp_chunks(1, 1_000_000)
+    with pytest.raises(ValueError, match="does not fit"):
+        timestamp_chunks(1 << 32, 0)
+    with pytest.raises(ValueError, match="microsecond"):
+        t.encode(1, 1_000_000, b"x")

@@ -104,10 +104,11 @@ def test_udp_collector_down_then_back(run: Callable[[Awaitable[None]], None]) ->
         )
         await sender.start()
         assert await sender.wait_connected(5)
-        # send only queues: the datagrams go out right after this loop iteration. The first
-        # one leaves; its ICMP "port unreachable" comes back as ECONNREFUSED on the next send,
-        # so the rest is dropped, and from then on `send` drops at once, without a syscall.
-        assert all(sender.send(packet(i)) for i in range(200))
+        # send sends at once. The first datagram leaves; its ICMP "port unreachable" comes
+        # back as ECONNREFUSED on a later send, which drops that datagram, and from then on
+        # `send` drops at once, without a syscall.
+        accepted = [sender.send(packet(i)) for i in range(200)]
+        assert accepted[0] and not accepted[-1]
         await until(lambda: sender.stats.state == "refused", "the refusal is seen")
         assert not any(sender.send(packet(i)) for i in range(100))
         s = sender.stats
@@ -143,7 +144,7 @@ def test_udp_oversized_datagram_is_a_counted_send_error(
         await sender.start()
         assert await sender.wait_connected(5)
         big = TEMPLATE.encode(1, 1, b"x" * TEMPLATE.max_payload())  # 65535 > 65507 for UDP/IPv4
-        assert sender.send(big) is True  # queued; the kernel refuses it when it is written
+        assert sender.send(big) is False  # the kernel refuses it: dropped, counted
         assert sender.send(packet(1)) is True
         await col.wait(1)
         s = sender.stats
@@ -155,7 +156,96 @@ def test_udp_oversized_datagram_is_a_counted_send_error(
     run(scenario())
 
 
+def test_udp_eagain_queues_in_order_then_sends_straight_again(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    """A datagram the kernel refuses with EAGAIN waits in the queue, the ones after it queue
+    behind it, and all go out in order once the socket is writable; then `send` sends
+    straight again. (A full socket is stood in for by one end of a Unix datagram pair whose
+    other end reads only later: loopback UDP never says EAGAIN.)"""
+
+    async def scenario() -> None:
+        col = Collector()
+        server = await serve("udp:127.0.0.1:0", col.on_packet)
+        sender = HepSender(HepDestination("full", "127.0.0.1", server.address.port, "udp"), **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        full, reader = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        full.setblocking(False)
+        reader.setblocking(False)
+        assert sender._sock is not None
+        sender._sock.close()
+        sender._sock = sender._direct = full
+        sent = 0
+        while sender.stats.queue_depth == 0 and sent < 100_000:
+            assert sender.send(packet(sent % 1_000_000))
+            sent += 1
+        assert sender.stats.queue_depth == 1 and sender._direct is None
+        for _ in range(10):
+            assert sender.send(packet(sent))
+            sent += 1
+        assert sender.stats.queue_depth == 11
+        got: list[bytes] = []
+
+        def drain() -> None:
+            try:
+                while True:
+                    got.append(reader.recv(65536))
+            except BlockingIOError:
+                pass
+
+        loop = asyncio.get_running_loop()
+        loop.add_reader(reader, drain)
+        await until(lambda: len(got) == sent, f"all {sent} datagrams arrive ({sender.stats})")
+        assert [decode(d).ts_usec for d in got] == list(range(sent))
+        s = sender.stats
+        assert (s.sent, s.dropped, s.queue_depth) == (sent, 0, 0)
+        assert sender._direct is full
+        assert sender.send(packet(0))
+        loop.remove_reader(reader)
+        reader.close()
+        server.close()
+        await sender.aclose()
+
+    run(scenario())
+
+
 # ------------------------------------------------------------------- TCP
+def test_tcp_packets_of_one_iteration_go_out_in_one_write(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    async def scenario() -> None:
+        col = await StreamCollector().start()
+        sender = HepSender(HepDestination("batch", "127.0.0.1", col.port, "tcp"), **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        await asyncio.sleep(0.05)  # the writer waits for packets
+        real = sender._transport
+        assert real is not None
+        writes: list[int] = []
+
+        class Counting:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(real, name)
+
+            def write(self, data: bytes) -> None:
+                writes.append(len(data))
+                real.write(data)
+
+        sender._transport = Counting()  # type: ignore[assignment]
+        packets = [packet(i) for i in range(50)]
+        for p in packets:
+            assert sender.send(p)
+        await until(lambda: len(col.packets) == 50, "50 packets arrive")
+        assert writes == [sum(map(len, packets))]
+        assert [p.ts_usec for p in col.packets] == list(range(50))
+        sender._transport = real
+        await sender.aclose()
+        await col.stop()
+
+    run(scenario())
+
+
 def test_tcp_collector_down_queues_then_drops_then_delivers(
     run: Callable[[Awaitable[None]], None],
 ) -> None:

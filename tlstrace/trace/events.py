@@ -19,6 +19,7 @@ Text a peer controls (its certificate's subject and issuer) is shortened past
 from __future__ import annotations
 
 import json
+import re
 from typing import Any, Literal
 
 from hep.address import join_host_port
@@ -120,6 +121,25 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
     if keys:
         record["keylog"] = list(conn.keylog)
     return json.dumps(record, separators=(",", ":"))[:-1]
+
+
+#: A Call-ID that JSON writes as it is (printable ASCII but `"` and `\\`)
+_JSON_PLAIN = re.compile(rb"[ !#-\[\]-~]*")
+
+
+def session_record_head(prefix: str) -> bytes:
+    """What `session_record_at` puts before a plain Call-ID: built once per connection."""
+    return (prefix + ',"call_id":"').encode()
+
+
+def session_record_at(
+    head: bytes, prefix: str, call_id: bytes, call_id_length: int | None = None
+) -> bytes:
+    """`session_record(prefix, ...)`, with `head = session_record_head(prefix)`: a plain
+    Call-ID (nearly all of them) is joined in as bytes, without a JSON encoder."""
+    if call_id_length is None and _JSON_PLAIN.fullmatch(call_id):
+        return b"".join((head, call_id, b'"}'))
+    return session_record(prefix, call_id, call_id_length)
 
 
 def session_record(prefix: str, call_id: bytes, call_id_length: int | None = None) -> bytes:

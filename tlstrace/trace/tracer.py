@@ -13,17 +13,18 @@ from __future__ import annotations
 import logging
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from hep.address import join_host_port
-from hep.codec import MAX_PACKET, PacketTemplate
+from hep.codec import MAX_PACKET, PacketTemplate, timestamp_chunks
 from hep.sender import HepIdentity, HepSender
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.sip.framing import WHITESPACE
-from tlstrace.sip.peek import call_id
+from tlstrace.sip.peek import CALL_ID_LINE, call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
 from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
@@ -88,6 +89,9 @@ class TraceManager:
 
     def __init__(self, config: Config, senders: list[HepSender], relay: Relay | None = None):
         self.relay = relay
+        self._senders: list[HepSender] = []
+        #: each sender's `send`, for the per-message path
+        self.sends: tuple[Callable[[bytes], bool], ...] = ()
         self.senders = senders
         self.keyfile: KeyLogFile | None = None
         self.config: Config = config
@@ -99,6 +103,15 @@ class TraceManager:
         self._log_since = -LOG_INTERVAL
         self._log_lines = 0
         self._log_suppressed = 0
+
+    @property
+    def senders(self) -> list[HepSender]:
+        return self._senders
+
+    @senders.setter
+    def senders(self, senders: list[HepSender]) -> None:
+        self._senders = list(senders)
+        self.sends = tuple(s.send for s in self._senders)
 
     def apply_config(self, config: Config) -> None:
         session_changed = (self.config.trace_keys, self.config.trace_sessions) != (
@@ -238,8 +251,8 @@ class TraceManager:
             self._not_sent(tpl, e, None)
             return
         self.packets += 1
-        for sender in self.senders:
-            sender.send(packet)
+        for send in self.sends:
+            send(packet)
 
     def send_checked(
         self,
@@ -260,8 +273,8 @@ class TraceManager:
             self._not_sent(tpl, e, conn)
             return
         self.packets += 1
-        for sender in self.senders:
-            sender.send(packet)
+        for send in self.sends:
+            send(packet)
 
     def _not_sent(self, tpl: PacketTemplate, error: ValueError, conn: Connection | None) -> None:
         self.oversize["not_traced"] += 1
@@ -332,8 +345,9 @@ class ConnectionTracer:
             [] if cfg.trace_backend and conn.direction == "inbound" else None
         )
         self.early_size = 0
-        #: the session record's per-connection prefix and its template (trace_sessions)
-        self.session: tuple[str, PacketTemplate] | None = None
+        #: the session record's per-connection prefix, its template and its bytes before a
+        #: Call-ID (trace_sessions)
+        self.session: tuple[str, PacketTemplate, bytes] | None = None
         self.build_session()
         #: hashes of the Call-IDs whose session record went out, oldest first
         self.seen: OrderedDict[int, None] = OrderedDict()
@@ -351,14 +365,15 @@ class ConnectionTracer:
     def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
         cfg, conn = self.manager.config, self.conn
-        self.session = (
-            (
-                events.session_record_prefix(conn, keys=cfg.trace_keys),
+        if cfg.trace_sessions:
+            prefix = events.session_record_prefix(conn, keys=cfg.trace_keys)
+            self.session = (
+                prefix,
                 self.manager.template(conn.remote, conn.local, PROTO_LOG),
+                events.session_record_head(prefix),
             )
-            if cfg.trace_sessions
-            else None
-        )
+        else:
+            self.session = None
 
     def backend_leg(self, addresses: tuple[Addr, Addr] | None) -> None:
         """The backend connection is up (its plain leg is traced with trace_backend)."""
@@ -375,11 +390,92 @@ class ConnectionTracer:
         self.early_size = 0
 
     def messages(self, chunks: list[bytes], received: bool, timestamp: float) -> None:
-        """A batch read or written together (keep-alives, whitespace first, are skipped)."""
-        message = self.message
-        for chunk in chunks:
-            if chunk[0] not in WHITESPACE:
-                message(chunk, received, timestamp)
+        """A batch read or written together (keep-alives, whitespace first, are skipped).
+
+        The fast path, for messages that fit as they are: the timestamp chunks are packed once
+        for the batch; per message, a Call-ID peek, one encode per packet from the
+        connection's templates and one `send` per destination; per new call, its session
+        record. Anything else (a message too large or with a Call-ID too long, a client's
+        forged truncation mark, a message kept for the backend leg) takes `message`."""
+        manager = self.manager
+        sends = manager.sends
+        room = self.room
+        session = self.session
+        seen = self.seen
+        early = received and self.early is not None
+        if received:
+            first, second = self.tpl_in, self.backend_out
+        else:
+            first, second = self.tpl_out, self.backend_in
+        ts: bytes | None = None
+        count = 0
+        search = CALL_ID_LINE.search
+        try:
+            for data in chunks:
+                if data[0] in WHITESPACE:  # keep-alives are not traced
+                    continue
+                # call_id(data), inline
+                m = search(data)
+                cid = m.group(1) if m is not None else None
+                if cid is not None:
+                    cid = cid.rstrip(b" \t") or None
+                if (
+                    early
+                    or len(data) > room
+                    or data.find(MARK) >= 0
+                    or (cid is not None and len(cid) > CALL_ID_MAX)
+                ):
+                    manager.packets += count
+                    count = 0
+                    self.message(data, received, timestamp)
+                    continue
+                if ts is None:
+                    sec = int(timestamp)
+                    ts = timestamp_chunks(sec, int((timestamp - sec) * 1e6))
+                # the order of the packets: the client's leg, then the backend's, as relayed
+                if received:
+                    packet = first.encode_at(ts, data, cid)
+                    for send in sends:
+                        send(packet)
+                    if second is not None:
+                        packet = second.encode_at(ts, data, cid)
+                        for send in sends:
+                            send(packet)
+                else:
+                    if second is not None:
+                        packet = second.encode_at(ts, data, cid)
+                        for send in sends:
+                            send(packet)
+                    packet = first.encode_at(ts, data, cid)
+                    for send in sends:
+                        send(packet)
+                count += 1 if second is None else 2
+                if cid is not None and session is not None and (key := hash(cid)) not in seen:
+                    seen[key] = None
+                    if len(seen) > SEEN_CALL_IDS:
+                        seen.popitem(last=False)
+                    packet = session[1].encode_at(
+                        ts, events.session_record_at(session[2], session[0], cid), cid
+                    )
+                    if len(packet) > manager.max_packet:
+                        manager.packets += count
+                        count = 0
+                        sec = int(timestamp)
+                        manager.send_checked(
+                            session[1],
+                            sec,
+                            int((timestamp - sec) * 1e6),
+                            events.session_record_at(session[2], session[0], cid),
+                            cid,
+                            self.conn,
+                        )
+                    else:
+                        for send in sends:
+                            send(packet)
+                        count += 1
+        except ValueError as e:  # a safety net: not expected (a clock past 2106)
+            manager._not_sent(first, e, self.conn)
+        manager.packets += count
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager
@@ -388,7 +484,9 @@ class ConnectionTracer:
         usec = int((timestamp - sec) * 1e6)
         original: bytes | None = None
         cid_length: int | None = None
-        if MARK in data:  # the client's own mark: renamed in the trace, never relayed changed
+        # the client's own mark: renamed in the trace, never relayed changed (`find`, not
+        # `in`: a bytes `in` tries the operand as an int first, and raises and clears an error)
+        if data.find(MARK) >= 0:
             data = unmark(data)
         if len(data) > self.room or (cid is not None and len(cid) > CALL_ID_MAX):
             original = data
@@ -419,7 +517,7 @@ class ConnectionTracer:
                 session[1],
                 sec,
                 usec,
-                events.session_record(session[0], cid, cid_length),
+                events.session_record_at(session[2], session[0], cid, cid_length),
                 cid,
                 self.conn,
             )
