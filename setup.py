@@ -29,6 +29,14 @@ ROOT = Path(__file__).resolve().parent
 PURE_ENV = "TLSTRACE_PURE_PYTHON"
 #: the shared library holding the compiled modules (top-level module `tlstrace__mypyc`)
 GROUP = "tlstrace"
+#: mypy's options for the build, beside pyproject.toml's [tool.mypy]: the listed modules are
+#: checked (strict), the modules they import are read for their types but not checked (that is
+#: `make lint`'s job), and installed packages are never looked at, so that the result is the
+#: same whether pip has installed the dependencies yet or not (it builds before installing
+#: them): their types are Any to the compiled code
+MYPY_OPTIONS = ("--follow-imports=silent", "--no-site-packages", "--ignore-missing-imports")
+#: the commands that only write metadata (pip's first two calls): they need no C sources
+METADATA_COMMANDS = {"egg_info", "dist_info", "sdist"}
 #: the project's own packages, where compiled files from an earlier editable build may lie
 PACKAGES = ("tlstrace", "hep", "api")
 
@@ -47,12 +55,13 @@ def warn(message: str) -> None:
     print(f"\nWARNING: tlstrace: {message}\n", file=sys.stderr, flush=True)
 
 
-def remove_inplace_extensions() -> None:
-    """Delete the compiled files an earlier editable build left beside the sources: they
-    would shadow the `.py` files if this build does not replace them."""
-    stale = list(ROOT.glob(f"{GROUP}__mypyc.*"))
+def remove_extensions(base: Path) -> None:
+    """Delete the compiled files an earlier build left in `base` (beside the sources for an
+    editable build, else the build directory the wheel is made from): they would shadow the
+    `.py` files, or go into the wheel, if this build does not replace them."""
+    stale = list(base.glob(f"{GROUP}__mypyc.*"))
     for package in PACKAGES:
-        stale += (ROOT / package).rglob("*.so")
+        stale += (base / package).rglob("*.so")
     for path in stale:
         if path.suffix in (".so", ".pyd"):
             path.unlink()
@@ -64,7 +73,8 @@ class BuildMypyc(build_ext):
     def finalize_options(self) -> None:
         # mypyc generates the C sources here, so that setuptools sets the extensions up
         self.failed: str | None = None
-        if self.distribution.ext_modules is None and not pure_python():
+        metadata_only = set(self.distribution.commands) <= METADATA_COMMANDS
+        if self.distribution.ext_modules is None and not pure_python() and not metadata_only:
             try:
                 self.distribution.ext_modules = self._mypycify()
             except (Exception, SystemExit) as exc:  # mypyc exits on a type error
@@ -72,9 +82,13 @@ class BuildMypyc(build_ext):
                 self.distribution.ext_modules = []
         super().finalize_options()
 
-    def run(self) -> None:
+    def _remove_extensions(self) -> None:
+        remove_extensions(Path(self.build_lib))
         if self.inplace or self.editable_mode:
-            remove_inplace_extensions()
+            remove_extensions(ROOT)
+
+    def run(self) -> None:
+        self._remove_extensions()
         if pure_python():
             warn(f"{PURE_ENV} is set: installing as pure Python (not compiled with mypyc)")
             return
@@ -84,7 +98,7 @@ class BuildMypyc(build_ext):
             except (Exception, SystemExit) as exc:
                 self.failed = repr(exc)
         if self.failed is not None:
-            # (an extension half-built is not copied into place: the copy comes last)
+            # (some extensions may be built, and even copied into place: remove them all)
             warn(
                 f"compiling {', '.join(compiled_modules())} with mypyc failed ({self.failed}); "
                 f"installing as pure Python, which works but is slower. A C compiler and "
@@ -92,14 +106,13 @@ class BuildMypyc(build_ext):
                 f"{PURE_ENV}=1 to skip compiling."
             )
             self.extensions = []
-            if self.inplace or self.editable_mode:
-                remove_inplace_extensions()
+            self._remove_extensions()
 
     def _mypycify(self) -> list[Any]:
         from mypyc.build import mypycify
 
         paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in compiled_modules()]
-        return list(mypycify(paths, opt_level="3", group_name=GROUP))
+        return list(mypycify([*MYPY_OPTIONS, *paths], opt_level="3", group_name=GROUP))
 
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []
@@ -109,11 +122,12 @@ class BuildMypyc(build_ext):
 
 
 class BinaryDistribution(Distribution):
-    """Has extension modules (they are known only when built): a platform wheel, and
-    `build_ext` runs."""
+    """Has extension modules (they are known only when built): `build_ext` runs, and the
+    wheel is tagged for this platform. (It runs in pure-Python mode too, to clear an earlier
+    editable build's extensions and to say that it does not compile.)"""
 
     def has_ext_modules(self) -> bool:
-        return not pure_python()
+        return True
 
 
 setup(cmdclass={"build_ext": BuildMypyc}, distclass=BinaryDistribution)
