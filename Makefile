@@ -7,10 +7,21 @@ BIN     = $(VENV)/bin
 
 .PHONY: run test unit lint deps bench demo clean
 
-$(BIN)/.installed: pyproject.toml
+# The install compiles the modules listed in pyproject.toml ([tool.tlstrace.mypyc]) with mypyc
+# (setup.py), so it runs again when one of their sources changes; it falls back to pure Python
+# when compiling fails (TLSTRACE_PURE_PYTHON=1 skips compiling), and then says so here.
+COMPILED = $(shell sed -n '/^\[tool\.tlstrace\.mypyc\]/,/^]/s/^ *"\([a-z_.]*\)",*$$/\1/p' \
+             pyproject.toml | tr . / | sed 's/$$/.py/')
+
+$(BIN)/.installed: pyproject.toml setup.py $(COMPILED)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'
+	@$(BIN)/python -c 'import importlib, tomllib; \
+	    names = tomllib.load(open("pyproject.toml", "rb"))["tool"]["tlstrace"]["mypyc"]["modules"]; \
+	    pure = [n for n in names if not importlib.import_module(n).__file__.endswith(".so")]; \
+	    pure and print("WARNING: tlstrace: not compiled with mypyc, running as pure Python (slower):", \
+	                   ", ".join(pure))'
 	touch $@
 
 ARGS ?=
