@@ -20,6 +20,8 @@ CPU_PER_MSG_MAX_RATIO = 2.0
 CPU_PER_HANDSHAKE_MAX_RATIO = 1.3
 TRACING_MAX_RATIO = 3.0
 KIB_PER_IDLE_CONN_MAX = 20.0
+#: a relay whose CPU time over the window is this share of one core or more is the bottleneck
+SATURATED_PCT = 90.0
 
 
 def _f(v: float | None, digits: int = 1, thousands: bool = False) -> str:
@@ -224,6 +226,20 @@ def table(regime: Regime, args: argparse.Namespace, data: dict[str, Any]) -> Non
             f"   note: other processes on this machine used up to {max(others):.0f}% of a core"
             " (median per line, 'other load') during these runs: contended figures"
         )
+    if regime.name in ("saturated", "tracing"):
+        below = [
+            f"{name} {s['relay_core_pct']:.0f}%"
+            for c in data["cases"].values()
+            for name, s in c["summary"].items()
+            if s.get("relay_core_pct") is not None and s["relay_core_pct"] < SATURATED_PCT
+        ]
+        if below:
+            print(
+                f"   note: not saturated (relay core below {SATURATED_PCT:.0f}%): "
+                + ", ".join(below)
+                + "; the load generators could not offer more (more --generators or"
+                " a quieter machine)"
+            )
     for transport, counts in data.get("hep_sinks", {}).items():
         print(f"   HEP sink ({transport.upper()}): {counts}")
     for name, errs in data.get("errors", {}).items():

@@ -148,10 +148,16 @@ def jobs_for(regime: Regime, args: argparse.Namespace, rep: int = 0) -> list[Job
         # the sweep's other rates only in the first --sweep-repeat repetitions
         sweep = args.rates if rep < args.sweep_repeat else []
         rates = tuple(sorted({*sweep, args.paced_rate}))
-        extra = [*size]
-        for r in rates:
-            extra += ["--rate", f"{r:g}"]
-        return [Job("paced", "paced", args.paced_conns, tuple(extra), rates=rates)]
+        return [
+            Job(
+                "paced",
+                "paced",
+                args.paced_conns,
+                size,
+                generators=args.paced_generators,
+                rates=rates,
+            )
+        ]
     if regime.name == "handshake":
         return [Job(f"{args.workers} workers", "handshake", args.workers, sync=False)]
     raise ValueError(regime.name)
@@ -258,6 +264,8 @@ class Bench:
                     str(i),
                     *job.extra,
                 ]
+                for r in job.rates:  # each process sends its share of the total
+                    argv += ["--rate", f"{r / n:g}"]
                 if job.sync:
                     argv.append("--sync")
                 if i == 0:
@@ -482,28 +490,44 @@ class Bench:
             self.procs.stop(responder)
 
 
-def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """One run's result from its generator processes': the first one's window and CPU samples,
-    the counts and latency histograms of all of them."""
-    first = dict(results[0])
-    if len(results) == 1:
-        first.pop("latency_hist", None)
-        for w in first.get("windows", []):
-            w.pop("latency_hist", None)
-        return first
+def _merge_window(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One measurement window from the generator processes' windows: the first one's times and
+    CPU samples (it samples the relay), everyone's counts, CPU and latency histograms."""
+    first = dict(parts[0])
     hist: dict[str, int] = {}
-    for r in results:
+    for r in parts:
         for k, c in r.get("latency_hist", {}).items():
             hist[k] = hist.get(k, 0) + c
     first.pop("latency_hist", None)
+    if len(parts) == 1:
+        return first  # its exact percentiles
     for key in ("round_trips", "sent_in_window", "bad_responses", "errors", "conns"):
-        first[key] = sum(r.get(key, 0) for r in results)
-    first["loadgen_cpu_s"] = sum(r["loadgen_cpu_s"] for r in results)
+        if key in first:
+            first[key] = sum(r.get(key, 0) for r in parts)
+    if "offered_rate" in first:
+        first["offered_rate"] = sum(r["offered_rate"] for r in parts)
+    first["loadgen_cpu_s"] = sum(r["loadgen_cpu_s"] for r in parts)
     first["rate"] = first["round_trips"] / first["window_s"]
     first["latency_ms"] = hist_percentiles(hist)
-    first["error_samples"] = [e for r in results for e in r.get("error_samples", [])][:3]
-    first["generators"] = len(results)
     return first
+
+
+def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One run's result from its generator processes' (see `_merge_window`); a paced run's
+    windows are merged rate by rate."""
+    if "windows" in results[0]:
+        out = dict(results[0])
+        for key in ("sent", "unanswered", "bad_responses", "errors", "conns"):
+            out[key] = sum(r.get(key, 0) for r in results)
+        out["windows"] = [
+            _merge_window([r["windows"][i] for r in results])
+            for i in range(len(results[0]["windows"]))
+        ]
+    else:
+        out = _merge_window(results)
+    out["error_samples"] = [e for r in results for e in r.get("error_samples", [])][:3]
+    out["generators"] = len(results)
+    return out
 
 
 def split_windows(job: Job, raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
@@ -511,12 +535,15 @@ def split_windows(job: Job, raw: dict[str, Any]) -> list[tuple[str, dict[str, An
     if job.mode != "paced":
         return [(job.case, raw)]
     out = []
-    for w in raw["windows"]:
+    for i, w in enumerate(raw["windows"]):
         one = {
             **{k: v for k, v in raw.items() if k != "windows"},
             **w,
         }
-        out.append((paced_case(job.conns, w["offered_rate"]), one))
+        # the total asked for (each generator process reports its share)
+        if i < len(job.rates):
+            one["offered_rate"] = job.rates[i]
+        out.append((paced_case(job.conns, one["offered_rate"]), one))
     return out
 
 
@@ -760,6 +787,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="paced: the other rates of the sweep the plot draws (default "
         "500,1000,4000,8000,16000; '' for none)",
+    )
+    p.add_argument(
+        "--paced-generators",
+        type=int,
+        default=2,
+        help="paced: load generator processes, each sending its share of the rate (default 2)",
     )
     p.add_argument(
         "--sweep-repeat",
