@@ -31,10 +31,18 @@ class PlotError(RuntimeError):
     pass
 
 
-def points(results: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, float, float]]]:
-    """{target: [(offered rate, CPU us per message, relay core %), ...]} sorted by rate: the
-    medians of every run at that rate in `results`."""
-    acc: dict[str, dict[float, tuple[list[float], list[float]]]] = {}
+#: a window whose median latency exceeds this had a queue building: more was offered than the
+#: relay, the load generators or the responder could take
+QUEUED_MS = 50.0
+
+
+def points(
+    results: Sequence[dict[str, Any]],
+) -> dict[str, list[tuple[float, float, float, bool]]]:
+    """{target: [(offered rate, CPU us per message, relay core %, queued), ...]} sorted by rate:
+    the medians of every run at that rate in `results`; `queued` when the median run's p50
+    latency exceeded QUEUED_MS (answers fell behind the schedule)."""
+    acc: dict[str, dict[float, tuple[list[float], list[float], list[float]]]] = {}
     for res in results:
         paced = res.get("regimes", {}).get("paced")
         if not paced:
@@ -45,12 +53,21 @@ def points(results: Sequence[dict[str, Any]]) -> dict[str, list[tuple[float, flo
                     cpu, rate = r.get("cpu_us_per_msg"), r.get("offered_rate")
                     if cpu is None or rate is None:
                         continue
-                    cpus, busy = acc.setdefault(target, {}).setdefault(float(rate), ([], []))
+                    cpus, busy, p50 = acc.setdefault(target, {}).setdefault(
+                        float(rate), ([], [], [])
+                    )
                     cpus.append(float(cpu))
                     busy.append(float(r.get("relay_core_pct") or 0.0))
+                    p50.append(float((r.get("latency_ms") or {}).get("p50") or 0.0))
     return {
         target: sorted(
-            (rate, statistics.median(c), statistics.median(b)) for rate, (c, b) in by_rate.items()
+            (
+                rate,
+                statistics.median(c),
+                statistics.median(b),
+                statistics.median(lat) > QUEUED_MS,
+            )
+            for rate, (c, b, lat) in by_rate.items()
         )
         for target, by_rate in acc.items()
     }
@@ -99,9 +116,31 @@ def draw(results: Sequence[dict[str, Any]], png: Path) -> None:
         xs = [p[0] for p in pts[name]]
         ax.plot(xs, [p[1] for p in pts[name]], marker=marker, color=colour, label=name)
         ax2.plot(xs, [p[2] for p in pts[name]], marker=marker, color=colour, label=name)
+        queued = [p for p in pts[name] if p[3]]
+        if queued:
+            for axis, i in ((ax, 1), (ax2, 2)):
+                axis.plot(
+                    [p[0] for p in queued],
+                    [p[i] for p in queued],
+                    linestyle="none",
+                    marker=marker,
+                    markersize=9,
+                    markerfacecolor="white",
+                    color=colour,
+                )
+    if any(p[3] for ps in pts.values() for p in ps):
+        ax.plot(
+            [],
+            [],
+            linestyle="none",
+            marker="o",
+            markerfacecolor="white",
+            color="grey",
+            label=f"queue building (p50 > {QUEUED_MS:g} ms)",
+        )
     if "tlstrace" in pts and "haproxy" in pts:
         hap = {p[0]: p[1] for p in pts["haproxy"]}
-        for rate, cpu, _ in pts["tlstrace"]:
+        for rate, cpu, _, _ in pts["tlstrace"]:
             if hap.get(rate):
                 ax.annotate(
                     f"{cpu / hap[rate]:.1f}x",

@@ -111,9 +111,9 @@ def regime_title(regime: Regime, args: argparse.Namespace) -> str:
     reps = args.memory_repeat if regime.load == "memory" else args.repeat
     runs = f"median of {reps}" if reps > 1 else "1 run"
     if regime.load == "memory":
-        return f"== {regime.name}: {regime.about}; {runs} =="
+        return f"== {regime.name}: {regime.describe(vars(args))}; {runs} =="
     return (
-        f"== {regime.name}: {regime.about}; {args.duration:g} s window after "
+        f"== {regime.name}: {regime.describe(vars(args))}; {args.duration:g} s window after "
         f"{args.warmup:g} s warm-up; {runs} =="
     )
 
@@ -304,3 +304,33 @@ def verdicts(regimes: dict[str, Any], have_haproxy: bool) -> None:
     )
     if not have_haproxy:
         print("  (HAProxy not run: the ratio targets cannot be checked)")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """`python -m bench.report RESULTS.json`: print a results file's tables again."""
+    import json
+    import sys
+    from pathlib import Path
+
+    from bench.targets import REGIMES
+
+    p = argparse.ArgumentParser(prog="python -m bench.report", description=main.__doc__)
+    p.add_argument("results", type=Path, help="a bench/results/bench-*.json file")
+    a = p.parse_args(argv)
+    try:
+        results = json.loads(a.results.read_text())
+    except (OSError, ValueError) as e:
+        print(f"bench.report: {e}", file=sys.stderr)
+        return 2
+    meta = results.get("meta", {})
+    args = argparse.Namespace(**meta.get("args", {}))
+    header(meta)
+    for name, data in results.get("regimes", {}).items():
+        if name in REGIMES:
+            table(REGIMES[name], args, data)
+    verdicts(results.get("regimes", {}), bool(meta.get("haproxy")))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

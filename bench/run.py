@@ -204,7 +204,7 @@ class Bench:
         data: dict[str, Any] = {
             "regime": self.regime.name,
             "pinned": self.pinned,
-            "about": self.regime.about,
+            "about": self.regime.describe(vars(self.args)),
         }
         if self.regime.load == "paced":
             data["headline"] = paced_case(self.args.paced_conns, self.args.paced_rate)
@@ -709,8 +709,19 @@ def _counts(text: str) -> list[int]:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    defaults = {
+        "conns": 50,
+        "inflight": 4,
+        "generators": 2,
+        "sparse": [400, 1000],
+        "paced_conns": 5000,
+        "paced_rate": 2000,
+        "paced_generators": 2,
+        "workers": 50,
+        "idle": 10000,
+    }
     regimes = "\n".join(
-        f"  {r.name:10} {r.about}{' (default)' if r.name in DEFAULT_REGIMES else ''}"
+        f"  {r.name:10} {r.describe(defaults)}{' (default)' if r.name in DEFAULT_REGIMES else ''}"
         for r in REGIMES.values()
     )
     p = argparse.ArgumentParser(

@@ -12,9 +12,10 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.procs import Child, ProcessError, Procs, free_port, wait_listening
 
@@ -32,8 +33,29 @@ class Regime:
     load: str
     #: load generator + responder on LOAD_CPU, relay on RELAY_CPU; else nothing pinned
     pinned: bool
-    #: what the regime is, for the tables and `--help`
+    #: what the regime is, for the tables and `--help`: a format string over `describe`'s
+    #: values ({conns}, {inflight}, {generators}, {sparse}, {paced_conns}, ...)
     about: str
+
+    def describe(self, values: Mapping[str, Any]) -> str:
+        """`about` for the run's parameters (`python -m bench` arguments, or their defaults);
+        a parameter not given reads "?"."""
+
+        def n(v: Any) -> str:
+            return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
+
+        sparse = [n(x) for x in values.get("sparse") or []]
+        known = _Values({k: n(v) for k, v in values.items() if isinstance(v, (int, float))})
+        if sparse:
+            known["sparse"] = " and ".join(
+                [", ".join(sparse[:-1]), sparse[-1]] if len(sparse) > 1 else sparse
+            )
+        return self.about.format_map(known)
+
+
+class _Values(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
 
 
 REGIMES: dict[str, Regime] = {
@@ -43,29 +65,30 @@ REGIMES: dict[str, Regime] = {
             "saturated",
             "closed",
             False,
-            "50 TLS connections x 4 INVITEs in flight from several generator processes,"
-            " nothing pinned: the relay is the bottleneck (see its 'relay core')",
+            "{conns} TLS connections x {inflight} INVITEs in flight from {generators} load"
+            " generator processes, nothing pinned: the relay is meant to be the bottleneck"
+            " (see 'relay core')",
         ),
         Regime(
             "sparse",
             "closed",
             False,
-            "400 and 1,000 TLS connections x 1 INVITE in flight (how phones behave),"
-            " nothing pinned",
+            "{sparse} TLS connections x 1 INVITE in flight (how phones behave), nothing pinned",
         ),
         Regime(
             "paced",
             "paced",
             False,
-            "5,000 TLS connections, an open loop: INVITEs sent on a schedule at a steady total"
-            " rate (2,000/s, and the --rates sweep for the plot), nothing pinned",
+            "{paced_conns} TLS connections, an open loop: INVITEs sent on a schedule at a"
+            " steady {paced_rate} requests/s in total (and the sweep of --rates for the plot)"
+            " from {paced_generators} load generator processes, nothing pinned",
         ),
         Regime(
             "handshake",
             "handshake",
             True,
             "new TLS 1.3 connections: handshake (ECDSA P-256) + one OPTIONS + close_notify,"
-            " 50 workers; generator on core 0, relay on core 1",
+            " {workers} workers; generator on core 0, relay on core 1",
         ),
         Regime(
             "tracing",
@@ -78,15 +101,16 @@ REGIMES: dict[str, Regime] = {
             "memory",
             "memory",
             True,
-            "idle TLS connections held after their handshake: resident memory per connection"
-            " once RSS settles",
+            "{idle} idle TLS connections held after their handshake: resident memory per"
+            " connection once RSS settles; generator on core 0, relay on core 1",
         ),
         Regime(
             "pinned",
             "closed",
             True,
-            "the former 'persistent' scenario: 50 connections x 4 in flight, generator and"
-            " responder on core 0, relay on core 1: the generator is the bottleneck",
+            "the former 'persistent' scenario: {conns} connections x {inflight} in flight,"
+            " generator and responder on core 0, relay on core 1: the generator is the"
+            " bottleneck",
         ),
     )
 }
