@@ -200,3 +200,21 @@ def test_paced_generator_processes_merge_rate_by_rate() -> None:
     job = Job("paced", "paced", 5000, generators=2, rates=(2000.0,))
     ((case, one),) = split_windows(job, merged)
     assert case == "5,000 conns @ 2,000/s" and one["offered_rate"] == 2000.0
+
+
+def test_regimes_chosen_and_the_former_scenario_names() -> None:
+    from bench.run import build_parser, chosen_regimes
+    from bench.targets import DEFAULT_REGIMES
+
+    def chosen(*argv: str) -> list[str]:
+        return chosen_regimes(build_parser().parse_args(list(argv)))
+
+    assert chosen() == list(DEFAULT_REGIMES)
+    assert "pinned" not in chosen()
+    assert chosen("--scenario", "persistent", "--regime", "paced") == ["paced", "pinned"]
+    assert (
+        REGIMES["sparse"]
+        .describe({"sparse": [400, 600, 1000]})
+        .startswith("400, 600 and 1,000 TLS connections")
+    )
+    assert "? TLS connections" in REGIMES["saturated"].describe({})
