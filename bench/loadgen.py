@@ -606,6 +606,8 @@ async def paced(args: argparse.Namespace) -> dict[str, Any]:
                 "rate": len(lat) / w["window_s"],
                 "latency_ms": percentiles(lat),
                 "latency_hist": histogram(lat),
+                # connections lost so far (from the start of the run to this window's end)
+                "errors": sum(1 for link in links if link.failed or link.lost.done()),
             }
         )
         t = w_end

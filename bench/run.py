@@ -358,12 +358,22 @@ class Bench:
                                         f"the responder died during the run "
                                         f"({_exit_text(responder)})"
                                     )
-                                _check_errors(job.mode, raw)
+                                _check_errors(job.mode, raw, self.args.paced_rate)
                             except ProcessError as e:
                                 errors[name].append(str(e))
                                 self.log(f"{self.regime.name} {job.case} {name} run {rep + 1}: {e}")
                                 continue
-                            for case, one in split_windows(job, raw):
+                            kept = split_windows(job, raw)
+                            if len(kept) < len(raw.get("windows", kept)):
+                                lost = raw["windows"][len(kept)]
+                                note = (
+                                    f"paced run {rep + 1}: connections lost at "
+                                    f"{lost['offered_rate']:,.0f}/s; that rate and the higher "
+                                    f"ones are left out: {raw.get('error_samples')}"
+                                )
+                                errors[name].append(note)
+                                self.log(f"{name} {note}")
+                            for case, one in kept:
                                 one["busy_before_run"] = before
                                 one["rep"] = rep
                                 one.update(per_operation(job.mode, one))
@@ -531,11 +541,15 @@ def merge(results: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def split_windows(job: Job, raw: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """A paced run's windows as one result per rate; any other run as it is."""
+    """A paced run's windows as one result per rate, up to the first that lost a connection
+    (the rates go up: a rate the relay cannot take must not void the lower ones'); any other
+    run as it is."""
     if job.mode != "paced":
         return [(job.case, raw)]
     out = []
     for i, w in enumerate(raw["windows"]):
+        if w.get("errors"):
+            break
         one = {
             **{k: v for k, v in raw.items() if k != "windows"},
             **w,
@@ -564,9 +578,20 @@ def per_operation(mode: str, raw: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def _check_errors(mode: str, raw: dict[str, Any]) -> None:
-    """A run that lost connections measured something else: count it as failed."""
+def _check_errors(mode: str, raw: dict[str, Any], headline: float | None = None) -> None:
+    """A run that lost connections measured something else: count it as failed. A paced run
+    fails when it lost one by the end of the `headline` rate's window; its later windows
+    are left out (`split_windows`)."""
     errs = raw.get("errors", 0)
+    if mode == "paced" and headline is not None:
+        errs = next(
+            (
+                w.get("errors", 0)
+                for w in raw["windows"]
+                if w["offered_rate"] >= headline * 0.999  # the shares add up to about it
+            ),
+            errs,
+        )
     if mode in ("persistent", "paced") and errs:
         raise ProcessError(f"{errs} connection(s) lost during the run: {raw.get('error_samples')}")
     if mode in ("persistent", "paced") and raw.get("bad_responses"):

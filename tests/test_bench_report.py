@@ -218,3 +218,21 @@ def test_regimes_chosen_and_the_former_scenario_names() -> None:
         .startswith("400, 600 and 1,000 TLS connections")
     )
     assert "? TLS connections" in REGIMES["saturated"].describe({})
+
+
+def test_a_paced_rate_that_loses_connections_voids_only_itself_and_above() -> None:
+    from bench.procs import ProcessError
+    from bench.run import _check_errors
+
+    raw = {
+        "errors": 3,
+        "windows": [
+            {"offered_rate": 666.667 * 3, "errors": 0},
+            {"offered_rate": 8000.0, "errors": 3},
+        ],
+    }
+    _check_errors("paced", raw, 2000.0)  # the headline rate lost nothing
+    job = Job("paced", "paced", 5000, rates=(2000.0, 8000.0))
+    assert [c for c, _ in split_windows(job, raw)] == ["5,000 conns @ 2,000/s"]
+    with pytest.raises(ProcessError):
+        _check_errors("paced", raw, 8000.0)
