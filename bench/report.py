@@ -237,8 +237,8 @@ def table(regime: Regime, args: argparse.Namespace, data: dict[str, Any]) -> Non
             print(
                 f"   note: not saturated (relay core below {SATURATED_PCT:.0f}%): "
                 + ", ".join(below)
-                + "; the load generators could not offer more (more --generators or"
-                " a quieter machine)"
+                + "; the relay was not the bottleneck: other load on the machine, or the"
+                " load generators and the responder sharing its 2 cores, set the rate"
             )
     for transport, counts in data.get("hep_sinks", {}).items():
         print(f"   HEP sink ({transport.upper()}): {counts}")
