@@ -58,8 +58,11 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
+# Every regime beside HAProxy, and the plot (matplotlib, the `bench` extra, installed here).
+# make bench ARGS="--quick" (or --regime NAME ...) passes flags to python -m bench.
 bench: $(BIN)/.installed
-	$(BIN)/python -m bench
+	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	$(strip $(BIN)/python -m bench $(ARGS))
 
 clean:
 	rm -rf $(VENV) .tlstrace .pytest_cache .mypy_cache .ruff_cache .hypothesis

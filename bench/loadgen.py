@@ -1,6 +1,7 @@
 """The benchmark's load generator: one process, uvloop, TLS driven by hand.
 
     python -m bench.loadgen persistent --target tls:127.0.0.1:5061 --conns 50 --inflight 4 ...
+    python -m bench.loadgen paced      --target tls:127.0.0.1:5061 --conns 5000 --rate 2000 ...
     python -m bench.loadgen handshake  --target tls:127.0.0.1:5061 --conns 50 ...
     python -m bench.loadgen idle       --target tls:127.0.0.1:5061 --conns 10000
 
@@ -10,7 +11,14 @@ TLS transport: per message that is one `SSLObject.write` (one TLS record) and on
 so the generator, not the relay under test, stays the cheap side. `tcp:` targets run the same
 load over plain TCP (the direct baseline).
 
-`persistent` and `handshake` print one JSON object on stdout when done. The relay's CPU
+`persistent` is a closed loop (each answer sends the next request); `paced` an open loop: requests
+leave on a schedule (`--rate` per second in total, round-robin over the connections) whether
+or not answers came back, latency counted from the scheduled time, one window per `--rate`.
+With `--sync` (both), the process opens its connections, prints `{"ready": N}` and waits for a
+line on standard input holding the wall-clock time (`time.time()`) at which to start: several
+generator processes then share one measurement window.
+
+`persistent`, `paced` and `handshake` print one JSON object on stdout when done. The relay's CPU
 (utime+stime from /proc/PID/stat of every `--cpu-pid`) is sampled here, at the exact start and
 end of the measurement window, and so is this process's own CPU and that of each `--side-pid`
 (the responder, which shares this process's core). `idle` prints a JSON line once every
@@ -25,6 +33,7 @@ import collections
 import contextlib
 import functools
 import json
+import math
 import os
 import ssl
 import sys
@@ -123,7 +132,10 @@ class Link(asyncio.Protocol):
         self.obj: ssl.SSLObject | None = None
         self.inc = self.out = cast(ssl.MemoryBIO, None)
         self.open = False
-        self.lost: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self.lost: asyncio.Future[None] = loop.create_future()
+        #: True once open (handshake done), False when lost before that
+        self.opened: asyncio.Future[bool] = loop.create_future()
         self.failed: str | None = None
 
     # asyncio callbacks
@@ -131,8 +143,7 @@ class Link(asyncio.Protocol):
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         if self.ctx is None:
-            self.open = True
-            self.on_open()
+            self._now_open()
             return
         self.inc, self.out = ssl.MemoryBIO(), ssl.MemoryBIO()
         self.obj = self.ctx.wrap_bio(self.inc, self.out, server_side=False)
@@ -173,6 +184,8 @@ class Link(asyncio.Protocol):
         self.open = False
         if not self.lost.done():
             self.lost.set_result(None)
+        if not self.opened.done():
+            self.opened.set_result(False)
         self.on_lost(exc)
 
     # helpers
@@ -190,7 +203,12 @@ class Link(asyncio.Protocol):
             self.fail(f"TLS handshake: {e}")
             return
         self._flush()
+        self._now_open()
+
+    def _now_open(self) -> None:
         self.open = True
+        if not self.opened.done():
+            self.opened.set_result(True)
         self.on_open()
 
     def _flush(self) -> None:
@@ -248,6 +266,137 @@ def parse_target(text: str) -> tuple[str, str, int]:
     return scheme, host.strip("[]"), int(port)
 
 
+# -- measurement windows -------------------------------------------------------------------------
+
+
+class Meter:
+    """Samples, at a window's two ends, the relay's CPU (`--cpu-pid`), this process's, the side
+    processes' (`--side-pid`) and every core's busy time."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+
+    def sample(self) -> tuple[dict[str, float], float, float, float, float]:
+        a = self.args
+        return (
+            core_busy(),
+            cpu_sample(a.cpu_pid),
+            self_cpu(),
+            cpu_sample(a.side_pid),
+            time.perf_counter(),
+        )
+
+    def window(
+        self,
+        a: tuple[dict[str, float], float, float, float, float],
+        b: tuple[dict[str, float], float, float, float, float],
+    ) -> dict[str, Any]:
+        return {
+            "window_s": b[4] - a[4],
+            "relay_cpu_s": b[1] - a[1] if self.args.cpu_pid else None,
+            "loadgen_cpu_s": b[2] - a[2],
+            "side_cpu_s": b[3] - a[3] if self.args.side_pid else None,
+            "core_busy_s": busy_delta(a[0], b[0]),
+        }
+
+
+def histogram(latencies: Sequence[float]) -> dict[str, int]:
+    """Latencies (seconds) in log buckets 2 % wide, keyed by the bucket's index: several
+    generator processes' histograms add up, and `hist_percentiles` reads them."""
+    out: dict[str, int] = {}
+    log = math.log
+    for x in latencies:
+        k = str(int(log(max(x, 1e-7) * 1e7) * 50))
+        out[k] = out.get(k, 0) + 1
+    return out
+
+
+def hist_percentiles(hist: dict[str, int]) -> dict[str, float | None]:
+    """p50/p99/p99.9/max in ms from `histogram` buckets (each bucket's upper bound)."""
+    keys = sorted(int(k) for k in hist)
+    total = sum(hist.values())
+
+    def at(q: float) -> float | None:
+        if not total:
+            return None
+        want = min(total, int(q * total) + 1)
+        seen = 0
+        for k in keys:
+            seen += hist[str(k)]
+            if seen >= want:
+                return math.exp((k + 1) / 50) / 1e7 * 1000
+        return None
+
+    return {"p50": at(0.50), "p99": at(0.99), "p99.9": at(0.999), "max": at(1.0)}
+
+
+async def open_links(
+    factory: Callable[[], Link], host: str, port: int, n: int, parallel: int
+) -> tuple[list[Link], list[str]]:
+    """`n` connections, at most `parallel` handshakes at a time; each is open (handshake done)
+    when this returns, or counted in the errors."""
+    loop = asyncio.get_running_loop()
+    links: list[Link] = []
+    errors: list[str] = []
+    sem = asyncio.Semaphore(parallel)
+
+    async def one() -> None:
+        async with sem:
+            try:
+                async with asyncio.timeout(30):
+                    _, link = await loop.create_connection(factory, host, port)
+                    links.append(link)
+                    if not await link.opened:
+                        raise ConnectionError(link.failed or "closed before the handshake ended")
+            except (OSError, TimeoutError, ConnectionError) as e:
+                errors.append(f"{type(e).__name__}: {e}")
+
+    await asyncio.gather(*(one() for _ in range(n)))
+    return links, errors
+
+
+async def start_time(args: argparse.Namespace, ready: int) -> float:
+    """When to start sending, on the perf_counter clock: now, or with `--sync` the wall-clock
+    time the parent writes on standard input once every generator process is ready."""
+    if not args.sync:
+        return time.perf_counter()
+    print(json.dumps({"ready": ready}), flush=True)
+    loop = asyncio.get_running_loop()
+    got: asyncio.Future[bytes] = loop.create_future()
+    buf = b""
+
+    def on_stdin() -> None:
+        nonlocal buf
+        try:
+            data = os.read(0, 4096)
+        except OSError:
+            data = b""
+        buf += data
+        if (b"\n" in buf or not data) and not got.done():
+            got.set_result(buf)
+
+    loop.add_reader(0, on_stdin)
+    try:
+        line = await got
+    finally:
+        loop.remove_reader(0)
+    if not line.strip():
+        raise SystemExit("bench.loadgen: standard input closed before the start time")
+    wall = float(line.split()[0])
+    return time.perf_counter() + max(0.0, wall - time.time())
+
+
+async def sleep_until(t: float) -> None:
+    await asyncio.sleep(max(0.0, t - time.perf_counter()))
+
+
+def requests_for(args: argparse.Namespace) -> list[bytes]:
+    base = args.index << 24  # distinct Call-IDs in each generator process
+    if args.method == "INVITE":
+        return [invite(base + i, args.size) for i in range(1024)]
+    return [options(base + i) for i in range(1024)]
+
+
 # -- persistent --------------------------------------------------------------------------------
 
 
@@ -262,15 +411,11 @@ class Persistent:
 
 
 class PersistentLink(Link):
-    def __init__(self, ctx: ssl.SSLContext | None, run: Persistent, ready: Callable[[], None]):
+    def __init__(self, ctx: ssl.SSLContext | None, run: Persistent):
         super().__init__(ctx)
         self.run = run
-        self.ready = ready
         self.times: collections.deque[float] = collections.deque()
         self.buf = b""
-
-    def on_open(self) -> None:
-        self.ready()
 
     def start(self) -> None:
         for _ in range(self.run.inflight):
@@ -305,79 +450,183 @@ class PersistentLink(Link):
                 self._send_one()
 
 
-async def persistent(args: argparse.Namespace) -> dict[str, Any]:
-    scheme, host, port = args.target
-    loop = asyncio.get_running_loop()
-    ctx = client_context() if scheme == "tls" else None
-    size = args.size
-    reqs = (
-        [invite(i, size) for i in range(1024)]
-        if args.method == "INVITE"
-        else [options(i) for i in range(1024)]
-    )
-    run = Persistent(reqs, args.inflight)
-    ready = asyncio.Event()
-    n_ready = 0
-
-    def one_ready() -> None:
-        nonlocal n_ready
-        n_ready += 1
-        if n_ready == args.conns:
-            ready.set()
-
-    links: list[PersistentLink] = []
-    for _ in range(args.conns):
-        _, link = await loop.create_connection(
-            lambda: PersistentLink(ctx, run, one_ready), host, port
-        )
-        links.append(link)
-    await asyncio.wait_for(ready.wait(), 30)
-    for link in links:
-        link.start()
-    await asyncio.sleep(args.warmup)
-    i0, sent0 = len(run.latencies), run.sent
-    b0, c0, s0, side0, t0 = (
-        core_busy(),
-        cpu_sample(args.cpu_pid),
-        self_cpu(),
-        cpu_sample(args.side_pid),
-        time.perf_counter(),
-    )
-    await asyncio.sleep(args.duration)
-    b1, c1, s1, side1, t1 = (
-        core_busy(),
-        cpu_sample(args.cpu_pid),
-        self_cpu(),
-        cpu_sample(args.side_pid),
-        time.perf_counter(),
-    )
-    i1 = len(run.latencies)
-    run.stopping = True
-    window = sorted(run.latencies[i0:i1])
-    failed = [link.failed for link in links if link.failed]
-    # a failed link aborts its transport and is lost too: count each link once
-    errors = sum(1 for link in links if link.failed or link.lost.done())
+async def close_all(links: Sequence[Link]) -> None:
     for link in links:
         link.close_clean()
     with contextlib.suppress(TimeoutError):
         await asyncio.wait_for(asyncio.gather(*(link.lost for link in links)), 3)
     for link in links:
         link.transport.abort()
+
+
+async def persistent(args: argparse.Namespace) -> dict[str, Any]:
+    scheme, host, port = args.target
+    ctx = client_context() if scheme == "tls" else None
+    reqs = requests_for(args)
+    run = Persistent(reqs, args.inflight)
+    links_, open_errors = await open_links(
+        lambda: PersistentLink(ctx, run), host, port, args.conns, args.parallel
+    )
+    links = cast(list[PersistentLink], links_)
+    if open_errors:
+        for link in links:
+            link.transport.abort()
+        raise SystemExit(
+            f"bench.loadgen: {len(open_errors)} connection(s) failed to open: {open_errors[:3]}"
+        )
+    meter = Meter(args)
+    t_start = await start_time(args, len(links))
+    await sleep_until(t_start)
+    for link in links:
+        link.start()
+    await sleep_until(t_start + args.warmup)
+    i0, sent0 = len(run.latencies), run.sent
+    a = meter.sample()
+    await sleep_until(t_start + args.warmup + args.duration)
+    b = meter.sample()
+    i1 = len(run.latencies)
+    run.stopping = True
+    window = sorted(run.latencies[i0:i1])
+    failed = [link.failed for link in links if link.failed]
+    # a failed link aborts its transport and is lost too: count each link once
+    errors = sum(1 for link in links if link.failed or link.lost.done())
+    await close_all(links)
+    w = meter.window(a, b)
     return {
         "mode": "persistent",
         "target": f"{scheme}:{host}:{port}",
         "conns": args.conns,
         "inflight": args.inflight,
         "message_size": len(reqs[0]),
-        "window_s": t1 - t0,
+        **w,
         "round_trips": len(window),
         "sent_in_window": run.sent - sent0,
-        "rate": len(window) / (t1 - t0),
+        "rate": len(window) / w["window_s"],
         "latency_ms": percentiles(window),
-        "relay_cpu_s": c1 - c0 if args.cpu_pid else None,
-        "loadgen_cpu_s": s1 - s0,
-        "side_cpu_s": side1 - side0 if args.side_pid else None,
-        "core_busy_s": busy_delta(b0, b1),
+        "latency_hist": histogram(window),
+        "bad_responses": run.bad,
+        "errors": errors,
+        "error_samples": failed[:3],
+    }
+
+
+# -- paced (open loop) -------------------------------------------------------------------------
+
+
+@dataclass
+class Paced:
+    latencies: list[float] = field(default_factory=list)
+    bad: int = 0
+
+
+class PacedLink(Link):
+    """Sends when told (`send_at`), records each answer's latency from its scheduled time."""
+
+    def __init__(self, ctx: ssl.SSLContext | None, run: Paced) -> None:
+        super().__init__(ctx)
+        self.run = run
+        self.times: collections.deque[float] = collections.deque()
+        self.buf = b""
+
+    def send_at(self, msg: bytes, scheduled: float) -> None:
+        self.times.append(scheduled)
+        self.send(msg)
+
+    def plain_received(self, data: bytes) -> None:
+        buf = self.buf + data if self.buf else data
+        n = buf.count(_END)
+        if not n:
+            self.buf = buf
+            return
+        last = buf.rfind(_END) + 4
+        self.buf = buf[last:]
+        run = self.run
+        if buf.count(_OK, 0, last) != n:
+            run.bad += n - buf.count(_OK, 0, last)
+        now = time.perf_counter()
+        pop = self.times.popleft
+        lat = run.latencies
+        for _ in range(n):
+            lat.append(now - pop())
+
+
+async def paced(args: argparse.Namespace) -> dict[str, Any]:
+    """Open loop: for each `--rate` in turn, `warmup` then a `duration` window, requests sent on
+    a schedule (rate per second over all connections, round-robin), answered or not."""
+    scheme, host, port = args.target
+    ctx = client_context() if scheme == "tls" else None
+    reqs = requests_for(args)
+    run = Paced()
+    links_, open_errors = await open_links(
+        lambda: PacedLink(ctx, run), host, port, args.conns, args.parallel
+    )
+    links = cast(list[PacedLink], links_)
+    if open_errors:
+        for link in links:
+            link.transport.abort()
+        raise SystemExit(
+            f"bench.loadgen: {len(open_errors)} connection(s) failed to open: {open_errors[:3]}"
+        )
+    meter = Meter(args)
+    t = await start_time(args, len(links))
+    n_links, n_reqs = len(links), len(reqs)
+    sent = 0
+    windows = []
+    for rate in args.rate:
+        # the schedule: request k of this rate leaves at t + k / rate
+        t_rate, k = t, 0
+        w_start, w_end = t + args.warmup, t + args.warmup + args.duration
+        a: tuple[dict[str, float], float, float, float, float] | None = None
+        i0 = sent0 = 0
+        await sleep_until(t_rate)
+        while True:
+            now = time.perf_counter()
+            if a is None and now >= w_start:
+                i0, sent0, a = len(run.latencies), sent, meter.sample()
+            if now >= w_end:
+                break
+            due = int((now - t_rate) * rate)
+            while k < due:
+                link = links[sent % n_links]
+                link.send_at(reqs[sent % n_reqs], t_rate + k / rate)
+                k += 1
+                sent += 1
+            await asyncio.sleep(0.001)
+        b = meter.sample()
+        assert a is not None
+        i1 = len(run.latencies)
+        lat = sorted(run.latencies[i0:i1])
+        w = meter.window(a, b)
+        windows.append(
+            {
+                "offered_rate": rate,
+                **w,
+                "round_trips": len(lat),
+                "sent_in_window": sent - sent0,
+                "rate": len(lat) / w["window_s"],
+                "latency_ms": percentiles(lat),
+                "latency_hist": histogram(lat),
+                # connections lost so far (from the start of the run to this window's end)
+                "errors": sum(1 for link in links if link.failed or link.lost.done()),
+            }
+        )
+        t = w_end
+    failed = [link.failed for link in links if link.failed]
+    errors = sum(1 for link in links if link.failed or link.lost.done())
+    # let what is in flight come back (a rate above what the relay takes leaves a queue)
+    deadline = time.perf_counter() + 5
+    while any(link.times for link in links) and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+    unanswered = sum(len(link.times) for link in links)
+    await close_all(links)
+    return {
+        "mode": "paced",
+        "target": f"{scheme}:{host}:{port}",
+        "conns": args.conns,
+        "message_size": len(reqs[0]),
+        "windows": windows,
+        "sent": sent,
+        "unanswered": unanswered,
         "bad_responses": run.bad,
         "errors": errors,
         "error_samples": failed[:3],
@@ -512,43 +761,14 @@ async def handshake(args: argparse.Namespace) -> dict[str, Any]:
 # -- idle connections --------------------------------------------------------------------------
 
 
-class HeldLink(Link):
-    """Opens (handshake) and then only reads, until aborted."""
-
-    def __init__(self, ctx: ssl.SSLContext | None) -> None:
-        super().__init__(ctx)
-        self.opened: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-
-    def on_open(self) -> None:
-        if not self.opened.done():
-            self.opened.set_result(None)
-
-    def on_lost(self, exc: Exception | None) -> None:
-        if not self.opened.done():
-            self.opened.set_exception(ConnectionError(self.failed or "closed"))
-
-
 async def idle(args: argparse.Namespace) -> dict[str, Any]:
-    """Open `conns` connections (handshake each), report, hold them until stdin closes."""
+    """Open `conns` connections (handshake each), report, hold them until stdin closes; each
+    line read meanwhile is answered with the count of those still open."""
     scheme, host, port = args.target
     loop = asyncio.get_running_loop()
     ctx = client_context() if scheme == "tls" else None
-    links: list[Link] = []
-    errors: list[str] = []
-    sem = asyncio.Semaphore(args.parallel)
     t0 = time.perf_counter()
-
-    async def open_one() -> None:
-        async with sem:
-            try:
-                async with asyncio.timeout(20):
-                    _, link = await loop.create_connection(lambda: HeldLink(ctx), host, port)
-                    links.append(link)
-                    await link.opened
-            except (OSError, TimeoutError, ConnectionError) as e:
-                errors.append(f"{type(e).__name__}: {e}")
-
-    await asyncio.gather(*(open_one() for _ in range(args.conns)))
+    links, errors = await open_links(lambda: Link(ctx), host, port, args.conns, args.parallel)
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.5)  # let post-handshake messages (session tickets) arrive
     held = sum(1 for link in links if not link.lost.done())
@@ -573,8 +793,13 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
             data = os.read(0, 4096)
         except OSError:
             data = b""
-        if not data and not stdin_closed.done():
-            stdin_closed.set_result(None)
+        if not data:
+            if not stdin_closed.done():
+                stdin_closed.set_result(None)
+            return
+        for _ in range(data.count(b"\n")):
+            still = sum(1 for link in links if not link.lost.done())
+            print(json.dumps({"still_open": still}), flush=True)
 
     loop.add_reader(0, on_stdin)
     await stdin_closed
@@ -598,7 +823,7 @@ def percentiles(sorted_s: list[float]) -> dict[str, float | None]:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m bench.loadgen")
-    p.add_argument("mode", choices=["persistent", "handshake", "idle"])
+    p.add_argument("mode", choices=["persistent", "paced", "handshake", "idle"])
     p.add_argument(
         "--target", type=parse_target, required=True, metavar="tls:HOST:PORT|tcp:HOST:PORT"
     )
@@ -613,7 +838,25 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=600, help="INVITE size in bytes")
     p.add_argument("--warmup", type=float, default=1.0)
     p.add_argument("--duration", type=float, default=10.0)
-    p.add_argument("--parallel", type=int, default=100, help="idle: handshakes at once")
+    p.add_argument(
+        "--parallel", type=int, default=100, help="handshakes at once while connections open"
+    )
+    p.add_argument(
+        "--rate",
+        type=float,
+        action="append",
+        default=[],
+        help="paced: requests/s over all connections (repeatable: one window each, in order)",
+    )
+    p.add_argument(
+        "--sync",
+        action="store_true",
+        help='persistent, paced: once connected, print {"ready": N} and start at the wall-clock '
+        "time read from standard input",
+    )
+    p.add_argument(
+        "--index", type=int, default=0, help="this generator's number (distinct Call-IDs)"
+    )
     p.add_argument(
         "--cpu-pid",
         type=int,
@@ -635,7 +878,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     import uvloop
 
-    fn = {"persistent": persistent, "handshake": handshake, "idle": idle}[args.mode]
+    if args.mode == "paced" and not args.rate:
+        print("bench.loadgen: paced needs --rate", file=sys.stderr)
+        return 2
+    fn = {"persistent": persistent, "paced": paced, "handshake": handshake, "idle": idle}[args.mode]
     result = uvloop.run(fn(args))
     print(json.dumps(result), flush=True)
     return 0

@@ -2,8 +2,10 @@
 
 Every child is started in a new session (so its whole process group can be signalled), with
 PR_SET_PDEATHSIG so the kernel kills it if the benchmark itself dies without cleaning up, and
-pinned with sched_setaffinity. `Procs` is a context manager: leaving it (normally, on an
-exception, on Ctrl-C) sends SIGTERM to every group still alive, then SIGKILL after a grace time.
+pinned with sched_setaffinity (to the given cores, or to every core the benchmark could use
+when it started: the benchmark pins itself to core 0 and children inherit that). `Procs` is
+a context manager: leaving it (normally, on an exception, on Ctrl-C) sends SIGTERM to every
+group still alive, then SIGKILL after a grace time.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import os
+import resource
 import signal
 import socket
 import subprocess
@@ -22,14 +25,32 @@ from typing import IO, Any
 
 _PR_SET_PDEATHSIG = 1
 _PAGE = os.sysconf("SC_PAGE_SIZE")
+#: the cores this process may use when it starts (before the benchmark pins itself): what an
+#: unpinned child gets back
+ALL_CPUS = frozenset(os.sched_getaffinity(0))
+
+
+def raise_fd_limit() -> int:
+    """Raise this process's soft RLIMIT_NOFILE to the hard limit (children inherit it);
+    returns the new soft limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY:
+        hard = 1 << 20
+    if soft == resource.RLIM_INFINITY or soft >= hard:
+        return soft if soft != resource.RLIM_INFINITY else hard
+    with contextlib.suppress(ValueError, OSError):
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        return hard
+    return soft
 
 
 def _child_setup(cpus: set[int] | None) -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
-    if cpus:
-        os.sched_setaffinity(0, cpus)
+    # unpinned: every core, whatever the benchmark process itself is pinned to
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, cpus or ALL_CPUS)
 
 
 class ProcessError(RuntimeError):

@@ -1,9 +1,9 @@
 """What the load is driven at: the responder directly, tlstrace, HAProxy.
 
-Each column of the benchmark's tables is a `Variant`. A tlstrace variant may add command-line
-arguments to the relay; "{hep}" in them becomes the address of the benchmark's UDP HEP sink,
-which is started only when a selected variant needs it. Adding a column is one line in
-`VARIANTS`.
+Each line of the benchmark's tables is a `Variant` in a `Regime`. A tlstrace variant may add
+command-line arguments to the relay; "{hep}" in them becomes the address of the benchmark's UDP
+HEP sink and "{hep_tcp}" that of its TCP sink, each started only when a selected variant needs
+it. Adding a variant is one line in `VARIANTS`.
 """
 
 from __future__ import annotations
@@ -12,37 +12,149 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from bench.procs import Child, ProcessError, Procs, free_port, wait_listening
 
-#: Core of the load generator and the responder; the relays run alone on the other one.
+#: In the pinned regimes, the core of the load generator and the responder; the relays run
+#: alone on the other one. The other regimes pin nothing.
 LOAD_CPU = 0
 RELAY_CPU = 1
 
-SCENARIOS = ("persistent", "handshake", "memory")
+
+@dataclass(frozen=True)
+class Regime:
+    name: str
+    #: "closed" (each answer sends the next request), "paced" (open loop on a schedule),
+    #: "handshake" (new connections) or "memory" (idle connections)
+    load: str
+    #: load generator + responder on LOAD_CPU, relay on RELAY_CPU; else nothing pinned
+    pinned: bool
+    #: what the regime is, for the tables and `--help`: a format string over `describe`'s
+    #: values ({conns}, {inflight}, {generators}, {sparse}, {paced_conns}, ...)
+    about: str
+
+    def describe(self, values: Mapping[str, Any]) -> str:
+        """`about` for the run's parameters (`python -m bench` arguments, or their defaults);
+        a parameter not given reads "?"."""
+
+        def n(v: Any) -> str:
+            return f"{v:,.0f}" if isinstance(v, (int, float)) else str(v)
+
+        sparse = [n(x) for x in values.get("sparse") or []]
+        known = _Values({k: n(v) for k, v in values.items() if isinstance(v, (int, float))})
+        if sparse:
+            known["sparse"] = " and ".join(
+                [", ".join(sparse[:-1]), sparse[-1]] if len(sparse) > 1 else sparse
+            )
+        return self.about.format_map(known)
+
+
+class _Values(dict[str, str]):
+    def __missing__(self, key: str) -> str:
+        return "?"
+
+
+REGIMES: dict[str, Regime] = {
+    r.name: r
+    for r in (
+        Regime(
+            "saturated",
+            "closed",
+            False,
+            "{conns} TLS connections x {inflight} INVITEs in flight from {generators} load"
+            " generator processes, nothing pinned: the relay is meant to be the bottleneck"
+            " (see 'relay core')",
+        ),
+        Regime(
+            "sparse",
+            "closed",
+            False,
+            "{sparse} TLS connections x 1 INVITE in flight (how phones behave), nothing pinned",
+        ),
+        Regime(
+            "paced",
+            "paced",
+            False,
+            "{paced_conns} TLS connections, an open loop: INVITEs sent on a schedule at a"
+            " steady {paced_rate} requests/s in total (and the sweep of --rates for the plot)"
+            " from {paced_generators} load generator processes, nothing pinned",
+        ),
+        Regime(
+            "handshake",
+            "handshake",
+            True,
+            "new TLS 1.3 connections: handshake (ECDSA P-256) + one OPTIONS + close_notify,"
+            " {workers} workers; generator on core 0, relay on core 1",
+        ),
+        Regime(
+            "tracing",
+            "closed",
+            False,
+            "the saturated load with tracing on: every message as HEP to a UDP collector,"
+            " and to a TCP collector; HAProxy (no tracing) beside it",
+        ),
+        Regime(
+            "memory",
+            "memory",
+            True,
+            "{idle} idle TLS connections held after their handshake: resident memory per"
+            " connection once RSS settles; generator on core 0, relay on core 1",
+        ),
+        Regime(
+            "pinned",
+            "closed",
+            True,
+            "the former 'persistent' scenario: {conns} connections x {inflight} in flight,"
+            " generator and responder on core 0, relay on core 1: the generator is the"
+            " bottleneck",
+        ),
+    )
+}
+#: what `python -m bench` runs without --regime (`pinned` only when asked for)
+DEFAULT_REGIMES = ("saturated", "sparse", "paced", "handshake", "tracing", "memory")
+#: the old --scenario names
+SCENARIO_ALIASES = {"persistent": "pinned", "handshake": "handshake", "memory": "memory"}
+
+_ALL = frozenset(REGIMES)
 
 
 @dataclass(frozen=True)
 class Variant:
     name: str
     kind: str  # "direct", "tlstrace" or "haproxy"
-    #: extra `tlstrace run` arguments; "{hep}" is replaced by the sink's 'HOST:PORT;transport=udp'
+    #: extra `tlstrace run` arguments; "{hep}" is replaced by the UDP sink's
+    #: 'HOST:PORT;transport=udp', "{hep_tcp}" by the TCP sink's 'HOST:PORT;transport=tcp'
     relay_args: tuple[str, ...] = ()
-    scenarios: frozenset[str] = frozenset(SCENARIOS)
+    regimes: frozenset[str] = _ALL
 
     @property
     def needs_hep(self) -> bool:
         return any("{hep}" in a for a in self.relay_args)
 
+    @property
+    def needs_hep_tcp(self) -> bool:
+        return any("{hep_tcp}" in a for a in self.relay_args)
+
 
 VARIANTS: list[Variant] = [
-    Variant("direct", "direct"),
-    Variant("tlstrace", "tlstrace"),
-    # tracing on, to a local UDP HEP sink: what tracing costs per message (issue 4)
-    Variant("tlstrace+trace", "tlstrace", ("--trace", "--hep", "{hep}"), frozenset({"persistent"})),
+    # the load generator straight to the responder: the floor (pinned regimes only)
+    Variant("direct", "direct", regimes=frozenset({"pinned", "handshake", "memory"})),
+    Variant("tlstrace", "tlstrace", regimes=_ALL - {"tracing"}),
+    # tracing on, every message to a local UDP HEP sink (issue 4)
+    Variant(
+        "tlstrace+trace",
+        "tlstrace",
+        ("--trace", "--hep", "{hep}"),
+        frozenset({"tracing", "pinned"}),
+    ),
+    # the same to a TCP HEP sink
+    Variant(
+        "tlstrace+trace-tcp", "tlstrace", ("--trace", "--hep", "{hep_tcp}"), frozenset({"tracing"})
+    ),
     # session keys collected (the sslkeylog callback on every handshake), nothing sent
     Variant("tlstrace+keys", "tlstrace", ("--trace-keys",), frozenset({"handshake"})),
     Variant("haproxy", "haproxy"),
@@ -159,9 +271,12 @@ def start_target(
     backend_port: int,
     processes: int = 1,
     hep: str | None = None,
+    hep_tcp: str | None = None,
     tag: str = "",
+    pinned: bool = True,
 ) -> Target:
-    """Start `processes` relay processes of `variant` sharing one port, pinned to RELAY_CPU."""
+    """Start `processes` relay processes of `variant` sharing one port, pinned to RELAY_CPU
+    unless `pinned` is false."""
     if variant.kind == "direct":
         return Target(variant, "tcp", backend_port)
     port = free_port()
@@ -172,8 +287,11 @@ def start_target(
     per_process = 9990 if processes > 1 else 8192  # the fd limit is 20,000, 2 fds a connection
     try:
         if variant.kind == "tlstrace":
-            extra = [a.replace("{hep}", hep or "") for a in variant.relay_args]
-            if variant.needs_hep and hep is None:
+            extra = [
+                a.replace("{hep_tcp}", hep_tcp or "").replace("{hep}", hep or "")
+                for a in variant.relay_args
+            ]
+            if (variant.needs_hep and hep is None) or (variant.needs_hep_tcp and hep_tcp is None):
                 raise ProcessError(f"{variant.name} needs the HEP sink")
             argvs = []
             for i in range(processes):
@@ -207,7 +325,8 @@ def start_target(
         else:
             raise ValueError(variant.kind)
         for i, argv in enumerate(argvs):
-            target.children.append(procs.start(f"{name}.{i}", argv, cpus={RELAY_CPU}, env=env))
+            cpus = {RELAY_CPU} if pinned else None
+            target.children.append(procs.start(f"{name}.{i}", argv, cpus=cpus, env=env))
             # the first must bind before the second, or both race on SO_REUSEPORT checks
             wait_listening(port, target.children, count=i + 1)
         if processes > 1:
@@ -228,31 +347,35 @@ def stop_target(target: Target, procs: Procs) -> None:
     target.children.clear()
 
 
-def start_responder(procs: Procs, tag: str = "", port: int | None = None) -> tuple[Child, int]:
+def start_responder(
+    procs: Procs, tag: str = "", port: int | None = None, pinned: bool = True
+) -> tuple[Child, int]:
     port = port or free_port()
     child = procs.start(
         f"responder{tag}",
         [sys.executable, "-m", "tlstrace.responder", "--listen", f"127.0.0.1:{port}"],
-        cpus={LOAD_CPU},
+        cpus={LOAD_CPU} if pinned else None,
     )
     wait_listening(port, [child])
     return child, port
 
 
-def start_sink(procs: Procs) -> tuple[Child, str]:
+def start_sink(procs: Procs, transport: str = "udp", pinned: bool = False) -> tuple[Child, str]:
+    """The UDP (`bench.sink`) or TCP (`bench.tcp_sink`) HEP sink, and its `--hep` address."""
     import subprocess
 
     port = free_port()
+    module = "bench.sink" if transport == "udp" else "bench.tcp_sink"
     child = procs.start(
-        "hep-sink",
-        [sys.executable, "-m", "bench.sink", "--listen", f"127.0.0.1:{port}"],
-        cpus={LOAD_CPU},
+        f"hep-sink-{transport}",
+        [sys.executable, "-m", module, "--listen", f"127.0.0.1:{port}"],
+        cpus={LOAD_CPU} if pinned else None,
         stdin=subprocess.PIPE,
     )
-    return child, f"127.0.0.1:{port};transport=udp"
+    if transport == "tcp":
+        wait_listening(port, [child])
+    return child, f"127.0.0.1:{port};transport={transport}"
 
 
-def selected(variants: Sequence[Variant], scenario: str, with_haproxy: bool) -> list[Variant]:
-    return [
-        v for v in variants if scenario in v.scenarios and (v.kind != "haproxy" or with_haproxy)
-    ]
+def selected(variants: Sequence[Variant], regime: str, with_haproxy: bool) -> list[Variant]:
+    return [v for v in variants if regime in v.regimes and (v.kind != "haproxy" or with_haproxy)]
