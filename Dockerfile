@@ -18,7 +18,7 @@ RUN apt-get update \
     && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 # only what `pip install .` needs (see .dockerignore)
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY tlstrace ./tlstrace
 COPY hep ./hep
 COPY api ./api

@@ -169,31 +169,8 @@ class TlsSession:
             self.records_in += 1
         if self.state != OPEN:
             return self._receive_handshake(data, now)
-        incoming = self.incoming
-        incoming.write(data)
-        # (`_read`, inlined: this is the hot path)
-        obj = self.obj
-        assert obj is not None
-        read = obj._sslobj.read  # type: ignore[attr-defined]
-        out: list[bytes] = []
-        queued = self.outgoing.pending
-        while incoming.pending:
-            try:
-                chunk = read(READ_SIZE)
-            except ssl.SSLWantReadError:
-                break
-            except ssl.SSLError as e:
-                self.events.append(PeerClosed(True, classify(e)[1]))
-                break
-            if not chunk:
-                self.events.append(PeerClosed(False, "close_notify received"))
-                break
-            out.append(chunk)
-        if self.outgoing.pending > queued:
-            self.urgent = True
-        self.records_ended = self.records_in - self.records_seen
-        self.records_seen = self.records_in
-        return out
+        self.incoming.write(data)
+        return self._read()
 
     def _receive_handshake(self, data: bytes, now: float) -> list[bytes]:
         if self.state == CLOSED or not data:
