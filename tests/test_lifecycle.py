@@ -115,3 +115,19 @@ def test_reload_swaps_certificates_for_new_connections(
     old.recv_messages(1)
     old.close()
     assert "BEGIN PRIVATE KEY" not in relay.log
+
+
+def test_sighup_during_start_up_reloads_once_up(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    """A SIGHUP that arrives while the sidecar is still starting (a config-management tool
+    reloading everything at once) does not end the process: the reload runs once it is up."""
+    relay = relay_factory({"listener": [RelayProcess.tls_listener(backend.port)]}, wait=False)
+    relay.wait_log("starting")
+    relay.signal(signal.SIGHUP)
+    relay.wait_ready()
+    relay.wait_log("INFO tlstrace: reloaded:", timeout=15)
+    assert relay.proc.poll() is None
+    c = TlsClient(relay.port())
+    c.send(request(call_id="after-early-hup@t"))
+    assert c.recv_messages(1)

@@ -482,6 +482,11 @@ def raise_fd_limit() -> None:
 
 
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
+    loop = asyncio.get_running_loop()
+    # a SIGHUP during start-up (once "listening on" is logged, say) is kept, not fatal: the
+    # reload it asks for runs as soon as the sidecar is up
+    early_hup: list[bool] = []
+    loop.add_signal_handler(signal.SIGHUP, early_hup.append, True)
     log.info(
         "tlstrace %s starting (Python %s, %s); configuration: %s",
         __version__,
@@ -501,10 +506,11 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     except (ConfigError, StartupError) as e:
         log.error("cannot start: %s", e)
         return 2
-    loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, lambda: sidecar.relay.spawn(sidecar.shutdown()))
     loop.add_signal_handler(signal.SIGHUP, sidecar.request_reload)
+    if early_hup:
+        sidecar.request_reload()
     await sidecar.stopped.wait()
     log.info("stopped")
     return 0
