@@ -105,7 +105,7 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.config
         for i, li in enumerate(cfg.listener):
-            if li.listen.scheme == "tls":
+            if li.listen.scheme != "tcp":  # tls:, wss:, ws:
                 lst = InboundListener(self.relay, li, self.prepared.server[str(li.listen)])
                 self.inbound.append(lst)
                 starter = lst.start
