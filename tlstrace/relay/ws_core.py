@@ -172,8 +172,8 @@ class WsCore(TlsCore):
                 self._session_event(ev, now)
         else:
             self._keepalives(chunks, out, now)
-        if self.close_request is None:
-            self.note_partial(bool(ws.buffered), now)
+        if self.close_request is None:  # (the Upgrade request has its own timeout)
+            self.note_partial(self.ws_open and bool(ws.buffered), now)
         return self._note_in(out, nmsgs)
 
     def _keepalives(self, chunks: list[bytes], out: list[bytes], now: float) -> None:
