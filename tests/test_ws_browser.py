@@ -11,7 +11,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import pytest
 
@@ -95,11 +95,15 @@ onreply_route[REPLY] {{
 PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>phones</title>
 <script src="/jssip.js"></script></head><body><pre id="log"></pre><script>
 window.state = {log: []};
-function log(s) { window.state.log.push(s); document.getElementById("log").textContent += s + "\\n"; }
+function log(s) {
+  window.state.log.push(s);
+  document.getElementById("log").textContent += s + "\\n";
+}
 function phone(user, wss) {
   const socket = new JsSIP.WebSocketInterface(wss);
   const ua = new JsSIP.UA({sockets: [socket], uri: "sip:" + user + "@sip.example.com",
-    register: true, register_expires: 300, session_timers: false, user_agent: "JsSIP phone " + user});
+    register: true, register_expires: 300, session_timers: false,
+    user_agent: "JsSIP phone " + user});
   const s = window.state[user] = {registered: false, calls: []};
   ua.on("registered", () => { s.registered = true; log(user + " registered"); });
   ua.on("registrationFailed", (e) => log(user + " registration failed " + e.cause));
@@ -109,8 +113,11 @@ function phone(user, wss) {
     const c = {events: []};
     s.calls.push(c);
     ["progress", "accepted", "confirmed", "ended", "failed"].forEach((name) =>
-      session.on(name, (ev) => { c.events.push(name + (ev && ev.cause ? ":" + ev.cause : ""));
-                                 log(user + " " + name + (ev && ev.cause ? " " + ev.cause : "")); }));
+      session.on(name, (ev) => {
+        const cause = ev && ev.cause ? ":" + ev.cause : "";
+        c.events.push(name + cause);
+        log(user + " " + name + cause);
+      }));
     if (e.originator === "remote") {
       session.answer({mediaConstraints: {audio: false, video: false},
                       pcConfig: {iceServers: []}});
@@ -139,7 +146,7 @@ FLAGS = [
 
 
 class _Pages(http.server.BaseHTTPRequestHandler):
-    files: dict[str, tuple[str, bytes]] = {}
+    files: ClassVar[dict[str, tuple[str, bytes]]] = {}
 
     def do_GET(self) -> None:
         kind, body = self.files.get(self.path, ("text/plain", b""))
