@@ -150,9 +150,8 @@ class WsCore(TlsCore):
     def _frame(self, chunks: list[bytes], now: float) -> list[bytes]:
         out: list[bytes] = []
         ws = self.ws
-        for chunk in chunks:
-            if ws.feed_into(chunk, out) < 0:
-                break
+        if chunks:  # the records of one read, parsed in one pass
+            ws.feed_into(chunks[0] if len(chunks) == 1 else b"".join(chunks), out)
         wire = ws.data_to_send()
         if wire:
             self.session.queue(wire)
