@@ -153,6 +153,11 @@ class Sidecar:
             )
         for lst in self.inbound:
             idents = lst.contexts.identities
+            if lst.listener.listen.scheme == "ws":  # no TLS: no certificate
+                log.info(
+                    "listening on %s: relaying to %s", lst.listener.listen, lst.listener.backend
+                )
+                continue
             log.info(
                 "listening on %s: certificate %s (domains %s); relaying to %s%s",
                 lst.listener.listen,

@@ -480,3 +480,26 @@ def test_any_split_gives_the_same_messages(
     if pos < len(wire):
         assert framer.feed_into(wire[pos:], got) >= 0, framer.refusal
     assert got == expected
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"SIP/2.0 200 OK\r\n\r\n", b"x" * 125, b"x" * 126, b"y" * 65535, b"z" * 65536, b"\xff\xfe"],
+)
+def test_frames_to_the_client_are_wsprotos_bytes(payload: bytes) -> None:
+    framer = WsFramer(max_msg_size=1 << 20)
+    client = WSConnection(ConnectionType.CLIENT)
+    framer.feed_into(client.send(Request(host="h", target="/", subprotocols=["sip"])), [])
+    client.receive_data(framer.data_to_send())
+    list(client.events())
+    wire = framer.frame([payload, b"\r\n"])
+    try:
+        expected = framer.ws.send(TextMessage(data=payload.decode()))
+    except UnicodeDecodeError:
+        expected = framer.ws.send(BytesMessage(data=payload))
+    assert wire == expected
+    client.receive_data(wire)
+    got = [e for e in client.events() if isinstance(e, TextMessage | BytesMessage)]
+    assert len(got) == 1 and got[0].message_finished
+    data = got[0].data
+    assert (data.encode() if isinstance(data, str) else bytes(data)) == payload
