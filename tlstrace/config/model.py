@@ -305,8 +305,9 @@ class Config(_Model):
     #: Origins (scheme://host[:port], compared case-insensitively) whose pages may open a
     #: WebSocket connection; empty: any Origin, or none.
     ws_origins: list[str] = []
-    #: Largest HTTP Upgrade request, in bytes; larger ones are refused with 431.
-    ws_max_upgrade_size: int = Field(8192, ge=512, le=65536)
+    #: Largest HTTP Upgrade request, in bytes; larger ones are refused with 431 (at most h11's
+    #: own limit on an incomplete request, 16 KiB).
+    ws_max_upgrade_size: int = Field(8192, ge=512, le=16384)
     #: Milliseconds a client has, once connected (after the TLS handshake on wss:), to send a
     #: complete Upgrade request.
     ws_upgrade_timeout: int = Field(5000, ge=10)
