@@ -19,8 +19,9 @@ from tests.support.backend import SipBackend
 from tests.support.hepsink import HepSink
 from tests.support.kamailio_capture import KamailioCapture
 from tests.support.net import free_port
+from tests.support.pki import Pki
 from tests.support.relay import RelayProcess
-from tests.support.sip import response_to
+from tests.support.sip import client_context, response_to
 from tests.support.ws import WsClient, frame, upgrade_request
 from tlstrace.sip.framing import Message, SipFramer
 
@@ -411,3 +412,49 @@ def test_wss_traced_to_kamailio_sipcapture(
             "JsSIP 3.10.1",
         )
         assert rec["tls_version"] == "TLSv1.3" and rec["call_id"] == "wss-trace@t"
+
+
+def test_wss_has_the_server_domains_sni_and_client_certificates_of_tls(
+    relay_factory: Factory, backend: SipBackend, pki: Pki
+) -> None:
+    server = pki.leaf("mtls.example", names=["mtls.example"], tag="ws-mtls")
+    with HepSink() as sink:
+        relay = relay_factory(
+            {
+                "trace_on": True,
+                "hep_id": [sink.hep_id],
+                "server_domain": [
+                    {
+                        "name": "default",
+                        "match_sip_domain": ["mtls.example"],
+                        "certificate": str(server.cert),
+                        "private_key": str(server.key),
+                        "client_cert": "required",
+                        "ca_list": str(pki.ca_file),
+                    }
+                ],
+                "listener": [ws_listener(backend.port)],
+            }
+        )
+        phone = pki.leaf("webphone.example", client=True, tag="ws-phone")
+        ctx = client_context(cert=str(phone.cert), key=str(phone.key))
+        client = WsClient(relay.port(), context=ctx, sni="mtls.example")
+        client.send(sip("REGISTER", "mtls@t"))
+        assert client.recv().startswith(b"SIP/2.0 200 OK")
+        (conn,) = httpx.get(f"{relay.api_url}/api/connections", timeout=10).json()
+        assert conn["transport"] == "wss" and conn["sni"] == "mtls.example"
+        assert conn["server_domain"] == "default"
+        assert "webphone.example" in conn["peer_subject"]
+        client.close()
+        client.wait_closed()
+        # no client certificate: the TLS handshake fails, as on tls:
+        with pytest.raises((AssertionError, OSError)):
+            WsClient(relay.port(), context=client_context(), sni="mtls.example", timeout=5)
+        relay.wait_log("handshake failed: certificate_required")
+        sink.wait(3, 89)
+        events = [json.loads(p.payload) for p in sink.packets(89)]
+        failed = [e for e in events if e["Status"] == "FAILURE"]
+        assert failed and failed[0]["Protocol"] == "WSS"
+        assert failed[0]["Reason"] == "certificate_required"
+        ok = [e for e in events if e["Event"] == "ACCEPTED" and e["Status"] == "SUCCESS"]
+        assert ok and "webphone.example" in ok[0]["client-subject"]

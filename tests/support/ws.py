@@ -26,6 +26,7 @@ from wsproto.events import (
     Request,
     TextMessage,
 )
+from wsproto.utilities import RemoteProtocolError
 
 
 def frame(
@@ -85,6 +86,7 @@ class WsClient:
         protocols: Sequence[str] = ("sip",),
         user_agent: str = "tests/ws",
         context: ssl.SSLContext | None = None,
+        sni: str | None = None,
         upgrade: bool = True,
         timeout: float = 10.0,
     ) -> None:
@@ -94,7 +96,7 @@ class WsClient:
                 context = ssl.create_default_context()
                 context.check_hostname = False
                 context.verify_mode = ssl.CERT_NONE
-            raw = context.wrap_socket(raw, server_hostname=None)
+            raw = context.wrap_socket(raw, server_hostname=sni)
         self.sock = raw
         self.ws = WSConnection(ConnectionType.CLIENT)
         self.events: list[Event] = []
@@ -144,7 +146,9 @@ class WsClient:
         if not data:
             self.eof = True
             if self.ws.state is not ConnectionState.CLOSED:
-                self.ws.receive_data(None)
+                # (closed during the Upgrade: h11 calls that a bad HTTP message)
+                with contextlib.suppress(RemoteProtocolError):
+                    self.ws.receive_data(None)
         else:
             self.ws.receive_data(data)
         for ev in self.ws.events():
