@@ -503,3 +503,41 @@ def test_frames_to_the_client_are_wsprotos_bytes(payload: bytes) -> None:
     assert len(got) == 1 and got[0].message_finished
     data = got[0].data
     assert (data.encode() if isinstance(data, str) else bytes(data)) == payload
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    st.lists(st.integers(min_value=0, max_value=3000), min_size=1, max_size=6),
+    st.lists(st.integers(min_value=1, max_value=700), min_size=1, max_size=20),
+    st.lists(st.integers(min_value=1, max_value=2000), min_size=1, max_size=20),
+)
+def test_wss_any_record_and_read_split(
+    pki: Pki, bodies: list[int], records: list[int], reads: list[int]
+) -> None:
+    """Upgrade and messages cut into TLS records of any size, the ciphertext read in pieces
+    of any size: the same messages reach the partner, each with its Content-Length."""
+    ctx = make_ctx(FakeClock(), Observer(), listener=[{"listen": WS_LISTENER}])
+    w = WsWire(ctx, pki=pki, upgrade=False)
+    plain = upgrade_request()
+    expected = []
+    for i, size in enumerate(bodies):
+        msg = OPTIONS.replace("ws-1", f"ws-{i}") + "b" * size
+        expected.append(with_length(msg))
+        plain += frame(0x1, msg.encode())
+    assert w.client_tls is not None
+    wire = b""
+    pos = i = 0
+    while pos < len(plain):
+        n = records[i % len(records)]
+        wire += w.client_tls.send(plain[pos : pos + n])
+        pos += n
+        i += 1
+    pos = i = 0
+    while pos < len(wire):
+        n = reads[i % len(reads)]
+        w.to_relay(wire[pos : pos + n])
+        pos += n
+        i += 1
+    assert w.reason is None
+    assert w.opened == 1
+    assert w.forwarded == expected
