@@ -541,3 +541,26 @@ def test_wss_any_record_and_read_split(
     assert w.reason is None
     assert w.opened == 1
     assert w.forwarded == expected
+
+
+def test_the_feed_names_the_transport_of_websocket_connections() -> None:
+    import asyncio
+    import json
+
+    from tlstrace.feed import EventFeed, FeedObserver
+    from tlstrace.relay.hooks import NullObserver
+
+    async def run() -> list[dict[str, Any]]:
+        feed = EventFeed()
+        viewer = feed.subscribe()
+        assert viewer is not None
+        observer = FeedObserver(NullObserver(), feed)
+        for transport in ("tls", "wss"):
+            conn = Connection("inbound", ("192.0.2.1", 1), ("127.0.0.1", 2), LISTENER)
+            conn.transport = transport  # type: ignore[assignment]
+            observer.handshake_done(conn)
+        return [json.loads(e) for e in viewer.take()[0]]
+
+    tls, wss = asyncio.run(run())
+    assert "transport" not in tls  # a TLS connection's events are as they were
+    assert wss["transport"] == "wss"
