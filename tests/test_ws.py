@@ -390,11 +390,11 @@ def test_wss_traced_to_kamailio_sipcapture(
         assert req["via_1"].startswith("SIP/2.0/WSS ")
         assert req["msg"] == stream_form(msg) and resp["msg"] == answer
         assert req["correlation_id"] == "wss-trace@t" and req["micro_ts"] >= started * 1e6
-        # Kamailio's sipcapture maps only 6 and 17 to a transport: 50 is stored as 0
+        # Kamailio's sipcapture maps only 6 and 17 to a transport: 3 is stored as 0
         assert req["proto"] == 0
         sink.wait(2, 1)
         sip_packets = [p for p in sink.packets(1) if b"wss-trace@t" in p.payload]
-        assert sip_packets and {p.ip_proto for p in sip_packets} == {50}
+        assert sip_packets and {p.ip_proto for p in sip_packets} == {3}
         sink.wait(2, 89)
         events = [json.loads(p.payload) for p in sink.packets(89)]
         assert [(e["Protocol"], e["Event"]) for e in events] == [
@@ -402,7 +402,7 @@ def test_wss_traced_to_kamailio_sipcapture(
             ("WSS", "CLOSED"),
         ]
         assert events[0]["Status"] == "SUCCESS" and "server-subject" in events[0]
-        assert {p.ip_proto for p in sink.packets(89)} == {50}
+        assert {p.ip_proto for p in sink.packets(89)} == {3}
         records = [json.loads(p.payload) for p in sink.packets(100)]
         assert len(records) == 1
         rec = records[0]

@@ -258,7 +258,7 @@ def test_jssip_in_chromium_registers_and_calls_through_wss(
                 assert sent[0]["source_ip"] == "127.0.0.1"
                 assert sent[0]["source_port"] != got[0]["destination_port"]  # two browsers
                 assert b"\r\nVia: SIP/2.0/WSS " in got[0]["msg"]
-            assert {p.ip_proto for p in sink.packets(1)} == {50}
+            assert {p.ip_proto for p in sink.packets(1)} == {3}
             events = [json.loads(p.payload) for p in sink.packets(89)]
             assert [e["Protocol"] for e in events if e["Event"] == "ACCEPTED"] == ["WSS", "WSS"]
             records = [json.loads(p.payload) for p in sink.packets(100)]

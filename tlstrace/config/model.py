@@ -311,9 +311,11 @@ class Config(_Model):
     #: Milliseconds a client has, once connected (after the TLS handshake on wss:), to send a
     #: complete Upgrade request.
     ws_upgrade_timeout: int = Field(5000, ge=10)
-    #: IP protocol written in the SIP and event packets of WebSocket connections: 50 as
-    #: OpenSIPS's proto_ws/proto_wss do, 22 as Kamailio's siptrace does, or 6 (TCP).
-    trace_ws_ip_proto: Literal[6, 22, 50] = 50
+    #: IP protocol written in the SIP and event packets of WebSocket connections: 3, the value
+    #: Homer's UI (homer-ui protoCheck) shows as "wss"; 50 as OpenSIPS's proto_ws/proto_wss
+    #: write (Homer shows it as "udp"); 22 as Kamailio's siptrace writes for TLS, WS and WSS
+    #: (Homer: "tls"); or 6 (TCP).
+    trace_ws_ip_proto: Literal[3, 6, 22, 50] = 3
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
