@@ -60,6 +60,10 @@ def _info(conn: ConnectionView) -> models.ConnectionInfo:
         registered_for_seconds=None
         if conn.registered_until is None
         else max(0.0, round(conn.registered_until - now, 1)),
+        transport=conn.transport,
+        ws_path=conn.ws_path,
+        ws_origin=conn.ws_origin,
+        user_agent=conn.user_agent,
     )
 
 

@@ -94,6 +94,14 @@ class ConnectionInfo(BaseModel):
         description="seconds until the registration the SIP server granted over this "
         "connection expires (it is held open until then plus registration_margin)"
     )
+    transport: Literal["tls", "wss", "ws"] = Field(
+        "tls", description="how the client's SIP arrives: TLS, WebSocket over TLS, WebSocket"
+    )
+    ws_path: str | None = Field(None, description="WebSocket: the Upgrade's request target")
+    ws_origin: str | None = Field(None, description="WebSocket: the Upgrade's Origin header")
+    user_agent: str | None = Field(
+        None, description="WebSocket: the Upgrade's User-Agent header (the browser)"
+    )
 
 
 class ConnectionDetail(ConnectionInfo):

@@ -2,8 +2,8 @@
 # Installs what the test suite drives and nobody on this team wrote: Kamailio (a real SIP server
 # and the sipcapture HEP receiver), sngrep (HEP receiver that checks the auth key), tshark
 # (decryption checks), Prometheus and promtool, systemd-analyze (checks the systemd unit; works
-# without systemd running), headless Chromium and its driver (the API docs pages, the status page), and the npm
-# package hep-js.
+# without systemd running), headless Chromium and its driver (the API docs pages, the status page, a
+# WebRTC phone), and the npm packages hep-js and JsSIP (the WebRTC phone's SIP stack).
 # Usage: scripts/install-test-deps.sh VENV_DIR
 # sip-tester is SIPp: the local SIP clients of tests/hardening/test_shared_trunk.py.
 set -eu
@@ -35,10 +35,14 @@ for svc in kamailio prometheus; do
 done
 
 if ! command -v node >/dev/null 2>&1 || ! command -v npm >/dev/null 2>&1; then
-    echo "install-test-deps: node and npm are needed for the hep-js decoder" >&2
+    echo "install-test-deps: node and npm are needed for hep-js and JsSIP" >&2
     exit 1
 fi
 if [ ! -f "$venv/npm/node_modules/hep-js/package.json" ]; then
     mkdir -p "$venv/npm"
     npm install --silent --no-audit --no-fund --prefix "$venv/npm" hep-js@1.0.22 >/dev/null
+fi
+if [ ! -f "$venv/npm/node_modules/jssip/package.json" ]; then
+    mkdir -p "$venv/npm"
+    npm install --silent --no-audit --no-fund --prefix "$venv/npm" jssip@3.10.1 >/dev/null
 fi

@@ -105,7 +105,7 @@ class Sidecar:
     async def start(self) -> None:
         cfg = self.config
         for i, li in enumerate(cfg.listener):
-            if li.listen.scheme == "tls":
+            if li.listen.scheme != "tcp":  # tls:, wss:, ws:
                 lst = InboundListener(self.relay, li, self.prepared.server[str(li.listen)])
                 self.inbound.append(lst)
                 starter = lst.start
@@ -153,6 +153,11 @@ class Sidecar:
             )
         for lst in self.inbound:
             idents = lst.contexts.identities
+            if lst.listener.listen.scheme == "ws":  # no TLS: no certificate
+                log.info(
+                    "listening on %s: relaying to %s", lst.listener.listen, lst.listener.backend
+                )
+                continue
             log.info(
                 "listening on %s: certificate %s (domains %s); relaying to %s%s",
                 lst.listener.listen,

@@ -39,7 +39,7 @@ def _prepare(config: Config, source: str) -> tuple[Prepared, Path | None]:
     needed = any(
         d.certificate is None
         for li in config.listener
-        if li.listen.scheme == "tls"
+        if li.listen.scheme in ("tls", "wss")
         for d in config.server_domains_for(li)
     )
     if not needed or (cert.is_file() and key.is_file()):

@@ -60,7 +60,7 @@ class CertificateView:
 
 @dataclass(frozen=True, slots=True)
 class ConnectionView:
-    """One open TLS connection as the process sees it now."""
+    """One open TLS or WebSocket connection as the process sees it now."""
 
     id: int
     direction: Direction
@@ -87,6 +87,12 @@ class ConnectionView:
     #: filled by `Control.connection` only (parsing certificates costs)
     peer_certificate: CertificateView | None = None
     local_certificate: CertificateView | None = None
+    #: "tls", "wss" or "ws" (how the client's SIP arrives)
+    transport: Literal["tls", "wss", "ws"] = "tls"
+    #: WebSocket connections: the Upgrade's request target, Origin and User-Agent
+    ws_path: str | None = None
+    ws_origin: str | None = None
+    user_agent: str | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -109,7 +109,7 @@ class EventFeed:
 
 
 def _conn_fields(conn: Connection) -> dict[str, object]:
-    return {
+    fields: dict[str, object] = {
         "id": str(conn.id),
         "direction": conn.direction,
         "listener": conn.listener,
@@ -117,6 +117,9 @@ def _conn_fields(conn: Connection) -> dict[str, object]:
         "local": join_host_port(*conn.local),
         "sni": conn.sni,
     }
+    if conn.transport != "tls":  # WebSocket (a TLS connection's events stay as they were)
+        fields["transport"] = conn.transport
+    return fields
 
 
 class FeedObserver:

@@ -92,6 +92,24 @@ def families(c: Counters) -> Iterator[Metric]:
     for (listener, direction), n in c.open_connections.items():
         open_.add_metric([listener, direction], n)
     yield open_
+    listeners = GaugeMetricFamily(
+        "tlstrace_listener_info",
+        "1 for each listener, with its transport (its scheme: tls, wss, ws or tcp); join on "
+        "listener to give any series a transport label",
+        labels=["listener", "transport"],
+    )
+    for listener in dict.fromkeys(lst for lst, _ in c.open_connections):
+        listeners.add_metric([listener, listener.partition(":")[0]], 1)
+    yield listeners
+    yield _counter(
+        "tlstrace_ws_refused_total",
+        "WebSocket connections refused (an HTTP status to the Upgrade, or a close code), by reason",
+        ["listener", "transport", "reason"],
+        (
+            ((lst, lst.partition(":")[0], reason), n)
+            for (lst, reason), n in list(st.ws_refused.items())
+        ),
+    )
     yield _counter(
         "tlstrace_connections_accepted_total",
         "TLS connections accepted from clients",

@@ -46,7 +46,7 @@ def prepare(config: Config, source: str) -> Prepared:
     server = {
         str(li.listen): build_server_contexts(config, li, source)
         for li in config.listener
-        if li.listen.scheme == "tls"
+        if li.listen.scheme != "tcp"  # tls:, wss:, ws: (unused on ws:)
     }
     return Prepared(server, ClientContexts(config, source), build_senders(config, source))
 

@@ -92,6 +92,10 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
     "fd_reserve": (_NOW, "read at each API accept"),
     "tls_keepalive_rate": (_NOW, "read at each keep-alive"),
     "tls_max_non_sip_records": (_NOW, "read at each TLS record without SIP"),
+    "ws_origins": (_NEW, "each WebSocket connection's framer is set up when it opens"),
+    "ws_max_upgrade_size": (_NEW, "each WebSocket connection's framer is set up when it opens"),
+    "ws_upgrade_timeout": (_NOW, "read at each timeout check"),
+    "trace_ws_ip_proto": (_NEW, "HEP headers are built once per traced connection"),
     "handshake_rate_per_source": (
         _NOW,
         "the limiter is set up again (its table kept when the settings did not change)",

@@ -233,4 +233,8 @@ def _view(conn: Connection, detail: bool = False) -> ConnectionView:
         registered_until=conn.registered_until,
         peer_certificate=_certificate(peer) if detail else None,
         local_certificate=_certificate(conn.local_cert) if detail else None,
+        transport=conn.transport,
+        ws_path=conn.ws_path,
+        ws_origin=conn.ws_origin,
+        user_agent=conn.user_agent,
     )

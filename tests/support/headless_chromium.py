@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -35,14 +35,21 @@ FLAGS = [
 
 
 @contextmanager
-def chromium(width: int = 1280, height: int = 1600) -> Iterator[webdriver.Chrome]:
+def chromium(
+    width: int = 1280, height: int = 1600, flags: Sequence[str] = ()
+) -> Iterator[webdriver.Chrome]:
     driver_path = shutil.which("chromedriver")
     if not (Path(CHROMIUM).exists() and driver_path):
         pytest.fail("chromium and chromium-driver are needed: scripts/install-test-deps.sh")
     with tempfile.TemporaryDirectory(prefix="tlstrace-chromium-") as profile:
         options = Options()
         options.binary_location = CHROMIUM
-        for flag in [*FLAGS, f"--user-data-dir={profile}", f"--window-size={width},{height}"]:
+        for flag in [
+            *FLAGS,
+            *flags,
+            f"--user-data-dir={profile}",
+            f"--window-size={width},{height}",
+        ]:
             options.add_argument(flag)
         options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
         # both paths given: Selenium Manager (which would download drivers) never runs

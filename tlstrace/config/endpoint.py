@@ -1,4 +1,5 @@
-"""Transport endpoints written as `scheme:HOST:PORT` (`tls:[::1]:5061`, `tcp:10.0.0.5:5060`)."""
+"""Transport endpoints written as `scheme:HOST:PORT` (`tls:[::1]:5061`, `tcp:10.0.0.5:5060`,
+`wss:0.0.0.0:8443`)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,9 @@ from typing import Literal
 
 from hep.address import join_host_port, split_host_port
 
-Scheme = Literal["tls", "tcp"]
+Scheme = Literal["tls", "tcp", "wss", "ws"]
+#: schemes that take SIP over WebSocket (listeners only)
+WS_SCHEMES = ("wss", "ws")
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,13 +33,16 @@ class Endpoint:
 
 
 def parse_endpoint(text: str, *, default_port: int | None = None) -> Endpoint:
-    """Parse `tls:HOST:PORT` or `tcp:HOST:PORT`; IPv6 hosts go in brackets.
+    """Parse `tls:HOST:PORT`, `tcp:HOST:PORT`, `wss:HOST:PORT` or `ws:HOST:PORT`; IPv6 hosts go
+    in brackets.
 
     Raises ValueError with a message meant for the operator.
     """
     scheme, sep, rest = text.partition(":")
-    if not sep or scheme not in ("tls", "tcp"):
-        raise ValueError(f"{text!r} must look like tls:HOST:PORT or tcp:HOST:PORT")
+    if not sep or scheme not in ("tls", "tcp", *WS_SCHEMES):
+        raise ValueError(
+            f"{text!r} must look like tls:HOST:PORT, tcp:HOST:PORT, wss:HOST:PORT or ws:HOST:PORT"
+        )
     try:
         host, port_text = split_host_port(rest, "tls:[::1]:5061")
     except ValueError as e:

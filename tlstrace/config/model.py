@@ -18,7 +18,7 @@ from pydantic import (
     model_validator,
 )
 
-from tlstrace.config.endpoint import Endpoint, parse_endpoint
+from tlstrace.config.endpoint import WS_SCHEMES, Endpoint, parse_endpoint
 
 TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
@@ -46,6 +46,8 @@ def _endpoint(value: Any, info: ValidationInfo) -> Any:
     """Parse endpoint strings; `tls:` ones without a port get `tls_port` (from the context)."""
     if isinstance(value, str):
         tls_port = (info.context or {}).get("tls_port", 5061)
+        if value.startswith(("wss:", "ws:")):
+            return parse_endpoint(value)  # no default port
         return parse_endpoint(value, default_port=tls_port if value.startswith("tls:") else 5060)
     return value
 
@@ -185,8 +187,9 @@ DEFAULT_LISTENER = {"listen": "tls:127.0.0.1:5061", "backend": "tcp:127.0.0.1:50
 class Listener(_Model):
     """A socket tlstrace listens on.
 
-    `tls:` listeners terminate TLS and relay to `backend`; `tcp:` listeners take SIP from the
-    local SIP server and relay it over TLS to `peer`.
+    `tls:` listeners terminate TLS and relay to `backend`; `wss:` listeners terminate TLS and
+    then WebSocket (`ws:`: WebSocket without TLS) and relay to `backend`; `tcp:` listeners take
+    SIP from the local SIP server and relay it over TLS to `peer`.
     """
 
     listen: EndpointField
@@ -213,7 +216,7 @@ class Listener(_Model):
     def _default_backend(cls, data: Any) -> Any:
         if (
             isinstance(data, dict)
-            and str(data.get("listen", "")).startswith("tls:")
+            and str(data.get("listen", "")).startswith(("tls:", "wss:", "ws:"))
             and "backend" not in data
         ):
             return {**data, "backend": DEFAULT_LISTENER["backend"]}
@@ -223,7 +226,11 @@ class Listener(_Model):
     def _check(self) -> Listener:
         if not self.listen.is_ip:
             raise ValueError(f"listen: {self.listen.host!r} is not an IP address to listen on")
-        if self.listen.scheme == "tls":
+        if self.backend is not None and self.backend.scheme not in ("tcp", "tls"):
+            raise ValueError("backend: must be tcp:HOST:PORT or tls:HOST:PORT")
+        if self.peer is not None and self.peer.scheme in WS_SCHEMES:
+            raise ValueError("peer: must be tls:HOST:PORT")
+        if self.listen.scheme != "tcp":
             if self.peer is not None:
                 raise ValueError("peer: for tcp: listeners; a tls: listener relays to backend")
         else:
@@ -294,6 +301,21 @@ class Config(_Model):
     #: Most source addresses tracked for handshake_rate_per_source (the least recently seen
     #: is forgotten to make room).
     handshake_rate_sources: int = Field(65536, ge=1, le=16 * 1024 * 1024)
+    # -- SIP over WebSocket (wss: and ws: listeners) --------------------------------------
+    #: Origins (scheme://host[:port], compared case-insensitively) whose pages may open a
+    #: WebSocket connection; empty: any Origin, or none.
+    ws_origins: list[str] = []
+    #: Largest HTTP Upgrade request, in bytes; larger ones are refused with 431 (at most h11's
+    #: own limit on an incomplete request, 16 KiB).
+    ws_max_upgrade_size: int = Field(8192, ge=512, le=16384)
+    #: Milliseconds a client has, once connected (after the TLS handshake on wss:), to send a
+    #: complete Upgrade request.
+    ws_upgrade_timeout: int = Field(5000, ge=10)
+    #: IP protocol written in the SIP and event packets of WebSocket connections: 3, the value
+    #: Homer's UI (homer-ui protoCheck) shows as "wss"; 50 as OpenSIPS's proto_ws/proto_wss
+    #: write (Homer shows it as "udp"); 22 as Kamailio's siptrace writes for TLS, WS and WSS
+    #: (Homer: "tls"); or 6 (TCP).
+    trace_ws_ip_proto: Literal[3, 6, 22, 50] = 3
     #: Seconds a graceful shutdown waits for in-flight messages before closing everything.
     shutdown_timeout: float = Field(5.0, ge=0)
     #: Seconds between TCP probes of a backend no client connection tried meanwhile (keeps
@@ -434,6 +456,14 @@ class Config(_Model):
         if value:
             api_address(value)
         return value
+
+    @field_validator("ws_origins")
+    @classmethod
+    def _ws_origins(cls, value: list[str]) -> list[str]:
+        for origin in value:
+            if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.-]*://[^/\s]+|null", origin):
+                raise ValueError(f"{origin!r} is not an origin (scheme://host[:port], no path)")
+        return [origin.lower() for origin in value]
 
     @field_validator("api_allowed_hosts")
     @classmethod

@@ -12,6 +12,8 @@ if TYPE_CHECKING:
     from tlstrace.tls.certinfo import CertInfo
 
 Direction = Literal["inbound", "outbound"]
+#: how the client's SIP arrives: TLS, WebSocket over TLS, WebSocket
+Transport = Literal["tls", "wss", "ws"]
 
 
 class CloseReason(StrEnum):
@@ -31,6 +33,7 @@ class CloseReason(StrEnum):
     CLOSED_BY_API = "Closed by API"
     NON_SIP_RECORDS = "Too many TLS records without SIP"
     KEEPALIVE_FLOOD = "Keep-alive rate exceeded"
+    WS_REFUSED = "WebSocket refused"
     SHUTDOWN = "Shutdown"
 
     @property
@@ -53,7 +56,8 @@ def new_connection_id() -> int:
 
 @dataclass(slots=True, eq=False)
 class Connection:
-    """One TLS connection: accepted from a client (inbound) or opened to a peer (outbound)."""
+    """One TLS or WebSocket connection: accepted from a client (inbound) or opened to a peer
+    (outbound)."""
 
     direction: Direction
     remote: tuple[str, int]
@@ -84,6 +88,12 @@ class Connection:
     close_reason: CloseReason | None = None
     #: NSS key-log lines, filled during the handshake when keys are enabled
     keylog: list[str] = field(default_factory=list)
+    transport: Transport = "tls"
+    #: WebSocket connections: what the Upgrade request said (request target, Origin,
+    #: User-Agent)
+    ws_path: str | None = None
+    ws_origin: str | None = None
+    user_agent: str | None = None
 
     @property
     def peer_cert(self) -> CertInfo | None:

@@ -1,4 +1,5 @@
-"""tls: listeners: accept TLS from SIP clients and peers, relay each connection to the backend."""
+"""tls:, wss: and ws: listeners: accept TLS (or WebSocket) from SIP clients and peers, relay each
+connection to the backend."""
 
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ from tlstrace.relay.host import RelayHost
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
+from tlstrace.relay.ws_core import PlainSession, WsCore
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.contexts import ServerContexts
 
@@ -50,9 +52,8 @@ class InboundListener:
         sock = bind_listening(
             ep.host, ep.port, backlog=4096, reuse_port=self.relay.config.reuse_port
         )
-        self.listening = Listening(
-            self.relay.loop, lambda: InboundTls(self.relay, self), sock, 4096
-        )
+        leg = InboundWs if ep.scheme in ("wss", "ws") else InboundTls
+        self.listening = Listening(self.relay.loop, lambda: leg(self.relay, self), sock, 4096)
         self.server = await self.listening.start()
 
     def close(self) -> None:
@@ -199,6 +200,21 @@ class InboundTls(TlsLeg):
             return None
         t = leg.transport
         return t.get_extra_info("sockname")[:2], t.get_extra_info("peername")[:2]
+
+
+class InboundWs(InboundTls):
+    """A WebSocket client's connection (wss: TLS first; ws: none); its backend connection opens
+    when the Upgrade is accepted."""
+
+    core: WsCore
+
+    def __init__(self, relay: RelayHost, listener: InboundListener) -> None:
+        super().__init__(relay, listener)
+        conn = self.conn
+        scheme = listener.listener.listen.scheme
+        conn.transport = "wss" if scheme == "wss" else "ws"
+        session = self.core.session if scheme == "wss" else PlainSession(relay.ctx.clock())
+        self.core = WsCore(relay.ctx, conn, session, self)
 
 
 class BackendTls(ClientTls):

@@ -115,6 +115,8 @@ class RelayStats:
     accept_failures: Counter[str] = field(default_factory=Counter)
     #: times the process ran out of file descriptors (accepts fail: libuv closes them)
     fd_exhausted: int = 0
+    #: WebSocket connections refused (an HTTP status or a close code), by (listener, reason)
+    ws_refused: Counter[tuple[str, str]] = field(default_factory=Counter)
 
     def __post_init__(self) -> None:
         # every label value known in advance starts at 0, so that rate() and increase() see
@@ -122,6 +124,7 @@ class RelayStats:
         from tlstrace.relay.connection import CloseReason
         from tlstrace.sip.framing import FramingErrorKind
         from tlstrace.tls.failures import HandshakeFailure
+        from tlstrace.ws.framer import WsRefusal
 
         for reason in CloseReason:
             self.dropped_messages[reason.label] += 0
@@ -135,6 +138,9 @@ class RelayStats:
             self.refused[listener] += 0
             self.rate_limited[listener] += 0
             self.outbound_opened[listener] += 0
+            if listener.startswith(("wss:", "ws:")):
+                for refusal in WsRefusal:
+                    self.ws_refused[listener, refusal.value] += 0
             for direction in directions:
                 self.handshakes[listener, direction, "failure", NOT_NEGOTIATED, NOT_NEGOTIATED] += 0
                 self.handshake_seconds.setdefault((listener, direction), _handshake_histogram())

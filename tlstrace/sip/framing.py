@@ -407,6 +407,10 @@ class SipFramer:
         self._reset()
         return events
 
+    def reset(self) -> None:
+        """Forget a partial message (a framer fed one whole message at a time)."""
+        self._reset()
+
     def _reset(self) -> None:
         self._buf = b""
         self._need = 0

@@ -67,11 +67,17 @@ def _cert_parts(conn: Connection) -> list[tuple[str, str]]:
     return parts
 
 
+def protocol(conn: Connection) -> str:
+    """The `Protocol` of a connection's events: `TLS`, or `WSS` / `WS` as OpenSIPS's proto_wss
+    and proto_ws name theirs."""
+    return conn.transport.upper()
+
+
 def handshake_event(
     conn: Connection, *, ok: bool, message: str, reason: str | None, keys: bool
 ) -> list[tuple[str, str]]:
     event = "ACCEPTED" if conn.direction == "inbound" else "CONNECTED"
-    parts = [("Protocol", "TLS"), *_cert_parts(conn)]
+    parts = [("Protocol", protocol(conn)), *_cert_parts(conn)]
     mk = master_key(conn.keylog) if keys else None
     if mk:
         parts.append(("master-key", mk))
@@ -87,9 +93,9 @@ def handshake_event(
     return parts
 
 
-def closed_event(reason: str) -> list[tuple[str, str]]:
+def closed_event(reason: str, proto: str = "TLS") -> list[tuple[str, str]]:
     # OpenSIPS always reports CLOSED with Status SUCCESS; the reason is the Message
-    return [("Protocol", "TLS"), ("Event", "CLOSED"), ("Status", "SUCCESS"), ("Message", reason)]
+    return [("Protocol", proto), ("Event", "CLOSED"), ("Status", "SUCCESS"), ("Message", reason)]
 
 
 def _cert_json(info: CertInfo | None) -> dict[str, str] | None:
@@ -118,6 +124,11 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
         "peer_certificate": _cert_json(conn.peer_cert),
         "local_certificate": _cert_json(conn.local_cert),
     }
+    if conn.transport != "tls":  # WebSocket: what the Upgrade said
+        record["transport"] = conn.transport
+        record["ws_path"] = conn.ws_path
+        record["origin"] = conn.ws_origin
+        record["user_agent"] = conn.user_agent
     if keys:
         record["keylog"] = list(conn.keylog)
     return json.dumps(record, separators=(",", ":"))[:-1]

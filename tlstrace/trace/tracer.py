@@ -218,25 +218,33 @@ class TraceManager:
 
     def closed(self, conn: Connection, reason: CloseReason, traced: MessageTracer | None) -> None:
         if self.enabled and conn.traced:
-            self.send_event(conn, events.closed_event(reason.value))
+            self.send_event(conn, events.closed_event(reason.value, events.protocol(conn)))
 
     # -- sending -------------------------------------------------------------------------------
 
-    def template(self, src: Addr, dst: Addr, proto_type: int) -> PacketTemplate:
+    def template(
+        self, src: Addr, dst: Addr, proto_type: int, ip_proto: int | None = None
+    ) -> PacketTemplate:
         return self.identity.template(
             src_ip=_hep_ip(src[0], dst[0]),
             dst_ip=_hep_ip(dst[0], src[0]),
             src_port=src[1],
             dst_port=dst[1],
-            ip_proto=self.config.trace_ip_proto,
+            ip_proto=self.config.trace_ip_proto if ip_proto is None else ip_proto,
             proto_type=proto_type,
         )
+
+    def ip_proto(self, conn: Connection) -> int:
+        """The IP protocol chunk of a connection's packets (trace_ws_ip_proto for WebSocket)."""
+        if conn.transport == "tls":
+            return self.config.trace_ip_proto
+        return self.config.trace_ws_ip_proto
 
     def send_event(self, conn: Connection, parts: list[tuple[str, str]]) -> None:
         payload = events.render(parts, self.config.trace_event_format, self.config.homer5_delim)
         # OpenSIPS's transport events carry the remote peer as source, the local socket as
         # destination, whatever the direction
-        tpl = self.template(conn.remote, conn.local, PROTO_NET)
+        tpl = self.template(conn.remote, conn.local, PROTO_NET, self.ip_proto(conn))
         now = time.time()
         sec = int(now)
         self.send_checked(tpl, sec, int((now - sec) * 1e6), payload, str(conn.id).encode(), conn)
@@ -334,7 +342,7 @@ class ConnectionTracer:
         self.manager = manager
         self.conn = conn
         # packets read from the peer go remote -> local; packets written go local -> remote
-        self.tpl_in = manager.template(conn.remote, conn.local, PROTO_SIP)
+        self.tpl_in = manager.template(conn.remote, conn.local, PROTO_SIP, manager.ip_proto(conn))
         self.tpl_out = self.tpl_in.swapped()
         self.backend_in: PacketTemplate | None = None
         self.backend_out: PacketTemplate | None = None
@@ -369,7 +377,9 @@ class ConnectionTracer:
             prefix = events.session_record_prefix(conn, keys=cfg.trace_keys)
             self.session = (
                 prefix,
-                self.manager.template(conn.remote, conn.local, PROTO_LOG),
+                self.manager.template(
+                    conn.remote, conn.local, PROTO_LOG, self.manager.ip_proto(conn)
+                ),
                 events.session_record_head(prefix),
             )
         else:
@@ -557,7 +567,7 @@ class ConnectionTracer:
                 call_id_length=cid_length,
             )
             manager.send_checked(
-                manager.template(conn.remote, conn.local, PROTO_LOG),
+                manager.template(conn.remote, conn.local, PROTO_LOG, manager.ip_proto(conn)),
                 sec,
                 usec,
                 record,
