@@ -9,7 +9,10 @@ TLS runs on `ssl.SSLObject` over memory BIOs inside a plain `asyncio.Protocol`, 
 TLS transport: per message that is one `SSLObject.write` (one TLS record) and one
 `transport.write` (one send), several times cheaper than streams over asyncio's SSL protocol,
 so the generator, not the relay under test, stays the cheap side. `tcp:` targets run the same
-load over plain TCP (the direct baseline).
+load over plain TCP (the direct baseline). `wss:` targets (and `ws:`, without TLS) upgrade each
+connection to WebSocket first (an HTTP/1.1 Upgrade offering the `sip` subprotocol), then send
+each request as one masked text frame and read each answer from an unmasked text frame
+(`bench/ws_client.py`).
 
 `persistent` is a closed loop (each answer sends the next request); `paced` an open loop: requests
 leave on a schedule (`--rate` per second in total, round-robin over the connections) whether
@@ -43,6 +46,7 @@ from dataclasses import dataclass, field
 from typing import Any, cast
 
 from bench.procs import core_busy, proc_cpu
+from bench.ws_client import FrameReader, WsClient, WsError, upgrade_request, upgrade_response
 
 _END = b"\r\n\r\n"
 _OK = b"SIP/2.0 200 "
@@ -122,13 +126,30 @@ def client_context() -> ssl.SSLContext:
     return ctx
 
 
+def client_for(scheme: str) -> tuple[ssl.SSLContext | None, WsClient | None]:
+    """What a target's scheme asks of the client: TLS (`tls:`, `wss:`), WebSocket (`wss:`,
+    `ws:`), both or neither (`tcp:`)."""
+    ctx = client_context() if scheme in ("tls", "wss") else None
+    return ctx, WsClient() if scheme in ("wss", "ws") else None
+
+
 class Link(asyncio.Protocol):
-    """One client connection, TLS (on memory BIOs) or plain; subclasses get `plain_received`."""
+    """One client connection, TLS (on memory BIOs) or plain, and over that WebSocket when `ws`
+    is given (the Upgrade first, then each message one text frame each way); subclasses get
+    `plain_received` (SIP bytes: the frames' payloads) and `on_open` once all of that is done."""
 
     transport: asyncio.Transport
 
-    def __init__(self, ctx: ssl.SSLContext | None) -> None:
+    def __init__(self, ctx: ssl.SSLContext | None, ws: WsClient | None = None) -> None:
         self.ctx = ctx
+        self.ws = ws
+        #: where decrypted (or plain) bytes go: the subclass, or the WebSocket layer first
+        self._received: Callable[[bytes], None] = (
+            self.plain_received if ws is None else self._ws_received
+        )
+        #: the Upgrade's answer while it arrives (None: not upgrading)
+        self._upgrade_buf: bytes | None = None
+        self._frames = FrameReader()
         self.obj: ssl.SSLObject | None = None
         self.inc = self.out = cast(ssl.MemoryBIO, None)
         self.open = False
@@ -152,7 +173,7 @@ class Link(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         obj = self.obj
         if obj is None:
-            self.plain_received(data)
+            self._received(data)
             return
         self.inc.write(data)
         if not self.open:
@@ -175,7 +196,7 @@ class Link(asyncio.Protocol):
             self.fail(f"TLS read: {e}")
             return
         if chunks:
-            self.plain_received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
+            self._received(chunks[0] if len(chunks) == 1 else b"".join(chunks))
 
     def eof_received(self) -> bool | None:
         return None
@@ -206,10 +227,47 @@ class Link(asyncio.Protocol):
         self._now_open()
 
     def _now_open(self) -> None:
+        """TCP (and TLS) established: ready, or the WebSocket Upgrade first."""
         self.open = True
+        if self.ws is not None:
+            peer = self.transport.get_extra_info("peername")
+            host = f"[{peer[0]}]" if ":" in peer[0] else peer[0]
+            self._upgrade_buf = b""
+            self._write(upgrade_request(f"{host}:{peer[1]}"))
+            return
+        self._ready()
+
+    def _ready(self) -> None:
         if not self.opened.done():
             self.opened.set_result(True)
         self.on_open()
+
+    def _ws_received(self, data: bytes) -> None:
+        ws = self.ws
+        assert ws is not None
+        try:
+            if self._upgrade_buf is not None:
+                buf = self._upgrade_buf + data
+                used = upgrade_response(buf)
+                if not used:
+                    self._upgrade_buf = buf
+                    return
+                self._upgrade_buf = None
+                data = buf[used:]
+                self._ready()
+                if not data:
+                    return
+            texts, pings = self._frames.feed(data)
+        except WsError as e:
+            self.fail(f"WebSocket: {e}")
+            return
+        for p in pings:
+            self._write(ws.pong(p))
+        if texts:
+            self.plain_received(texts[0] if len(texts) == 1 else b"".join(texts))
+
+    def _ignore(self, data: bytes) -> None:
+        pass
 
     def _flush(self) -> None:
         data = self.out.read()
@@ -217,9 +275,12 @@ class Link(asyncio.Protocol):
             self.transport.write(data)
 
     def send(self, msg: bytes) -> None:
-        """One message: one TLS record, one write."""
+        """One message: one text frame over WebSocket, one TLS record, one write."""
         if self.transport.is_closing():
             return  # the connection was lost: counted at the end of the run
+        ws = self.ws
+        if ws is not None:
+            msg = ws.text(msg)
         obj = self.obj
         if obj is None:
             self.transport.write(msg)
@@ -227,10 +288,22 @@ class Link(asyncio.Protocol):
             obj.write(msg)
             self.transport.write(self.out.read())
 
+    def _write(self, data: bytes) -> None:
+        """Bytes as they are (through TLS when there is TLS)."""
+        if self.obj is None:
+            self.transport.write(data)
+        else:
+            self.obj.write(data)
+            self._flush()
+
     def close_clean(self) -> None:
-        """close_notify (TLS) and FIN; the peer's close ends the connection (see `lost`)."""
+        """A WebSocket close frame (when upgraded), close_notify (TLS) and FIN; the peer's close
+        ends the connection (see `lost`)."""
         if self.transport.is_closing():
             return
+        if self.ws is not None and self.open and self._upgrade_buf is None:
+            self._received = self._ignore  # the relay's close frame answers ours
+            self._write(self.ws.close())
         if self.obj is not None and self.open:
             with contextlib.suppress(ssl.SSLError):
                 self.obj.unwrap()  # SSLWantReadError: ours is out, theirs is not needed
@@ -261,8 +334,10 @@ class Link(asyncio.Protocol):
 def parse_target(text: str) -> tuple[str, str, int]:
     scheme, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
-    if scheme not in ("tls", "tcp") or not port.isdigit():
-        raise argparse.ArgumentTypeError(f"{text!r}: expected tls:HOST:PORT or tcp:HOST:PORT")
+    if scheme not in ("tls", "tcp", "wss", "ws") or not port.isdigit():
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: expected tls:, tcp:, wss: or ws: then HOST:PORT"
+        )
     return scheme, host.strip("[]"), int(port)
 
 
@@ -411,8 +486,10 @@ class Persistent:
 
 
 class PersistentLink(Link):
-    def __init__(self, ctx: ssl.SSLContext | None, run: Persistent):
-        super().__init__(ctx)
+    def __init__(
+        self, ctx: ssl.SSLContext | None, run: Persistent, ws: WsClient | None = None
+    ) -> None:
+        super().__init__(ctx, ws)
         self.run = run
         self.times: collections.deque[float] = collections.deque()
         self.buf = b""
@@ -461,11 +538,11 @@ async def close_all(links: Sequence[Link]) -> None:
 
 async def persistent(args: argparse.Namespace) -> dict[str, Any]:
     scheme, host, port = args.target
-    ctx = client_context() if scheme == "tls" else None
+    ctx, ws = client_for(scheme)
     reqs = requests_for(args)
     run = Persistent(reqs, args.inflight)
     links_, open_errors = await open_links(
-        lambda: PersistentLink(ctx, run), host, port, args.conns, args.parallel
+        lambda: PersistentLink(ctx, run, ws), host, port, args.conns, args.parallel
     )
     links = cast(list[PersistentLink], links_)
     if open_errors:
@@ -522,8 +599,8 @@ class Paced:
 class PacedLink(Link):
     """Sends when told (`send_at`), records each answer's latency from its scheduled time."""
 
-    def __init__(self, ctx: ssl.SSLContext | None, run: Paced) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: ssl.SSLContext | None, run: Paced, ws: WsClient | None = None) -> None:
+        super().__init__(ctx, ws)
         self.run = run
         self.times: collections.deque[float] = collections.deque()
         self.buf = b""
@@ -554,11 +631,11 @@ async def paced(args: argparse.Namespace) -> dict[str, Any]:
     """Open loop: for each `--rate` in turn, `warmup` then a `duration` window, requests sent on
     a schedule (rate per second over all connections, round-robin), answered or not."""
     scheme, host, port = args.target
-    ctx = client_context() if scheme == "tls" else None
+    ctx, ws = client_for(scheme)
     reqs = requests_for(args)
     run = Paced()
     links_, open_errors = await open_links(
-        lambda: PacedLink(ctx, run), host, port, args.conns, args.parallel
+        lambda: PacedLink(ctx, run, ws), host, port, args.conns, args.parallel
     )
     links = cast(list[PacedLink], links_)
     if open_errors:
@@ -639,8 +716,8 @@ async def paced(args: argparse.Namespace) -> dict[str, Any]:
 class OneShotLink(Link):
     """Handshake, one OPTIONS, wait for its answer (`answered`), then the caller closes."""
 
-    def __init__(self, ctx: ssl.SSLContext | None, msg: bytes) -> None:
-        super().__init__(ctx)
+    def __init__(self, ctx: ssl.SSLContext | None, msg: bytes, ws: WsClient | None = None) -> None:
+        super().__init__(ctx, ws)
         self.msg = msg
         self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self.buf = b""
@@ -673,7 +750,12 @@ class Churn:
 
 
 async def churn_worker(
-    run: Churn, ctx: ssl.SSLContext | None, host: str, port: int, wid: int
+    run: Churn,
+    ctx: ssl.SSLContext | None,
+    ws: WsClient | None,
+    host: str,
+    port: int,
+    wid: int,
 ) -> None:
     loop = asyncio.get_running_loop()
     i = wid << 20
@@ -685,7 +767,7 @@ async def churn_worker(
         try:
             async with asyncio.timeout(10):
                 _, link = await loop.create_connection(
-                    functools.partial(OneShotLink, ctx, msg), host, port
+                    functools.partial(OneShotLink, ctx, msg, ws), host, port
                 )
                 await link.answered
         except (OSError, TimeoutError, RuntimeError, ConnectionError) as e:
@@ -711,10 +793,10 @@ async def churn_worker(
 
 async def handshake(args: argparse.Namespace) -> dict[str, Any]:
     scheme, host, port = args.target
-    ctx = client_context() if scheme == "tls" else None
+    ctx, ws = client_for(scheme)
     run = Churn()
     workers = [
-        asyncio.create_task(churn_worker(run, ctx, host, port, w)) for w in range(args.conns)
+        asyncio.create_task(churn_worker(run, ctx, ws, host, port, w)) for w in range(args.conns)
     ]
     await asyncio.sleep(args.warmup)
     run.measuring = True
@@ -766,9 +848,9 @@ async def idle(args: argparse.Namespace) -> dict[str, Any]:
     line read meanwhile is answered with the count of those still open."""
     scheme, host, port = args.target
     loop = asyncio.get_running_loop()
-    ctx = client_context() if scheme == "tls" else None
+    ctx, ws = client_for(scheme)
     t0 = time.perf_counter()
-    links, errors = await open_links(lambda: Link(ctx), host, port, args.conns, args.parallel)
+    links, errors = await open_links(lambda: Link(ctx, ws), host, port, args.conns, args.parallel)
     elapsed = time.perf_counter() - t0
     await asyncio.sleep(0.5)  # let post-handshake messages (session tickets) arrive
     held = sum(1 for link in links if not link.lost.done())

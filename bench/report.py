@@ -240,6 +240,20 @@ def table(regime: Regime, args: argparse.Namespace, data: dict[str, Any]) -> Non
                 + "; the relay was not the bottleneck: other load on the machine, or the"
                 " load generators and the responder sharing its 2 cores, set the rate"
             )
+    for case, c in data["cases"].items():
+        for name, s in c["summary"].items():
+            base = s.get("baseline")
+            if not base or not s.get("runs"):
+                continue
+            v = s.get(f"vs_{base}")
+            pairs = s.get(f"vs_{base}_pairs") or []
+            spread = f" ({min(pairs):.2f}-{max(pairs):.2f})" if len(pairs) > 1 else ""
+            ratio = f"{v:.2f}x{spread}" if v is not None else "not measured"
+            print(
+                f"   note: {name} ({case}) has no HAProxy counterpart: HAProxy cannot relay this"
+                f" load to a SIP server, so no 'vs haproxy'; its CPU figure vs the {base}"
+                f" line, paired by repetition: {ratio}"
+            )
     for transport, counts in data.get("hep_sinks", {}).items():
         print(f"   HEP sink ({transport.upper()}): {counts}")
     for name, errs in data.get("errors", {}).items():

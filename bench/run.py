@@ -43,7 +43,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import FrameType
@@ -655,10 +655,16 @@ def median(values: Sequence[float | None]) -> float | None:
     return statistics.median(vals) if vals else None
 
 
-def summarize_case(metric: str, runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
+def summarize_case(
+    metric: str,
+    runs: dict[str, list[dict[str, Any]]],
+    baselines: Mapping[str, str] | None = None,
+) -> dict[str, Any]:
     """Per-metric medians over the runs of each variant, and each variant's ratio to HAProxy
     paired by repetition: the median of (variant / HAProxy) over the repetitions, each pair
-    measured next to each other in time."""
+    measured next to each other in time. A variant whose `baselines` entry names another line
+    (a load HAProxy cannot relay) gets its ratio to that line instead, as `vs_NAME`, and its
+    `baseline` says so."""
     out: dict[str, dict[str, Any]] = {}
     for name, rs in runs.items():
         if not rs:
@@ -696,24 +702,28 @@ def summarize_case(metric: str, runs: dict[str, list[dict[str, Any]]]) -> dict[s
         # per repetition, to pair with the run of another target made right before/after
         s["by_rep"] = {str(r["rep"]): r.get(metric) for r in rs}
         out[name] = s
-    hap = out.get("haproxy", {}).get("by_rep", {})
     for name, s in out.items():
-        if name == "haproxy" or not s.get("runs"):
+        base = (baselines or {}).get(name, "haproxy")
+        if name == base or not s.get("runs"):
             continue
+        if base != "haproxy":
+            s["baseline"] = base
+        ref = out.get(base, {}).get("by_rep", {})
         pairs = [
-            s["by_rep"][k] / hap[k] for k in sorted(s["by_rep"]) if s["by_rep"][k] and hap.get(k)
+            s["by_rep"][k] / ref[k] for k in sorted(s["by_rep"]) if s["by_rep"][k] and ref.get(k)
         ]
         if pairs:
-            s["vs_haproxy_pairs"] = pairs
-            s["vs_haproxy"] = statistics.median(pairs)
+            s[f"vs_{base}_pairs"] = pairs
+            s[f"vs_{base}"] = statistics.median(pairs)
     return out
 
 
 def summarize(regime: Regime, data: dict[str, Any]) -> None:
     metric = "kib_per_conn" if regime.load == "memory" else metric_key(regime)
     data["metric"] = metric
+    baselines = {v.name: v.baseline for v in VARIANTS}
     for case in data["cases"].values():
-        case["summary"] = summarize_case(metric, case["runs"])
+        case["summary"] = summarize_case(metric, case["runs"], baselines)
 
 
 # -- main ----------------------------------------------------------------------------------

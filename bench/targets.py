@@ -66,8 +66,8 @@ REGIMES: dict[str, Regime] = {
             "closed",
             False,
             "{conns} TLS connections x {inflight} INVITEs in flight from {generators} load"
-            " generator processes, nothing pinned: the relay is meant to be the bottleneck"
-            " (see 'relay core')",
+            " generator processes (tlstrace-wss: the same over WSS, one text frame a message),"
+            " nothing pinned: the relay is meant to be the bottleneck (see 'relay core')",
         ),
         Regime(
             "sparse",
@@ -130,6 +130,12 @@ class Variant:
     #: 'HOST:PORT;transport=udp', "{hep_tcp}" by the TCP sink's 'HOST:PORT;transport=tcp'
     relay_args: tuple[str, ...] = ()
     regimes: frozenset[str] = _ALL
+    #: tlstrace's listener: "tls" (SIP over TLS) or "wss" (SIP over WebSocket over TLS, the
+    #: load generator upgrading each connection); the load generator's target scheme
+    listener: str = "tls"
+    #: the line its "vs" ratio is taken against, paired by repetition: HAProxy, or for a load
+    #: HAProxy cannot relay (WSS to a SIP server) tlstrace's own TLS line
+    baseline: str = "haproxy"
 
     @property
     def needs_hep(self) -> bool:
@@ -157,6 +163,15 @@ VARIANTS: list[Variant] = [
     ),
     # session keys collected (the sslkeylog callback on every handshake), nothing sent
     Variant("tlstrace+keys", "tlstrace", ("--trace-keys",), frozenset({"handshake"})),
+    # SIP over WebSocket (issue 13): a wss: listener in front of the same responder; HAProxy
+    # has no counterpart (in `mode tcp` it would hand WebSocket frames to a SIP server)
+    Variant(
+        "tlstrace-wss",
+        "tlstrace",
+        regimes=frozenset({"saturated"}),
+        listener="wss",
+        baseline="tlstrace",
+    ),
     Variant("haproxy", "haproxy"),
 ]
 
@@ -212,6 +227,7 @@ def tlstrace_config(
     state_dir: Path,
     processes: int,
     max_conns: int,
+    listener: str = "tls",
 ) -> None:
     # the control API (when this tlstrace has one) gets its own free port in each process
     from tlstrace.config.model import Config
@@ -226,7 +242,7 @@ log_level = "warning"
 state_dir = "{state_dir}"
 
 [[listener]]
-listen = "tls:127.0.0.1:{port}"
+listen = "{listener}:127.0.0.1:{port}"
 backend = "tcp:127.0.0.1:{backend_port}"
 
 [[server_domain]]
@@ -280,7 +296,7 @@ def start_target(
     if variant.kind == "direct":
         return Target(variant, "tcp", backend_port)
     port = free_port()
-    target = Target(variant, "tls", port)
+    target = Target(variant, variant.listener if variant.kind == "tlstrace" else "tls", port)
     # a crash in C code (OpenSSL, uvloop) leaves a stack in the relay's log
     env = {**os.environ, "PYTHONFAULTHANDLER": "1"}
     name = f"{variant.name}{tag}"
@@ -305,6 +321,7 @@ def start_target(
                     state_dir=workdir / "state",
                     processes=processes,
                     max_conns=per_process,
+                    listener=variant.listener,
                 )
                 argvs.append(
                     [sys.executable, "-m", "tlstrace", "run", "--config", str(cfg), *extra]

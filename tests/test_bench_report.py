@@ -1,7 +1,9 @@
 """The benchmark's bookkeeping, from canned results (nothing timed, no sockets): the tables name
 each line's regime and pair each target with HAProxy by repetition, the verdicts use issue 10's
 targets, the plot is drawn from a results file, generator processes' results merge, and the TCP
-HEP sink counts packets across arbitrary reads."""
+HEP sink counts packets across arbitrary reads; the load generator's WebSocket side frames and
+reads as RFC 6455 says (checked against wsproto), and the WSS line's ratio is to tlstrace's TLS
+line, not to HAProxy."""
 
 from __future__ import annotations
 
@@ -236,3 +238,128 @@ def test_a_paced_rate_that_loses_connections_voids_only_itself_and_above() -> No
     assert [c for c, _ in split_windows(job, raw)] == ["5,000 conns @ 2,000/s"]
     with pytest.raises(ProcessError):
         _check_errors("paced", raw, 8000.0)
+
+
+def test_the_wss_line_is_paired_with_tlstrace_tls_not_haproxy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    data: dict[str, Any] = {
+        "regime": "saturated",
+        "cases": {
+            "50 x 4": {
+                "runs": {
+                    "tlstrace": [_run(0, 6.0), _run(1, 8.0)],
+                    "tlstrace-wss": [_run(0, 15.0), _run(1, 24.0)],
+                    "haproxy": [_run(0, 3.0), _run(1, 2.0)],
+                }
+            }
+        },
+        "errors": {},
+    }
+    summarize(REGIMES["saturated"], data)
+    s = data["cases"]["50 x 4"]["summary"]
+    wss = s["tlstrace-wss"]
+    assert wss["baseline"] == "tlstrace"
+    assert wss["vs_tlstrace_pairs"] == [2.5, 3.0] and wss["vs_tlstrace"] == 2.75
+    assert "vs_haproxy" not in wss  # HAProxy relays no WSS: no ratio to it
+    assert s["tlstrace"]["vs_haproxy_pairs"] == [2.0, 4.0] and "baseline" not in s["tlstrace"]
+    report.table(REGIMES["saturated"], _args(), data)
+    out = capsys.readouterr().out
+    row = next(ln for ln in out.splitlines() if ln.startswith("saturated") and "-wss" in ln)
+    assert "x" not in row.split("tlstrace-wss", 1)[1]  # no ratio in the 'vs haproxy' column
+    assert "tlstrace-wss (50 x 4) has no HAProxy counterpart" in out
+    assert "vs the tlstrace line, paired by repetition: 2.75x (2.50-3.00)" in out
+    report.verdicts({"saturated": data}, True)
+    assert "wss" not in capsys.readouterr().out  # issue 10's targets are for TLS
+
+
+def test_wss_variant_runs_a_wss_listener_in_the_saturated_regime(tmp_path: Path) -> None:
+    from bench.loadgen import parse_target
+    from bench.targets import VARIANTS, Pki, selected, tlstrace_config
+
+    (wss,) = [v for v in VARIANTS if v.listener == "wss"]
+    assert wss in selected(VARIANTS, "saturated", True)
+    assert wss not in selected(VARIANTS, "tracing", True)
+    cfg = tmp_path / "relay.toml"
+    pki = Pki(tmp_path / "c.pem", tmp_path / "k.pem", tmp_path / "h.pem")
+    tlstrace_config(
+        cfg,
+        port=5999,
+        backend_port=5060,
+        pki=pki,
+        state_dir=tmp_path,
+        processes=1,
+        max_conns=100,
+        listener=wss.listener,
+    )
+    assert 'listen = "wss:127.0.0.1:5999"' in cfg.read_text()
+    assert parse_target("wss:127.0.0.1:5999") == ("wss", "127.0.0.1", 5999)
+
+
+def test_ws_client_frames_are_what_wsproto_reads() -> None:
+    from wsproto.frame_protocol import FrameProtocol, Opcode
+
+    from bench.loadgen import invite
+    from bench.ws_client import WsClient
+
+    ws = WsClient()
+    msgs = [invite(1, 100), invite(2, 600), invite(3, 70000)]  # 7-bit, 16-bit, 64-bit lengths
+    wire = b"".join(ws.text(m) for m in msgs) + ws.close()
+    assert ws.text(msgs[1]) is ws.text(msgs[1])  # built once
+    server = FrameProtocol(client=False, extensions=[])
+    got: list[tuple[Opcode, bytes]] = []  # whole messages (wsproto hands out parts)
+    part = b""
+    for i in range(0, len(wire), 1000):
+        server.receive_bytes(wire[i : i + 1000])
+        for f in server.received_frames():
+            if f.opcode is Opcode.CLOSE:
+                assert f.payload[0] == 1000  # wsproto gives (code, reason)
+                data = b""
+            else:
+                data = f.payload.encode() if isinstance(f.payload, str) else bytes(f.payload)
+            part += data
+            if f.frame_finished and f.message_finished:
+                got.append((f.opcode, part))
+                part = b""
+    assert [op for op, _ in got] == [Opcode.TEXT] * 3 + [Opcode.CLOSE]
+    assert [p for _, p in got[:3]] == msgs  # masked, then unmasked
+
+
+def test_ws_client_reads_server_frames_across_reads() -> None:
+    from wsproto.frame_protocol import FrameProtocol
+
+    from bench.ws_client import FrameReader, WsError
+
+    server = FrameProtocol(client=False, extensions=[])  # a server's frames: unmasked
+    ok = "SIP/2.0 200 OK\r\nContent-Length: 0\r\n\r\n"
+    big = "SIP/2.0 200 OK\r\n" + "X: y\r\n" * 40 + "\r\n"  # a 16-bit length
+    wire = server.send_data(ok) + server.ping(b"hi") + server.send_data(big)
+    reader = FrameReader()
+    texts: list[bytes] = []
+    pings: list[bytes] = []
+    for i in range(0, len(wire), 3):
+        t, p = reader.feed(wire[i : i + 3])
+        texts += t
+        pings += p
+    assert texts == [ok.encode(), big.encode()] and pings == [b"hi"] and reader.buf == b""
+    with pytest.raises(WsError, match="masked"):
+        FrameReader().feed(FrameProtocol(client=True, extensions=[]).send_data("x"))
+    with pytest.raises(WsError, match="closed by the server: 1009"):
+        FrameReader().feed(bytes([0x88, 2]) + (1009).to_bytes(2, "big"))
+
+
+def test_ws_upgrade_answer_must_select_sip() -> None:
+    from bench.ws_client import WsError, upgrade_request, upgrade_response
+
+    req = upgrade_request("127.0.0.1:5999")
+    assert b"Sec-WebSocket-Protocol: sip\r\n" in req and req.endswith(b"\r\n\r\n")
+    ok = (
+        b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Accept: x\r\nSec-WebSocket-Protocol: sip\r\n\r\n"
+    )
+    assert upgrade_response(ok[:20]) == 0
+    assert upgrade_response(ok + b"\x81\x00") == len(ok)
+    with pytest.raises(WsError, match="not sip"):
+        upgrade_response(ok.replace(b"Sec-WebSocket-Protocol: sip\r\n", b""))
+    with pytest.raises(WsError, match="refused"):
+        upgrade_response(b"HTTP/1.1 400 Bad Request\r\n\r\n")
