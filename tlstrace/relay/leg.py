@@ -19,7 +19,8 @@ class BaseLeg(asyncio.Protocol):
     def __init__(self, relay: RelayHost, core: LegState) -> None:
         self.relay = relay
         self.ctx = relay.ctx
-        self.core = core
+        #: the core, as every leg has one (subclasses keep it as `core`, with its own type)
+        self.leg_state = core
         self.partner: Partner | None = None
         self.closed = False
         self.live = False  # a usable transport is attached
@@ -27,7 +28,7 @@ class BaseLeg(asyncio.Protocol):
     @property
     def name(self) -> str:
         """What the timeout messages call the other end."""
-        return self.core.name
+        return self.leg_state.name
 
     def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
         t = cast(asyncio.Transport, transport)
@@ -43,17 +44,17 @@ class BaseLeg(asyncio.Protocol):
     # left behind by a leg that went away.
 
     def pause_writing(self) -> None:
-        self.core.writing_paused(self.ctx.clock())
+        self.leg_state.writing_paused(self.ctx.clock())
         if self.partner is not None:
             self.partner.update_reading()
 
     def resume_writing(self) -> None:
-        self.core.writing_resumed()
+        self.leg_state.writing_resumed()
         if self.partner is not None:
             self.partner.update_reading()
 
     def is_blocked(self) -> bool:
-        return bool(self.core.blocked_since) or self.backlog_out()
+        return bool(self.leg_state.blocked_since) or self.backlog_out()
 
     def backlog_out(self) -> bool:
         """Too much queued here for this end, waiting for the transport (none by default)."""
@@ -68,9 +69,9 @@ class BaseLeg(asyncio.Protocol):
             return
         partner = self.partner
         pause = self.backlog_in() or (partner is not None and partner.is_blocked())
-        if pause == self.core.reading_paused:
+        if pause == self.leg_state.reading_paused:
             return
-        self.core.reading_changed(pause, self.ctx.clock())
+        self.leg_state.reading_changed(pause, self.ctx.clock())
         if pause:
             self.transport.pause_reading()
         else:
@@ -81,12 +82,12 @@ class BaseLeg(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called about once a second by the sweeper (`now` on the context's clock)."""
         if not self.closed:
-            self.core.handle_timer(now)
+            self.leg_state.handle_timer(now)
             self.after_core()
 
     def after_core(self) -> None:
         """Act on what the core asked for (by default: a close)."""
-        req = self.core.close_request
+        req = self.leg_state.close_request
         if req is not None and not self.closed:
             self.close(*req)
 

@@ -21,7 +21,9 @@ class PlainLeg(BaseLeg):
     def __init__(
         self, relay: RelayHost, partner: Partner | None, *, name: str, preamble: bytes = b""
     ) -> None:
-        super().__init__(relay, PlainCore(relay.ctx, name))
+        core = PlainCore(relay.ctx, name)
+        super().__init__(relay, core)
+        self.core = core
         self.partner = partner
         self.preamble = preamble
 

@@ -64,6 +64,7 @@ class TlsLeg(BaseLeg):
             direction_out=self.relay_direction_out,
         )
         super().__init__(relay, core)
+        self.core = core
         self.handshake_timer: asyncio.TimerHandle | None = None
 
     # tracing switches a connection's tracer (trace/tracer.py)
