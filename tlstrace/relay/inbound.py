@@ -31,6 +31,8 @@ class InboundListener:
         self.listening: Listening | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
+        #: the listener's address as the counters and logs name it (once, not per connection)
+        self.name = str(listener.listen)
         self.prepare(contexts)
 
     def prepare(self, contexts: ServerContexts) -> None:
@@ -64,7 +66,7 @@ class InboundTls(TlsLeg):
     """A client's TLS connection; its backend connection opens when the handshake completes."""
 
     def __init__(self, relay: RelayHost, listener: InboundListener) -> None:
-        conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
+        conn = Connection("inbound", ("", 0), ("", 0), listener.name)
         contexts = listener.contexts
         super().__init__(
             relay,
@@ -78,6 +80,9 @@ class InboundTls(TlsLeg):
         self.contexts = contexts  # the set this connection started with, whatever reloads do
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+        #: the backend connect's deadline passed (its task was cancelled for it)
+        self.connect_expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
@@ -123,8 +128,21 @@ class InboundTls(TlsLeg):
 
     def on_ready(self) -> None:
         self.partner_pending = True
+        loop = self.relay.loop
         # the leg keeps its task (asyncio only keeps weak references to tasks)
-        self.connecting = self.relay.loop.create_task(self._connect_backend())
+        self.connecting = loop.create_task(self._connect_backend())
+        # the connect's deadline: a timer that cancels the task (asyncio.timeout costs more
+        # per connection)
+        self.connect_timer = loop.call_later(
+            self.relay.config.tls_handshake_timeout / 1000, self._connect_timed_out
+        )
+
+    def _connect_timed_out(self) -> None:
+        self.connect_timer = None
+        task = self.connecting
+        if task is not None and not task.done():
+            self.connect_expired = True
+            task.cancel()
 
     def local_cert(
         self, context: ssl.SSLContext, started: bool
@@ -140,7 +158,6 @@ class InboundTls(TlsLeg):
         lst = self.listener.listener
         backend = lst.backend
         assert backend is not None
-        timeout = relay.config.tls_handshake_timeout / 1000
         leg: PlainLeg | BackendTls
         try:
             preamble = (
@@ -155,8 +172,16 @@ class InboundTls(TlsLeg):
                     relay, backend, lst.client_domain, self.conn.listener, preamble
                 )
                 leg.partner = self
-            async with asyncio.timeout(timeout):
+            try:
                 await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
+            except asyncio.CancelledError:
+                if not self.connect_expired:
+                    raise
+                raise TimeoutError from None
+            finally:
+                if self.connect_timer is not None:
+                    self.connect_timer.cancel()
+                    self.connect_timer = None
         except Exception as e:  # any failure closes this client, never the relay
             self.partner_pending = False
             if self.closed and self.core.pending_msgs:
