@@ -13,6 +13,7 @@ from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.host import RelayHost
+from tlstrace.relay.leg import protocol_factory
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
@@ -53,7 +54,7 @@ class InboundListener:
             ep.host, ep.port, backlog=4096, reuse_port=self.relay.config.reuse_port
         )
         self.listening = Listening(
-            self.relay.loop, lambda: InboundTls(self.relay, self), sock, 4096
+            self.relay.loop, protocol_factory(lambda: InboundTls(self.relay, self)), sock, 4096
         )
         self.server = await self.listening.start()
 
@@ -173,7 +174,9 @@ class InboundTls(TlsLeg):
                 )
                 leg.partner = self
             try:
-                await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
+                await relay.loop.create_connection(
+                    protocol_factory(lambda: leg), backend.host, backend.port
+                )
             except asyncio.CancelledError:
                 if not self.connect_expired:
                     raise

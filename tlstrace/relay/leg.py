@@ -5,6 +5,7 @@ subclasses); a leg moves bytes and calls the clock."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 from tlstrace.relay.connection import CloseReason
@@ -13,7 +14,16 @@ from tlstrace.relay.leg_state import LegState
 from tlstrace.relay.partner import Partner
 
 
-class BaseLeg(asyncio.Protocol):
+def protocol_factory(factory: Callable[[], BaseLeg]) -> Callable[[], asyncio.BaseProtocol]:
+    """`factory` as the loop's protocol factory. A leg has every method of asyncio.Protocol
+    but does not derive from it: mypyc compiles a class with a Python base class into a
+    plain Python class, and the legs are the hot path."""
+    return factory  # type: ignore[return-value]
+
+
+class BaseLeg:
+    """An asyncio protocol (see `protocol_factory`), compiled to a native class."""
+
     transport: asyncio.Transport
 
     def __init__(self, relay: RelayHost, core: LegState) -> None:
@@ -42,6 +52,10 @@ class BaseLeg(asyncio.Protocol):
     # its own queue is within bounds and its partner is not blocked. Whenever one of those
     # changes, update_reading() computes the answer again from the state, so no pause can be
     # left behind by a leg that went away.
+
+    def eof_received(self) -> bool | None:
+        """The peer shut its side: the transport closes (asyncio.Protocol's default)."""
+        return None
 
     def pause_writing(self) -> None:
         self.leg_state.writing_paused(self.ctx.clock())
