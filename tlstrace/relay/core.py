@@ -480,17 +480,18 @@ class TlsCore(LegState):
             conn.sni, conn.client_random = hello.sni, hello.client_random
         self.ctx.stats.handshake_failed(conn.listener, conn.direction, kind.value)
         level = logging.DEBUG if kind is HandshakeFailure.PEER_CLOSED else logging.INFO
-        log.log(
-            level,
-            "conn %d %s %s:%d: TLS handshake failed: %s (%s)",
-            conn.id,
-            conn.direction,
-            conn.remote[0],
-            conn.remote[1],
-            kind.value,
-            ev.message,
-            extra={**conn_fields(conn), "reason": kind.value},
-        )
+        if log.isEnabledFor(level):  # (its fields are not built for a line no one reads)
+            log.log(
+                level,
+                "conn %d %s %s:%d: TLS handshake failed: %s (%s)",
+                conn.id,
+                conn.direction,
+                conn.remote[0],
+                conn.remote[1],
+                kind.value,
+                ev.message,
+                extra={**conn_fields(conn), "reason": kind.value},
+            )
         self.ctx.observer.handshake_failed(conn, kind, ev.message)
         self._request_close(CloseReason.HANDSHAKE_FAILED, kind.value)
 
@@ -583,7 +584,9 @@ class TlsCore(LegState):
         level = logging.DEBUG if reason in _QUIET_REASONS else logging.INFO
         if reason is CloseReason.FRAMING_ERROR:
             level = logging.WARNING
-        if reason is not CloseReason.HANDSHAKE_FAILED:  # that one was logged with its cause
+        # (a handshake failure was logged with its cause; a line below the level is not
+        # built: its fields cost more than the rest of the close)
+        if reason is not CloseReason.HANDSHAKE_FAILED and log.isEnabledFor(level):
             log.log(
                 level,
                 "conn %d %s %s:%d closed: %s%s",

@@ -14,6 +14,7 @@ from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.host import RelayHost
+from tlstrace.relay.leg import protocol_factory
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.tls_leg import TlsLeg
@@ -33,6 +34,8 @@ class InboundListener:
         self.listening: Listening | None = None
         self.refused_logged = 0.0
         self.backend_name = str(listener.backend)
+        #: the listener's address as the counters and logs name it (once, not per connection)
+        self.name = str(listener.listen)
         self.prepare(contexts)
 
     def prepare(self, contexts: ServerContexts) -> None:
@@ -53,7 +56,9 @@ class InboundListener:
             ep.host, ep.port, backlog=4096, reuse_port=self.relay.config.reuse_port
         )
         leg = InboundWs if ep.scheme in ("wss", "ws") else InboundTls
-        self.listening = Listening(self.relay.loop, lambda: leg(self.relay, self), sock, 4096)
+        self.listening = Listening(
+            self.relay.loop, protocol_factory(lambda: leg(self.relay, self)), sock, 4096
+        )
         self.server = await self.listening.start()
 
     def close(self) -> None:
@@ -65,7 +70,7 @@ class InboundTls(TlsLeg):
     """A client's TLS connection; its backend connection opens when the handshake completes."""
 
     def __init__(self, relay: RelayHost, listener: InboundListener) -> None:
-        conn = Connection("inbound", ("", 0), ("", 0), str(listener.listener.listen))
+        conn = Connection("inbound", ("", 0), ("", 0), listener.name)
         contexts = listener.contexts
         super().__init__(
             relay,
@@ -79,6 +84,9 @@ class InboundTls(TlsLeg):
         self.contexts = contexts  # the set this connection started with, whatever reloads do
         self.refused = False
         self.connecting: asyncio.Task[None] | None = None
+        self.connect_timer: asyncio.TimerHandle | None = None
+        #: the backend connect's deadline passed (its task was cancelled for it)
+        self.connect_expired = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
@@ -124,8 +132,21 @@ class InboundTls(TlsLeg):
 
     def on_ready(self) -> None:
         self.partner_pending = True
+        loop = self.relay.loop
         # the leg keeps its task (asyncio only keeps weak references to tasks)
-        self.connecting = self.relay.loop.create_task(self._connect_backend())
+        self.connecting = loop.create_task(self._connect_backend())
+        # the connect's deadline: a timer that cancels the task (asyncio.timeout costs more
+        # per connection)
+        self.connect_timer = loop.call_later(
+            self.relay.config.tls_handshake_timeout / 1000, self._connect_timed_out
+        )
+
+    def _connect_timed_out(self) -> None:
+        self.connect_timer = None
+        task = self.connecting
+        if task is not None and not task.done():
+            self.connect_expired = True
+            task.cancel()
 
     def local_cert(
         self, context: ssl.SSLContext, started: bool
@@ -141,7 +162,6 @@ class InboundTls(TlsLeg):
         lst = self.listener.listener
         backend = lst.backend
         assert backend is not None
-        timeout = relay.config.tls_handshake_timeout / 1000
         leg: PlainLeg | BackendTls
         try:
             preamble = (
@@ -156,8 +176,18 @@ class InboundTls(TlsLeg):
                     relay, backend, lst.client_domain, self.conn.listener, preamble
                 )
                 leg.partner = self
-            async with asyncio.timeout(timeout):
-                await relay.loop.create_connection(lambda: leg, backend.host, backend.port)
+            try:
+                await relay.loop.create_connection(
+                    protocol_factory(lambda: leg), backend.host, backend.port
+                )
+            except asyncio.CancelledError:
+                if not self.connect_expired:
+                    raise
+                raise TimeoutError from None
+            finally:
+                if self.connect_timer is not None:
+                    self.connect_timer.cancel()
+                    self.connect_timer = None
         except Exception as e:  # any failure closes this client, never the relay
             self.partner_pending = False
             if self.closed and self.core.pending_msgs:

@@ -5,6 +5,7 @@ subclasses); a leg moves bytes and calls the clock."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 from tlstrace.relay.connection import CloseReason
@@ -13,13 +14,23 @@ from tlstrace.relay.leg_state import LegState
 from tlstrace.relay.partner import Partner
 
 
-class BaseLeg(asyncio.Protocol):
+def protocol_factory(factory: Callable[[], BaseLeg]) -> Callable[[], asyncio.BaseProtocol]:
+    """`factory` as the loop's protocol factory. A leg has every method of asyncio.Protocol
+    but does not derive from it: mypyc compiles a class with a Python base class into a
+    plain Python class, and the legs are the hot path."""
+    return factory  # type: ignore[return-value]
+
+
+class BaseLeg:
+    """An asyncio protocol (see `protocol_factory`), compiled to a native class."""
+
     transport: asyncio.Transport
 
     def __init__(self, relay: RelayHost, core: LegState) -> None:
         self.relay = relay
         self.ctx = relay.ctx
-        self.core = core
+        #: the core, as every leg has one (subclasses keep it as `core`, with its own type)
+        self.leg_state = core
         self.partner: Partner | None = None
         self.closed = False
         self.live = False  # a usable transport is attached
@@ -27,7 +38,7 @@ class BaseLeg(asyncio.Protocol):
     @property
     def name(self) -> str:
         """What the timeout messages call the other end."""
-        return self.core.name
+        return self.leg_state.name
 
     def attach(self, transport: asyncio.BaseTransport) -> asyncio.Transport:
         t = cast(asyncio.Transport, transport)
@@ -42,18 +53,22 @@ class BaseLeg(asyncio.Protocol):
     # changes, update_reading() computes the answer again from the state, so no pause can be
     # left behind by a leg that went away.
 
+    def eof_received(self) -> bool | None:
+        """The peer shut its side: the transport closes (asyncio.Protocol's default)."""
+        return None
+
     def pause_writing(self) -> None:
-        self.core.writing_paused(self.ctx.clock())
+        self.leg_state.writing_paused(self.ctx.clock())
         if self.partner is not None:
             self.partner.update_reading()
 
     def resume_writing(self) -> None:
-        self.core.writing_resumed()
+        self.leg_state.writing_resumed()
         if self.partner is not None:
             self.partner.update_reading()
 
     def is_blocked(self) -> bool:
-        return bool(self.core.blocked_since) or self.backlog_out()
+        return bool(self.leg_state.blocked_since) or self.backlog_out()
 
     def backlog_out(self) -> bool:
         """Too much queued here for this end, waiting for the transport (none by default)."""
@@ -68,9 +83,9 @@ class BaseLeg(asyncio.Protocol):
             return
         partner = self.partner
         pause = self.backlog_in() or (partner is not None and partner.is_blocked())
-        if pause == self.core.reading_paused:
+        if pause == self.leg_state.reading_paused:
             return
-        self.core.reading_changed(pause, self.ctx.clock())
+        self.leg_state.reading_changed(pause, self.ctx.clock())
         if pause:
             self.transport.pause_reading()
         else:
@@ -81,12 +96,12 @@ class BaseLeg(asyncio.Protocol):
     def check_timeouts(self, now: float) -> None:
         """Called about once a second by the sweeper (`now` on the context's clock)."""
         if not self.closed:
-            self.core.handle_timer(now)
+            self.leg_state.handle_timer(now)
             self.after_core()
 
     def after_core(self) -> None:
         """Act on what the core asked for (by default: a close)."""
-        req = self.core.close_request
+        req = self.leg_state.close_request
         if req is not None and not self.closed:
             self.close(*req)
 

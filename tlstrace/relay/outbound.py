@@ -29,6 +29,7 @@ from tlstrace.config import Endpoint, Listener
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.host import RelayHost
+from tlstrace.relay.leg import protocol_factory
 from tlstrace.relay.listening import Listening, bind_listening
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.sip.framing import WHITESPACE
@@ -64,7 +65,7 @@ class OutboundListener:
         sock = bind_listening(
             ep.host, ep.port, backlog=1024, reuse_port=self.relay.config.reuse_port
         )
-        self.listening = Listening(self.relay.loop, self._accept, sock, 1024)
+        self.listening = Listening(self.relay.loop, protocol_factory(self._accept), sock, 1024)
         self.server = await self.listening.start()
 
     def _accept(self) -> PlainLeg:
@@ -199,7 +200,9 @@ class PeerLink:
         relay = self.relay
         try:
             await asyncio.wait_for(
-                relay.loop.create_connection(lambda: leg, self.peer.host, self.peer.port),
+                relay.loop.create_connection(
+                    protocol_factory(lambda: leg), self.peer.host, self.peer.port
+                ),
                 relay.config.tls_handshake_timeout / 1000,
             )
         except Exception as e:  # any failure ends this attempt, never the relay
@@ -310,7 +313,7 @@ class PeerLink:
         role = "backend" if where in relay.config.backends else "local_target"
         try:
             await asyncio.wait_for(
-                relay.loop.create_connection(lambda: leg, where.host, where.port),
+                relay.loop.create_connection(protocol_factory(lambda: leg), where.host, where.port),
                 relay.config.tls_handshake_timeout / 1000,
             )
         except Exception as e:  # any failure ends this attempt, never the relay

@@ -30,7 +30,7 @@ from __future__ import annotations
 import contextlib
 import ssl
 from dataclasses import dataclass
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from tlstrace.tls import records
 from tlstrace.tls.clienthello import MAX_HELLO_BYTES, TLS1_2, Hello, HelloKind, HelloReader, sniff
@@ -334,7 +334,8 @@ class TlsSession:
         if tap is not None:
             tap.current = self.keylog_lines
         try:
-            obj.do_handshake()
+            # (the C object behind ssl.SSLObject: its wrapper adds a Python call)
+            obj._sslobj.do_handshake()  # type: ignore[attr-defined]
         except ssl.SSLWantReadError:
             self.urgent = self.urgent or self.outgoing.pending > 0
             return
@@ -353,19 +354,22 @@ class TlsSession:
         finally:
             if tap is not None:
                 tap.current = None
-        if not self.server_side or obj.version() != "TLSv1.3":
+        sslobj = obj._sslobj  # type: ignore[attr-defined]
+        version: str | None = sslobj.version()
+        if not self.server_side or version != "TLSv1.3":
             self.urgent = True
         # else: all a TLS 1.3 server has left to send are session tickets; they go out with
         # the first response instead of costing a send of their own
-        self._completed(now)
+        self._completed(now, sslobj, version)
 
-    def _completed(self, now: float) -> None:
+    def _completed(self, now: float, sslobj: Any, version: str | None) -> None:
+        """The handshake completed on `sslobj` (the C object behind `self.obj`)."""
         obj = self.obj
         assert obj is not None
         self.state = OPEN
         self.deadline = 0.0
-        cipher = obj.cipher()
-        resumed = obj.session_reused
+        cipher = sslobj.cipher()
+        resumed: bool = sslobj.session_reused
         sni: str | None
         if self.server_side:
             # the name the client sent now: on a TLS 1.2 resumption OpenSSL's callback is given
@@ -384,12 +388,12 @@ class TlsSession:
         self.records_seen = self.records_in  # the handshake's records are not counted
         self.events.append(
             HandshakeDone(
-                obj.version(),
+                version,
                 cipher[0] if cipher else None,
-                obj.selected_alpn_protocol(),
+                sslobj.selected_alpn_protocol(),
                 resumed,
                 sni,
-                obj.getpeercert(binary_form=True),
+                sslobj.getpeercert(True),
                 self.context,
                 now - self.created,
             )
