@@ -236,15 +236,14 @@ class InboundWs(InboundTls):
     """A WebSocket client's connection (wss: TLS first; ws: none); its backend connection opens
     when the Upgrade is accepted."""
 
-    core: WsCore
-
     def __init__(self, relay: RelayHost, listener: InboundListener) -> None:
         super().__init__(relay, listener)
         conn = self.conn
         scheme = listener.listener.listen.scheme
         conn.transport = "wss" if scheme == "wss" else "ws"
         session = self.core.session if scheme == "wss" else PlainSession(relay.ctx.clock())
-        self.core = WsCore(relay.ctx, conn, session, self)
+        # (typed as the TLS core it derives from: mypyc lets no subclass narrow an attribute)
+        self.core = self.leg_state = WsCore(relay.ctx, conn, session, self)
 
 
 class BackendTls(ClientTls):
