@@ -4,7 +4,10 @@ bytes moved, the registry, backpressure between partners, closing. No sockets, n
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import gc
 import ssl
+import weakref
 from collections.abc import Iterator
 from typing import Any
 
@@ -13,6 +16,7 @@ import pytest
 from tests.core.harness import Pki
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.hooks import NullObserver
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.tls_leg import TlsLeg
@@ -139,3 +143,75 @@ def test_the_backend_closing_closes_the_client(pki: Pki, relay: Relay) -> None:
     assert leg.closed and leg.conn.close_reason is CloseReason.BACKEND_GONE
     leg.connection_lost(None)
     assert leg not in relay.legs and backend not in relay.legs
+
+
+def test_a_closed_leg_is_freed_without_the_garbage_collector(pki: Pki, relay: Relay) -> None:
+    """The core keeps no reference to its leg once closed: no cycle is left holding the
+    session, OpenSSL's object and the buffers of every ended connection until a GC pass."""
+    leg, t, backend, bt, _ = tls_pair(pki, relay)
+    probe = weakref.ref(leg.core.session.obj)  # the leg itself may not take weak references
+    gc.disable()
+    try:
+        leg.close(CloseReason.EOF)
+        leg.connection_lost(None)
+        backend.connection_lost(None)
+        del leg, t, backend, bt
+        assert probe() is None
+    finally:
+        gc.enable()
+
+
+def test_a_client_handshake_that_cannot_begin_fails_at_once(relay: Relay) -> None:
+    """No protocol version in common: the failure is acted on when the transport comes up,
+    not by the next timeout sweep."""
+    bad = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    bad.check_hostname, bad.verify_mode = False, ssl.CERT_NONE
+    bad.minimum_version, bad.maximum_version = ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2
+    conn = Connection("outbound", ("192.0.2.9", 5061), ("127.0.0.1", 40000), "tls:x")
+    leg = TlsLeg(relay, conn, bad, server_side=False, server_hostname="peer.example")
+    leg.connection_made(MockTransport())
+    assert leg.closed and conn.close_reason is CloseReason.HANDSHAKE_FAILED
+    assert conn.id not in relay.connections
+
+
+def test_a_record_begun_in_the_handshakes_last_read_starts_the_partial_clock(
+    pki: Pki, relay: Relay
+) -> None:
+    """The client's Finished and the first bytes of its next record in one read: the partial
+    record is timed (tcp_max_msg_time) from then, not left to the idle timeout."""
+    contexts = pki.server_contexts(pki.domain("a"))
+    conn = Connection("inbound", ("192.0.2.1", 4000), ("127.0.0.1", 5061), "tls:x")
+    leg = TlsLeg(relay, conn, contexts.initial, server_side=True)
+    t = MockTransport()
+    leg.connection_made(t)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = pki.client_context(version=ssl.TLSVersion.TLSv1_3).wrap_bio(
+        incoming, outgoing, server_hostname="a.example.com"
+    )
+    with contextlib.suppress(ssl.SSLWantReadError):
+        client.do_handshake()
+    leg.data_received(outgoing.read())
+    incoming.write(t.take())
+    client.do_handshake()
+    finished = outgoing.read()
+    client.write(OPTIONS)
+    record = outgoing.read()
+    leg.data_received(finished + record[:3])
+    assert conn.state == "open" and leg.core.partial_since
+    leg.check_timeouts(relay.ctx.clock() + relay.config.tcp_max_msg_time + 1)
+    assert leg.closed and conn.close_reason is CloseReason.MESSAGE_TIMEOUT
+
+
+class RaisingObserver(NullObserver):
+    def closed(self, conn: Connection, reason: CloseReason, traced: Any) -> None:
+        raise RuntimeError("a broken observer")
+
+
+def test_an_observer_that_raises_does_not_keep_a_connection_open(
+    pki: Pki, relay: Relay, caplog: pytest.LogCaptureFixture
+) -> None:
+    leg, t, _backend, bt, _ = tls_pair(pki, relay)
+    relay.observer = RaisingObserver()
+    leg.close(CloseReason.CLOSED_BY_API)
+    assert t.closed and bt.closed and relay.connections == {}
+    assert "tracing its close failed" in caplog.text

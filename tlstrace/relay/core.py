@@ -79,6 +79,19 @@ class LocalIdentity(Protocol):
         ...
 
 
+class NoIdentity:
+    """What a closed core keeps instead of its leg (which holds the core: no cycle is left
+    for the garbage collector once the connection ends)."""
+
+    def local_cert(
+        self, context: ssl.SSLContext, started: bool
+    ) -> tuple[CertInfo | None, str | None]:
+        return None, None
+
+
+NO_IDENTITY: Final = NoIdentity()
+
+
 def sip_framer(ctx: RelayContext) -> SipFramer:
     """The framer of what a TLS peer sends, from the configuration."""
     cfg = ctx.config
@@ -148,6 +161,14 @@ class TlsCore(LegState):
 
     # -- input ---------------------------------------------------------------------------------
 
+    def start(self, now: float) -> None:
+        """The transport is up: start the session (a client writes its hello). A handshake
+        that cannot even begin (no protocol version in common) fails here, at once."""
+        session = self.session
+        session.keylog = self.ctx.keylog
+        session.start(now)
+        self._session_events(now)
+
     def receive(self, data: bytes, now: float) -> list[bytes]:
         """Bytes from the TLS peer: return the framed chunks (messages and relayed keep-alives)
         for the partner, `batch_msgs` of them messages."""
@@ -165,6 +186,9 @@ class TlsCore(LegState):
                 self._session_event(ev, now)
         session.events = ended
         if self.close_request is not None or not (chunks or ended):
+            if session.state == OPEN and self.close_request is None and session.record_partial:
+                # the read that ended the handshake began the next record: its clock starts
+                self.partial_since = now
             return self._note_in([], 0)
         return self._frame(chunks, now)
 
@@ -598,4 +622,8 @@ class TlsCore(LegState):
                 f" ({detail})" if detail else "",
                 extra={**conn_fields(conn), "reason": reason.label},
             )
-        self.ctx.observer.closed(conn, reason, self.tracer)
+        self.identity = NO_IDENTITY
+        try:
+            self.ctx.observer.closed(conn, reason, self.tracer)
+        except Exception:  # tracing must not keep a connection from closing
+            log.exception("conn %d: tracing its close failed", conn.id)

@@ -93,11 +93,9 @@ class TlsLeg(BaseLeg):
         self.attach(transport)
         self.relay.register_tls(self)
         core = self.core
-        session = core.session
-        session.keylog = self.ctx.keylog
-        session.start(self.ctx.clock())
+        core.start(self.ctx.clock())
         self._arm_handshake_timer()
-        if not self.server_side:
+        if not self.server_side or core.close_request is not None:
             self._after([])
 
     def _arm_handshake_timer(self) -> None:
