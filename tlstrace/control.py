@@ -152,6 +152,10 @@ class Counters:
     tracing: TracingCounters
     destinations: list[SenderStats]
     certificates: list[CertificateExpiry]
+    #: with worker processes (`workers` > 1): how many run now, and how many were restarted
+    #: after dying; None: one process, no workers
+    workers_running: int | None = None
+    worker_restarts: int = 0
 
 
 class Control(Protocol):

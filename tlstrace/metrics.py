@@ -239,6 +239,24 @@ def families(c: Counters) -> Iterator[Metric]:
 
     yield from _tracing(c)
     yield from _certificates(c)
+    yield from _workers(c)
+
+
+def _workers(c: Counters) -> Iterator[Metric]:
+    """With worker processes only (`workers` > 1)."""
+    if c.workers_running is None:
+        return
+    running = GaugeMetricFamily(
+        "tlstrace_workers_running", "Relay worker processes running and answering"
+    )
+    running.add_metric([], c.workers_running)
+    yield running
+    yield _counter(
+        "tlstrace_worker_restarts_total",
+        "Relay worker processes started again after they died",
+        [],
+        [((), c.worker_restarts)],
+    )
 
 
 def _tracing(c: Counters) -> Iterator[Metric]:

@@ -44,6 +44,18 @@ _RANDOM = random.SystemRandom().getrandbits(8)
 _counter = 0
 
 
+def set_worker(index: int) -> None:
+    """In a worker process (`workers` > 1): the id's top byte is the worker's index instead of
+    a random byte, so ids are unique across the workers and name the worker that owns them."""
+    global _RANDOM
+    _RANDOM = index & 0xFF
+
+
+def worker_of(conn_id: int) -> int:
+    """The index of the worker that owns a connection id (see `set_worker`)."""
+    return (conn_id >> 56) & 0xFF
+
+
 def new_connection_id() -> int:
     """A 64-bit id laid out as OpenSIPS's connection `cid`: random byte, start time, counter."""
     global _counter

@@ -15,8 +15,15 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+#: listening sockets a worker process inherited from its supervisor, by (host, port): taken
+#: by `bind_listening` instead of binding anew
+inherited: dict[tuple[str, int], socket.socket] = {}
+
 
 def bind_listening(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
+    sock = inherited.pop((host, port), None)
+    if sock is not None:
+        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:

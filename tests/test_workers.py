@@ -1,0 +1,272 @@
+"""`workers` > 1: a supervisor and relay worker processes behind one API and /metrics (real
+processes, real TLS)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.support.backend import SipBackend
+from tests.support.hepsink import HepSink
+from tests.support.relay import RelayProcess
+from tests.support.sip import TlsClient, request
+from tlstrace.relay.connection import worker_of
+
+Factory = Callable[..., RelayProcess]
+
+
+@pytest.fixture
+def sink() -> Iterator[HepSink]:
+    with HepSink() as s:
+        yield s
+
+
+def start(factory: Factory, backend: SipBackend, workers: int, **settings: Any) -> RelayProcess:
+    relay = factory(
+        {"workers": workers, "listener": [RelayProcess.tls_listener(backend.port)], **settings}
+    )
+    relay.wait_log(f"{workers} workers relaying")
+    return relay
+
+
+def api(relay: RelayProcess) -> httpx.Client:
+    return httpx.Client(base_url=relay.api_url, timeout=30)
+
+
+def open_clients(relay: RelayProcess, n: int) -> list[TlsClient]:
+    """`n` TLS connections, opened from several threads at once (so that they land on
+    different workers), each having relayed one request."""
+
+    def one(i: int) -> TlsClient:
+        c = TlsClient(relay.port())
+        c.send(request(call_id=f"open-{i}@w"))
+        c.recv_messages(1)
+        return c
+
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(one, range(n)))
+
+
+def worker_pids(relay: RelayProcess) -> list[int]:
+    line = relay.wait_log("workers relaying").split("(pids ", 1)[1]
+    return [int(p) for p in line.split(")", 1)[0].split(", ")]
+
+
+def connection_ids(http: httpx.Client) -> list[int]:
+    return [int(c["id"]) for c in http.get("/api/connections").json()]
+
+
+def metric(text: str, name: str) -> float:
+    total = 0.0
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
+
+
+@pytest.mark.parametrize("workers", [2, 4])
+def test_one_api_traces_and_lists_every_workers_connections(
+    workers: int, relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = start(relay_factory, backend, workers, hep_id=[sink.hep_id])
+    http = api(relay)
+    clients = open_clients(relay, 8 * workers)
+    try:
+        ids = connection_ids(http)
+        assert len(ids) == len(clients)
+        assert len(set(ids)) == len(ids)
+        owners = {worker_of(i) for i in ids}
+        assert owners <= set(range(workers))
+        assert len(owners) >= 2, f"every connection landed on worker {owners}"
+
+        # one switch reaches every worker before the answer
+        answer = http.put("/api/trace", json={"tracing": "on"})
+        assert answer.status_code == 200, answer.text
+        state = http.get("/api/trace").json()
+        assert state["tracing"] == "on"
+        assert state["traced_connections"] == len(clients)
+        for i, c in enumerate(clients):
+            c.send(request(call_id=f"traced-{i}@w"))
+            c.recv_messages(1)
+        deadline = time.monotonic() + 15
+        wanted = {f"traced-{i}@w".encode() for i in range(len(clients))}
+        while True:
+            seen = {w for w in wanted for p in sink.packets(1) if w in p.payload}
+            if seen == wanted or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert seen == wanted, f"{len(seen)} of {len(wanted)} connections traced"
+
+        # metrics sum the workers
+        text = http.get("/metrics").text
+        assert metric(text, "tlstrace_connections_open") == len(clients)
+        # (and the one the test harness opened to see the port listen)
+        assert metric(text, "tlstrace_connections_accepted_total") >= len(clients)
+        assert metric(text, "tlstrace_workers_running") == workers
+        assert metric(text, "tlstrace_worker_restarts_total") == 0
+        assert text.count("tlstrace_build_info{") == 1
+        assert metric(text, "tlstrace_tracing_enabled") == 1
+        # two requests on each connection, each answered
+        assert metric(text, "tlstrace_sip_messages_total") == 2 * 2 * len(clients)
+        ready = http.get("/readyz").json()
+        assert all(ready["checks"][f"worker {i}"] == "up" for i in range(workers))
+
+        # a DELETE reaches the worker that owns the connection
+        victim = ids[-1]
+        assert http.delete(f"/api/connections/{victim}").status_code in (200, 204)
+        deadline = time.monotonic() + 10
+        while victim in connection_ids(http):
+            assert time.monotonic() < deadline
+            time.sleep(0.05)
+        assert http.get(f"/api/connections/{victim}").status_code == 404
+
+        http.put("/api/trace", json={"tracing": "off"})
+        assert http.get("/api/trace").json()["tracing"] == "off"
+        assert http.get("/metrics").text.count("tlstrace_tracing_enabled 0.0") == 1
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    relay = start(relay_factory, backend, 2, hep_id=[sink.hep_id])
+    http = api(relay)
+    clients = open_clients(relay, 16)
+    try:
+        by_worker: dict[int, list[int]] = {}
+        for conn in http.get("/api/connections").json():
+            by_worker.setdefault(worker_of(int(conn["id"])), []).append(int(conn["id"]))
+        assert len(by_worker) == 2, by_worker
+        http.put("/api/trace", json={"tracing": "on"})
+        victim_pid = worker_pids(relay)[0]
+
+        # load on the port while the worker dies
+        stop = threading.Event()
+        failures: list[str] = []
+        done = [0]
+
+        def load() -> None:
+            n = 0
+            while not stop.is_set():
+                n += 1
+                try:
+                    with TlsClient(relay.port(), timeout=20) as c:
+                        c.send(request(call_id=f"load-{n}@w"))
+                        c.recv_messages(1, timeout=20)
+                        done[0] += 1
+                except (OSError, AssertionError) as e:
+                    failures.append(repr(e))
+
+        threads = [threading.Thread(target=load) for _ in range(3)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        os.kill(victim_pid, signal.SIGKILL)
+        log = relay.wait_log("worker 0 started again", timeout=30)
+        assert "worker 0 (pid" in log and "was killed by SIGKILL" in log
+        assert "open connection(s) are lost" in log
+        time.sleep(1.0)
+        stop.set()
+        for t in threads:
+            t.join(30)
+
+        # the other worker's connections go on
+        alive = 0
+        for i, c in enumerate(clients):
+            try:
+                c.send(request(call_id=f"after-{i}@w"))
+                c.recv_messages(1, timeout=5)
+                alive += 1
+            except (OSError, AssertionError):
+                pass
+        assert alive == len(by_worker[1]), (alive, {k: len(v) for k, v in by_worker.items()})
+        ids = connection_ids(http)
+        assert set(by_worker[1]) <= set(ids)
+        assert not set(by_worker[0]) & set(ids)
+        # the port kept serving: new connections after the death worked (those that fell on
+        # the dying worker mid-request are the only failures allowed)
+        assert done[0] > 0
+        assert len(failures) <= 3 * 2, failures
+
+        text = http.get("/metrics").text
+        assert metric(text, "tlstrace_worker_restarts_total") == 1
+        assert metric(text, "tlstrace_workers_running") == 2
+        assert http.get("/readyz").json()["checks"]["worker 0"] == "up"
+        # the replacement got the tracing state
+        fresh = open_clients(relay, 8)
+        try:
+            now = connection_ids(http)
+            assert 0 in {worker_of(i) for i in now}
+            assert http.get("/api/trace").json()["traced_connections"] == len(now)
+        finally:
+            for c in fresh:
+                c.close()
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_sigterm_stops_the_supervisor_and_every_worker(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    relay = start(relay_factory, backend, 2, shutdown_timeout=1.0)
+    pids = worker_pids(relay)
+    assert relay.stop(timeout=15) == 0
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
+    log = relay.log_path.read_text()
+    assert "shutting down: 2 worker(s)" in log
+    assert log.count("[worker ") and log.rstrip().endswith("stopped")
+
+
+def test_sighup_and_the_api_reload_every_worker(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    relay = start(relay_factory, backend, 2)
+    http = api(relay)
+    relay.signal(signal.SIGHUP)
+    relay.wait_log("[worker 0]: reloaded:")
+    relay.wait_log("[worker 1]: reloaded:")
+    body = http.post("/api/reload").json()
+    assert body["reloaded"] is True, body
+    text = http.get("/metrics").text
+    assert metric(text, 'tlstrace_reloads_total{result="success"}') == 4
+
+
+def test_filters_and_events_cover_every_worker(relay_factory: Factory, backend: SipBackend) -> None:
+    from tests.test_status_page import EventReader
+
+    relay = start(relay_factory, backend, 2)
+    http = api(relay)
+    rules = {"rules": [{"action": "deny", "remote": "10.0.0.0/8"}], "default": "allow"}
+    assert http.put("/api/trace/filters", json=rules).status_code == 200
+    assert http.get("/api/trace/filters").json()["rules"][0]["remote"] == "10.0.0.0/8"
+    assert http.get("/api/trace").json()["filter_rules"] == 1
+    reader = EventReader(relay)
+    time.sleep(1.5)  # the workers learn of the viewer at the next heartbeat
+    clients = open_clients(relay, 12)
+    try:
+        ids = {str(i) for i in connection_ids(http)}
+        owners = {worker_of(int(i)) for i in ids}
+        deadline = time.monotonic() + 10
+        while True:
+            seen = {d["id"] for k, d in list(reader.events) if d.get("event") == "accepted"}
+            if ids <= seen or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        assert ids <= seen, (len(ids), len(seen & ids))
+        assert len(owners) == 2
+    finally:
+        for c in clients:
+            c.close()

@@ -1,0 +1,456 @@
+"""The supervisor of `workers` > 1: binds every listening socket and the API once, starts the
+relay workers (`python -m tlstrace.supervisor.worker`, a fresh interpreter each: nothing of an
+event loop is forked), restarts a worker that dies (with backoff), passes SIGTERM and SIGHUP on,
+and serves the API and /metrics for all of them through `WorkersControl`."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Coroutine
+from pathlib import Path
+from typing import Any, Protocol
+
+from tlstrace.config import Config, ConfigError, Overrides
+from tlstrace.control import Control, TraceRules
+from tlstrace.feed import EventFeed
+from tlstrace.preflight import prepare
+from tlstrace.relay.listening import bind_listening
+from tlstrace.relay.stats import RelayStats
+from tlstrace.reloader import watch_file
+from tlstrace.supervisor.boot import TraceWanted, WorkerBoot
+from tlstrace.supervisor.channel import Caller, ChannelClosed, frame, open_channel
+from tlstrace.supervisor.control import WorkersControl
+from tlstrace.trace.tracer import SwitchedBy
+
+log = logging.getLogger("tlstrace")
+
+#: a worker that dies is started again after FIRST_DELAY seconds, doubled for each death in a
+#: row (at most MAX_DELAY); a worker that ran STABLE seconds starts the count again
+FIRST_DELAY = 0.25
+MAX_DELAY = 10.0
+STABLE = 30.0
+#: deaths in a row after which the connections queued for the slot are refused
+REBIND_AFTER = 3
+#: seconds a worker may take to listen after it was started
+START_TIMEOUT = 60.0
+#: seconds between the supervisor's heartbeats to each worker
+HEARTBEAT = 1.0
+
+SIGHUP = SwitchedBy("signal", "SIGHUP")
+
+
+class ApiRunning(Protocol):
+    async def stop(self) -> None: ...
+
+
+class ApiHost(Protocol):
+    """How the supervisor serves the API (`tlstrace.app` provides it: only the process
+    module imports api/)."""
+
+    def bind(self, host: str, port: int) -> socket.socket: ...
+
+    def serve(self, control: Control, stats: RelayStats, sock: socket.socket) -> ApiRunning: ...
+
+
+class StartFailed(Exception):
+    pass
+
+
+def describe_exit(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with status {code}"
+
+
+class WorkerHandle:
+    """One worker slot: the process in it now, its channel, and how it is doing."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.proc: asyncio.subprocess.Process | None = None
+        self.caller: Caller | None = None
+        #: started, ready, and given the current tracing state: the API asks it
+        self.live = False
+        self.status = "starting"
+        self.pid: int | None = None
+        #: its open connections at the last heartbeat
+        self.connections = 0
+        self.started = 0.0  # monotonic
+        #: deaths in a row without a STABLE run in between
+        self.failures = 0
+        self.ready: asyncio.Future[str | None] | None = None
+
+    async def call(self, method: str, *args: Any, timeout: float) -> Any:
+        if self.caller is None:
+            raise ChannelClosed("not running")
+        return await self.caller.call(method, *args, timeout=timeout)
+
+
+class Supervisor:
+    def __init__(
+        self,
+        config: Config,
+        config_path: Path | None,
+        overrides: Overrides | None,
+        api: ApiHost,
+    ) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.config = config
+        self.config_path = config_path
+        self.overrides = overrides
+        self.source = str(config_path) if config_path else "defaults"
+        self.api_host = api
+        self.api: ApiRunning | None = None
+        self.workers = [WorkerHandle(i) for i in range(config.worker_count)]
+        #: worker slot -> (host, port) -> its listening socket
+        self.sockets: dict[int, dict[tuple[str, int], socket.socket]] = {}
+        #: the supervisor's own counters (the API's refusals and time-outs)
+        self.stats = RelayStats()
+        self.started = time.time()
+        self.restarts = 0
+        #: the tracing state and filter every worker is to have (None: as the file says)
+        self.trace_wanted: TraceWanted | None = None
+        self.rules: TraceRules | None = None
+        self.state_lock = asyncio.Lock()
+        self.version = 0
+        self.feed = EventFeed()
+        self.control = WorkersControl(self)
+        self.stopping = False
+        self.stopped = asyncio.Event()
+        self.tasks: set[asyncio.Task[Any]] = set()
+
+    def running(self) -> list[WorkerHandle]:
+        return [w for w in self.workers if w.live]
+
+    def spawn(self, coro: Coroutine[Any, Any, Any]) -> None:
+        task = self.loop.create_task(coro)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    def set_trace_wanted(self, wanted: TraceWanted) -> None:
+        self.trace_wanted = wanted
+        self.version += 1
+
+    def set_rules(self, rules: TraceRules) -> None:
+        self.rules = rules
+        self.version += 1
+
+    async def resync(self) -> None:
+        """After a reload: the configuration in force, the tracing state and the filter, as
+        the workers now have them (for the API and for workers started later)."""
+        try:
+            self.config = await self.control._one("config")
+            state = await self.control._one("trace_state")
+            rules = await self.control._one("trace_filter")
+        except (TimeoutError, ChannelClosed):
+            return
+        async with self.state_lock:
+            self.set_trace_wanted(
+                TraceWanted(
+                    state.enabled, state.until, SwitchedBy("file", f"the state in {self.source}")
+                )
+            )
+            self.set_rules(rules)
+
+    # -- start-up ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Raises StartFailed or ConfigError."""
+        cfg = self.config
+        for w in self.workers:
+            try:
+                self.sockets[w.index] = self._bind_slot()
+            except StartFailed:
+                self.close_sockets()
+                raise
+        # certificates and keys checked (and the default one generated) once, here
+        prepare(cfg, self.source)
+        api_sock = None
+        if cfg.api_address is not None:
+            try:
+                api_sock = self.api_host.bind(*cfg.api_address)
+            except OSError as e:
+                self.close_sockets()
+                raise StartFailed(
+                    f"api_listen: cannot listen on {cfg.api_listen}: {e.strerror or e}"
+                ) from None
+        reasons = await asyncio.gather(*(self._spawn(w) for w in self.workers))
+        failed = [(w, r) for w, r in zip(self.workers, reasons, strict=True) if r is not None]
+        if failed:
+            await self._stop_workers(0)
+            if api_sock is not None:
+                api_sock.close()
+            self.close_sockets()
+            w, reason = failed[0]
+            raise StartFailed(f"worker {w.index}: {reason}")
+        await self.resync()
+        for w in self.workers:
+            self.spawn(self._keep(w))
+        self.spawn(self._heartbeat())
+        if self.config_path is not None:
+            self.spawn(
+                watch_file(
+                    self.config_path,
+                    lambda: self.config.config_watch,
+                    lambda: self.spawn(
+                        self._reload(SwitchedBy("file", f"{self.config_path} changed"))
+                    ),
+                )
+            )
+        if api_sock is not None:
+            self.api = self.api_host.serve(self.control, self.stats, api_sock)
+        log.info(
+            "%d workers relaying (pids %s)%s",
+            len(self.workers),
+            ", ".join(str(w.pid) for w in self.workers),
+            f"; API and /metrics on http://{cfg.api_listen}/ "
+            f"({'bearer token required' if cfg.api_token else 'no token'})"
+            if api_sock is not None
+            else "",
+        )
+
+    async def _spawn(self, w: WorkerHandle) -> str | None:
+        """Start the process of slot `w` and wait until it listens; None, or why it did not
+        start (it is then stopped)."""
+        parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        slot = self.sockets.get(w.index, {})
+        fds = [s.fileno() for s in slot.values()]
+        version = self.version
+        boot = WorkerBoot(
+            w.index,
+            self.config,
+            self.config_path,
+            self.overrides,
+            {address: s.fileno() for address, s in slot.items()},
+            self.trace_wanted,
+            self.rules,
+        )
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tlstrace.supervisor.worker",
+                str(child.fileno()),
+                pass_fds=(child.fileno(), *fds),
+                stdin=subprocess.DEVNULL,
+            )
+        finally:
+            child.close()
+        w.proc, w.pid, w.started, w.status = proc, proc.pid, time.monotonic(), "starting"
+        reader, writer = await open_channel(parent)
+        ready: asyncio.Future[str | None] = self.loop.create_future()
+        w.ready = ready
+        w.caller = Caller(reader, writer, lambda kind, value: self._notice(w, kind, value))
+        writer.write(frame(boot))
+        exited = self.loop.create_task(proc.wait())
+        waits: set[asyncio.Future[Any]] = {ready, exited}
+        await asyncio.wait(waits, timeout=START_TIMEOUT, return_when="FIRST_COMPLETED")
+        if ready.done():
+            reason = ready.result()
+        elif exited.done():
+            reason = f"{describe_exit(exited.result())} while starting"
+        else:
+            reason = "did not listen in time"
+        if not exited.done():
+            exited.cancel()
+        if reason is not None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+            await proc.wait()
+            w.caller.close()
+            w.status = f"could not start: {reason}"
+            return reason
+        async with self.state_lock:
+            if self.version != version:  # a switch came while it started
+                with contextlib.suppress(ChannelClosed, asyncio.TimeoutError):
+                    if self.rules is not None:
+                        await w.call("set_trace_filter", self.rules, timeout=10)
+                    if self.trace_wanted is not None:
+                        await w.call("want_trace", self.trace_wanted, timeout=10)
+            w.live, w.status = True, "up"
+        return None
+
+    def _notice(self, w: WorkerHandle, kind: str, value: Any) -> None:
+        if kind == "ready" and w.ready is not None and not w.ready.done():
+            w.ready.set_result(None)
+        elif kind == "failed" and w.ready is not None and not w.ready.done():
+            w.ready.set_result(str(value))
+        elif kind == "event" and self.feed.viewers:
+            event = json.loads(value)
+            event.pop("seq", None)
+            event.pop("time", None)
+            self.feed.publish(event)
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def _keep(self, w: WorkerHandle) -> None:
+        """Start the worker of slot `w` again whenever it dies, until shutdown."""
+        while not self.stopping:
+            proc = w.proc
+            assert proc is not None
+            code = await proc.wait()
+            w.live = False
+            if w.caller is not None:
+                w.caller.close()
+            if self.stopping:
+                w.status = "stopped"
+                return
+            self.restarts += 1
+            if time.monotonic() - w.started >= STABLE:
+                w.failures = 0
+            delay = min(MAX_DELAY, FIRST_DELAY * 2**w.failures)
+            w.failures += 1
+            why = describe_exit(code)
+            w.status = f"restarting: pid {w.pid} {why}"
+            log.error(
+                "worker %d (pid %s) %s: its %d open connection(s) are lost, the other "
+                "workers' go on; starting it again in %.2g s",
+                w.index,
+                w.pid,
+                why,
+                w.connections,
+                delay,
+                extra={"worker": w.index, "pid": w.pid, "lost_connections": w.connections},
+            )
+            w.connections = 0
+            if w.failures >= REBIND_AFTER:
+                self._rebind_slot(w)
+            await asyncio.sleep(delay)
+            if self.stopping:
+                return
+            reason = await self._spawn(w)
+            if reason is None:
+                log.info("worker %d started again (pid %s)", w.index, w.pid)
+            else:
+                log.error("worker %d could not start again: %s", w.index, reason)
+
+    async def _heartbeat(self) -> None:
+        """Each second: every worker's open connections (for the log line when it dies), and
+        whether the supervisor has viewers of the event feed (the workers then send it
+        their events)."""
+        while True:
+            await asyncio.sleep(HEARTBEAT)
+            viewers = bool(self.feed.viewers)
+            for w in self.running():
+                with contextlib.suppress(ChannelClosed, asyncio.TimeoutError):
+                    w.connections = await w.call("heartbeat", viewers, timeout=5)
+
+    async def _reload(self, by: SwitchedBy) -> None:
+        outcome = await self.control.reload(by)
+        if not outcome.ok:
+            log.error("reload failed in a worker: %s", outcome.message)
+
+    # -- shutdown ---------------------------------------------------------------------------
+
+    async def shutdown(self) -> None:
+        if self.stopping:
+            return
+        self.stopping = True
+        log.info(
+            "shutting down: %d worker(s), %d connection(s) open",
+            len(self.running()),
+            sum(w.connections for w in self.running()),
+        )
+        self.feed.close()
+        await self._stop_workers(self.config.shutdown_timeout + 5.0)
+        if self.api is not None:
+            await self.api.stop()
+        self.close_sockets()
+        for task in list(self.tasks):
+            task.cancel()
+        self.stopped.set()
+
+    async def _stop_workers(self, grace: float) -> None:
+        """SIGTERM to every worker; SIGKILL to those still running after `grace` seconds."""
+        procs = [w.proc for w in self.workers if w.proc is not None]
+        for p in procs:
+            if p.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(signal.SIGTERM)
+        waits = [self.loop.create_task(p.wait()) for p in procs]
+        if waits:
+            _, pending = await asyncio.wait(waits, timeout=grace)
+            if pending:
+                for p in procs:
+                    if p.returncode is None:
+                        log.warning("worker (pid %s) did not stop in time: killed", p.pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            p.kill()
+                await asyncio.wait(pending)
+        for w in self.workers:
+            w.live = False
+            if w.caller is not None:
+                w.caller.close()
+
+    def _bind_slot(self) -> dict[tuple[str, int], socket.socket]:
+        """A listening socket for each listener, for one worker slot: every slot has its own,
+        bound with SO_REUSEPORT, so that the kernel spreads new connections evenly over
+        the workers; the supervisor keeps them open, so that the connections queued on a
+        worker that died wait for its replacement. Raises StartFailed."""
+        out: dict[tuple[str, int], socket.socket] = {}
+        for i, li in enumerate(self.config.listener):
+            ep = li.listen
+            try:
+                out[ep.host, ep.port] = bind_listening(
+                    ep.host, ep.port, backlog=4096, reuse_port=True
+                )
+            except OSError as e:
+                for sock in out.values():
+                    sock.close()
+                where = "--listen" if self.overrides and self.overrides.listen else self.source
+                raise StartFailed(
+                    f"{where}: listener[{i}].listen: cannot listen on "
+                    f"{li.listen}: {e.strerror or e}"
+                ) from None
+        return out
+
+    def _rebind_slot(self, w: WorkerHandle) -> None:
+        """After deaths in a row: the connections waiting on the slot's sockets are refused
+        (closed), and new ones go to the other workers until the slot has a worker again."""
+        old = self.sockets.pop(w.index, {})
+        for sock in old.values():
+            sock.close()
+        try:
+            self.sockets[w.index] = self._bind_slot()
+        except StartFailed as e:
+            log.error("worker %d: %s", w.index, e)
+
+    def close_sockets(self) -> None:
+        for slot in self.sockets.values():
+            for sock in slot.values():
+                sock.close()
+        self.sockets.clear()
+
+
+async def supervise(
+    config: Config,
+    config_path: Path | None,
+    overrides: Overrides | None,
+    api: ApiHost,
+) -> int:
+    """Run the supervisor until SIGTERM or SIGINT; the exit status."""
+    sup = Supervisor(config, config_path, overrides, api)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: sup.spawn(sup.shutdown()))
+    try:
+        await sup.start()
+    except (ConfigError, StartFailed) as e:
+        log.error("cannot start: %s", e)
+        await sup.shutdown()
+        return 2
+    loop.add_signal_handler(signal.SIGHUP, lambda: sup.spawn(sup._reload(SIGHUP)))
+    await sup.stopped.wait()
+    log.info("stopped")
+    return 0
