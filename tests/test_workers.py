@@ -270,3 +270,73 @@ def test_filters_and_events_cover_every_worker(relay_factory: Factory, backend: 
     finally:
         for c in clients:
             c.close()
+
+
+def test_a_port_in_use_stops_the_start_with_the_usual_message(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    import socket
+
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen()
+    port = busy.getsockname()[1]
+    try:
+        relay = relay_factory(
+            {
+                "workers": 2,
+                "listener": [
+                    {"listen": f"tls:127.0.0.1:{port}", "backend": f"tcp:127.0.0.1:{backend.port}"}
+                ],
+            },
+            wait=False,
+        )
+        assert relay.proc.wait(30) == 2
+        assert "cannot start:" in relay.log
+        assert f"listener[0].listen: cannot listen on tls:127.0.0.1:{port}" in relay.log
+    finally:
+        busy.close()
+
+
+# -- merging, without processes ----------------------------------------------------------------
+
+
+def test_merged_counters_sum_and_keep_the_zero_series() -> None:
+    from tlstrace.relay.stats import RelayStats
+    from tlstrace.supervisor.merge import relay_stats
+
+    a = RelayStats(listeners=[("tls:x:1", ("inbound",))])
+    b = RelayStats(listeners=[("tls:x:1", ("inbound",))])
+    a.accepted["tls:x:1"] += 2
+    b.accepted["tls:x:1"] += 3
+    a.messages["tls:x:1", "from_client"]["INVITE"] += 1
+    b.messages["tls:x:1", "from_client"]["INVITE"] += 4
+    b.messages["tls:x:1", "to_client"]["2xx"] += 1
+    a.relay_seconds.observe(0.0001)
+    b.relay_seconds.observe(0.5)
+    b.backend_connect_failures = 7
+    m = relay_stats([a, b])
+    assert m.accepted["tls:x:1"] == 5
+    assert m.refused["tls:x:1"] == 0 and "tls:x:1" in m.refused  # still exported at 0
+    assert m.messages["tls:x:1", "from_client"]["INVITE"] == 5
+    assert m.messages["tls:x:1", "to_client"]["2xx"] == 1
+    assert sum(m.relay_seconds.counts) == 2
+    assert m.relay_seconds.sum == pytest.approx(0.5001)
+    assert m.backend_connect_failures == 7
+    assert a.accepted["tls:x:1"] == 2  # the inputs are left alone
+    assert m.listeners == a.listeners
+
+
+def test_readiness_names_every_worker() -> None:
+    from tlstrace.control import Readiness
+    from tlstrace.supervisor.merge import readiness
+
+    up = Readiness(True, {"listener tls:x:1": "up", "backend tcp:y:2": "reachable"})
+    down = Readiness(False, {"listener tls:x:1": "down", "backend tcp:y:2": "reachable"})
+    r = readiness({0: up, 1: up}, 2)
+    assert r.ready and r.checks["worker 1"] == "up"
+    r = readiness({0: up, 1: down}, 2)
+    assert not r.ready and r.checks["listener tls:x:1"] == "down"
+    r = readiness({0: up, 1: "restarting: pid 9 was killed by SIGKILL"}, 2)
+    assert not r.ready and r.checks["worker 1"].startswith("restarting")
+    assert not readiness({0: up}, 2).ready

@@ -505,6 +505,23 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def log_start(config_path: Path | None, workers: int = 1) -> None:
+    log.info(
+        "tlstrace %s starting (Python %s, %s); configuration: %s%s",
+        __version__,
+        platform.python_version(),
+        ssl.OPENSSL_VERSION,
+        config_path or "embedded defaults",
+        f"; {workers} worker processes" if workers > 1 else "",
+        extra={
+            "version": __version__,
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+            "config": str(config_path) if config_path else None,
+        },
+    )
+
+
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
     log.info(
         "tlstrace %s starting (Python %s, %s); configuration: %s",
@@ -567,8 +584,10 @@ def run_sidecar(
     config: Config, *, config_path: Path | None = None, overrides: Overrides | None = None
 ) -> int:
     raise_fd_limit()
-    if config.worker_count > 1:
+    workers = config.worker_count
+    if workers > 1:
         from tlstrace.supervisor.pool import supervise
 
+        log_start(config_path, workers)
         return uvloop.run(supervise(config, config_path, overrides, ApiHost()))
     return uvloop.run(serve(config, config_path, overrides))
