@@ -3,6 +3,7 @@ processes, real TLS)."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import threading
@@ -340,3 +341,26 @@ def test_readiness_names_every_worker() -> None:
     r = readiness({0: up, 1: "restarting: pid 9 was killed by SIGKILL"}, 2)
     assert not r.ready and r.checks["worker 1"].startswith("restarting")
     assert not readiness({0: up}, 2).ready
+
+
+def test_a_hung_worker_is_killed_and_replaced(relay_factory: Factory, backend: SipBackend) -> None:
+    """A worker whose event loop answers nothing (SIGSTOP here) misses heartbeats: killed and
+    started again; the API answers meanwhile with the other worker's view."""
+    relay = start(relay_factory, backend, 2)
+    http = api(relay)
+    hung = worker_pids(relay)[1]
+    os.kill(hung, signal.SIGSTOP)
+    try:
+        t0 = time.monotonic()
+        assert http.get("/api/connections").status_code == 200  # within the call time-out
+        assert time.monotonic() - t0 < 15
+        relay.wait_log(f"worker 1 (pid {hung}) answered no heartbeat", timeout=40)
+        relay.wait_log("worker 1 started again", timeout=40)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+    assert "was killed by SIGKILL" in relay.log
+    with TlsClient(relay.port()) as c:
+        c.send(request(call_id="after-hang@w"))
+        c.recv_messages(1)
+    assert http.get("/readyz").json()["ready"] is True

@@ -41,8 +41,11 @@ STABLE = 30.0
 REBIND_AFTER = 3
 #: seconds a worker may take to listen after it was started
 START_TIMEOUT = 60.0
-#: seconds between the supervisor's heartbeats to each worker
+#: seconds between the supervisor's heartbeats to each worker, how long one may take, and
+#: how many a worker may miss in a row before it is taken for hung (and killed)
 HEARTBEAT = 1.0
+HEARTBEAT_TIMEOUT = 5.0
+HUNG_AFTER = 3
 
 SIGHUP = SwitchedBy("signal", "SIGHUP")
 
@@ -89,6 +92,8 @@ class WorkerHandle:
         self.started = 0.0  # monotonic
         #: deaths in a row without a STABLE run in between
         self.failures = 0
+        #: heartbeats missed in a row
+        self.missed = 0
         self.ready: asyncio.Future[str | None] | None = None
 
     async def call(self, method: str, *args: Any, timeout: float) -> Any:
@@ -248,6 +253,7 @@ class Supervisor:
         finally:
             child.close()
         w.proc, w.pid, w.started, w.status = proc, proc.pid, time.monotonic(), "starting"
+        w.missed = 0
         reader, writer = await open_channel(parent)
         ready: asyncio.Future[str | None] = self.loop.create_future()
         w.ready = ready
@@ -338,13 +344,32 @@ class Supervisor:
     async def _heartbeat(self) -> None:
         """Each second: every worker's open connections (for the log line when it dies), and
         whether the supervisor has viewers of the event feed (the workers then send it
-        their events)."""
+        their events). A worker that misses HUNG_AFTER heartbeats in a row (its event loop is
+        stuck: it relays nothing either) is killed, and so replaced."""
         while True:
             await asyncio.sleep(HEARTBEAT)
             viewers = bool(self.feed.viewers)
-            for w in self.running():
-                with contextlib.suppress(ChannelClosed, asyncio.TimeoutError):
-                    w.connections = await w.call("heartbeat", viewers, timeout=5)
+            workers = self.running()
+            answers = await asyncio.gather(
+                *(w.call("heartbeat", viewers, timeout=HEARTBEAT_TIMEOUT) for w in workers),
+                return_exceptions=True,
+            )
+            for w, answer in zip(workers, answers, strict=True):
+                if isinstance(answer, int):
+                    w.connections, w.missed = answer, 0
+                    continue
+                if not isinstance(answer, asyncio.TimeoutError) or not w.live:
+                    continue
+                w.missed += 1
+                if w.missed >= HUNG_AFTER and w.proc is not None and w.proc.returncode is None:
+                    log.error(
+                        "worker %d (pid %s) answered no heartbeat for %d s: killing it",
+                        w.index,
+                        w.pid,
+                        round(w.missed * (HEARTBEAT + HEARTBEAT_TIMEOUT)),
+                    )
+                    with contextlib.suppress(ProcessLookupError):
+                        w.proc.kill()
 
     async def _reload(self, by: SwitchedBy) -> None:
         outcome = await self.control.reload(by)
