@@ -2,7 +2,7 @@
 
     python -m bench.workers switch   --workers 8        # a tracing switch reaching every worker
     python -m bench.workers scrape   --workers 2 --conns 10000   # /metrics, /api/connections
-    python -m bench.workers throughput --workers 1 2    # round trips/s, saturated (50 x 4)
+    python -m bench.workers throughput --workers 1 2    # saturated 50 x 4, and handshakes
 
 Each case starts the responder (`tlstrace.responder`) and `tlstrace run` with a generated
 configuration, drives it (`bench.loadgen` for connections and load; httpx for the API), prints
@@ -198,33 +198,38 @@ def scrape(args: argparse.Namespace, workdir: Path) -> None:
                 relay.stop()
 
 
+def _loadgen(relay: Relay, mode: str, *extra: str) -> dict[str, Any]:
+    cpu = [a for pid in relay.pids() for a in ("--cpu-pid", str(pid))]
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.loadgen",
+            mode,
+            "--target",
+            f"tls:127.0.0.1:{relay.port}",
+            *extra,
+            *cpu,
+        ],
+        capture_output=True,
+        check=True,
+        text=True,
+    ).stdout
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
 def throughput(args: argparse.Namespace, workdir: Path) -> None:
+    """Saturated: 50 connections with 4 INVITEs in flight each; then new TLS 1.3
+    connections (handshake, OPTIONS, close) from 50 concurrent clients."""
     with responder() as backend:
         for workers in args.workers:
             relay = Relay(workdir, workers, backend)
             try:
-                cpu = [a for pid in relay.pids() for a in ("--cpu-pid", str(pid))]
-                out = subprocess.run(
-                    [
-                        sys.executable,
-                        "-m",
-                        "bench.loadgen",
-                        "persistent",
-                        "--target",
-                        f"tls:127.0.0.1:{relay.port}",
-                        "--conns",
-                        "50",
-                        "--inflight",
-                        "4",
-                        "--duration",
-                        str(args.duration),
-                        *cpu,
-                    ],
-                    capture_output=True,
-                    check=True,
-                    text=True,
-                ).stdout
-                r = json.loads(out.strip().splitlines()[-1])
+                d = str(args.duration)
+                r = _loadgen(
+                    relay, "persistent", "--conns", "50", "--inflight", "4", "--duration", d
+                )
                 msgs = 2 * r["round_trips"]  # each round trip: a request in, its answer out
                 print(
                     json.dumps(
@@ -232,11 +237,25 @@ def throughput(args: argparse.Namespace, workdir: Path) -> None:
                             "case": "saturated 50 x 4 INVITE",
                             "workers": workers,
                             "round_trips_per_s": round(r["rate"]),
-                            "relay_cpu_us_per_message": round(1e6 * r["relay_cpu_s"] / msgs, 2)
-                            if r["relay_cpu_s"]
-                            else None,
-                            "loadgen_cpu_s": round(r["loadgen_cpu_s"], 2),
-                            "window_s": round(r["window_s"], 2),
+                            "relay_cpu_us_per_message": round(1e6 * r["relay_cpu_s"] / msgs, 2),
+                            "relay_cores": round(r["relay_cpu_s"] / r["window_s"], 2),
+                            "loadgen_cores": round(r["loadgen_cpu_s"] / r["window_s"], 2),
+                        }
+                    )
+                )
+                h = _loadgen(relay, "handshake", "--conns", "50", "--duration", d)
+                print(
+                    json.dumps(
+                        {
+                            "case": "new TLS 1.3 connections, 50 clients",
+                            "workers": workers,
+                            "handshakes_per_s": round(h["rate"]),
+                            "relay_cpu_us_per_handshake": round(
+                                1e6 * h["relay_cpu_s"] / max(1, h["operations"])
+                            ),
+                            "relay_cores": round(h["relay_cpu_s"] / h["window_s"], 2),
+                            "loadgen_cores": round(h["loadgen_cpu_s"] / h["window_s"], 2),
+                            "errors": h["errors"],
                         }
                     )
                 )
