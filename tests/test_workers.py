@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -364,3 +365,29 @@ def test_a_hung_worker_is_killed_and_replaced(relay_factory: Factory, backend: S
         c.send(request(call_id="after-hang@w"))
         c.recv_messages(1)
     assert http.get("/readyz").json()["ready"] is True
+
+
+def test_workers_stop_when_the_supervisor_is_gone(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    relay = start(relay_factory, backend, 2, shutdown_timeout=1.0)
+    pids = worker_pids(relay)
+    os.kill(relay.proc.pid, signal.SIGKILL)
+    relay.proc.wait(10)
+    deadline = time.monotonic() + 20
+    for pid in pids:
+        while True:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                break
+            # a zombie until its parent (gone) is reaped by init: look at its state
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+            except OSError:
+                break
+            if state == "Z":
+                break
+            assert time.monotonic() < deadline, f"worker {pid} still runs"
+            time.sleep(0.1)
+    assert "the supervisor is gone: shutting down" in relay.log
