@@ -391,3 +391,60 @@ def test_workers_stop_when_the_supervisor_is_gone(
             assert time.monotonic() < deadline, f"worker {pid} still runs"
             time.sleep(0.1)
     assert "the supervisor is gone: shutting down" in relay.log
+
+
+def test_the_channel_answers_calls_raises_errors_and_notices_a_gone_worker() -> None:
+    import asyncio
+    import socket
+
+    from tlstrace.config import ConfigError
+    from tlstrace.control import NoDestination
+    from tlstrace.supervisor.channel import (
+        Caller,
+        ChannelClosed,
+        answer_calls,
+        notify,
+        open_channel,
+    )
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        notices: list[tuple[str, object]] = []
+        r1, w1 = await open_channel(a)
+        r2, w2 = await open_channel(b)
+        caller = Caller(r1, w1, lambda kind, value: notices.append((kind, value)))
+
+        async def add(x: int, y: int) -> int:
+            await asyncio.sleep(0.01 * x)
+            return x + y
+
+        async def no_dest() -> None:
+            raise NoDestination("none")
+
+        async def bad() -> None:
+            raise ConfigError("file", "key", "broken")  # does not unpickle as itself
+
+        serving = asyncio.create_task(
+            answer_calls(r2, w2, {"add": add, "no_dest": no_dest, "bad": bad})
+        )
+        # concurrent calls, answered out of order, each to its caller
+        assert await asyncio.gather(caller.call("add", 3, 1), caller.call("add", 1, 1)) == [4, 2]
+        with pytest.raises(NoDestination):
+            await caller.call("no_dest")
+        with pytest.raises(RuntimeError, match="ConfigError: file: key: broken"):
+            await caller.call("bad")
+        with pytest.raises(LookupError, match="no call named 'missing'"):
+            await caller.call("missing")
+        notify(w2, "ready", 42)
+        await asyncio.sleep(0.05)
+        assert notices == [("ready", 42)]
+        pending = asyncio.create_task(caller.call("add", 100, 0))
+        await asyncio.sleep(0.05)
+        serving.cancel()
+        w2.close()
+        with pytest.raises(ChannelClosed):
+            await pending
+        with pytest.raises(ChannelClosed):
+            await caller.call("add", 1, 2)
+
+    asyncio.run(main())

@@ -115,13 +115,15 @@ async def answer_calls(
 
     async def one(seq: int, method: str, args: tuple[Any, ...]) -> None:
         try:
-            handler = handlers[method]
+            handler = handlers.get(method)
+            if handler is None:
+                raise LookupError(f"no call named {method!r}")
             reply = (seq, True, await handler(*args))
         except Exception as e:  # the caller gets it
-            reply = (seq, False, e)
+            reply = (seq, False, _portable(e))
         try:
             data = frame(reply)
-        except Exception as e:  # an exception that does not pickle
+        except Exception as e:  # a result that does not pickle
             data = frame((seq, False, RuntimeError(f"{type(e).__name__}: {e}")))
         writer.write(data)
 
@@ -133,6 +135,16 @@ async def answer_calls(
         task = loop.create_task(one(seq, method, args))
         tasks.add(task)
         task.add_done_callback(tasks.discard)
+
+
+def _portable(e: Exception) -> Exception:
+    """`e` if it survives pickling both ways (an exception whose __init__ takes other
+    arguments than it passes to Exception does not unpickle), else a RuntimeError saying it."""
+    try:
+        pickle.loads(pickle.dumps(e))
+    except Exception:
+        return RuntimeError(f"{type(e).__name__}: {e}")
+    return e
 
 
 def notify(writer: asyncio.StreamWriter, kind: str, value: Any) -> None:

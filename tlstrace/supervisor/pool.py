@@ -163,7 +163,7 @@ class Supervisor:
         async with self.state_lock:
             self.set_trace_wanted(
                 TraceWanted(
-                    state.enabled, state.until, SwitchedBy("file", f"the state in {self.source}")
+                    state.enabled, state.until, SwitchedBy("file", "the other workers' state")
                 )
             )
             self.set_rules(rules)
