@@ -448,3 +448,24 @@ def test_the_channel_answers_calls_raises_errors_and_notices_a_gone_worker() -> 
             await caller.call("add", 1, 2)
 
     asyncio.run(main())
+
+
+def test_the_workers_flag_and_key() -> None:
+    from tlstrace.config import ConfigError, Overrides, load_config
+    from tlstrace.config.load import validate
+    from tlstrace.config.model import resolve_workers
+
+    assert load_config(None, Overrides(workers="3")).workers == 3
+    auto = load_config(None, Overrides(workers="auto"))
+    assert auto.workers == "auto"
+    assert auto.worker_count == resolve_workers("auto") == max(1, len(os.sched_getaffinity(0)))
+    assert load_config(None).worker_count == 1
+    for bad, why in (("0", "from 1 to 64"), ("65", "from 1 to 64"), ("two", "a number or 'auto'")):
+        with pytest.raises(ConfigError, match=why) as e:
+            load_config(None, Overrides(workers=bad))
+        assert e.value.source == "--workers"
+    with pytest.raises(ConfigError, match="workers"):
+        validate({"workers": 0}, "f.toml")
+    with pytest.raises(ConfigError, match="workers"):
+        validate({"workers": "many"}, "f.toml")
+    assert validate({"workers": "auto"}, "f.toml").workers == "auto"
