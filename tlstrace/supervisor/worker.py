@@ -17,10 +17,11 @@ import socket
 import sys
 import time
 from collections import deque
-from typing import Any, cast
+from typing import cast
 
 import uvloop
 
+from tlstrace.app import Sidecar, StartupError, raise_fd_limit
 from tlstrace.config import Config, ConfigError
 from tlstrace.feed import Viewer
 from tlstrace.logs import setup_logging
@@ -28,6 +29,7 @@ from tlstrace.relay import listening
 from tlstrace.relay.connection import set_worker
 from tlstrace.supervisor.boot import TraceWanted, WorkerBoot
 from tlstrace.supervisor.channel import Handler, answer_calls, notify, open_channel, read_frame
+from tlstrace.trace.filters import TraceFilter
 
 log = logging.getLogger("tlstrace")
 
@@ -63,7 +65,7 @@ class _WorkerTag(logging.Filter):
         return True
 
 
-def apply_trace(sidecar: Any, wanted: TraceWanted) -> None:
+def apply_trace(sidecar: Sidecar, wanted: TraceWanted) -> None:
     """Put the wanted tracing state in force (a no-op when it already is)."""
     tracing, timer = sidecar.tracing, sidecar.trace_timer
     on = wanted.on and bool(len(sidecar.senders))
@@ -85,9 +87,6 @@ async def _run(sock: socket.socket) -> int:
     set_worker(boot.index)
     for address, fd in boot.listeners.items():
         listening.inherited[address] = socket.socket(fileno=fd)
-    from tlstrace.app import Sidecar, StartupError
-    from tlstrace.trace.filters import TraceFilter
-
     try:
         sidecar = Sidecar(
             config, boot.config_path, boot.overrides, serve_api=False, watch_config=False
@@ -163,8 +162,6 @@ async def _run(sock: socket.socket) -> int:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     sock = socket.socket(fileno=int(args[0]))
-    from tlstrace.app import raise_fd_limit
-
     raise_fd_limit()
     return uvloop.run(_run(sock))
 
