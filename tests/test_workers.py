@@ -205,7 +205,7 @@ def test_a_killed_worker_is_replaced_and_the_port_keeps_serving(
         assert metric(text, "tlstrace_workers_running") == 2
         assert http.get("/readyz").json()["checks"]["worker 0"] == "up"
         # the replacement got the tracing state
-        fresh = open_clients(relay, 8)
+        fresh = open_clients(relay, 16)
         try:
             now = connection_ids(http)
             assert 0 in {worker_of(i) for i in now}
@@ -257,7 +257,7 @@ def test_filters_and_events_cover_every_worker(relay_factory: Factory, backend: 
     assert http.get("/api/trace").json()["filter_rules"] == 1
     reader = EventReader(relay)
     time.sleep(1.5)  # the workers learn of the viewer at the next heartbeat
-    clients = open_clients(relay, 12)
+    clients = open_clients(relay, 16)
     try:
         ids = {str(i) for i in connection_ids(http)}
         owners = {worker_of(int(i)) for i in ids}
