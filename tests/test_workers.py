@@ -115,6 +115,9 @@ def test_one_api_traces_and_lists_every_workers_connections(
         assert metric(text, "tlstrace_workers_running") == workers
         assert metric(text, "tlstrace_worker_restarts_total") == 0
         assert text.count("tlstrace_build_info{") == 1
+        for i in range(workers):  # each worker's own CPU and memory
+            assert metric(text, f'tlstrace_worker_cpu_seconds_total{{worker="{i}"}}') > 0
+            assert metric(text, f'tlstrace_worker_resident_memory_bytes{{worker="{i}"}}') > 1e7
         assert metric(text, "tlstrace_tracing_enabled") == 1
         # two requests on each connection, each answered
         assert metric(text, "tlstrace_sip_messages_total") == 2 * 2 * len(clients)

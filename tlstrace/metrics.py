@@ -257,6 +257,20 @@ def _workers(c: Counters) -> Iterator[Metric]:
         [],
         [((), c.worker_restarts)],
     )
+    yield _counter(
+        "tlstrace_worker_cpu_seconds_total",
+        "CPU time (user and system) of each running worker process",
+        ["worker"],
+        (((str(p.index),), p.cpu_seconds) for p in c.worker_processes),
+    )
+    memory = GaugeMetricFamily(
+        "tlstrace_worker_resident_memory_bytes",
+        "Resident memory of each running worker process",
+        labels=["worker"],
+    )
+    for p in c.worker_processes:
+        memory.add_metric([str(p.index)], p.resident_bytes)
+    yield memory
 
 
 def _tracing(c: Counters) -> Iterator[Metric]:

@@ -6,6 +6,7 @@ before the answer, and are remembered for workers started later."""
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
@@ -23,6 +24,7 @@ from tlstrace.control import (
     TraceRules,
     TraceStatus,
     TracingCounters,
+    WorkerProcess,
 )
 from tlstrace.feed import EventFeed
 from tlstrace.relay.connection import worker_of
@@ -38,6 +40,7 @@ class Worker(Protocol):
     index: int
     live: bool
     status: str
+    pid: int | None
 
     async def call(self, method: str, *args: Any, timeout: float) -> Any: ...
 
@@ -258,7 +261,31 @@ class WorkersControl:
             )
         c.workers_running = sum(1 for w in sup.workers if w.live)
         c.worker_restarts = sup.restarts
+        c.worker_processes = [
+            p
+            for w in sup.workers
+            if w.live and w.pid is not None
+            for p in [process_usage(w.index, w.pid)]
+            if p is not None
+        ]
         return c
+
+
+_TICKS = os.sysconf("SC_CLK_TCK")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def process_usage(index: int, pid: int) -> WorkerProcess | None:
+    """CPU (user + system) and resident memory of a worker, from /proc (Linux); None when it
+    cannot be read."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            fields = f.read().rsplit(b")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    # after the command: state is field 3, utime 14, stime 15, rss 24 (proc(5))
+    cpu = (int(fields[11]) + int(fields[12])) / _TICKS
+    return WorkerProcess(index, pid, cpu, int(fields[21]) * _PAGE)
 
 
 __all__ = ["RelayStats", "WorkersControl"]
