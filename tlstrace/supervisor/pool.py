@@ -277,6 +277,11 @@ class Supervisor:
             w.caller.close()
             w.status = f"could not start: {reason}"
             return reason
+        if self.config is not boot.config:  # a reload ran while it started
+            with contextlib.suppress(ChannelClosed, TimeoutError):
+                await w.call(
+                    "reload", SwitchedBy("signal", "the other workers' reload"), timeout=60
+                )
         async with self.state_lock:
             if self.version != version:  # a switch came while it started
                 with contextlib.suppress(ChannelClosed, asyncio.TimeoutError):
