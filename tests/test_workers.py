@@ -472,3 +472,17 @@ def test_the_workers_flag_and_key() -> None:
     with pytest.raises(ConfigError, match="workers"):
         validate({"workers": "many"}, "f.toml")
     assert validate({"workers": "auto"}, "f.toml").workers == "auto"
+
+
+def test_a_connection_view_crosses_as_a_row_and_back() -> None:
+    import dataclasses
+
+    from tlstrace.control import CertificateView, ConnectionView
+    from tlstrace.supervisor.boot import row_view, view_row
+
+    values: dict[str, Any] = {}
+    for i, f in enumerate(dataclasses.fields(ConnectionView)):
+        values[f.name] = f"v{i}" if f.name not in ("peer_certificate",) else None
+    values["local_certificate"] = CertificateView("s", "i", "01", "ab", "2030-01-01")
+    view = ConnectionView(**values)
+    assert row_view(view_row(view)) == view

@@ -1,12 +1,13 @@
-"""What the supervisor gives a worker when it starts it: plain, picklable data."""
+"""What the supervisor gives a worker when it starts it, and the row form of a connection
+view: plain, picklable data."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 from tlstrace.config import Config, Overrides
-from tlstrace.control import TraceRules
+from tlstrace.control import ConnectionView, TraceRules
 from tlstrace.trace.tracer import SwitchedBy
 
 
@@ -29,3 +30,15 @@ class WorkerBoot:
     listeners: dict[tuple[str, int], int]
     trace: TraceWanted | None
     rules: TraceRules | None
+
+
+_VIEW_FIELDS = tuple(f.name for f in fields(ConnectionView))
+
+
+def view_row(view: ConnectionView) -> tuple[object, ...]:
+    """A connection view as a tuple of its fields, in their order."""
+    return tuple(getattr(view, name) for name in _VIEW_FIELDS)
+
+
+def row_view(row: tuple[object, ...]) -> ConnectionView:
+    return ConnectionView(*row)  # type: ignore[arg-type]

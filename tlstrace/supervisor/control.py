@@ -30,7 +30,7 @@ from tlstrace.feed import EventFeed
 from tlstrace.relay.connection import worker_of
 from tlstrace.relay.stats import RelayStats
 from tlstrace.supervisor import merge
-from tlstrace.supervisor.boot import TraceWanted
+from tlstrace.supervisor.boot import TraceWanted, row_view
 from tlstrace.supervisor.channel import ChannelClosed
 
 
@@ -172,8 +172,8 @@ class WorkersControl:
     async def connections(
         self, direction: Direction | None = None, traced: bool | None = None, limit: int = 1000
     ) -> list[ConnectionView]:
-        lists = await self._each("connections", direction, traced, limit)
-        merged = [c for views in lists.values() for c in views]
+        lists = await self._each("connection_rows", direction, traced, limit)
+        merged = [row_view(row) for rows in lists.values() for row in rows]
         merged.sort(key=lambda c: c.started)
         return merged[:limit]
 
