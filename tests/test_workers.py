@@ -486,3 +486,67 @@ def test_a_connection_view_crosses_as_a_row_and_back() -> None:
     values["local_certificate"] = CertificateView("s", "i", "01", "ab", "2030-01-01")
     view = ConnectionView(**values)
     assert row_view(view_row(view)) == view
+
+
+def test_merged_counters_do_not_fall_when_a_worker_is_killed(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    """A dead worker's last counters stay in the sums (and are not counted twice once its
+    replacement answers)."""
+    relay = start(relay_factory, backend, 2)
+    http = api(relay)
+    clients = open_clients(relay, 16)
+    try:
+        owners = {worker_of(i) for i in connection_ids(http)}
+        assert owners == {0, 1}, owners
+        before = http.get("/metrics").text
+        messages = metric(before, "tlstrace_sip_messages_total")
+        assert messages == 2 * len(clients)
+        accepted = metric(before, "tlstrace_connections_accepted_total")
+        handshakes = metric(before, "tlstrace_handshake_duration_seconds_count")
+        os.kill(worker_pids(relay)[0], signal.SIGKILL)
+        relay.wait_log("worker 0 started again", timeout=30)
+        for _ in range(2):  # the replacement answers both times
+            after = http.get("/metrics").text
+            assert metric(after, "tlstrace_workers_running") == 2
+            assert metric(after, "tlstrace_sip_messages_total") == messages
+            assert metric(after, "tlstrace_connections_accepted_total") >= accepted
+            assert metric(after, "tlstrace_handshake_duration_seconds_count") >= handshakes
+            # the dead worker's connections are no longer open
+            assert metric(after, "tlstrace_connections_open") < len(clients)
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_a_stuck_worker_does_not_hold_the_api_and_is_named(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    """SIGSTOP: the switch, /metrics, /readyz and the connection list answer well before the
+    10 s call time-out; the switch and the tracing state name the worker that did not
+    answer; readiness says it is not ready; its last counters still count."""
+    relay = start(relay_factory, backend, 2, hep_id=[sink.hep_id])
+    http = api(relay)
+    clients = open_clients(relay, 16)
+    hung = worker_pids(relay)[1]
+    try:
+        messages = metric(http.get("/metrics").text, "tlstrace_sip_messages_total")
+        os.kill(hung, signal.SIGSTOP)
+        t0 = time.monotonic()
+        answer = http.put("/api/trace", json={"tracing": "on"})
+        assert answer.status_code == 200, answer.text
+        assert answer.json()["workers_not_answering"] == [1]
+        assert http.get("/api/trace").json()["workers_not_answering"] == [1]
+        ready = http.get("/readyz")
+        assert ready.status_code == 503
+        assert ready.json()["checks"]["worker 1"].startswith("not answering")
+        assert metric(http.get("/metrics").text, "tlstrace_sip_messages_total") == messages
+        assert http.get("/api/connections").status_code == 200
+        # all of that before the heartbeat replaces the worker (3 missed, about 18 s)
+        assert time.monotonic() - t0 < 15
+        assert "did not answer" in relay.log
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(hung, signal.SIGCONT)
+        for c in clients:
+            c.close()

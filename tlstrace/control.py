@@ -99,6 +99,8 @@ class TraceStatus:
     traced_connections: int
     #: when tracing switches itself off (time.time()); None: no limit
     until: float | None
+    #: with worker processes: the workers that did not answer in time (their state unknown)
+    not_answering: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

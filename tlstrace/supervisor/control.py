@@ -6,6 +6,8 @@ before the answer, and are remembered for workers started later."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
+import logging
 import os
 import time
 from collections.abc import Sequence
@@ -32,6 +34,8 @@ from tlstrace.relay.stats import RelayStats
 from tlstrace.supervisor import merge
 from tlstrace.supervisor.boot import TraceWanted, row_view
 from tlstrace.supervisor.channel import ChannelClosed
+
+log = logging.getLogger("tlstrace")
 
 
 class Worker(Protocol):
@@ -69,9 +73,13 @@ class Pool(Protocol):
     async def resync(self) -> None: ...
 
 
-#: seconds a worker has to answer a call (a reload reads files and builds contexts)
+#: seconds a worker has to answer a call that changes something (a filter, a connection)
 CALL_TIMEOUT = 10.0
-RELOAD_TIMEOUT = 60.0
+#: seconds a worker has to answer a read (/metrics, /readyz, the connection list, the
+#: tracing state) and a tracing switch: a stuck worker must not hold the API; it is named
+#: (and the heartbeat replaces it)
+READ_TIMEOUT = 2.0
+SWITCH_TIMEOUT = 5.0
 
 
 class WorkersControl:
@@ -80,6 +88,13 @@ class WorkersControl:
         self._reload_lock = asyncio.Lock()
         self._reload_next: asyncio.Future[ReloadOutcome] | None = None
         self._reload_by = SwitchedBy("api", "the API")
+        #: each slot's last counters, with the pid of the worker that gave them: a worker
+        #: that does not answer a scrape counts with these
+        self._last: dict[int, tuple[int, Counters]] = {}
+        #: the counters of workers that died, summed (gauges left out): merged counters never
+        #: fall when a worker dies
+        self._retired: Counters | None = None
+        self._retired_pids: set[int] = set()
 
     @property
     def config(self) -> Config:
@@ -89,49 +104,76 @@ class WorkersControl:
     def feed(self) -> EventFeed:
         return self.sup.feed
 
-    async def _each(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> dict[int, Any]:
-        """Ask every running worker; the answers by worker index (a worker that died
-        meanwhile gives none). Other exceptions are raised."""
+    async def _ask(
+        self, method: str, *args: Any, timeout: float
+    ) -> tuple[dict[int, Any], list[int]]:
+        """Ask every running worker; the answers by worker index (exceptions included), and
+        the workers that did not answer in time. A worker that died meanwhile is in neither."""
         workers = self.sup.running()
         results = await asyncio.gather(
             *(w.call(method, *args, timeout=timeout) for w in workers), return_exceptions=True
         )
         out: dict[int, Any] = {}
+        late: list[int] = []
         for w, r in zip(workers, results, strict=True):
-            if isinstance(r, (ChannelClosed, asyncio.TimeoutError)):
-                continue
+            if isinstance(r, asyncio.TimeoutError):
+                late.append(w.index)
+            elif not isinstance(r, ChannelClosed):
+                out[w.index] = r
+        if late:
+            log.warning(
+                "%s: worker(s) %s did not answer in %g s",
+                method,
+                ", ".join(map(str, late)),
+                timeout,
+                extra={"workers_not_answering": late},
+            )
+        return out, late
+
+    async def _each(self, method: str, *args: Any, timeout: float = CALL_TIMEOUT) -> dict[int, Any]:
+        """Ask every running worker; the answers by worker index (a worker that died or did
+        not answer in time gives none). Other exceptions are raised."""
+        out, _ = await self._ask(method, *args, timeout=timeout)
+        for r in out.values():
             if isinstance(r, BaseException):
                 raise r
-            out[w.index] = r
         return out
 
     async def _one(self, method: str, *args: Any) -> Any:
         for w in self.sup.running():
             try:
-                return await w.call(method, *args, timeout=CALL_TIMEOUT)
+                return await w.call(method, *args, timeout=READ_TIMEOUT)
             except (TimeoutError, ChannelClosed):
                 continue
         raise ChannelClosed("no worker is running")
 
+    def _no_worker_state(self) -> TraceStatus:
+        want = self.sup.trace_wanted
+        return TraceStatus(
+            enabled=bool(want and want.on),
+            destinations=(),
+            keys=self.config.trace_keys,
+            filter_rules=len(self.config.trace_filter),
+            traced_connections=0,
+            until=want.until if want else None,
+        )
+
     async def trace_state(self) -> TraceStatus:
-        states = list((await self._each("trace_state")).values())
-        if not states:
-            want = self.sup.trace_wanted
-            return TraceStatus(
-                enabled=bool(want and want.on),
-                destinations=(),
-                keys=self.config.trace_keys,
-                filter_rules=len(self.config.trace_filter),
-                traced_connections=0,
-                until=want.until if want else None,
-            )
-        return merge.trace_states(states)
+        answers, late = await self._ask("trace_state", timeout=READ_TIMEOUT)
+        states = [a for a in answers.values() if isinstance(a, TraceStatus)]
+        state = merge.trace_states(states) if states else self._no_worker_state()
+        return dataclasses.replace(state, not_answering=tuple(late))
 
     async def switch_tracing(
         self, on: bool, for_seconds: float | None, by: SwitchedBy
     ) -> TraceStatus:
+        """Every running worker switches (one wait of SWITCH_TIMEOUT at most); the answer is
+        made of theirs, and names the workers that did not answer (they get the state when
+        they answer again, or their replacement does)."""
         async with self.sup.state_lock:
-            answers = await self._each_settled("switch_tracing", on, for_seconds, by)
+            answers, late = await self._ask(
+                "switch_tracing", on, for_seconds, by, timeout=SWITCH_TIMEOUT
+            )
             if any(isinstance(a, NoDestination) for a in answers.values()):
                 raise NoDestination("no HEP destination is configured (hep_id)")
             states = [a for a in answers.values() if isinstance(a, TraceStatus)]
@@ -139,20 +181,13 @@ class WorkersControl:
             if on and for_seconds and until is None:
                 until = time.time() + for_seconds
             self.sup.set_trace_wanted(TraceWanted(on, until, by))
-        return await self.trace_state()
+        state = merge.trace_states(states) if states else self._no_worker_state()
+        return dataclasses.replace(state, not_answering=tuple(late))
 
     async def _each_settled(self, method: str, *args: Any) -> dict[int, Any]:
         """As `_each`, but exceptions are answers too."""
-        workers = self.sup.running()
-        results = await asyncio.gather(
-            *(w.call(method, *args, timeout=CALL_TIMEOUT) for w in workers),
-            return_exceptions=True,
-        )
-        return {
-            w.index: r
-            for w, r in zip(workers, results, strict=True)
-            if not isinstance(r, (ChannelClosed, asyncio.TimeoutError))
-        }
+        out, _ = await self._ask(method, *args, timeout=CALL_TIMEOUT)
+        return out
 
     async def trace_filter(self) -> TraceRules:
         try:
@@ -172,7 +207,7 @@ class WorkersControl:
     async def connections(
         self, direction: Direction | None = None, traced: bool | None = None, limit: int = 1000
     ) -> list[ConnectionView]:
-        lists = await self._each("connection_rows", direction, traced, limit)
+        lists = await self._each("connection_rows", direction, traced, limit, timeout=READ_TIMEOUT)
         merged = [row_view(row) for rows in lists.values() for row in rows]
         merged.sort(key=lambda c: c.started)
         return merged[:limit]
@@ -205,7 +240,8 @@ class WorkersControl:
         return closed
 
     async def destinations(self) -> list[SenderStats]:
-        return merge.senders(list((await self._each("destinations")).values()))
+        answers = await self._each("destinations", timeout=READ_TIMEOUT)
+        return merge.senders(list(answers.values()))
 
     async def reload(self, by: SwitchedBy) -> ReloadOutcome:
         """Every worker reloads; requests that come while a reload runs are answered by the
@@ -221,7 +257,7 @@ class WorkersControl:
             return await self._reload_all(self._reload_by)
 
     async def _reload_all(self, by: SwitchedBy) -> ReloadOutcome:
-        answers = await self._each_settled("reload", by)
+        answers, _ = await self._ask("reload", by, timeout=CALL_TIMEOUT)
         if not answers:
             return ReloadOutcome(False, "no worker is running")
         failed = {i: a for i, a in answers.items() if not (isinstance(a, ReloadOutcome) and a.ok)}
@@ -239,12 +275,52 @@ class WorkersControl:
         answers: dict[int, Readiness | str] = {
             w.index: w.status for w in self.sup.workers if not w.live
         }
-        answers.update(await self._each("readiness"))
+        got, late = await self._ask("readiness", timeout=READ_TIMEOUT)
+        for index, answer in got.items():
+            if isinstance(answer, BaseException):
+                raise answer
+            answers[index] = answer
+        for index in late:
+            answers[index] = f"not answering (in {READ_TIMEOUT:g} s)"
         return merge.readiness(answers, len(self.sup.workers))
 
+    def retire(self, index: int, pid: int | None) -> None:
+        """The worker `pid` of slot `index` died: its last counters join the retired sum."""
+        if pid is not None:
+            self._retired_pids.add(pid)
+        last = self._last.get(index)
+        if last is None or last[0] != pid:
+            return
+        del self._last[index]
+        dead = merge.retired(last[1])
+        self._retired = (
+            dead
+            if self._retired is None
+            else merge.counters([self._retired, dead], RelayStats(), self.sup.started)
+        )
+
     async def counters(self) -> Counters:
+        """The running workers' counters (a worker that does not answer in time counts with
+        its last ones), those of the workers that died, and the supervisor's own, merged."""
         sup = self.sup
-        got = list((await self._each("counters")).values())
+        workers = sup.running()
+        pids = {w.index: w.pid for w in workers}
+        answers, _ = await self._ask("counters", timeout=READ_TIMEOUT)
+        for index, answer in answers.items():
+            if isinstance(answer, BaseException):
+                raise answer
+            pid = pids.get(index)
+            if pid is not None and pid not in self._retired_pids:
+                self._last[index] = (pid, answer)
+        got = [
+            c
+            for w in sup.workers
+            if w.live
+            for pid, c in [self._last.get(w.index, (None, None))]
+            if c is not None and pid == w.pid
+        ]
+        if self._retired is not None:
+            got.append(self._retired)  # last: the build and certificates are a live one's
         if got:
             c = merge.counters(got, sup.stats, sup.started)
         else:

@@ -108,6 +108,27 @@ def counters(all_counters: list[Counters], own: RelayStats, started: float) -> C
     )
 
 
+def retired(c: Counters) -> Counters:
+    """What stays of a worker that died in the merged counters: its counters and histograms;
+    its gauges (connections open, queues, table entries) at 0 and its states neutral."""
+    return Counters(
+        started=c.started,
+        stats=copy.deepcopy(c.stats),
+        open_connections=dict.fromkeys(c.open_connections, 0),
+        bytes_relayed=dict(c.bytes_relayed),
+        trunk_tables={name: (0, ev) for name, (_, ev) in c.trunk_tables.items()},
+        upstreams=[],
+        tracing=TracingCounters(
+            False, c.tracing.packets, dict(c.tracing.oversize), c.tracing.keylog_errors
+        ),
+        destinations=[
+            dataclasses.replace(s, queue_depth=0, queue_bytes=0, buffered_bytes=0, connected=True)
+            for s in c.destinations
+        ],
+        certificates=c.certificates,
+    )
+
+
 def trace_states(states: list[TraceStatus]) -> TraceStatus:
     """On when every worker traces; the connections traced summed; the earliest limit."""
     first = states[0]

@@ -314,6 +314,7 @@ class Supervisor:
             w.live = False
             if w.caller is not None:
                 w.caller.close()
+            self.control.retire(w.index, w.pid)
             if self.stopping:
                 w.status = "stopped"
                 return
