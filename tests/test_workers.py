@@ -550,3 +550,49 @@ def test_a_stuck_worker_does_not_hold_the_api_and_is_named(
             os.kill(hung, signal.SIGCONT)
         for c in clients:
             c.close()
+
+
+def listening_inodes(port: int) -> set[str]:
+    out: set[str] = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:
+                    out.add(fields[9])
+    return out
+
+
+def socket_inodes(pid: int) -> set[str]:
+    out: set[str] = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                out.add(target[8:-1])
+    return out
+
+
+def test_after_sigterm_the_supervisor_holds_no_listening_socket(
+    relay_factory: Factory, backend: SipBackend
+) -> None:
+    """The supervisor closes its copies of the relay's listening sockets as soon as it has
+    signalled the workers (a stuck worker keeps it waiting here): once the workers closed
+    theirs, nothing completes new connections that no one would accept."""
+    relay = start(relay_factory, backend, 2, shutdown_timeout=10.0)
+    port = relay.port()
+    sup = relay.proc.pid
+    assert socket_inodes(sup) & listening_inodes(port)
+    stuck = worker_pids(relay)[1]
+    os.kill(stuck, signal.SIGSTOP)
+    try:
+        relay.proc.send_signal(signal.SIGTERM)
+        relay.wait_log("shutting down: 2 worker(s)", timeout=10)
+        deadline = time.monotonic() + 5  # the supervisor waits 15 s for the stuck worker
+        while socket_inodes(sup) & listening_inodes(port):
+            assert time.monotonic() < deadline, "the supervisor still holds a listener"
+            time.sleep(0.05)
+        assert relay.proc.poll() is None  # still waiting for the stuck worker
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(stuck, signal.SIGCONT)

@@ -403,12 +403,16 @@ class Supervisor:
         self.stopped.set()
 
     async def _stop_workers(self, grace: float) -> None:
-        """SIGTERM to every worker; SIGKILL to those still running after `grace` seconds."""
+        """SIGTERM to every worker; SIGKILL to those still running after `grace` seconds.
+        The supervisor's copies of the listening sockets are closed at once: once the
+        workers have closed theirs, the kernel refuses new connections (no one would accept
+        them)."""
         procs = [w.proc for w in self.workers if w.proc is not None]
         for p in procs:
             if p.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     p.send_signal(signal.SIGTERM)
+        self.close_sockets()
         waits = [self.loop.create_task(p.wait()) for p in procs]
         if waits:
             _, pending = await asyncio.wait(waits, timeout=grace)
