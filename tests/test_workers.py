@@ -596,3 +596,54 @@ def test_after_sigterm_the_supervisor_holds_no_listening_socket(
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.kill(stuck, signal.SIGCONT)
+
+
+class _NoApi:
+    def bind(self, host: str, port: int) -> Any:
+        raise AssertionError("no API here")
+
+    def serve(self, control: Any, stats: Any, sock: Any) -> Any:
+        raise AssertionError("no API here")
+
+
+def _supervisor_config(port: int) -> Any:
+    from tlstrace.config.load import validate
+
+    return validate(
+        {
+            "workers": 2,
+            "listener": [RelayProcess.tls_listener(5060) | {"listen": f"tls:127.0.0.1:{port}"}],
+        },
+        "test",
+    )
+
+
+def test_a_rebound_slot_does_not_listen_until_a_worker_serves_it() -> None:
+    """After deaths in a row the slot's sockets are bound anew but do not listen: the kernel
+    queues no connections on them while no worker accepts."""
+    import asyncio
+    import socket
+
+    from tests.support.net import free_port
+    from tlstrace.supervisor.pool import Supervisor
+
+    async def main() -> None:
+        port = free_port()
+        sup = Supervisor(_supervisor_config(port), None, None, _NoApi())
+        sup.sockets = {0: sup._bind_slot(), 1: sup._bind_slot()}
+        try:
+            sup._rebind_slot(sup.workers[0])
+            (rebound,) = sup.sockets[0].values()
+            (kept,) = sup.sockets[1].values()
+            assert rebound.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 0
+            assert kept.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            # a worker's server listens on it (uvloop's create_server does)
+            server = await asyncio.get_running_loop().create_server(
+                asyncio.Protocol, sock=rebound.dup(), backlog=16
+            )
+            assert rebound.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) == 1
+            server.close()
+        finally:
+            sup.close_sockets()
+
+    asyncio.run(main())

@@ -428,7 +428,7 @@ class Supervisor:
             if w.caller is not None:
                 w.caller.close()
 
-    def _bind_slot(self) -> dict[tuple[str, int], socket.socket]:
+    def _bind_slot(self, listen: bool = True) -> dict[tuple[str, int], socket.socket]:
         """A listening socket for each listener, for one worker slot: every slot has its own,
         bound with SO_REUSEPORT, so that the kernel spreads new connections evenly over
         the workers; the supervisor keeps them open, so that the connections queued on a
@@ -438,7 +438,7 @@ class Supervisor:
             ep = li.listen
             try:
                 out[ep.host, ep.port] = bind_listening(
-                    ep.host, ep.port, backlog=4096, reuse_port=True
+                    ep.host, ep.port, backlog=4096, reuse_port=True, listen=listen
                 )
             except OSError as e:
                 for sock in out.values():
@@ -452,12 +452,14 @@ class Supervisor:
 
     def _rebind_slot(self, w: WorkerHandle) -> None:
         """After deaths in a row: the connections waiting on the slot's sockets are refused
-        (closed), and new ones go to the other workers until the slot has a worker again."""
+        (closed), and new ones go to the other workers until the slot has a worker again:
+        the new sockets are bound but do not listen (the kernel would queue a share of the
+        new connections on them) until the worker that takes them serves them."""
         old = self.sockets.pop(w.index, {})
         for sock in old.values():
             sock.close()
         try:
-            self.sockets[w.index] = self._bind_slot()
+            self.sockets[w.index] = self._bind_slot(listen=False)
         except StartFailed as e:
             log.error("worker %d: %s", w.index, e)
 
