@@ -647,3 +647,44 @@ def test_a_rebound_slot_does_not_listen_until_a_worker_serves_it() -> None:
             sup.close_sockets()
 
     asyncio.run(main())
+
+
+def test_the_keeper_survives_a_start_that_raises(caplog: pytest.LogCaptureFixture) -> None:
+    """A slot whose start raises (out of descriptors, say) is logged and tried again after a
+    delay; the keeper does not die with it, and the socket pair's end is closed."""
+    import asyncio
+
+    from tests.support.net import free_port
+    from tlstrace.supervisor import pool
+
+    class Exited:
+        returncode = 1
+        pid = 4242
+
+        async def wait(self) -> int:
+            return 1
+
+    async def main() -> None:
+        sup = pool.Supervisor(_supervisor_config(free_port()), None, None, _NoApi())
+        w = sup.workers[0]
+        w.proc, w.pid = Exited(), 4242  # type: ignore[assignment]
+        tries: list[int] = []
+
+        async def spawn(slot: pool.WorkerHandle) -> str | None:
+            tries.append(slot.index)
+            if len(tries) < 3:
+                raise OSError(24, "Too many open files")
+            sup.stopping = True  # the third start "works": the keeper ends
+            return None
+
+        sup._spawn = spawn  # type: ignore[method-assign]
+        await asyncio.wait_for(sup._keep(w), 30)
+        assert tries == [0, 0, 0]
+
+    delays = (pool.FIRST_DELAY, pool.MAX_DELAY)
+    pool.FIRST_DELAY = pool.MAX_DELAY = 0.01
+    try:
+        asyncio.run(main())
+    finally:
+        pool.FIRST_DELAY, pool.MAX_DELAY = delays
+    assert caplog.text.count("worker 0 could not be started again") == 2

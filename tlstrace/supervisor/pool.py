@@ -250,6 +250,9 @@ class Supervisor:
                 pass_fds=(child.fileno(), *fds),
                 stdin=subprocess.DEVNULL,
             )
+        except BaseException:
+            parent.close()
+            raise
         finally:
             child.close()
         w.proc, w.pid, w.started, w.status = proc, proc.pid, time.monotonic(), "starting"
@@ -341,11 +344,31 @@ class Supervisor:
             await asyncio.sleep(delay)
             if self.stopping:
                 return
+            while not await self._respawn(w):
+                # no process to wait for: try again after the next delay
+                delay = min(MAX_DELAY, FIRST_DELAY * 2**w.failures)
+                w.failures += 1
+                await asyncio.sleep(delay)
+                if self.stopping:
+                    return
+
+    async def _respawn(self, w: WorkerHandle) -> bool:
+        """Start slot `w` again; False when no process was started (an exception: logged)."""
+        try:
             reason = await self._spawn(w)
-            if reason is None:
-                log.info("worker %d started again (pid %s)", w.index, w.pid)
-            else:
-                log.error("worker %d could not start again: %s", w.index, reason)
+        except Exception as e:  # the keeper must go on
+            log.exception("worker %d could not be started again: %s", w.index, e)
+            w.status = f"could not start: {e}"
+            if w.proc is not None and w.proc.returncode is None:  # started, then failed
+                with contextlib.suppress(ProcessLookupError):
+                    w.proc.kill()
+                return True  # the keeper waits for it, and starts the slot again
+            return False
+        if reason is None:
+            log.info("worker %d started again (pid %s)", w.index, w.pid)
+        else:
+            log.error("worker %d could not start again: %s", w.index, reason)
+        return True
 
     async def _heartbeat(self) -> None:
         """Each second: every worker's open connections (for the log line when it dies), and
