@@ -6,7 +6,10 @@ it, the securityContext is locked down)."""
 
 from __future__ import annotations
 
+import base64
 import copy
+import shutil
+import subprocess
 import tomllib
 from pathlib import Path
 from typing import Any
@@ -232,6 +235,47 @@ def test_the_kustomization_lists_the_manifests() -> None:
     assert files - listed == {"secret-tls.yaml", "certificate.yaml"}
 
 
+def test_no_api_token_is_shipped() -> None:
+    """The API token's Secret is generated from a file the operator writes (kept out of git):
+    no placeholder token can be applied; the deployment and the PodMonitor name it."""
+    for name, doc in manifests():
+        assert doc["kind"] != "Secret" or doc.get("type") == "kubernetes.io/tls", name
+    kust = yaml.safe_load((DEPLOY / "kustomization.yaml").read_text())
+    (gen,) = kust["secretGenerator"]
+    assert gen["files"] == ["token=api-token"] and "literals" not in gen
+    assert gen["options"]["disableNameSuffixHash"] is True
+    ref = {e["name"]: e for e in tlstrace_container()["env"]}["TLSTRACE_API_TOKEN"]
+    assert ref["valueFrom"]["secretKeyRef"] == {"name": gen["name"], "key": "token"}
+    assert "deploy/kubernetes/api-token" in (ROOT / ".gitignore").read_text().splitlines()
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
+def test_the_kustomization_renders_with_the_operators_token(tmp_path: Path) -> None:
+    """`kubectl kustomize` with the token file written: a valid Secret named as the
+    deployment and the PodMonitor expect, and nothing else changed in name."""
+    shutil.copytree(DEPLOY, tmp_path / "k", ignore=shutil.ignore_patterns("api-token"))
+    (tmp_path / "k" / "api-token").write_text("s3cret-token")
+    out = subprocess.run(
+        ["kubectl", "kustomize", str(tmp_path / "k")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(out) if d]
+    (secret,) = [d for d in docs if d["kind"] == "Secret"]
+    assert secret["metadata"]["name"] == "tlstrace-api"
+    assert base64.b64decode(secret["data"]["token"]) == b"s3cret-token"
+    kubernetes_validate.validate(secret, KUBERNETES, strict=True)
+    assert {d["kind"] for d in docs} == {
+        "ConfigMap",
+        "Secret",
+        "Deployment",
+        "Service",
+        "PodMonitor",
+    }
+
+
 def tlstrace_container() -> dict[str, Any]:
     pod = by_kind("Deployment")["spec"]["template"]["spec"]
     return next(c for c in pod["containers"] if c["name"] == "tlstrace")
@@ -283,6 +327,9 @@ def test_probes_resources_and_security() -> None:
         assert {"cpu", "memory"} <= set(c["resources"]["limits"]), c["name"]
     t = tlstrace_container()
     assert t["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    # longer than the 2 s the supervisor gives a stuck worker (the default is 1 s)
+    assert 3 <= t["readinessProbe"]["timeoutSeconds"] <= 5
+    assert t["readinessProbe"]["periodSeconds"] > t["readinessProbe"]["timeoutSeconds"]
     assert t["livenessProbe"]["httpGet"]["path"] == "/healthz"
     env = {e["name"]: e for e in t["env"]}
     ref = env["TLSTRACE_API_TOKEN"]["valueFrom"]["secretKeyRef"]
