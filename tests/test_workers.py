@@ -688,3 +688,33 @@ def test_the_keeper_survives_a_start_that_raises(caplog: pytest.LogCaptureFixtur
     finally:
         pool.FIRST_DELAY, pool.MAX_DELAY = delays
     assert caplog.text.count("worker 0 could not be started again") == 2
+
+
+def test_connection_ids_keep_their_random_byte_and_name_worker_and_generation() -> None:
+    from tlstrace.relay import connection as c
+
+    saved = (c._WORKER, c._COUNTER_MASK, c._counter)
+    try:
+        c._counter = 0
+        one = c.new_connection_id()
+        assert one >> 56 == c._RANDOM and (one >> 32) & 0xFFFFFF == c._STARTUP
+
+        ids = {}
+        for gen in (0, 1, 4):
+            c.set_worker(37, gen)
+            c._counter = 0
+            ids[gen] = [c.new_connection_id() for _ in range(3)]
+        for got in ids.values():
+            for conn_id in got:
+                assert worker_of(conn_id) == 37
+                # the random byte and the start time as in one process
+                assert conn_id >> 56 == c._RANDOM
+                assert (conn_id >> 32) & 0xFFFFFF == c._STARTUP
+        # a replacement (the next generation) in the same second: other ids
+        assert not set(ids[0]) & set(ids[1])
+        c.set_worker(63, 3)
+        c._counter = (1 << 24) - 1  # the counter wraps within its 24 bits
+        for conn_id in (c.new_connection_id(), c.new_connection_id()):
+            assert worker_of(conn_id) == 63 and (conn_id >> 24) & 0x3 == 3
+    finally:
+        c._WORKER, c._COUNTER_MASK, c._counter = saved

@@ -24,7 +24,7 @@ TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
-#: the most worker processes (a connection id carries its worker's index in its top byte)
+#: the most worker processes (a connection id carries its worker's index in 6 bits)
 MAX_WORKERS = 64
 #: the longest time tracing can be switched on for (30 days)
 MAX_TRACE_SECONDS = 30 * 86400

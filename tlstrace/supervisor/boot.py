@@ -30,6 +30,8 @@ class WorkerBoot:
     listeners: dict[tuple[str, int], int]
     trace: TraceWanted | None
     rules: TraceRules | None
+    #: how many processes the slot had before this one (its connection ids differ by it)
+    generation: int = 0
 
 
 _VIEW_FIELDS = tuple(f.name for f in fields(ConnectionView))

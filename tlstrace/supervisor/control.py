@@ -1,7 +1,7 @@
 """`tlstrace.control.Control` for a sidecar of worker processes: each call asks every running
 worker over its channel and merges the answers (`merge`); a connection's calls go to the worker
-that owns it (its id's top byte). Tracing switches and filters reach every running worker
-before the answer, and are remembered for workers started later."""
+that owns it (named in its id: `worker_of`). Tracing switches and filters reach every running
+worker before the answer, and are remembered for workers started later."""
 
 from __future__ import annotations
 

@@ -94,6 +94,8 @@ class WorkerHandle:
         self.failures = 0
         #: heartbeats missed in a row
         self.missed = 0
+        #: processes started in the slot so far
+        self.generation = 0
         self.ready: asyncio.Future[str | None] | None = None
 
     async def call(self, method: str, *args: Any, timeout: float) -> Any:
@@ -240,7 +242,9 @@ class Supervisor:
             {address: s.fileno() for address, s in slot.items()},
             self.trace_wanted,
             self.rules,
+            w.generation,
         )
+        w.generation += 1
         try:
             proc = await asyncio.create_subprocess_exec(
                 sys.executable,

@@ -85,7 +85,7 @@ async def _run(sock: socket.socket) -> int:
     setup_logging(config.log_level, config.log_format)
     for handler in logging.getLogger().handlers:
         handler.addFilter(_WorkerTag(boot.index))
-    set_worker(boot.index)
+    set_worker(boot.index, boot.generation)
     for address, fd in boot.listeners.items():
         listening.inherited[address] = socket.socket(fileno=fd)
     try:
