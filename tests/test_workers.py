@@ -453,6 +453,38 @@ def test_the_channel_answers_calls_raises_errors_and_notices_a_gone_worker() -> 
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    "garbage",
+    [b"\x00\x00\x00\x05hello", (1 << 30).to_bytes(4, "big"), b"\x00\x00\x00\x02N."],
+    ids=["not a pickle", "too large", "not a frame tuple"],
+)
+def test_garbage_on_the_channel_is_reported_and_closes_it(garbage: bytes) -> None:
+    """The supervisor's reader catches whatever a worker's bytes raise, says what (the
+    supervisor then kills and replaces the worker) and fails the calls waiting."""
+    import asyncio
+    import socket
+
+    from tlstrace.supervisor.channel import Caller, ChannelClosed, open_channel
+
+    async def main() -> None:
+        a, b = socket.socketpair()
+        r1, w1 = await open_channel(a)
+        broken: list[str] = []
+        caller = Caller(r1, w1, lambda kind, value: None, broken.append)
+        waiting = asyncio.create_task(caller.call("add", 1, 2, timeout=30))
+        await asyncio.sleep(0.01)
+        b.sendall(garbage)
+        with pytest.raises(ChannelClosed):
+            await waiting
+        await asyncio.wait_for(caller.task, 10)
+        assert len(broken) == 1 and broken[0], broken
+        with pytest.raises(ChannelClosed):
+            await caller.call("add", 1, 2)
+        b.close()
+
+    asyncio.run(main())
+
+
 def test_the_workers_flag_and_key() -> None:
     from tlstrace.config import ConfigError, Overrides, load_config
     from tlstrace.config.load import validate

@@ -26,12 +26,16 @@ class ChannelClosed(Exception):
     """The other end is gone (the worker died or stopped)."""
 
 
+class BadFrame(Exception):
+    """The other end sent what is no frame (too large, or not a pickle of a frame)."""
+
+
 async def read_frame(reader: asyncio.StreamReader) -> Any:
     try:
         head = await reader.readexactly(_LEN.size)
         (n,) = _LEN.unpack(head)
         if n > MAX_FRAME:
-            raise ChannelClosed(f"frame of {n} bytes")
+            raise BadFrame(f"frame of {n} bytes")
         return pickle.loads(await reader.readexactly(n))
     except (asyncio.IncompleteReadError, ConnectionError) as e:
         raise ChannelClosed(str(e) or "closed") from None
@@ -54,10 +58,14 @@ class Caller:
         reader: asyncio.StreamReader,
         writer: asyncio.StreamWriter,
         notice: Callable[[str, Any], None],
+        broken: Callable[[str], None] | None = None,
     ) -> None:
         self.reader = reader
         self.writer = writer
         self.notice = notice
+        #: called (once, then the channel closes) with what was wrong when the other end sent
+        #: something that is no frame, or a notice failed: the supervisor replaces the worker
+        self.broken = broken
         self.seq = itertools.count(1)
         self.pending: dict[int, asyncio.Future[Any]] = {}
         self.closed = False
@@ -91,6 +99,9 @@ class Caller:
                     fut.set_exception(value)
         except ChannelClosed:
             pass
+        except Exception as e:  # garbage on the pipe: the channel cannot be trusted any more
+            if self.broken is not None:
+                self.broken(f"{type(e).__name__}: {e}")
         finally:
             self.close()
 
@@ -131,6 +142,8 @@ async def answer_calls(
         try:
             seq, method, args = await read_frame(reader)
         except ChannelClosed:
+            return
+        except Exception:  # garbage from the supervisor: as if it were gone
             return
         task = loop.create_task(one(seq, method, args))
         tasks.add(task)

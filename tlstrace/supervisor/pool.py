@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import signal
@@ -264,7 +265,12 @@ class Supervisor:
         reader, writer = await open_channel(parent)
         ready: asyncio.Future[str | None] = self.loop.create_future()
         w.ready = ready
-        w.caller = Caller(reader, writer, lambda kind, value: self._notice(w, kind, value))
+        w.caller = Caller(
+            reader,
+            writer,
+            lambda kind, value: self._notice(w, kind, value),
+            functools.partial(self._garbled, w, proc),
+        )
         writer.write(frame(boot))
         exited = self.loop.create_task(proc.wait())
         waits: set[asyncio.Future[Any]] = {ready, exited}
@@ -309,6 +315,19 @@ class Supervisor:
             event.pop("seq", None)
             event.pop("time", None)
             self.feed.publish(event)
+
+    def _garbled(self, w: WorkerHandle, proc: asyncio.subprocess.Process, why: str) -> None:
+        """The worker sent garbage on its channel: it is killed (and so replaced)."""
+        log.error(
+            "worker %d (pid %s) sent what is no frame on its channel (%s): killing it",
+            w.index,
+            proc.pid,
+            why,
+            extra={"worker": w.index, "pid": proc.pid},
+        )
+        if proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
 
     # -- running ----------------------------------------------------------------------------
 
