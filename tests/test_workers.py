@@ -4,6 +4,7 @@ processes, real TLS)."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import threading
@@ -750,3 +751,36 @@ def test_connection_ids_keep_their_random_byte_and_name_worker_and_generation() 
             assert worker_of(conn_id) == 63 and (conn_id >> 24) & 0x3 == 3
     finally:
         c._WORKER, c._COUNTER_MASK, c._counter = saved
+
+
+def test_a_replacement_takes_the_switch_as_its_maker_said_and_the_supervisor_reloads_its_log(
+    relay_factory: Factory, backend: SipBackend, sink: HepSink
+) -> None:
+    """After a reload that changed no tracing, a replacement worker's line names who switched
+    tracing (the API client), not "the other workers' state"; a reloaded log_format applies
+    to the supervisor's own lines too."""
+    from tests.support.relay import to_toml
+
+    relay = start(relay_factory, backend, 2, hep_id=[sink.hep_id])
+    http = api(relay)
+    assert http.put("/api/trace", json={"tracing": "on"}).status_code == 200
+    relay.config["log_format"] = "json"
+    relay.config_path.write_text(to_toml(relay.config))
+    assert http.post("/api/reload").json()["reloaded"] is True
+    os.kill(worker_pids(relay)[0], signal.SIGKILL)
+    relay.wait_log("worker 0 started again", timeout=30)
+    deadline = time.monotonic() + 15
+    while True:
+        lines = [json.loads(x) for x in relay.log.splitlines() if x.startswith("{")]
+        switched = [
+            x for x in lines if x.get("worker") == 0 and "tracing switched on" in x["message"]
+        ]
+        if switched or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    # (worker 0's first line was text: before the reload)
+    assert switched, [x["message"] for x in lines]
+    assert "API client" in switched[-1]["message"], switched[-1]
+    assert "other workers' state" not in relay.log
+    # the supervisor's own lines after the reload are JSON too
+    assert any("worker 0 started again" in x["message"] for x in lines)

@@ -70,7 +70,7 @@ class Pool(Protocol):
 
     def set_rules(self, rules: TraceRules) -> None: ...
 
-    async def resync(self) -> None: ...
+    async def resync(self, by: SwitchedBy) -> None: ...
 
 
 #: seconds a worker has to answer a call that changes something (a filter, a connection)
@@ -261,7 +261,7 @@ class WorkersControl:
         if not answers:
             return ReloadOutcome(False, "no worker is running")
         failed = {i: a for i, a in answers.items() if not (isinstance(a, ReloadOutcome) and a.ok)}
-        await self.sup.resync()
+        await self.sup.resync(by)
         if failed:
             text = "; ".join(
                 f"worker {i}: {a.message if isinstance(a, ReloadOutcome) else a}"

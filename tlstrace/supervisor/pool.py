@@ -22,6 +22,7 @@ from typing import Any, Protocol
 from tlstrace.config import Config, ConfigError, Overrides
 from tlstrace.control import Control, TraceRules
 from tlstrace.feed import EventFeed
+from tlstrace.logs import set_format
 from tlstrace.preflight import prepare
 from tlstrace.relay.listening import bind_listening
 from tlstrace.relay.stats import RelayStats
@@ -154,22 +155,29 @@ class Supervisor:
         self.rules = rules
         self.version += 1
 
-    async def resync(self) -> None:
-        """After a reload: the configuration in force, the tracing state and the filter, as
-        the workers now have them (for the API and for workers started later)."""
-        try:
-            self.config = await self.control._one("config")
-            state = await self.control._one("trace_state")
-            rules = await self.control._one("trace_filter")
-        except (TimeoutError, ChannelClosed):
-            return
+    async def resync(self, by: SwitchedBy) -> None:
+        """After a reload (`by`: what asked for it) and at start-up: the configuration in
+        force, the tracing state and the filter, as the workers now have them (for the API
+        and for workers started later). Read and written under the state lock, so that a
+        switch cannot come in between. The supervisor's own log level and format follow."""
         async with self.state_lock:
-            self.set_trace_wanted(
-                TraceWanted(
-                    state.enabled, state.until, SwitchedBy("file", "the other workers' state")
-                )
-            )
-            self.set_rules(rules)
+            try:
+                config: Config = await self.control._one("config")
+                state = await self.control._one("trace_state")
+                rules = await self.control._one("trace_filter")
+            except (TimeoutError, ChannelClosed):
+                return
+            before, self.config = self.config, config
+            want = self.trace_wanted
+            if want is None or (want.on, want.until) != (state.enabled, state.until):
+                # a reload switched tracing (the file's trace_on): it is what switched it
+                self.set_trace_wanted(TraceWanted(state.enabled, state.until, by))
+            if rules != self.rules:
+                self.set_rules(rules)
+        if config.log_level != before.log_level:
+            logging.getLogger().setLevel(getattr(logging, config.log_level.upper()))
+        if config.log_format != before.log_format:
+            set_format(config.log_format)
 
     # -- start-up ---------------------------------------------------------------------------
 
@@ -202,7 +210,7 @@ class Supervisor:
             self.close_sockets()
             w, reason = failed[0]
             raise StartFailed(f"worker {w.index}: {reason}")
-        await self.resync()
+        await self.resync(SwitchedBy("file", self.source))
         for w in self.workers:
             self.spawn(self._keep(w))
         self.spawn(self._heartbeat())
