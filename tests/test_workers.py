@@ -784,3 +784,21 @@ def test_a_replacement_takes_the_switch_as_its_maker_said_and_the_supervisor_rel
     assert "other workers' state" not in relay.log
     # the supervisor's own lines after the reload are JSON too
     assert any("worker 0 started again" in x["message"] for x in lines)
+
+
+def test_merged_tracing_enabled_means_every_worker_as_the_api_says() -> None:
+    from tlstrace.control import Counters, TracingCounters
+    from tlstrace.relay.stats import RelayStats
+    from tlstrace.supervisor.merge import counters, retired
+
+    def worker(on: bool, packets: int) -> Counters:
+        tracing = TracingCounters(on, packets, {}, 0)
+        return Counters(0.0, RelayStats(), {}, {}, {}, [], tracing, [], [])
+
+    assert counters([worker(True, 1), worker(True, 2)], RelayStats(), 0).tracing.enabled
+    mixed = counters([worker(True, 1), worker(False, 2)], RelayStats(), 0).tracing
+    assert not mixed.enabled and mixed.packets == 3
+    # a dead worker's counters count, its tracing state does not
+    dead = retired(worker(False, 5))
+    both = counters([worker(True, 1), dead], RelayStats(), 0).tracing
+    assert both.enabled and both.packets == 6

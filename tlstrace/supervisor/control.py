@@ -319,10 +319,13 @@ class WorkersControl:
             for pid, c in [self._last.get(w.index, (None, None))]
             if c is not None and pid == w.pid
         ]
+        live = bool(got)
         if self._retired is not None:
             got.append(self._retired)  # last: the build and certificates are a live one's
         if got:
             c = merge.counters(got, sup.stats, sup.started)
+            if not live:  # only the dead workers' counters: nothing traces
+                c.tracing = dataclasses.replace(c.tracing, enabled=False)
         else:
             c = Counters(
                 started=sup.started,

@@ -98,7 +98,8 @@ def counters(all_counters: list[Counters], own: RelayStats, started: float) -> C
         trunk_tables=tables,
         upstreams=[Upstream(e, role, ok) for (e, role), ok in upstreams.items()],
         tracing=TracingCounters(
-            enabled=any(c.tracing.enabled for c in all_counters),
+            # as GET /api/trace says: on when every worker traces
+            enabled=all(c.tracing.enabled for c in all_counters),
             packets=sum(c.tracing.packets for c in all_counters),
             oversize=dict(oversize),
             keylog_errors=sum(c.tracing.keylog_errors for c in all_counters),
@@ -110,7 +111,8 @@ def counters(all_counters: list[Counters], own: RelayStats, started: float) -> C
 
 def retired(c: Counters) -> Counters:
     """What stays of a worker that died in the merged counters: its counters and histograms;
-    its gauges (connections open, queues, table entries) at 0 and its states neutral."""
+    its gauges (connections open, queues, table entries) at 0 and its states neutral (tracing
+    and destinations count as on and connected: the others' decide)."""
     return Counters(
         started=c.started,
         stats=copy.deepcopy(c.stats),
@@ -119,7 +121,7 @@ def retired(c: Counters) -> Counters:
         trunk_tables={name: (0, ev) for name, (_, ev) in c.trunk_tables.items()},
         upstreams=[],
         tracing=TracingCounters(
-            False, c.tracing.packets, dict(c.tracing.oversize), c.tracing.keylog_errors
+            True, c.tracing.packets, dict(c.tracing.oversize), c.tracing.keylog_errors
         ),
         destinations=[
             dataclasses.replace(s, queue_depth=0, queue_bytes=0, buffered_bytes=0, connected=True)
