@@ -802,3 +802,34 @@ def test_merged_tracing_enabled_means_every_worker_as_the_api_says() -> None:
     dead = retired(worker(False, 5))
     both = counters([worker(True, 1), dead], RelayStats(), 0).tracing
     assert both.enabled and both.packets == 6
+
+
+def test_events_for_the_supervisor_are_dropped_when_it_does_not_read() -> None:
+    """A worker's events for the supervisor's feed stop queueing (dropped, counted) once
+    the channel holds FORWARD_BACKLOG bytes: a supervisor that reads nothing costs the worker
+    bounded memory."""
+    import asyncio
+    import socket
+    from collections import deque
+    from typing import cast
+
+    from tlstrace.feed import EventFeed, Viewer
+    from tlstrace.supervisor.channel import open_channel
+    from tlstrace.supervisor.worker import FORWARD_BACKLOG, _Forward
+
+    async def main() -> None:
+        a, b = socket.socketpair()  # nobody reads b
+        _, writer = await open_channel(a)
+        feed = EventFeed()
+        viewer = Viewer()
+        viewer.queue = cast("deque[str]", _Forward(writer))
+        feed.viewers.add(viewer)
+        event = {"kind": "x", "pad": "p" * 1000}
+        for _ in range(3 * FORWARD_BACKLOG // 1000):
+            feed.publish(event)
+        assert feed.dropped > 0
+        assert writer.transport.get_write_buffer_size() < FORWARD_BACKLOG + 2000
+        writer.transport.abort()
+        b.close()
+
+    asyncio.run(main())

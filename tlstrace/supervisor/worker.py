@@ -24,7 +24,7 @@ import uvloop
 from tlstrace.app import Sidecar, StartupError, raise_fd_limit
 from tlstrace.config import Config, ConfigError
 from tlstrace.control import Direction
-from tlstrace.feed import Viewer
+from tlstrace.feed import QUEUE_SIZE, Viewer
 from tlstrace.logs import setup_logging
 from tlstrace.relay import listening
 from tlstrace.relay.connection import set_worker
@@ -35,14 +35,21 @@ from tlstrace.trace.filters import TraceFilter
 log = logging.getLogger("tlstrace")
 
 
+#: bytes waiting to go to the supervisor above which events for its feed are dropped (it
+#: reads slower than they come): counted as the feed's drops, as for a slow viewer
+FORWARD_BACKLOG = 4 << 20
+
+
 class _Forward:
     """The queue of the viewer that stands for the supervisor's feed: each event goes to the
-    supervisor at once."""
+    supervisor at once; it counts as full while the channel holds FORWARD_BACKLOG bytes."""
 
     def __init__(self, writer: asyncio.StreamWriter) -> None:
         self.writer = writer
 
     def __len__(self) -> int:
+        if self.writer.transport.get_write_buffer_size() >= FORWARD_BACKLOG:
+            return QUEUE_SIZE
         return 0
 
     def append(self, data: str) -> None:
