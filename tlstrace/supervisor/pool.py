@@ -291,26 +291,34 @@ class Supervisor:
             reason = "did not listen in time"
         if not exited.done():
             exited.cancel()
-        if reason is not None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await proc.wait()
-            w.caller.close()
-            w.status = f"could not start: {reason}"
-            return reason
-        if self.config is not boot.config:  # a reload ran while it started
-            with contextlib.suppress(ChannelClosed, TimeoutError):
-                await w.call(
-                    "reload", SwitchedBy("signal", "the other workers' reload"), timeout=60
-                )
-        async with self.state_lock:
-            if self.version != version:  # a switch came while it started
-                with contextlib.suppress(ChannelClosed, asyncio.TimeoutError):
+        if reason is None and self.config is not boot.config:  # a reload ran while it started
+            reason = await self._push(
+                w, "reload", SwitchedBy("signal", "the other workers' reload"), timeout=60
+            )
+        if reason is None:
+            async with self.state_lock:
+                if self.version != version:  # a switch came while it started
                     if self.rules is not None:
-                        await w.call("set_trace_filter", self.rules, timeout=10)
-                    if self.trace_wanted is not None:
-                        await w.call("want_trace", self.trace_wanted, timeout=10)
-            w.live, w.status = True, "up"
+                        reason = await self._push(w, "set_trace_filter", self.rules, timeout=10)
+                    if reason is None and self.trace_wanted is not None:
+                        reason = await self._push(w, "want_trace", self.trace_wanted, timeout=10)
+                if reason is None:  # live only with the state in force
+                    w.live, w.status = True, "up"
+                    return None
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        await proc.wait()
+        w.caller.close()
+        w.status = f"could not start: {reason}"
+        return reason
+
+    @staticmethod
+    async def _push(w: WorkerHandle, method: str, *args: Any, timeout: float) -> str | None:
+        """A call that brings a starting worker to the state in force; None, or why not."""
+        try:
+            await w.call(method, *args, timeout=timeout)
+        except (ChannelClosed, TimeoutError) as e:
+            return f"did not take the state in force ({method}: {e or 'no answer in time'})"
         return None
 
     def _notice(self, w: WorkerHandle, kind: str, value: Any) -> None:
