@@ -94,6 +94,7 @@ def _trace_state(state: TraceStatus) -> models.TraceState:
         keys=state.keys,
         filter_rules=state.filter_rules,
         traced_connections=state.traced_connections,
+        workers_not_answering=list(state.not_answering),
         **time_limit(state.until),
     )
 

@@ -44,6 +44,11 @@ class TraceState(BaseModel):
         None, description="when tracing switches itself off (UTC); null: no limit"
     )
     remaining_seconds: float | None = Field(None, description="seconds until then; null: no limit")
+    workers_not_answering: list[int] = Field(
+        default_factory=list,
+        description="with worker processes: the workers that did not answer in time (stuck; "
+        "they get the state when they answer again or are replaced); the rest describes the others",
+    )
     applies_to: str = Field(
         default="on: connections already open are traced from now on (without their past "
         "handshake event) and new ones from their handshake; off: nothing more is sent for any "

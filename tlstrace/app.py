@@ -32,7 +32,7 @@ from tlstrace.relay.runtime import Relay
 from tlstrace.relay.sweeper import probe_backends_forever, sweep_forever
 from tlstrace.reload import ReloadOutcome, ReloadPlan
 from tlstrace.reload import plan as reload_plan
-from tlstrace.reloader import Reloader
+from tlstrace.reloader import Reloader, watch_file
 from tlstrace.sidecar_control import SidecarControl
 from tlstrace.tls.contexts import ClientContexts, ServerContexts, build_server_contexts
 from tlstrace.trace.timer import TracingTimer
@@ -40,6 +40,8 @@ from tlstrace.trace.tracer import SwitchedBy, TraceManager
 
 if TYPE_CHECKING:
     from api.server import ApiGuard, ApiServer
+    from tlstrace.control import Control
+    from tlstrace.relay.stats import RelayStats
 
 log = logging.getLogger("tlstrace")
 
@@ -66,9 +68,19 @@ class Sidecar:
     """Everything one tlstrace process runs."""
 
     def __init__(
-        self, config: Config, config_path: Path | None = None, overrides: Overrides | None = None
+        self,
+        config: Config,
+        config_path: Path | None = None,
+        overrides: Overrides | None = None,
+        *,
+        serve_api: bool = True,
+        watch_config: bool = True,
     ) -> None:
-        """Raises ConfigError (see `preflight.prepare`)."""
+        """Raises ConfigError (see `preflight.prepare`). A worker process (`workers` > 1)
+        serves no API and watches no file (`serve_api`, `watch_config` False): its
+        supervisor does."""
+        self.serve_api = serve_api
+        self.watch_config = watch_config
         self.config_path = config_path
         self.overrides = overrides
         self.source = str(config_path) if config_path else "defaults"
@@ -90,6 +102,7 @@ class Sidecar:
         self._sweeper: asyncio.Task[None] | None = None
         self._prober: asyncio.Task[None] | None = None
         self._watcher: asyncio.Task[None] | None = None
+        self._file_watch: asyncio.Task[None] | None = None
         self._api_keep: socket.socket | None = None
         self.api: ApiServer | None = None
         self._api_task: asyncio.Task[None] | None = None
@@ -126,6 +139,15 @@ class Sidecar:
         self._sweeper = self.loop.create_task(sweep_forever(self.relay))
         self._prober = self.loop.create_task(probe_backends_forever(self.relay))
         self._watcher = self.loop.create_task(self._watch_listeners())
+        if self.config_path is not None and self.watch_config:
+            path = self.config_path
+            self._file_watch = self.loop.create_task(
+                watch_file(
+                    path,
+                    lambda: self.config.config_watch,
+                    lambda: self.request_reload(SwitchedBy("file", f"{path} changed")),
+                )
+            )
         check_fd_limit(self.config)
         await self.senders.start()
         for sender in self.senders:
@@ -176,7 +198,7 @@ class Sidecar:
 
     async def _start_api(self) -> None:
         address = self.config.api_address
-        if address is None:
+        if address is None or not self.serve_api:
             return
         from api.app import create_app
         from api.server import ApiGuard, bind, make_server
@@ -449,6 +471,8 @@ class Sidecar:
             self._prober.cancel()
         if self._watcher is not None:
             self._watcher.cancel()
+        if self._file_watch is not None:
+            self._file_watch.cancel()
         if self.api is not None and self._api_task is not None:
             self.api.should_exit = True
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
@@ -486,6 +510,23 @@ def raise_fd_limit() -> None:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
+def log_start(config_path: Path | None, workers: int = 1) -> None:
+    log.info(
+        "tlstrace %s starting (Python %s, %s); configuration: %s%s",
+        __version__,
+        platform.python_version(),
+        ssl.OPENSSL_VERSION,
+        config_path or "embedded defaults",
+        f"; {workers} worker processes" if workers > 1 else "",
+        extra={
+            "version": __version__,
+            "python": platform.python_version(),
+            "openssl": ssl.OPENSSL_VERSION,
+            "config": str(config_path) if config_path else None,
+        },
+    )
+
+
 async def serve(config: Config, config_path: Path | None, overrides: Overrides | None) -> int:
     loop = asyncio.get_running_loop()
     # a SIGHUP during start-up (once "listening on" is logged, say) is kept, not fatal: the
@@ -521,8 +562,43 @@ async def serve(config: Config, config_path: Path | None, overrides: Overrides |
     return 0
 
 
+class _ApiRunning:
+    def __init__(self, server: ApiServer, task: asyncio.Task[None]) -> None:
+        self.server = server
+        self.task = task
+
+    async def stop(self) -> None:
+        self.server.should_exit = True
+        with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+            await asyncio.wait_for(self.task, 3)
+
+
+class ApiHost:
+    """The API for a supervisor of worker processes (`tlstrace.supervisor.pool.ApiHost`)."""
+
+    def bind(self, host: str, port: int) -> socket.socket:
+        from api.server import bind
+
+        return bind(host, port)
+
+    def serve(self, control: Control, stats: RelayStats, sock: socket.socket) -> _ApiRunning:
+        from api.app import create_app
+        from api.server import ApiGuard, make_server
+
+        server = make_server(create_app(control), ApiGuard(lambda: control.config, stats))
+        return _ApiRunning(
+            server, asyncio.get_running_loop().create_task(server.serve(sockets=[sock]))
+        )
+
+
 def run_sidecar(
     config: Config, *, config_path: Path | None = None, overrides: Overrides | None = None
 ) -> int:
     raise_fd_limit()
+    workers = config.worker_count
+    if workers > 1:
+        from tlstrace.supervisor.pool import supervise
+
+        log_start(config_path, workers)
+        return uvloop.run(supervise(config, config_path, overrides, ApiHost()))
     return uvloop.run(serve(config, config_path, overrides))

@@ -95,6 +95,12 @@ def build_parser() -> argparse.ArgumentParser:
         f"default: {Config.model_fields['api_listen'].default})",
     )
     run.add_argument(
+        "--workers",
+        metavar="N",
+        help="relay worker processes behind one API and /metrics, or 'auto' (the cores "
+        "this process may use); default: the file's workers, else 1",
+    )
+    run.add_argument(
         "--trace-keys",
         action="store_true",
         help="put the TLS session keys in the traced events (secrets leave the process)",
@@ -201,6 +207,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         trace=args.trace,
         trace_keys=args.trace_keys,
         api=args.api,
+        workers=args.workers,
     )
     if args.command == "check":
         from tlstrace.check import run as check

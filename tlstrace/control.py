@@ -11,7 +11,7 @@ implement the same protocol by asking its workers over a pipe and merging their 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
 from hep.sender import SenderStats
@@ -40,6 +40,7 @@ __all__ = [
     "TraceStatus",
     "TracingCounters",
     "Upstream",
+    "WorkerProcess",
 ]
 
 Direction = Literal["inbound", "outbound"]
@@ -104,6 +105,8 @@ class TraceStatus:
     traced_connections: int
     #: when tracing switches itself off (time.time()); None: no limit
     until: float | None
+    #: with worker processes: the workers that did not answer in time (their state unknown)
+    not_answering: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +144,14 @@ class TracingCounters:
     keylog_errors: int
 
 
+@dataclass(frozen=True, slots=True)
+class WorkerProcess:
+    index: int
+    pid: int
+    cpu_seconds: float  # user + system
+    resident_bytes: int
+
+
 @dataclass(slots=True)
 class Counters:
     """Everything `/metrics` and the status page's summary show, at one moment. In the
@@ -158,6 +169,13 @@ class Counters:
     tracing: TracingCounters
     destinations: list[SenderStats]
     certificates: list[CertificateExpiry]
+    #: with worker processes (`workers` > 1): how many run now, and how many were restarted
+    #: after dying; None: one process, no workers
+    workers_running: int | None = None
+    worker_restarts: int = 0
+    #: with worker processes: each one's CPU and memory (the process_* families describe
+    #: the supervisor alone)
+    worker_processes: list[WorkerProcess] = field(default_factory=list)
 
 
 class Control(Protocol):

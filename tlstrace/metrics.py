@@ -257,6 +257,38 @@ def families(c: Counters) -> Iterator[Metric]:
 
     yield from _tracing(c)
     yield from _certificates(c)
+    yield from _workers(c)
+
+
+def _workers(c: Counters) -> Iterator[Metric]:
+    """With worker processes only (`workers` > 1)."""
+    if c.workers_running is None:
+        return
+    running = GaugeMetricFamily(
+        "tlstrace_workers_running", "Relay worker processes running and answering"
+    )
+    running.add_metric([], c.workers_running)
+    yield running
+    yield _counter(
+        "tlstrace_worker_restarts_total",
+        "Relay worker processes started again after they died",
+        [],
+        [((), c.worker_restarts)],
+    )
+    yield _counter(
+        "tlstrace_worker_cpu_seconds_total",
+        "CPU time (user and system) of each running worker process",
+        ["worker"],
+        (((str(p.index),), p.cpu_seconds) for p in c.worker_processes),
+    )
+    memory = GaugeMetricFamily(
+        "tlstrace_worker_resident_memory_bytes",
+        "Resident memory of each running worker process",
+        labels=["worker"],
+    )
+    for p in c.worker_processes:
+        memory.add_metric([str(p.index)], p.resident_bytes)
+    yield memory
 
 
 def _tracing(c: Counters) -> Iterator[Metric]:

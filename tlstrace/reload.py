@@ -59,6 +59,8 @@ DECISIONS: dict[str, tuple[Apply, str]] = {
         "a trunk's routing tables are sized when its link to the peer is first made, and kept",
     ),
     "reuse_port": (_RESTART, "a socket option of the listening sockets, bound at start-up"),
+    "workers": (_RESTART, "the worker processes are started at start-up"),
+    "config_watch": (_NOW, "the file watch starts or stops"),
     "state_dir": (_NEW, "the generated certificate is taken from it for new connections"),
     "log_level": (_NOW, "the root logger's level is set"),
     "log_format": (_NOW, "the lines after the reload's own are written in the new format"),

@@ -8,15 +8,19 @@ are all answered by the next one, which reads the files as they are when it star
 latest request wins). Back-to-back reloads are spaced by four times the time the last one
 took, so that a storm of requests keeps the worker thread (which competes with the loop for
 the GIL) busy a fifth of the time at most.
+
+`watch_file` asks for a reload when the configuration file changes (`config_watch`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import Generic, TypeVar
 
 log = logging.getLogger("tlstrace")
@@ -90,3 +94,63 @@ class Reloader(Generic[Prepared, Result]):
 
     def close(self) -> None:
         self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+#: seconds between two looks at a watched configuration file
+WATCH_INTERVAL = 1.0
+
+#: what identifies a version of a file: device, inode, size, modification time (ns); None
+#: when the file cannot be read (missing, or a dangling symlink)
+Signature = tuple[int, int, int, int] | None
+
+
+def signature(path: Path) -> Signature:
+    """The signature of the file `path` names now, following symlinks (a Kubernetes
+    ConfigMap volume swaps the `..data` symlink to a new directory: the path then resolves
+    to another inode)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+class FileWatch:
+    """Decides, from the signatures seen one look after another, when a file changed: a new
+    signature that stayed the same for one more look (a file being written is not read
+    half-way), and not when the file went missing (the last good version stays in force)."""
+
+    def __init__(self, first: Signature) -> None:
+        self.current = first
+        self.pending: Signature = first
+
+    def look(self, seen: Signature) -> bool:
+        """Whether this look shows a change to act on."""
+        if seen is None or seen == self.current:
+            self.pending = self.current
+            return False
+        if seen != self.pending:
+            self.pending = seen  # changed: wait one look for it to settle
+            return False
+        self.current = seen
+        return True
+
+
+async def watch_file(
+    path: Path,
+    enabled: Callable[[], bool],
+    changed: Callable[[], object],
+    interval: float = WATCH_INTERVAL,
+) -> None:
+    """Call `changed` whenever the file at `path` changes while `enabled()` (the
+    `config_watch` key, read at each look) says so; runs until cancelled."""
+    watch = FileWatch(signature(path))
+    while True:
+        await asyncio.sleep(interval)
+        seen = signature(path)
+        if not enabled():
+            watch = FileWatch(seen)  # switched on later: changes from then on
+            continue
+        if watch.look(seen):
+            log.info("the configuration file %s changed: reloading", path)
+            changed()

@@ -47,6 +47,7 @@ class Overrides:
     trace: bool = False
     trace_keys: bool = False
     api: str | None = None
+    workers: str | None = None
 
 
 def load_config(path: Path | None = None, overrides: Overrides | None = None) -> Config:
@@ -181,6 +182,8 @@ def _apply_overrides(data: dict[str, Any], o: Overrides) -> dict[str, Any]:
             except ValueError as e:
                 raise ConfigError("--api", "api_listen", str(e)) from None
         data["api_listen"] = api
+    if o.workers is not None:
+        data["workers"] = _workers_flag(o.workers)
     if o.state_dir is not None:
         data["state_dir"] = str(o.state_dir)
     if o.log_level is not None:
@@ -218,3 +221,18 @@ def _is_tls_listener(li: Any, tls_port: int) -> bool:
         return parse_endpoint(li["listen"], default_port=tls_port).scheme == "tls"
     except ValueError:
         return False
+
+
+def _workers_flag(text: str) -> int | str:
+    """`--workers N` or `--workers auto`; the model checks the range."""
+    from tlstrace.config.model import MAX_WORKERS
+
+    if text == "auto":
+        return text
+    try:
+        n = int(text)
+    except ValueError:
+        raise ConfigError("--workers", "workers", f"{text!r}: a number or 'auto'") from None
+    if not 1 <= n <= MAX_WORKERS:
+        raise ConfigError("--workers", "workers", f"{n}: from 1 to {MAX_WORKERS}")
+    return n

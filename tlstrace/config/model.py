@@ -24,6 +24,8 @@ TlsVersionName = Literal["TLSv1.2", "TLSv1.3"]
 ClientCertMode = Literal["off", "optional", "required"]
 LogLevel = Literal["debug", "info", "warning", "error"]
 LogFormat = Literal["text", "json"]
+#: the most worker processes (a connection id carries its worker's index in 6 bits)
+MAX_WORKERS = 64
 #: the longest time tracing can be switched on for (30 days)
 MAX_TRACE_SECONDS = 30 * 86400
 #: Key-exchange groups offered and accepted unless a domain says otherwise: cheap and safe
@@ -333,6 +335,13 @@ class Config(_Model):
     trunk_dialog_idle: float = Field(3600.0, gt=0)
     #: Listen with SO_REUSEPORT, so several tlstrace processes can share the ports.
     reuse_port: bool = False
+    #: Relay worker processes sharing the listeners behind one API and /metrics (served by a
+    #: supervisor process); "auto": the cores this process may use. 1: one process, no
+    #: supervisor.
+    workers: Annotated[int, Field(ge=1, le=MAX_WORKERS)] | Literal["auto"] = 1
+    #: Reload when the configuration file changes (polled every second; a ConfigMap's
+    #: `..data` symlink swap included), as SIGHUP does.
+    config_watch: bool = False
     #: Where the generated certificate and key live.
     state_dir: Path = Field(default_factory=default_state_dir)
     log_level: LogLevel = "info"
@@ -517,6 +526,13 @@ class Config(_Model):
                 raise ValueError(f"trace_destination[{i}]: no hep_id named {name!r}")
 
     @property
+    def worker_count(self) -> int:
+        """`workers` as a number: "auto" is the cores this process may use."""
+        if self.workers == "auto":
+            return resolve_workers("auto")
+        return self.workers
+
+    @property
     def keys_wanted(self) -> bool:
         """Whether session keys are collected at all (explicit settings only)."""
         return self.trace_keys or self.keylog_file is not None
@@ -553,3 +569,16 @@ def _unique(key: str, names: list[str]) -> None:
         if n in seen:
             raise ValueError(f"{key}: {n!r} appears twice")
         seen.add(n)
+
+
+def resolve_workers(value: int | str) -> int:
+    """A `workers` value as a number of processes ("auto": the cores this process may use)."""
+    if value == "auto":
+        import os
+
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except (AttributeError, OSError):
+            cores = os.cpu_count() or 1
+        return max(1, min(MAX_WORKERS, cores))
+    return int(value)

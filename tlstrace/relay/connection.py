@@ -45,13 +45,40 @@ class CloseReason(StrEnum):
 _STARTUP = int(time.time()) & 0xFFFFFF
 _RANDOM = random.SystemRandom().getrandbits(8)
 _counter = 0
+#: in a worker process: the worker's index and generation, in the top 8 bits of the id's low
+#: 32 (the counter then has 24); None: one process, the counter has all 32
+_WORKER: int | None = None
+_COUNTER_MASK = 0xFFFFFFFF
+
+#: a connection id's low 32 bits in a worker process: index (6 bits, `MAX_WORKERS` = 64),
+#: generation (2 bits), counter (24 bits)
+_WORKER_SHIFT = 26
+_GENERATION_SHIFT = 24
+
+
+def set_worker(index: int, generation: int) -> None:
+    """In a worker process (`workers` > 1): the id's low 32 bits start with the worker's index
+    (which names the worker that owns it) and its generation (the slot's starts, modulo 4: a
+    replacement started in the same second as its predecessor gives other ids); the random
+    byte and the start time stay, so ids of pods started in the same second differ too."""
+    global _WORKER, _COUNTER_MASK
+    _WORKER = ((index & 0x3F) << _WORKER_SHIFT) | ((generation & 0x3) << _GENERATION_SHIFT)
+    _COUNTER_MASK = (1 << _GENERATION_SHIFT) - 1
+
+
+def worker_of(conn_id: int) -> int:
+    """The index of the worker that owns a connection id (see `set_worker`)."""
+    return (conn_id >> _WORKER_SHIFT) & 0x3F
 
 
 def new_connection_id() -> int:
-    """A 64-bit id laid out as OpenSIPS's connection `cid`: random byte, start time, counter."""
+    """A 64-bit id laid out as OpenSIPS's connection `cid`: random byte, start time, counter
+    (in a worker process the counter's top byte is the worker's: `set_worker`)."""
     global _counter
-    _counter = (_counter + 1) & 0xFFFFFFFF
-    return (_RANDOM << 56) | (_STARTUP << 32) | _counter
+    _counter = (_counter + 1) & _COUNTER_MASK
+    if _WORKER is None:
+        return (_RANDOM << 56) | (_STARTUP << 32) | _counter
+    return (_RANDOM << 56) | (_STARTUP << 32) | _WORKER | _counter
 
 
 @dataclass(slots=True, eq=False)

@@ -15,8 +15,19 @@ import asyncio
 import socket
 from collections.abc import Callable
 
+#: listening sockets a worker process inherited from its supervisor, by (host, port): taken
+#: by `bind_listening` instead of binding anew
+inherited: dict[tuple[str, int], socket.socket] = {}
 
-def bind_listening(host: str, port: int, *, backlog: int, reuse_port: bool) -> socket.socket:
+
+def bind_listening(
+    host: str, port: int, *, backlog: int, reuse_port: bool, listen: bool = True
+) -> socket.socket:
+    """A bound socket, listening unless `listen` is False (the server that serves it then
+    listens: asyncio's and uvloop's `create_server` do)."""
+    sock = inherited.pop((host, port), None)
+    if sock is not None:
+        return sock
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     try:
@@ -26,7 +37,8 @@ def bind_listening(host: str, port: int, *, backlog: int, reuse_port: bool) -> s
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
         sock.bind((host, port))
-        sock.listen(backlog)
+        if listen:
+            sock.listen(backlog)
         sock.setblocking(False)
     except OSError:
         sock.close()
