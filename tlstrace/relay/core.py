@@ -459,6 +459,21 @@ class TlsCore(LegState):
             self._request_close(CloseReason.EOF, ev.detail)
 
     def _handshake_done(self, ev: HandshakeDone, now: float) -> None:
+        self._note_handshake(ev)
+        conn = self.conn
+        self.tracer = self.ctx.observer.handshake_done(conn)
+        conn.traced = self.tracer is not None
+        self.events.append(ev)
+        if self.outq:
+            chunks, nmsgs = self.outq, self.outq_msgs
+            self.outq, self.outq_msgs, self.outq_size = [], 0, 0
+            self.wire.append(self.send(chunks, nmsgs, now))
+        if self.close_after_flush is not None:
+            reason, detail = self.close_after_flush
+            self._request_close(reason, detail)
+
+    def _note_handshake(self, ev: HandshakeDone) -> None:
+        """The handshake's facts on the connection, and its counters."""
         conn = self.conn
         conn.state = "open"
         conn.tls_version = ev.version
@@ -481,16 +496,6 @@ class TlsCore(LegState):
             conn.cipher or NOT_NEGOTIATED,
         ] += 1
         stats.handshake_seconds[conn.listener, conn.direction].observe(ev.elapsed)
-        self.tracer = self.ctx.observer.handshake_done(conn)
-        conn.traced = self.tracer is not None
-        self.events.append(ev)
-        if self.outq:
-            chunks, nmsgs = self.outq, self.outq_msgs
-            self.outq, self.outq_msgs, self.outq_size = [], 0, 0
-            self.wire.append(self.send(chunks, nmsgs, now))
-        if self.close_after_flush is not None:
-            reason, detail = self.close_after_flush
-            self._request_close(reason, detail)
 
     def _handshake_failed(self, ev: HandshakeFailed) -> None:
         conn = self.conn

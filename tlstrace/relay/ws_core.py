@@ -26,7 +26,7 @@ from typing import Final
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.context import RelayContext
 from tlstrace.relay.core import LocalIdentity, TlsCore
-from tlstrace.relay.stats import NOT_NEGOTIATED, message_label
+from tlstrace.relay.stats import message_label
 from tlstrace.sip.framing import WHITESPACE
 from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls.session import OPEN, HandshakeDone, TlsSession
@@ -211,28 +211,7 @@ class WsCore(TlsCore):
     def _handshake_done(self, ev: HandshakeDone, now: float) -> None:
         """The TLS handshake ended: its facts and counters as for TLS; the connection opens
         when the Upgrade is accepted."""
-        conn = self.conn
-        conn.state = "open"
-        conn.tls_version = ev.version
-        conn.cipher = ev.cipher
-        conn.alpn = ev.alpn
-        conn.resumed = ev.resumed
-        conn.handshake_ms = ev.elapsed * 1000
-        conn.peer_cert_der = ev.peer_cert_der
-        conn.sni = ev.sni
-        cert, domain = self.identity.local_cert(ev.context, True)
-        conn.local_cert = cert
-        if domain is not None:
-            conn.server_domain = domain
-        stats = self.ctx.stats
-        stats.handshakes[
-            conn.listener,
-            conn.direction,
-            "success",
-            conn.tls_version or NOT_NEGOTIATED,
-            conn.cipher or NOT_NEGOTIATED,
-        ] += 1
-        stats.handshake_seconds[conn.listener, conn.direction].observe(ev.elapsed)
+        self._note_handshake(ev)
         self.tls_done = ev
         self.upgrade_since = now
 
