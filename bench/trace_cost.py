@@ -35,14 +35,14 @@ import contextlib
 import cProfile
 import pstats
 import socket
-import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import uvloop
 
+from bench.hep_cost import reader
 from bench.loadgen import invite
 from hep.destination import HepDestination
 from hep.sender import HepSender
@@ -50,54 +50,6 @@ from tlstrace.config.load import validate
 from tlstrace.relay.connection import Connection
 from tlstrace.sip.peek import call_id
 from tlstrace.trace.tracer import ConnectionTracer, TraceManager
-
-DRAIN = r"""
-import socket, sys
-kind, port = sys.argv[1], int(sys.argv[2])
-if kind == "udp":
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 8 << 20)
-    s.bind(("127.0.0.1", port))
-    print("ready", flush=True)
-    while True:
-        s.recv(65536)
-listener = socket.socket()
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.bind(("127.0.0.1", port))
-listener.listen(8)
-print("ready", flush=True)
-while True:
-    c, _ = listener.accept()
-    while c.recv(1 << 20):
-        pass
-"""
-
-
-def _free_port(kind: int) -> int:
-    with socket.socket(socket.AF_INET, kind) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-@contextlib.contextmanager
-def drain(kind: str) -> Iterator[int]:
-    """A collector in another process that reads and discards everything; yields its port."""
-    port = _free_port(socket.SOCK_DGRAM if kind == "udp" else socket.SOCK_STREAM)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", DRAIN, kind, str(port)],
-        stdout=subprocess.PIPE,
-        stdin=subprocess.DEVNULL,
-    )
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == b"ready"
-        yield port
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def ok_for(request: bytes) -> bytes:
@@ -222,7 +174,7 @@ async def run_variant(
 
 
 async def main_async(args: argparse.Namespace) -> None:
-    with drain("udp") as udp_port, drain("tcp") as tcp_port:
+    with reader("udp") as udp_port, reader("tcp") as tcp_port:
         udp = HepDestination("udp", "127.0.0.1", udp_port, "udp")
         tcp = HepDestination("tcp", "127.0.0.1", tcp_port, "tcp")
         variants: list[tuple[str, list[HepDestination]]] = [
