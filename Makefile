@@ -13,7 +13,10 @@ BIN     = $(VENV)/bin
 COMPILED = $(shell sed -n '/^\[tool\.tlstrace\.mypyc\]/,/^]/s/^ *"\([a-z_.]*\)",*$$/\1/p' \
              pyproject.toml | tr . / | sed 's/$$/.py/')
 
-$(BIN)/.installed: pyproject.toml setup.py $(COMPILED)
+C_SOURCES = $(shell sed -n '/^\[tool\.tlstrace\.c\]/,/^]/s/^ *"\([a-z_.]*\)",*$$/\1/p' \
+             pyproject.toml | tr . / | sed 's/$$/.c/')
+
+$(BIN)/.installed: pyproject.toml setup.py $(COMPILED) $(C_SOURCES)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -e '.[dev]'

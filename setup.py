@@ -1,6 +1,9 @@
-"""Build step: compiles the hot modules with mypyc; everything else is in pyproject.toml.
+"""Build step: compiles the hot modules with mypyc, and the few hand-written C helpers;
+everything else is in pyproject.toml.
 
-The modules compiled are listed once, in pyproject.toml (`[tool.tlstrace.mypyc] modules`).
+The modules compiled are listed once, in pyproject.toml (`[tool.tlstrace.mypyc] modules`), and
+so are the C helpers (`[tool.tlstrace.c] extensions`: each module's source is `name.c`, and the
+Python module that uses it has the same code in Python for when it is not built).
 `pip install .` and `pip install -e .` (what `make run` and `make test` do) compile them into
 C extensions next to their sources (editable) or into the wheel; each compiled module keeps its
 `.py` source, which Python imports instead when there is no extension.
@@ -22,7 +25,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from setuptools import Distribution, setup
+from setuptools import Distribution, Extension, setup
 from setuptools.command.build_ext import build_ext
 
 ROOT = Path(__file__).resolve().parent
@@ -50,6 +53,17 @@ def compiled_modules() -> list[str]:
     with open(ROOT / "pyproject.toml", "rb") as f:
         modules: list[str] = tomllib.load(f)["tool"]["tlstrace"]["mypyc"]["modules"]
     return modules
+
+
+def c_extensions() -> list[Extension]:
+    """The hand-written C helpers (`[tool.tlstrace.c] extensions`), each `name.c` beside the
+    Python module that imports it and falls back to Python code when it is not built."""
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        names: list[str] = tomllib.load(f)["tool"]["tlstrace"]["c"]["extensions"]
+    return [
+        Extension(name, [str(Path(*name.split(".")).with_suffix(".c"))], extra_compile_args=["-O2"])
+        for name in names
+    ]
 
 
 def pure_python() -> bool:
@@ -117,7 +131,8 @@ class BuildMypyc(build_ext):
         from mypyc.build import mypycify
 
         paths = [str(Path(*m.split(".")).with_suffix(".py")) for m in compiled_modules()]
-        return list(mypycify([*MYPY_OPTIONS, *paths], opt_level="3", group_name=GROUP))
+        compiled = mypycify([*MYPY_OPTIONS, *paths], opt_level="3", group_name=GROUP)
+        return [*compiled, *c_extensions()]
 
     def get_outputs(self) -> list[str]:
         return super().get_outputs() if self.extensions else []

@@ -25,6 +25,15 @@ def _modules() -> list[str]:
 
 MODULES = _modules()
 
+
+def _c_extensions() -> list[str]:
+    with open(ROOT / "pyproject.toml", "rb") as f:
+        names: list[str] = tomllib.load(f)["tool"]["tlstrace"]["c"]["extensions"]
+    return names
+
+
+C_EXTENSIONS = _c_extensions()
+
 pytestmark = pytest.mark.skipif(PURE, reason="TLSTRACE_PURE_PYTHON is set: pure Python on purpose")
 
 
@@ -58,3 +67,16 @@ def test_compiled_module_is_not_older_than_its_source(name: str) -> None:
         f"{source.relative_to(ROOT)} changed since it was compiled: reinstall "
         f"(`.venv/bin/pip install -e '.[dev]'`, or `make unit`)"
     )
+
+
+@pytest.mark.parametrize("name", C_EXTENSIONS)
+def test_c_extension_is_built_and_not_older_than_its_source(name: str) -> None:
+    source = (ROOT / Path(*name.split("."))).with_suffix(".c")
+    assert source.is_file(), name
+    module = importlib.import_module(name)
+    built = Path(module.__file__ or "")
+    assert built.suffix == ".so", f"{name} is not built ({built})"
+    if built.parent == source.parent:
+        assert built.stat().st_mtime >= source.stat().st_mtime, (
+            f"{source.relative_to(ROOT)} changed since it was built: reinstall"
+        )

@@ -28,8 +28,17 @@ Bytes are never modified: each `Message.data` is exactly the bytes received.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
+
+_strict_size: Callable[[bytes, int, int], int] | None
+_lenient_size: Callable[[bytes, int, int], int] | None
+try:  # the C fast path (setup.py builds it beside the mypyc modules; see _headscan.c)
+    from tlstrace.sip._headscan import lenient_size as _lenient_size
+    from tlstrace.sip._headscan import strict_size as _strict_size
+except ImportError:  # not built (pure-Python install): `_check_head` does it all
+    _strict_size = _lenient_size = None
 
 
 class FramingErrorKind(StrEnum):
@@ -333,7 +342,19 @@ class SipFramer:
         return end
 
     def _parse_head(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
-        """Validate the header section at buf[pos:head_end]; return the message size."""
+        """Validate the header section at buf[pos:head_end]; return the message size.
+
+        The C fast path (`_headscan`, when built) answers the plain case in one pass; anything
+        else, every error included, is judged and explained by `_check_head`."""
+        fast = _strict_size if self.strict else _lenient_size
+        if fast is not None:
+            size = fast(buf, pos, head_end)
+            if 0 <= size <= self.max_msg_size:
+                return size
+        return self._check_head(buf, pos, head_end)
+
+    def _check_head(self, buf: bytes, pos: int, head_end: int) -> int | FramingError:
+        """`_parse_head` in Python: every rule, and why a header section breaks one."""
         if not self.strict:
             return self._lenient_content_length(buf, pos, head_end)
         line_end = buf.find(b"\r\n", pos, head_end + 2)
