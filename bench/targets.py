@@ -232,7 +232,11 @@ def tlstrace_config(
     # the control API (when this tlstrace has one) gets its own free port in each process
     from tlstrace.config.model import Config
 
-    api = f'api_listen = "127.0.0.1:{free_port()}"\n' if "api_listen" in Config.model_fields else ""
+    # (a port just freed can be handed out again at once: never the listener's own)
+    api_port = free_port()
+    while api_port in (port, backend_port):
+        api_port = free_port()
+    api = f'api_listen = "127.0.0.1:{api_port}"\n' if "api_listen" in Config.model_fields else ""
     path.write_text(
         f"""# written by bench: {processes} process(es) sharing the port
 {api}reuse_port = {"true" if processes > 1 else "false"}
