@@ -238,3 +238,29 @@ def test_garbage_never_raises(data: bytes, step: int) -> None:
     for i in range(0, len(data), step):
         for ev in framer.feed(data[i : i + step]):
             assert isinstance(ev, Message | KeepAlive | Dropped | FramingError) or ev is PING
+
+
+def test_a_message_trickled_in_many_reads_is_held_not_rejoined() -> None:
+    """A message in many reads (the end of its headers straddling reads at every offset) comes
+    out whole; what is held is kept as the reads themselves until the message can be whole
+    (joined once: no quadratic re-join and rescan per read at large max_msg_size x
+    max_chunks), and `buffered` says how much."""
+    msg = request("INVITE", body=b"v=0\r\n" * 40)
+    for step in (1, 2, 3, 5, 7):
+        framer = SipFramer(max_chunks=None, max_msg_size=1 << 20)
+        got: list[bytes] = []
+        for i in range(0, len(msg), step):
+            assert framer.feed_into(msg[i : i + step], got) >= 0
+            if len(got) == 0:
+                assert framer.buffered == min(i + step, len(msg))
+        assert got == [msg] and framer.buffered == 0
+
+
+def test_headers_with_no_end_over_several_reads_are_too_large() -> None:
+    framer = SipFramer(max_chunks=None, max_msg_size=1000)
+    events = []
+    for _ in range(30):
+        events += framer.feed(b"INVITE sip:a SIP/2.0\r\nX: " + b"y" * 40)
+    errors = [e for e in events if isinstance(e, FramingError)]
+    assert [e.kind for e in errors] == [FramingErrorKind.TOO_LARGE]
+    assert "no end of headers within 1000 bytes" in errors[0].detail

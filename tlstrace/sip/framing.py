@@ -120,9 +120,11 @@ class SipFramer:
     """Splits one direction of a SIP stream into messages."""
 
     __slots__ = (
-        "_buf",
         "_chunks",
+        "_held",
+        "_held_size",
         "_need",
+        "_tail",
         "crlf_drop",
         "dropped",
         "error",
@@ -148,7 +150,12 @@ class SipFramer:
         self.pingpong = pingpong
         self.crlf_drop = crlf_drop
         self.max_chunks = max_chunks
-        self._buf = b""
+        #: the chunks of an incomplete message, joined once it can be whole (None: none held)
+        self._held: list[bytes] | None = None
+        self._held_size = 0
+        #: the last 3 bytes held while the end of the headers is still to come (it may
+        #: straddle two reads)
+        self._tail = b""
         self._chunks = 0
         # total size of the message at the head of the buffer, once its headers are parsed
         self._need = 0
@@ -163,11 +170,11 @@ class SipFramer:
     @property
     def buffered(self) -> int:
         """Bytes of an incomplete message held back."""
-        return len(self._buf)
+        return self._held_size
 
     def feed(self, data: bytes) -> list[Event]:
         """Consume one chunk (one read, one TLS record) and return what it completed."""
-        if not self._buf and data and data[0] not in WHITESPACE:
+        if self._held is None and data and data[0] not in WHITESPACE:
             # the common case, one whole message in one chunk: no slicing, no loop
             head_end = data.find(b"\r\n\r\n")
             if head_end > 0:
@@ -186,7 +193,7 @@ class SipFramer:
         keep-alive (whitespace first) to `out`; count pings, relayed and dropped keep-alives in
         `pings`, `relayed` and `dropped`. Return the messages appended, or -1 after a framing
         error (in `error`; what came before it is in `out`)."""
-        if not self._buf and data and data[0] not in WHITESPACE:
+        if self._held is None and data and data[0] not in WHITESPACE:
             # the common case, one whole message in one chunk: no slicing, no loop
             head_end = data.find(b"\r\n\r\n")
             if head_end > 0:
@@ -200,12 +207,19 @@ class SipFramer:
                     out.append(data)
                     return 1
                 self._need = size
-        buf = self._buf + data if self._buf else data
+        if self._held is None:
+            buf = data
+        else:
+            gathered = self._gather(data)
+            if isinstance(gathered, FramingError):
+                self._reset()
+                self.error = gathered
+                return -1
+            if gathered is None:
+                return self._incomplete_into(0)
+            buf = gathered
         n = len(buf)
         need = self._need
-        if need and n < need:
-            self._buf = buf
-            return self._incomplete_into(0)
         count = 0
         pos = 0
         while pos < n:
@@ -239,11 +253,45 @@ class SipFramer:
                 return -1
             need = need_or_error
         self._need = need
-        self._buf = buf[pos:] if pos < n else b""
-        if self._buf:
+        if pos < n:
+            self._hold(buf[pos:])
             return self._incomplete_into(count)
         self._chunks = 0
         return count
+
+    def _hold(self, rest: bytes) -> None:
+        self._held = [rest]
+        self._held_size = len(rest)
+        self._tail = rest[-3:]
+
+    def _gather(self, data: bytes) -> bytes | FramingError | None:
+        """What was held back and `data`, joined once the message at its head can be whole;
+        None while it cannot (the caller counts one more chunk of it). Held chunks are not
+        re-joined and rescanned per read: only the new bytes (and the 3 before them) are
+        searched for the end of the headers, so a message trickled in `max_chunks` reads of
+        any size costs linear time, not quadratic."""
+        held = self._held
+        assert held is not None
+        held.append(data)
+        self._held_size += len(data)
+        if self._need:
+            if self._held_size < self._need:
+                return None  # the body of a message whose headers are parsed is arriving
+        else:
+            tail = self._tail + data
+            if tail.find(b"\r\n\r\n") < 0:
+                if self._held_size > self.max_msg_size:
+                    return FramingError(
+                        FramingErrorKind.TOO_LARGE,
+                        f"no end of headers within {self.max_msg_size} bytes",
+                    )
+                self._tail = tail[-3:]
+                return None
+        buf = b"".join(held)
+        self._held = None
+        self._held_size = 0
+        self._tail = b""
+        return buf
 
     def _incomplete_into(self, count: int) -> int:
         self._chunks += 1
@@ -274,13 +322,18 @@ class SipFramer:
         return end
 
     def _feed(self, data: bytes) -> list[Event]:
-        buf = self._buf + data if self._buf else data
+        if self._held is None:
+            buf = data
+        else:
+            gathered = self._gather(data)
+            if isinstance(gathered, FramingError):
+                self._reset()
+                return [gathered]
+            if gathered is None:
+                return self._incomplete([])
+            buf = gathered
         n = len(buf)
         need = self._need
-        if need and n < need:
-            # the body of a message whose headers are already parsed is still arriving
-            self._buf = buf
-            return self._incomplete([])
         events: list[Event] = []
         pos = 0
         while pos < n:
@@ -312,8 +365,8 @@ class SipFramer:
                 return events
             need = need_or_error
         self._need = need
-        self._buf = buf[pos:] if pos < n else b""
-        if self._buf:
+        if pos < n:
+            self._hold(buf[pos:])
             return self._incomplete(events)
         self._chunks = 0
         return events
@@ -433,7 +486,9 @@ class SipFramer:
         self._reset()
 
     def _reset(self) -> None:
-        self._buf = b""
+        self._held = None
+        self._held_size = 0
+        self._tail = b""
         self._need = 0
         self._chunks = 0
 
