@@ -112,6 +112,30 @@ def test_an_unknown_name_is_refused(pki: Pki, clock: FakeClock, observer: Observ
     assert wire.client_failed is not None
 
 
+def test_a_server_name_that_is_not_ascii_is_refused_quietly(
+    pki: Pki, clock: FakeClock, observer: Observer, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """RFC 6066 host names are ASCII. CPython's SNI callback cannot decode another one and
+    prints a traceback on stderr for each: the relay refuses it before OpenSSL sees it."""
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    client = pki.client_context(verify=False).wrap_bio(
+        incoming, outgoing, server_hostname="aaaa.example.com"
+    )
+    with pytest.raises(ssl.SSLWantReadError):
+        client.do_handshake()
+    hello = outgoing.read()
+    assert hello.count(b"aaaa.example.com") == 1
+    hello = hello.replace(b"aaaa.example.com", "\u00e9\u00e9.example.com".encode())
+    ctx = make_ctx(clock, observer)
+    wire = Wire(ctx, two_domains(pki), pki.client_context(), start_client=False)
+    assert wire.to_relay(hello) == []
+    assert wire.close_reason is CloseReason.HANDSHAKE_FAILED
+    kind, message = observer.failed[0]
+    assert kind is HandshakeFailure.UNRECOGNIZED_NAME
+    assert "not ASCII" in message and "\\xc3\\xa9" in message
+    assert capfd.readouterr().err == ""
+
+
 SSLV2_HELLO = bytes.fromhex("802e0100020015000000100700c0030080010080060040040080020080") + bytes(
     16
 )

@@ -48,6 +48,8 @@ class Hello:
     max_version: int = 0
     sni: str | None = None
     client_random: bytes | None = None
+    #: a host_name that is not ASCII (RFC 6066 allows only ASCII, IDNs as A-labels), as sent
+    bad_sni: bytes | None = None
 
 
 #: raw bytes a tls: listener holds while it waits for a whole ClientHello (OpenSSL would take up
@@ -121,7 +123,7 @@ class HelloReader:
             if self._need and self._have >= self._need:
                 try:
                     return _parse_client_hello(self._join(self._need))
-                except (struct.error, IndexError, UnicodeDecodeError):
+                except (struct.error, IndexError):
                     return Hello(HelloKind.TLS)
 
     def _join(self, n: int) -> bytes:
@@ -143,7 +145,7 @@ def _parse_client_hello(body: bytes) -> Hello:
     p += 1 + body[p]  # session id
     p += 2 + struct.unpack_from("!H", body, p)[0]  # cipher suites
     p += 1 + body[p]  # compression methods
-    max_version, sni = legacy_version, None
+    max_version, sni, bad_sni = legacy_version, None, None
     if p > len(body):
         raise IndexError("truncated ClientHello")
     if p + 2 <= len(body):
@@ -155,10 +157,20 @@ def _parse_client_hello(body: bytes) -> Hello:
             p += 4 + ext_len
             if ext_type == 0x0000 and len(ext) >= 5 and ext[2] == 0:  # server_name, host_name
                 name_len = struct.unpack_from("!H", ext, 3)[0]
-                sni = ext[5 : 5 + name_len].decode("ascii")
+                name = ext[5 : 5 + name_len]
+                if name.isascii():
+                    sni = name.decode("ascii")
+                else:
+                    bad_sni = name
             elif ext_type == 0x002B and ext:  # supported_versions
                 versions = [struct.unpack_from("!H", ext, 1 + i)[0] for i in range(0, ext[0], 2)]
                 real = [v for v in versions if v & 0x0F0F == v and 0x0300 <= v <= 0x03FF]
                 if real:
                     max_version = max(real)
-    return Hello(HelloKind.TLS, max_version=max_version, sni=sni, client_random=client_random)
+    return Hello(
+        HelloKind.TLS,
+        max_version=max_version,
+        sni=sni,
+        client_random=client_random,
+        bad_sni=bad_sni,
+    )

@@ -320,6 +320,15 @@ class TlsSession:
                 return
             self.hello = None
             self.hello_facts = hello
+            if hello.bad_sni is not None:
+                # refused here: OpenSSL would pass it to CPython's SNI callback, which cannot
+                # decode it and prints a traceback on stderr for each such hello
+                self._failed(
+                    HandshakeFailure.UNRECOGNIZED_NAME,
+                    f"server_name is not ASCII (RFC 6066 host names are ASCII, IDNs as "
+                    f"A-labels): {hello.bad_sni[:60]!r}",
+                )
+                return
             self._start_tls(chooser.select(hello.sni))
             data = bytes(reader.raw)
         elif not self.first_bytes and self.server_side:
