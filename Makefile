@@ -62,10 +62,12 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-# Every regime beside HAProxy, and the plot (matplotlib, the `bench` extra, installed here).
+# Every regime beside HAProxy (Debian's package, installed here when missing and apt can be
+# used), and the plot (matplotlib, the `bench` extra, installed here).
 # make bench ARGS="--quick" (or --regime NAME ...) passes flags to python -m bench.
 bench: $(BIN)/.installed
 	$(BIN)/python -c "import matplotlib" 2>/dev/null || $(BIN)/pip install --quiet -e '.[dev,bench]'
+	@command -v haproxy >/dev/null 2>&1 || scripts/install-bench-deps.sh
 	$(strip $(BIN)/python -m bench $(ARGS))
 
 clean:
