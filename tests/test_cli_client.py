@@ -94,6 +94,7 @@ def test_connections_table(sidecar: RelayProcess) -> None:
         assert header.split() == [
             "ID",
             "DIR",
+            "PROTO",
             "STATE",
             "REMOTE",
             "LOCAL",
@@ -107,7 +108,7 @@ def test_connections_table(sidecar: RelayProcess) -> None:
             "TRACED",
         ]
         assert f"127.0.0.1:{client.local_port}" in row.split()
-        assert {"inbound", "phone.example", "TLSv1.3", "no"} <= set(row.split())
+        assert {"inbound", "tls", "phone.example", "TLSv1.3", "no"} <= set(row.split())
         assert total == "1 connection"
         r = tlstrace(
             "connections", "--json", "--direction", "inbound", *where(sidecar), token=TOKEN

@@ -233,6 +233,7 @@ def describe_trace(state: dict[str, Any]) -> str:
 COLUMNS = [
     ("ID", "id"),
     ("DIR", "direction"),
+    ("PROTO", "transport"),
     ("STATE", "state"),
     ("REMOTE", "remote"),
     ("LOCAL", "local"),
