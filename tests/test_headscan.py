@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.support.sip import request
 from tlstrace.sip.framing import FramingError, Message, SipFramer
 
 headscan = pytest.importorskip("tlstrace.sip._headscan", reason="the C fast path is not built")
@@ -20,22 +21,18 @@ BIG = 1 << 40
 STRICT = SipFramer(strict=True, max_msg_size=BIG)
 LENIENT = SipFramer(strict=False, max_msg_size=BIG)
 
-INVITE = (
-    b"INVITE sip:bob@example.com SIP/2.0\r\n"
-    b"Via: SIP/2.0/TLS 192.0.2.1:5061;branch=z9hG4bK776asdhds\r\n"
-    b"Max-Forwards: 70\r\nTo: Bob <sip:bob@example.com>\r\n"
-    b"From: Alice <sip:alice@example.com>;tag=1928301774\r\n"
-    b"Call-ID: a84b4c76e66710@pc33.example.com\r\nCSeq: 314159 INVITE\r\n"
-    b"Contact: <sip:alice@192.0.2.1;transport=tls>\r\nContent-Type: application/sdp\r\n"
-    b"Content-Length: 5\r\n\r\nv=0\r\n"
+INVITE = request(
+    "INVITE", "a84b4c76e66710@pc33.example.com", body=b"v=0\r\n", headers=["Content-Type: x"]
 )
+LENGTH = b"Content-Length: 5"
+START = b"INVITE sip:bob@example.com SIP/2.0"
 
 PLAIN = [
     INVITE,
-    INVITE.replace(b"Content-Length: 5", b"l: 5"),
-    INVITE.replace(b"Content-Length: 5", b"content-length:5 \t"),
-    INVITE.replace(b"Content-Length: 5", b"CONTENT-LENGTH:  0000000005"),
-    INVITE.replace(b"INVITE sip", b"CANCEL sip").replace(b"CSeq: 314159 INVITE", b"CSeq: 1 CANCEL"),
+    INVITE.replace(LENGTH, b"l: 5"),
+    INVITE.replace(LENGTH, b"content-length:5 \t"),
+    INVITE.replace(LENGTH, b"CONTENT-LENGTH:  0000000005"),
+    request("CANCEL", "c@x"),
     b"SIP/2.0 200 OK\r\nVia: SIP/2.0/TLS 192.0.2.1\r\nCall-ID: x\r\nContent-Length: 0\r\n\r\n",
     b"SIP/2.0 100 Trying\r\nContent-Length: 0\r\nCall-ID: y\r\n\r\n",
     b"REGISTER sip:example.com SIP/2.0\r\nl: 0\r\nContact: <sip:a@b>\r\n\r\n",
@@ -71,30 +68,31 @@ def test_plain_messages_take_the_fast_path(msg: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    "msg",
+    ("old", "new"),
     [
-        # each a message the Python rules reject or judge specially: the fast path says -1
-        INVITE.replace(b"Content-Length: 5", b"Content-Length : 5"),
-        INVITE.replace(b"Content-Length: 5", b"Content_Length: 5"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Lengthx: 5"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Length: 5\r\nl: 5"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Length: 5\r\n 5"),
-        INVITE.replace(b"Content-Length: 5", b" Content-Length: 5"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Length: 12345678901"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Length: -5"),
-        INVITE.replace(b"Content-Length: 5", b"Content-Length:"),
-        INVITE.replace(b"Content-Length: 5\r\n", b""),
-        INVITE.replace(b"Max-Forwards", b"Max\x00Forwards"),
-        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\n"),
-        INVITE.replace(b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r"),
-        INVITE.replace(b" SIP/2.0\r\n", b" sip/2.0\r\n", 1),
-        INVITE.replace(b"INVITE sip:bob@example.com SIP/2.0", b"l: 5 SIP/2.0"),
-        INVITE.replace(b"INVITE sip:bob@example.com SIP/2.0", b"Content-Length: 5 SIP/2.0"),
-        b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n",
+        # each makes a message the Python rules reject or judge specially: the fast path says -1
+        (LENGTH, b"Content-Length : 5"),
+        (LENGTH, b"Content_Length: 5"),
+        (LENGTH, b"Content-Lengthx: 5"),
+        (LENGTH, b"Content-Length: 5\r\nl: 5"),
+        (LENGTH, b"Content-Length: 5\r\n 5"),
+        (LENGTH, b" Content-Length: 5"),
+        (LENGTH, b"Content-Length: 12345678901"),
+        (LENGTH, b"Content-Length: -5"),
+        (LENGTH, b"Content-Length:"),
+        (LENGTH + b"\r\n", b""),
+        (b"Max-Forwards", b"Max\x00Forwards"),
+        (b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\n"),
+        (b"Max-Forwards: 70\r\n", b"Max-Forwards: 70\r"),
+        (b" SIP/2.0\r\n", b" sip/2.0\r\n"),
+        (START, b"l: 5 SIP/2.0"),
+        (START, b"Content-Length: 5 SIP/2.0"),
+        (START + b"\r\nVia", b"GET / HTTP/1.1\r\nVia"),
     ],
 )
-def test_unusual_headers_are_left_to_python(msg: bytes) -> None:
-    strict, _lenient = check(msg)
+def test_unusual_headers_are_left_to_python(old: bytes, new: bytes) -> None:
+    assert INVITE.count(old) == 1
+    strict, _lenient = check(INVITE.replace(old, new))
     assert strict == -1
 
 

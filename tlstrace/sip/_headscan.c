@@ -105,18 +105,21 @@ args(PyObject *const *argv, Py_ssize_t argc, const unsigned char **buf, Py_ssize
     return 0;
 }
 
-static PyObject *
-strict_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+/* the size, from the length value at [value_at, value_end), or -1 */
+static long long
+size_with(Py_ssize_t pos, Py_ssize_t head_end, const unsigned char *value_at,
+          const unsigned char *value_end)
 {
-    const unsigned char *buf;
-    Py_ssize_t pos, head_end;
-    int bad = args(argv, argc, &buf, &pos, &head_end);
-    if (bad) {
-        return bad < 0 ? NULL : PyLong_FromLong(-1);
-    }
+    long long value = number(value_at, value_end);
+    return value < 0 ? -1 : (long long)(head_end + 4 - pos) + value;
+}
+
+static long long
+strict(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t head_end)
+{
     const unsigned char *start = buf + pos, *end = buf + head_end;
     if (memchr(start, 0, end - start) != NULL) {
-        return PyLong_FromLong(-1);
+        return -1;
     }
     /* the start line, in its exact case */
     const unsigned char *line_end = memchr(start, '\r', end - start);
@@ -126,11 +129,11 @@ strict_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
     Py_ssize_t first = line_end - start;
     if (!((first >= 8 && memcmp(start, "SIP/2.0 ", 8) == 0) ||
           (first >= 8 && memcmp(line_end - 8, " SIP/2.0", 8) == 0))) {
-        return PyLong_FromLong(-1);
+        return -1;
     }
     /* a start line that Kamailio and OpenSIPS could read as a length header */
     if (lower(*start) == 'l' || (lower(*start) == 'c' && first >= 7 && iequal(start, "content", 7))) {
-        return PyLong_FromLong(-1);
+        return -1;
     }
     /* each CR: followed by LF, then a line that is neither folded nor (but once) a length */
     Py_ssize_t crs = 0;
@@ -139,12 +142,12 @@ strict_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
     const unsigned char *p = line_end;
     while (p < end) {
         if (p + 1 >= end || p[1] != '\n') {
-            return PyLong_FromLong(-1);  /* a bare CR */
+            return -1;  /* a bare CR */
         }
         crs++;
         const unsigned char *s = p + 2;
         if (blank(*s)) {
-            return PyLong_FromLong(-1);  /* folded */
+            return -1;  /* folded */
         }
         int c = lower(*s);
         if (c == 'l' && (blank(s[1]) || s[1] == ':' || s[1] == '\r')) {
@@ -171,26 +174,16 @@ strict_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
         lfs++;
     }
     if (lfs != crs || lengths != 1 || !canonical) {
-        return PyLong_FromLong(-1);
+        return -1;
     }
     const unsigned char *colon = memchr(length_line, ':', end - length_line);
     const unsigned char *eol = memchr(length_line, '\r', end - length_line + 1);
-    long long value = number(colon + 1, eol);
-    if (value < 0) {
-        return PyLong_FromLong(-1);
-    }
-    return PyLong_FromLongLong((long long)(head_end + 4 - pos) + value);
+    return size_with(pos, head_end, colon + 1, eol);
 }
 
-static PyObject *
-lenient_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+static long long
+lenient(const unsigned char *buf, Py_ssize_t pos, Py_ssize_t head_end)
 {
-    const unsigned char *buf;
-    Py_ssize_t pos, head_end;
-    int bad = args(argv, argc, &buf, &pos, &head_end);
-    if (bad) {
-        return bad < 0 ? NULL : PyLong_FromLong(-1);
-    }
     /* every CRLF in buf[pos:head_end + 2] may begin a length header */
     const unsigned char *p = buf + pos, *region = buf + head_end + 2;
     const unsigned char *value_at = NULL, *value_end = NULL;
@@ -218,7 +211,7 @@ lenient_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
                     e++;
                 }
                 if (++found > 1) {
-                    return PyLong_FromLong(-1);
+                    return -1;
                 }
                 value_at = q + 1;
                 value_end = e;
@@ -226,14 +219,33 @@ lenient_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
         }
         p++;
     }
-    if (found != 1) {
-        return PyLong_FromLong(-1);
+    return found == 1 ? size_with(pos, head_end, value_at, value_end) : -1;
+}
+
+typedef long long (*scanner)(const unsigned char *, Py_ssize_t, Py_ssize_t);
+
+static PyObject *
+call(PyObject *const *argv, Py_ssize_t argc, scanner scan)
+{
+    const unsigned char *buf;
+    Py_ssize_t pos, head_end;
+    int bad = args(argv, argc, &buf, &pos, &head_end);
+    if (bad) {
+        return bad < 0 ? NULL : PyLong_FromLong(-1);
     }
-    long long value = number(value_at, value_end);
-    if (value < 0) {
-        return PyLong_FromLong(-1);
-    }
-    return PyLong_FromLongLong((long long)(head_end + 4 - pos) + value);
+    return PyLong_FromLongLong(scan(buf, pos, head_end));
+}
+
+static PyObject *
+strict_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+{
+    return call(argv, argc, strict);
+}
+
+static PyObject *
+lenient_size(PyObject *module, PyObject *const *argv, Py_ssize_t argc)
+{
+    return call(argv, argc, lenient);
 }
 
 static PyMethodDef methods[] = {

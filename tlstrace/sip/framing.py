@@ -207,17 +207,9 @@ class SipFramer:
                     out.append(data)
                     return 1
                 self._need = size
-        if self._held is None:
-            buf = data
-        else:
-            gathered = self._gather(data)
-            if isinstance(gathered, FramingError):
-                self._reset()
-                self.error = gathered
-                return -1
-            if gathered is None:
-                return self._incomplete_into(0)
-            buf = gathered
+        buf = data if self._held is None else self._gather(data)
+        if isinstance(buf, int):
+            return buf
         n = len(buf)
         need = self._need
         count = 0
@@ -264,9 +256,9 @@ class SipFramer:
         self._held_size = len(rest)
         self._tail = rest[-3:]
 
-    def _gather(self, data: bytes) -> bytes | FramingError | None:
+    def _gather(self, data: bytes) -> bytes | int:
         """What was held back and `data`, joined once the message at its head can be whole;
-        None while it cannot (the caller counts one more chunk of it). Held chunks are not
+        while it cannot, what `feed_into` returns (0, or -1 after an error). Held chunks are not
         re-joined and rescanned per read: only the new bytes (and the 3 before them) are
         searched for the end of the headers, so a message trickled in `max_chunks` reads of
         any size costs linear time, not quadratic."""
@@ -276,17 +268,19 @@ class SipFramer:
         self._held_size += len(data)
         if self._need:
             if self._held_size < self._need:
-                return None  # the body of a message whose headers are parsed is arriving
+                return self._incomplete_into(0)  # the body is arriving
         else:
             tail = self._tail + data
             if tail.find(b"\r\n\r\n") < 0:
                 if self._held_size > self.max_msg_size:
-                    return FramingError(
+                    self._reset()
+                    self.error = FramingError(
                         FramingErrorKind.TOO_LARGE,
                         f"no end of headers within {self.max_msg_size} bytes",
                     )
+                    return -1
                 self._tail = tail[-3:]
-                return None
+                return self._incomplete_into(0)
         buf = b"".join(held)
         self._held = None
         self._held_size = 0
@@ -322,16 +316,9 @@ class SipFramer:
         return end
 
     def _feed(self, data: bytes) -> list[Event]:
-        if self._held is None:
-            buf = data
-        else:
-            gathered = self._gather(data)
-            if isinstance(gathered, FramingError):
-                self._reset()
-                return [gathered]
-            if gathered is None:
-                return self._incomplete([])
-            buf = gathered
+        buf = data if self._held is None else self._gather(data)
+        if isinstance(buf, int):
+            return self._with_error([]) if buf < 0 else []
         n = len(buf)
         need = self._need
         events: list[Event] = []
@@ -372,13 +359,12 @@ class SipFramer:
         return events
 
     def _incomplete(self, events: list[Event]) -> list[Event]:
-        self._chunks += 1
-        if self.max_chunks is not None and self._chunks >= self.max_chunks:
-            return self._error(
-                events,
-                FramingErrorKind.TOO_MANY_CHUNKS,
-                f"message still incomplete after {self._chunks} reads",
-            )
+        return self._with_error(events) if self._incomplete_into(0) < 0 else events
+
+    def _with_error(self, events: list[Event]) -> list[Event]:
+        """`events` and the error `feed_into` would have returned -1 for."""
+        assert self.error is not None
+        events.append(self.error)
         return events
 
     def _between_messages(self, buf: bytes, pos: int, events: list[Event]) -> int:
