@@ -32,11 +32,17 @@ LISTENER = "tls:127.0.0.1:5061"
 
 
 class FakeClock:
+    #: what `wall()` adds to the monotonic time: the epoch seconds at t = 0
+    EPOCH = 1_780_000_000.0
+
     def __init__(self, t: float = 1000.0) -> None:
         self.t = t
 
     def __call__(self) -> float:
         return self.t
+
+    def wall(self) -> float:
+        return self.EPOCH + self.t
 
     def advance(self, seconds: float) -> float:
         self.t += seconds
@@ -113,12 +119,15 @@ class Pki:
 class Tracer:
     def __init__(self) -> None:
         self.batches: list[tuple[list[bytes], bool]] = []
+        self.timestamps: list[float] = []
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         self.batches.append(([data], received))
+        self.timestamps.append(timestamp)
 
     def messages(self, chunks: list[bytes], received: bool, timestamp: float) -> None:
         self.batches.append((list(chunks), received))
+        self.timestamps.append(timestamp)
 
     def backend_leg(self, addresses: tuple[tuple[str, int], tuple[str, int]] | None) -> None:
         pass
@@ -169,6 +178,7 @@ def make_ctx(clock: FakeClock, observer: Observer | None = None, **config: Any) 
         observer=observer or Observer(),
         keylog=keylog,
         clock=clock,
+        wall=clock.wall,
     )
 
 

@@ -154,8 +154,12 @@ def test_tracing_gets_one_batch_per_read_and_write(pki: Pki, clock: FakeClock) -
     assert wire.conn.traced and observer.tracer is not None
     a, b = sip(), sip("BYE")
     send(wire, a, b)
+    clock.advance(2.5)
     wire.relay_send([ok(), ok("c2")], 2)
     assert observer.tracer.batches == [([a, b], True), ([ok(), ok("c2")], False)]
+    # stamped with the context's wall clock (injected: the core reads no clock of its own)
+    start = clock() - 2.5
+    assert observer.tracer.timestamps == [clock.EPOCH + start, clock.EPOCH + start + 2.5]
 
 
 def test_messages_for_the_client_wait_for_its_handshake(pki: Pki, clock: FakeClock) -> None:

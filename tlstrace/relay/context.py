@@ -1,6 +1,6 @@
 """What a connection core needs from the process, and nothing more: the configuration (replaced
-on reload), a clock, the counters, the observer (tracing) and the key-log tap. The legs and
-cores take this leaf object instead of the whole `Relay`."""
+on reload), the clocks (monotonic and wall), the counters, the observer (tracing) and the
+key-log tap. The legs and cores take this leaf object instead of the whole `Relay`."""
 
 from __future__ import annotations
 
@@ -24,6 +24,7 @@ class RelayContext:
         observer: ConnectionObserver | None = None,
         keylog: KeyLogTap | None = None,
         clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         self.config = config
         self.stats = stats
@@ -32,3 +33,5 @@ class RelayContext:
         self.keylog = keylog
         #: seconds, monotonic: every deadline of the cores is on this clock
         self.clock = clock
+        #: seconds since the epoch: trace timestamps and the end of a registration (shown)
+        self.wall = wall

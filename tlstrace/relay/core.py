@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import logging
 import ssl
-import time
 from typing import Final, Protocol
 
 from tlstrace.logs import conn_fields
@@ -240,7 +239,7 @@ class TlsCore(LegState):
             conn.msgs_in += nmsgs
             tracer = self.tracer
             if tracer is not None:
-                tracer.messages(out, True, time.time())
+                tracer.messages(out, True, self.ctx.wall())
         return out
 
     def _count(self, out: list[bytes], now: float) -> int:
@@ -268,7 +267,7 @@ class TlsCore(LegState):
             conn.msgs_in += nmsgs
             tracer = self.tracer
             if tracer is not None:
-                tracer.messages(out, True, time.time())
+                tracer.messages(out, True, self.ctx.wall())
         return out
 
     def _framing_error(self) -> None:
@@ -383,7 +382,7 @@ class TlsCore(LegState):
                 counts[message_label(chunk)] += 1
         tracer = self.tracer
         if tracer is not None:
-            tracer.messages(chunks, False, time.time())
+            tracer.messages(chunks, False, self.ctx.wall())
         reg = self.registrations
         if reg is not None and reg.pending:
             until = reg.until
@@ -391,7 +390,7 @@ class TlsCore(LegState):
                 if chunk.startswith(b"SIP/2.0 "):
                     reg.response(chunk, now)
             if reg.until != until:
-                conn.registered_until = time.time() + (reg.until - now) if reg.until else None
+                conn.registered_until = self.ctx.wall() + (reg.until - now) if reg.until else None
         return wire
 
     def drop_outq(self) -> int:

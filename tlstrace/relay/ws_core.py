@@ -20,7 +20,6 @@ What changes from TLS:
 from __future__ import annotations
 
 import ssl
-import time
 from typing import Final
 
 from tlstrace.relay.connection import CloseReason, Connection
@@ -249,7 +248,7 @@ class WsCore(TlsCore):
                 counts[message_label(chunk)] += 1
         tracer = self.tracer
         if tracer is not None:
-            tracer.messages(chunks, False, time.time())
+            tracer.messages(chunks, False, self.ctx.wall())
         reg: RegistrationTracker | None = self.registrations
         if reg is not None and reg.pending:
             until = reg.until
@@ -257,7 +256,7 @@ class WsCore(TlsCore):
                 if chunk.startswith(b"SIP/2.0 "):
                     reg.response(chunk, now)
             if reg.until != until:
-                conn.registered_until = time.time() + (reg.until - now) if reg.until else None
+                conn.registered_until = self.ctx.wall() + (reg.until - now) if reg.until else None
         return wire
 
     # -- timers ----------------------------------------------------------------------------------
