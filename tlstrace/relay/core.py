@@ -45,6 +45,8 @@ log = logging.getLogger("tlstrace.relay")
 KEEPALIVE_BURST: Final = 10
 
 _QUIET_REASONS: Final = frozenset({CloseReason.EOF, CloseReason.SHUTDOWN})
+#: CloseReason.label of each reason, computed once (the property builds a string per call)
+_LABELS: Final = {reason: reason.label for reason in CloseReason}
 
 
 def keepalive_burst(rate: float) -> float:
@@ -599,13 +601,13 @@ class TlsCore(LegState):
         # delivers them, so they are not dropped yet
         lost = self.outq_msgs + (0 if self.partner_pending else self.pending_msgs)
         if lost:
-            stats.dropped_messages[reason.label] += lost
+            stats.dropped_messages[_LABELS[reason]] += lost
         if flush and was_open:
             self.session.close()
         else:
             self.session.abort()
             self.wire = []
-        stats.closed[conn.listener, reason.label] += 1
+        stats.closed[conn.listener, _LABELS[reason]] += 1
         # bytes are counted on the connection while it lives (cheaper on the message path)
         stats.bytes[conn.listener, "from_tls"] += conn.bytes_in
         stats.bytes[conn.listener, "to_tls"] += conn.bytes_out

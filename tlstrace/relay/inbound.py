@@ -90,6 +90,7 @@ class InboundTls(TlsLeg):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
+        ctx = self.ctx  # (the relay's config and stats without its Python properties)
         transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         local = transport.get_extra_info("sockname")
@@ -98,16 +99,16 @@ class InboundTls(TlsLeg):
             self.refused = self.closed = True
             transport.abort()
             return
-        if relay.inbound_open >= relay.config.tcp_max_connections or relay.shutting_down:
+        if relay.inbound_open >= ctx.config.tcp_max_connections or relay.shutting_down:
             self.refused = self.closed = True
-            relay.stats.refused[self.conn.listener] += 1
+            ctx.stats.refused[self.conn.listener] += 1
             now = relay.loop.time()
             if now - self.listener.refused_logged > 10:
                 self.listener.refused_logged = now
                 log.warning(
                     "refusing connections on %s: tcp_max_connections (%d) reached",
                     self.conn.listener,
-                    relay.config.tcp_max_connections,
+                    ctx.config.tcp_max_connections,
                 )
             transport.abort()
             return
@@ -117,7 +118,7 @@ class InboundTls(TlsLeg):
             transport.abort()  # before OpenSSL sees a byte
             return
         relay.inbound_open += 1
-        relay.stats.accepted[self.conn.listener] += 1
+        ctx.stats.accepted[self.conn.listener] += 1
         self.conn.remote = peer[:2]
         self.conn.local = local[:2]
         super().connection_made(transport)
@@ -138,7 +139,7 @@ class InboundTls(TlsLeg):
         # the connect's deadline: a timer that cancels the task (asyncio.timeout costs more
         # per connection)
         self.connect_timer = loop.call_later(
-            self.relay.config.tls_handshake_timeout / 1000, self._connect_timed_out
+            self.ctx.config.tls_handshake_timeout / 1000, self._connect_timed_out
         )
 
     def _connect_timed_out(self) -> None:

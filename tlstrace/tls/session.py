@@ -27,7 +27,6 @@ What it keeps from the relay's history (see the README's TLS sections):
 
 from __future__ import annotations
 
-import contextlib
 import ssl
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
@@ -242,9 +241,11 @@ class TlsSession:
     def close(self) -> None:
         """Send close_notify (an open session) and stop; what is due is in `data_to_send()`."""
         if self.state == OPEN and self.obj is not None:
-            # SSLWantReadError: our close_notify is out, theirs need not come
-            with contextlib.suppress(ssl.SSLError):
-                self.obj.unwrap()
+            # (SSLObject.unwrap, and contextlib.suppress, without their Python frames)
+            try:  # noqa: SIM105
+                self.obj._sslobj.shutdown()  # type: ignore[attr-defined]
+            except ssl.SSLError:
+                pass  # SSLWantReadError: our close_notify is out, theirs need not come
             self.urgent = True
         self.state = CLOSED
         self.deadline = 0.0
@@ -279,13 +280,28 @@ class TlsSession:
 
     def _start_tls(self, context: ssl.SSLContext) -> None:
         self.context = context
-        self.obj = context.wrap_bio(
+        if self.server_hostname is not None or type(context) is not ssl.SSLContext:
+            self.obj = context.wrap_bio(
+                self.incoming,
+                self.outgoing,
+                server_side=self.server_side,
+                server_hostname=self.server_hostname,
+                session=self.ssl_session,
+            )
+            return
+        # what SSLContext.wrap_bio and SSLObject._create do (two Python frames per
+        # connection), without a host name to encode: the SSLObject is the owner OpenSSL's
+        # callbacks (the SNI callback) are given
+        obj = ssl.SSLObject.__new__(ssl.SSLObject)
+        obj._sslobj = context._wrap_bio(  # type: ignore[attr-defined]
             self.incoming,
             self.outgoing,
             server_side=self.server_side,
-            server_hostname=self.server_hostname,
+            server_hostname=None,
+            owner=obj,
             session=self.ssl_session,
         )
+        self.obj = obj
 
     def _handshake_data(self, data: bytes, now: float) -> None:
         if not self.sniffed:
