@@ -25,8 +25,9 @@ from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.context import RelayContext
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.relay.leg_state import LegState
-from tlstrace.relay.stats import NOT_NEGOTIATED, message_label
+from tlstrace.relay.stats import NOT_NEGOTIATED
 from tlstrace.sip.framing import PONG, WHITESPACE, FramingError, SipFramer
+from tlstrace.sip.labels import message_label
 from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls.certinfo import CertInfo
 from tlstrace.tls.failures import HandshakeFailure

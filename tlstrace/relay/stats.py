@@ -7,12 +7,6 @@ import time
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 
-#: Methods counted by name; anything else is "other" (label sets stay bounded).
-KNOWN_METHODS = frozenset(
-    b"INVITE ACK BYE CANCEL OPTIONS REGISTER PRACK SUBSCRIBE NOTIFY PUBLISH INFO REFER "
-    b"MESSAGE UPDATE".split()
-)
-
 
 class Histogram:
     """Cumulative-bucket histogram with Prometheus semantics, cheap to observe."""
@@ -171,28 +165,3 @@ class RelayStats:
     def handshake_failed(self, listener: str, direction: str, reason: str) -> None:
         self.handshake_failures[listener, direction, reason] += 1
         self.handshakes[listener, direction, "failure", NOT_NEGOTIATED, NOT_NEGOTIATED] += 1
-
-
-_STATUS_CLASSES = {str(d).encode(): f"{d}xx" for d in range(1, 7)}
-_METHOD_LABELS = {m: m.decode() for m in KNOWN_METHODS}
-#: labels by a message's first 10 bytes, learnt as they come: enough to hold every known
-#: method and its space ("SUBSCRIBE ", "INVITE sip"), or a status class ("SIP/2.0 20"), so
-#: a prefix never stands for two labels
-_BY_PREFIX: dict[bytes, str] = {}
-_BY_PREFIX_MAX = 1024
-
-
-def message_label(data: bytes) -> str:
-    """Method of a request, or status class ("2xx") of a response, for metric labels."""
-    prefix = data[:10]
-    label = _BY_PREFIX.get(prefix)
-    if label is None:
-        space = data.find(b" ", 0, 20)
-        token = data[:space] if space > 0 else b""
-        if token == b"SIP/2.0":
-            label = _STATUS_CLASSES.get(data[8:9], "other")
-        else:
-            label = _METHOD_LABELS.get(token, "other")
-        if len(_BY_PREFIX) < _BY_PREFIX_MAX:
-            _BY_PREFIX[prefix] = label
-    return label

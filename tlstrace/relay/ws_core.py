@@ -25,8 +25,8 @@ from typing import Final
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.context import RelayContext
 from tlstrace.relay.core import LocalIdentity, TlsCore
-from tlstrace.relay.stats import message_label
 from tlstrace.sip.framing import WHITESPACE
+from tlstrace.sip.labels import message_label
 from tlstrace.sip.registration import RegistrationTracker
 from tlstrace.tls.session import OPEN, HandshakeDone, TlsSession
 from tlstrace.ws.framer import WsFramer, WsRefusal
