@@ -447,6 +447,7 @@ class PacketTemplate:
         "_mid",
         "_mid_tail",
         "_packet",
+        "_parts",
         "_plain_pack",
         "_tail_b",
         "_tail_pl",
@@ -508,11 +509,24 @@ class PacketTemplate:
         self._plain_pack = struct.Struct(f"!4sH{len(head)}s20s{len(mid_a) + len(tail_b)}sHHH").pack
         #: the chunks after the correlation id, up to the payload's length
         self._tail_pl = tail_b + b"\x00\x00\x00\x0f"
+        self._parts = (head, mid_a, self._mid_tail, self._tail_pl, self._fixed)
 
     @property
     def packet(self) -> HepPacket:
         """The template's fields as a packet (timestamp 0, empty payload)."""
         return self._packet
+
+    @property
+    def parts(self) -> tuple[bytes, bytes, bytes, bytes, int]:
+        """What a packet of this template is made of besides the magic, its length, the
+        timestamp chunks, the correlation id and the payload, for an encoder elsewhere (the
+        tracer's C fast path): (chunks 0x01..0x08, chunks 0x0b..0x0e, the same followed by
+        0x12 and 0x13, chunks 0x12 and 0x13 followed by the payload chunk's vendor and type,
+        `fixed_size`). `encode_at` writes, without a correlation id: HEP3 | total length |
+        parts[0] | timestamp chunks | parts[2] | 0x0000 0x000f | payload length + 6 | payload;
+        with one: HEP3 | total length | parts[0] | timestamp chunks | parts[1] | 0x0000
+        0x0011 | id length + 6 | id | parts[3] | payload length + 6 | payload."""
+        return self._parts
 
     def max_payload(self, correlation_id: bytes | None = None) -> int:
         """The largest payload `encode` accepts with this correlation id."""

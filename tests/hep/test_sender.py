@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import uvloop
 
+import hep.sender
 from hep.codec import PacketTemplate, decode
 from hep.destination import HepDestination
 from hep.listen import Collector, serve
@@ -624,3 +625,73 @@ def test_identity_builds_templates() -> None:
     t = ident.template(src_ip="::1", dst_ip="::2", src_port=1, dst_port=2, ip_proto=6)
     p = decode(t.encode(1, 2, b"x"))
     assert (p.capture_id, p.auth_key, p.node_name, p.family) == (42, b"k", b"n", 10)
+
+
+@pytest.mark.parametrize("c_loop", [True, False])
+def test_udp_send_packets_is_send_for_each(
+    run: Callable[[Awaitable[None]], None], c_loop: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`send_packets` (one call into C for a batch while datagrams go straight out, or `send`
+    per packet when the C loop is not built) sends what `send` per packet sends, in order,
+    one datagram each, and counts alike."""
+    if not c_loop:
+        monkeypatch.setattr(hep.sender, "_send_all", None)
+    elif hep.sender._send_all is None:
+        pytest.skip("the C loop (hep/_udpsend.c) is not built")
+
+    async def scenario() -> None:
+        col = Collector()
+        server = await serve("udp:127.0.0.1:0", col.on_packet)
+        sender = HepSender(HepDestination("live", "127.0.0.1", server.address.port, "udp"), **FAST)
+        await sender.start()
+        assert await sender.wait_connected(5)
+        batches = [
+            [packet(i * 10 + j, size=j * 100) for j in range(n)] for i, n in enumerate((3, 1, 0, 7))
+        ]
+        for batch in batches:
+            sender.send_packets(batch)
+        want = [p for batch in batches for p in batch]
+        got = await col.wait(len(want))
+        assert [p.ts_usec for p in got] == [decode(p).ts_usec for p in want]
+        s = sender.stats
+        assert (s.sent, s.bytes_sent, s.dropped, s.send_errors) == (
+            len(want),
+            sum(map(len, want)),
+            0,
+            0,
+        )
+        await sender.aclose()
+        server.close()
+        await server.wait_closed()
+        sender.send_packets([packet(0), packet(1)])  # closed: dropped, counted
+        assert sender.stats.dropped == 2
+
+    run(scenario())
+
+
+def test_udp_send_packets_to_a_closed_port_counts_as_send_does(
+    run: Callable[[Awaitable[None]], None],
+) -> None:
+    """A refusal in the middle of a batch: the datagrams before it counted sent, it and the
+    ones after it dropped, the sender backs off: as with `send` per packet."""
+
+    async def scenario() -> None:
+        stats = []
+        for batched in (False, True):
+            port = free_port(socket.AF_INET, socket.SOCK_DGRAM)
+            sender = HepSender(HepDestination("down", "127.0.0.1", port, "udp"), **FAST)
+            await sender.start()
+            assert await sender.wait_connected(5)
+            packets = [packet(i) for i in range(50)]
+            if batched:
+                sender.send_packets(packets)
+            else:
+                for p in packets:
+                    sender.send(p)
+            s = sender.stats
+            assert s.sent >= 1 and s.sent + s.dropped == 50 and s.send_errors == 1
+            stats.append((s.sent, s.dropped, s.send_errors, s.state, s.last_error))
+            await sender.aclose()
+        assert stats[0] == stats[1]
+
+    run(scenario())

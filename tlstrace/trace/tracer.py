@@ -1,5 +1,6 @@
 """Tracing glue: decides per connection whether it is traced, builds its HEP templates once,
-and per message does one encode and one enqueue per destination.
+and per read or write builds the packets of its messages in one call (`fastpath`, in C when
+built) and hands them to each destination in one call.
 
 Every relayed message leaves a trace: a message whose packet would exceed `hep_max_packet` is
 traced truncated (`fit.truncate_sip`) with a type-100 record saying so, and a Call-ID longer
@@ -24,12 +25,18 @@ from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import MessageTracer
 from tlstrace.sip.framing import WHITESPACE
-from tlstrace.sip.peek import CALL_ID_LINE, call_id
+from tlstrace.sip.peek import call_id
 from tlstrace.tls.failures import HandshakeFailure
 from tlstrace.trace import events
+from tlstrace.trace.fastpath import Parts, Session
 from tlstrace.trace.filters import Facts, TraceFilter, normalize_ip
 from tlstrace.trace.fit import CALL_ID_MAX, MARK, short_id, truncate_sip, unmark
 from tlstrace.trace.keyfile import KeyLogFile
+
+try:  # the fast path in C (setup.py builds it beside the mypyc modules; see _fastpath.c)
+    from tlstrace.trace._fastpath import encode_batch
+except ImportError:  # not built: the same in Python
+    from tlstrace.trace.fastpath import encode_batch
 
 if TYPE_CHECKING:
     from tlstrace.relay.runtime import Relay
@@ -92,6 +99,8 @@ class TraceManager:
         self._senders: list[HepSender] = []
         #: each sender's `send`, for the per-message path
         self.sends: tuple[Callable[[bytes], bool], ...] = ()
+        #: each sender's `send_packets` (a batch's packets, in order, in one call)
+        self.send_batches: tuple[Callable[[list[bytes]], None], ...] = ()
         self.senders = senders
         self.keyfile: KeyLogFile | None = None
         self.config: Config = config
@@ -112,6 +121,7 @@ class TraceManager:
     def senders(self, senders: list[HepSender]) -> None:
         self._senders = list(senders)
         self.sends = tuple(s.send for s in self._senders)
+        self.send_batches = tuple(_send_packets(s) for s in self._senders)
 
     def apply_config(self, config: Config) -> None:
         session_changed = (self.config.trace_keys, self.config.trace_sessions) != (
@@ -318,6 +328,21 @@ class TraceManager:
         return suppressed
 
 
+def _send_packets(sender: HepSender) -> Callable[[list[bytes]], None]:
+    """The sender's `send_packets`; for a destination that has only `send` (a test's
+    recorder), one `send` per packet."""
+    batch: Callable[[list[bytes]], None] | None = getattr(sender, "send_packets", None)
+    if batch is not None:
+        return batch
+    send = sender.send
+
+    def one_by_one(packets: list[bytes]) -> None:
+        for packet in packets:
+            send(packet)
+
+    return one_by_one
+
+
 def _suppressed(n: int) -> str:
     return f" ({n} similar lines not logged before this one)" if n else ""
 
@@ -331,6 +356,9 @@ class ConnectionTracer:
         "conn",
         "early",
         "early_size",
+        "fast_in",
+        "fast_out",
+        "fast_session",
         "fixed",
         "manager",
         "room",
@@ -358,6 +386,8 @@ class ConnectionTracer:
         #: the session record's per-connection prefix, its template and its bytes before a
         #: Call-ID (trace_sessions)
         self.session: tuple[str, PacketTemplate, bytes] | None = None
+        #: the same for `encode_batch`: (record head, template parts)
+        self.fast_session: Session | None = None
         self.build_session()
         #: hashes of the Call-IDs whose session record went out, oldest first
         self.seen: OrderedDict[int, None] = OrderedDict()
@@ -365,12 +395,19 @@ class ConnectionTracer:
         self.fixed = 0
         #: the largest message that fits whatever its Call-ID: one comparison per message
         self.room = 0
+        #: `encode_batch`'s templates for what is read (first, second, second first) and
+        #: what is written (set_room keeps them up to date)
+        self.fast_in: tuple[Parts, Parts | None, bool] = (self.tpl_in.parts, None, False)
+        self.fast_out: tuple[Parts, Parts | None, bool] = (self.tpl_out.parts, None, True)
         self.set_room()
 
     def set_room(self) -> None:
         templates = [self.tpl_in, self.tpl_out, self.backend_in, self.backend_out]
         self.fixed = max(MAX_PACKET - t.max_payload() for t in templates if t is not None)
         self.room = self.manager.max_packet - self.fixed - 6 - CALL_ID_MAX
+        bin_, bout = self.backend_in, self.backend_out
+        self.fast_in = (self.tpl_in.parts, None if bout is None else bout.parts, False)
+        self.fast_out = (self.tpl_out.parts, None if bin_ is None else bin_.parts, True)
 
     def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
@@ -384,8 +421,10 @@ class ConnectionTracer:
                 ),
                 events.session_record_head(prefix),
             )
+            self.fast_session = (self.session[2], self.session[1].parts)
         else:
             self.session = None
+            self.fast_session = None
 
     def backend_leg(self, addresses: tuple[Addr, Addr] | None) -> None:
         """The backend connection is up (its plain leg is traced with trace_backend)."""
@@ -405,89 +444,95 @@ class ConnectionTracer:
         """A batch read or written together (keep-alives, whitespace first, are skipped).
 
         The fast path, for messages that fit as they are: the timestamp chunks are packed once
-        for the batch; per message, a Call-ID peek, one encode per packet from the
-        connection's templates and one `send` per destination; per new call, its session
-        record. Anything else (a message too large or with a Call-ID too long, a client's
-        forged truncation mark, a message kept for the backend leg) takes `message`."""
+        for the batch, and `encode_batch` (in C when built: `fastpath`) builds the packets of
+        the messages one after the other (per message, a Call-ID peek and one packet per
+        template; per new call, its session record), which go to each destination in one
+        call (`send_packets`). The first message it does not take (a message too large or
+        with a Call-ID too long, a client's forged truncation mark, a new Call-ID whose record
+        needs JSON escaping or is too large, a message kept for the backend leg) takes
+        `_one`, in Python, after the packets before it are sent; then the fast path goes on."""
         manager = self.manager
-        sends = manager.sends
-        room = self.room
-        session = self.session
-        seen = self.seen
-        early = received and self.early is not None
         if received:
-            first, second = self.tpl_in, self.backend_out
+            first, fast = self.tpl_in, self.fast_in
         else:
-            first, second = self.tpl_out, self.backend_in
-        ts: bytes | None = None
-        count = 0
-        search = CALL_ID_LINE.search
+            first, fast = self.tpl_out, self.fast_out
         try:
-            for data in chunks:
-                if data[0] in WHITESPACE:  # keep-alives are not traced
-                    continue
-                # call_id(data), inline
-                m = search(data)
-                cid = m.group(1) if m is not None else None
-                if cid is not None:
-                    cid = cid.rstrip(b" \t") or None
-                if (
-                    early
-                    or len(data) > room
-                    or data.find(MARK) >= 0
-                    or (cid is not None and len(cid) > CALL_ID_MAX)
-                ):
-                    manager.packets += count
-                    count = 0
-                    self.message(data, received, timestamp)
-                    continue
-                if ts is None:
-                    sec = int(timestamp)
-                    ts = timestamp_chunks(sec, int((timestamp - sec) * 1e6))
-                # the order of the packets: the client's leg, then the backend's, as relayed
-                if received:
-                    packet = first.encode_at(ts, data, cid)
-                    for send in sends:
-                        send(packet)
-                    if second is not None:
-                        packet = second.encode_at(ts, data, cid)
-                        for send in sends:
-                            send(packet)
-                else:
-                    if second is not None:
-                        packet = second.encode_at(ts, data, cid)
-                        for send in sends:
-                            send(packet)
-                    packet = first.encode_at(ts, data, cid)
-                    for send in sends:
-                        send(packet)
-                count += 1 if second is None else 2
-                if cid is not None and session is not None and (key := hash(cid)) not in seen:
-                    seen[key] = None
-                    if len(seen) > SEEN_CALL_IDS:
-                        seen.popitem(last=False)
-                    packet = session[1].encode_at(
-                        ts, events.session_record_at(session[2], session[0], cid), cid
-                    )
-                    if len(packet) > manager.max_packet:
-                        manager.packets += count
-                        count = 0
-                        sec = int(timestamp)
-                        manager.send_checked(
-                            session[1],
-                            sec,
-                            int((timestamp - sec) * 1e6),
-                            events.session_record_at(session[2], session[0], cid),
-                            cid,
-                            self.conn,
-                        )
-                    else:
-                        for send in sends:
-                            send(packet)
-                        count += 1
+            sec = int(timestamp)
+            ts = timestamp_chunks(sec, int((timestamp - sec) * 1e6))
+            if received and self.early is not None:
+                for data in chunks:
+                    self._one(data, received, timestamp, ts)
+                return
+            n = len(chunks)
+            out: list[bytes] = []
+            i = 0
+            while True:
+                i = encode_batch(
+                    chunks,
+                    i,
+                    ts,
+                    fast[0],
+                    fast[1],
+                    fast[2],
+                    self.room,
+                    self.fast_session,
+                    self.seen,
+                    SEEN_CALL_IDS,
+                    manager.max_packet,
+                    out,
+                )
+                if out:
+                    manager.packets += len(out)
+                    for send_packets in manager.send_batches:
+                        send_packets(out)
+                    out = []
+                if i >= n:
+                    return
+                self._one(chunks[i], received, timestamp, ts)
+                i += 1
         except ValueError as e:  # a safety net: not expected (a clock past 2106)
             manager._not_sent(first, e, self.conn)
-        manager.packets += count
+
+    def _one(self, data: bytes, received: bool, timestamp: float, ts: bytes) -> None:
+        """A message of `messages` that the fast path did not take (ValueError: see there)."""
+        if data[0] in WHITESPACE:  # keep-alives are not traced
+            return
+        manager = self.manager
+        cid = call_id(data)
+        if (
+            (received and self.early is not None)
+            or len(data) > self.room
+            or data.find(MARK) >= 0
+            or (cid is not None and len(cid) > CALL_ID_MAX)
+        ):
+            self.message(data, received, timestamp)
+            return
+        # the order of the packets: the client's leg, then the backend's, as relayed
+        tpls: tuple[PacketTemplate | None, PacketTemplate | None] = (
+            (self.tpl_in, self.backend_out) if received else (self.backend_in, self.tpl_out)
+        )
+        for tpl in tpls:
+            if tpl is not None:
+                packet = tpl.encode_at(ts, data, cid)
+                manager.packets += 1
+                for send in manager.sends:
+                    send(packet)
+        session = self.session
+        if cid is not None and session is not None and (key := hash(cid)) not in self.seen:
+            self.seen[key] = None
+            if len(self.seen) > SEEN_CALL_IDS:
+                self.seen.popitem(last=False)
+            record = events.session_record_at(session[2], session[0], cid)
+            packet = session[1].encode_at(ts, record, cid)
+            if len(packet) > manager.max_packet:
+                sec = int(timestamp)
+                manager.send_checked(
+                    session[1], sec, int((timestamp - sec) * 1e6), record, cid, self.conn
+                )
+            else:
+                manager.packets += 1
+                for send in manager.sends:
+                    send(packet)
 
     def message(self, data: bytes, received: bool, timestamp: float) -> None:
         manager = self.manager

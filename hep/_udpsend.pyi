@@ -1,0 +1,3 @@
+"""hep/_udpsend.c: see there."""
+
+def send_all(fd: int, packets: list[bytes], start: int, /) -> tuple[int, int, int]: ...
