@@ -64,6 +64,14 @@ get_parts(PyObject *obj, Parts *p)
     if (p->fixed == -1 && PyErr_Occurred()) {
         return -1;
     }
+    /* `encode` writes exactly `fixed` bytes besides the payload and the correlation id only
+     * if the parts are those of one template: checked, so that no other tuple can make it
+     * write past the packet it allocated */
+    if (p->fixed != 6 + p->head_n + TS_LEN + p->mid_tail_n + 6 ||
+        p->mid_tail_n != p->mid_n + p->tail_pl_n - 4 || p->tail_pl_n < 4) {
+        PyErr_SetString(PyExc_ValueError, "a template's parts: sizes that do not add up");
+        return -1;
+    }
     return 0;
 }
 
