@@ -18,25 +18,9 @@ from tlstrace.trace.fastpath import Parts, Session
 fast = pytest.importorskip("tlstrace.trace._fastpath", reason="the C fast path is not built")
 
 TS = timestamp_chunks(1700000000, 123456)
-V4 = PacketTemplate(
-    src_ip="192.0.2.1", dst_ip="127.0.0.1", src_port=5061, dst_port=5061, ip_proto=6
-)
-V6 = PacketTemplate(
-    src_ip="2001:db8::1",
-    dst_ip="::1",
-    src_port=40000,
-    dst_port=5060,
-    ip_proto=22,
-    capture_id=7,
-    auth_key=b"secret",
-    node_name=b"node-1",
-    vlan=12,
-    keep_alive=30,
-)
-RECORD = PacketTemplate(
-    src_ip="192.0.2.1", dst_ip="127.0.0.1", src_port=5061, dst_port=5061, ip_proto=6,
-    proto_type=100,
-)  # fmt: skip
+V4 = PacketTemplate(src_ip="192.0.2.1", dst_ip="127.0.0.1", src_port=5061, dst_port=5061, ip_proto=6)  # fmt: skip  # noqa: E501
+V6 = PacketTemplate(src_ip="2001:db8::1", dst_ip="::1", src_port=40000, dst_port=5060, ip_proto=22, capture_id=7, auth_key=b"secret", node_name=b"node-1", vlan=12, keep_alive=30)  # fmt: skip  # noqa: E501
+RECORD = PacketTemplate(src_ip="192.0.2.1", dst_ip="127.0.0.1", src_port=5061, dst_port=5061, ip_proto=6, proto_type=100)  # fmt: skip  # noqa: E501
 HEAD = events.session_record_head('{"type":"tls-session","connection_id":"1"')
 #: a record head that a long Call-ID takes past hep_max_packet 1024
 LONG_HEAD = events.session_record_head('{"type":"tls-session","keylog":"' + "k" * 700 + '"')

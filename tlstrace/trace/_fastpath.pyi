@@ -1,21 +1,3 @@
-"""tlstrace/trace/_fastpath.c: see there, and its Python twin tlstrace/trace/fastpath.py."""
+"""tlstrace/trace/_fastpath.c: see there. Its signature is its Python twin's."""
 
-from collections import OrderedDict
-
-from tlstrace.trace.fastpath import Parts, Session
-
-def encode_batch(
-    chunks: list[bytes],
-    start: int,
-    ts: bytes,
-    first: Parts,
-    second: Parts | None,
-    second_first: bool,
-    room: int,
-    session: Session | None,
-    seen: OrderedDict[int, None],
-    seen_max: int,
-    max_packet: int,
-    out: list[bytes],
-    /,
-) -> int: ...
+from tlstrace.trace.fastpath import encode_batch as encode_batch
