@@ -5,8 +5,9 @@ Each regime (`--regime NAME`, repeatable; see `--help` for the list) runs its ta
 the tables give medians, and each line's ratio to HAProxy is the median of those paired ratios.
 
 - saturated: 50 TLS connections x 4 INVITEs in flight (closed loop) from `--generators` load
-  generator processes, nothing pinned; the relay's own CPU use ('relay core') shows whether it
-  is the bottleneck.
+  generator processes (the C engine, `--engine c`, falling back to Python when it cannot be
+  built; the WSS line always Python), nothing pinned; the relay's own CPU use ('relay core')
+  shows whether it is the bottleneck.
 - sparse: 400 and 1,000 connections x 1 in flight, nothing pinned.
 - paced: 5,000 connections, an open loop at a steady 2,000 requests/s in total, nothing
   pinned; and the same at the `--rates` of the sweep drawn by `python -m bench.plot`.
