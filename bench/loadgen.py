@@ -350,13 +350,15 @@ class Meter:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        #: processes whose CPU counts as this generator's own (the C engine's program)
+        self.own_pids: list[int] = []
 
     def sample(self) -> tuple[dict[str, float], float, float, float, float]:
         a = self.args
         return (
             core_busy(),
             cpu_sample(a.cpu_pid),
-            self_cpu(),
+            self_cpu() + cpu_sample(self.own_pids),
             cpu_sample(a.side_pid),
             time.perf_counter(),
         )
@@ -571,6 +573,7 @@ async def persistent(args: argparse.Namespace) -> dict[str, Any]:
     w = meter.window(a, b)
     return {
         "mode": "persistent",
+        "engine": "python",
         "target": f"{scheme}:{host}:{port}",
         "conns": args.conns,
         "inflight": args.inflight,
@@ -940,6 +943,22 @@ def build_parser() -> argparse.ArgumentParser:
         "--index", type=int, default=0, help="this generator's number (distinct Call-IDs)"
     )
     p.add_argument(
+        "--engine",
+        choices=["python", "c"],
+        default="python",
+        help="persistent against tls: or tcp: targets: 'c' runs the closed loop in C "
+        "(bench/cgen/loadgen.c, built on demand; bench/cengine.py), the same requests and "
+        "results at a fraction of the CPU",
+    )
+    p.add_argument(
+        "--send",
+        choices=["batch", "each"],
+        default="batch",
+        help="--engine c: the requests that one read's answers call for (one TLS record each) "
+        "leave in one send() ('batch', the default), or one send() each ('each', as the Python "
+        "engine does)",
+    )
+    p.add_argument(
         "--cpu-pid",
         type=int,
         action="append",
@@ -963,6 +982,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.mode == "paced" and not args.rate:
         print("bench.loadgen: paced needs --rate", file=sys.stderr)
         return 2
+    if args.engine == "c":
+        if args.mode != "persistent" or args.target[0] not in ("tls", "tcp"):
+            print(
+                "bench.loadgen: --engine c runs persistent against tls: and tcp: targets only",
+                file=sys.stderr,
+            )
+            return 2
+        from bench import cengine
+
+        result = cengine.persistent(args, requests_for(args), Meter(args))
+        print(json.dumps(result), flush=True)
+        return 0
     fn = {"persistent": persistent, "paced": paced, "handshake": handshake, "idle": idle}[args.mode]
     result = uvloop.run(fn(args))
     print(json.dumps(result), flush=True)

@@ -80,8 +80,18 @@ def brief(mode: str, r: dict[str, Any]) -> str:
         cpu = f", {_f(r['cpu_us_per_msg'])} us/msg" if r.get("cpu_us_per_msg") else ""
     relay = f", relay {_f(r.get('relay_core_pct'), 0)}%" if r.get("relay_core_pct") else ""
     other = f", other load {_f(r.get('other_pct'), 0)}%" if r.get("other_pct") else ""
+    gen = (
+        f", {r.get('engine', 'python')} generator {_f(r['loadgen_us_per_round_trip'])} us/rt"
+        if r.get("loadgen_us_per_round_trip")
+        else ""
+    )
+    side = (
+        f", responder+sinks {_f(r['side_us_per_round_trip'])} us/rt"
+        if r.get("side_us_per_round_trip")
+        else ""
+    )
     return (
-        f"{r['rate']:,.0f}/s, p50 {_f(lat['p50'], 2)} ms{cpu}{relay}{other},"
+        f"{r['rate']:,.0f}/s, p50 {_f(lat['p50'], 2)} ms{cpu}{relay}{gen}{side}{other},"
         f" errors {r.get('errors', 0)}"
     )
 
@@ -107,20 +117,42 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}%"
 
 
-def regime_title(regime: Regime, args: argparse.Namespace) -> str:
+_ENGINE_NAMES = {
+    "c": "C (OpenSSL + epoll, batched sends)",
+    "c-each": "C (OpenSSL + epoll, one send per request)",
+    "python": "Python",
+}
+
+
+def engines_text(engines: dict[str, str]) -> str:
+    """Which load generator engine ran the regime's lines: one name when all used the same,
+    else the most common one and the exceptions (e.g. the WSS line on the Python engine)."""
+    if not engines:
+        return ""
+    names = list(engines.values())
+    main = max(sorted(set(names)), key=names.count)
+    others = [f"{t}: {_ENGINE_NAMES.get(e, e)}" for t, e in engines.items() if e != main]
+    return _ENGINE_NAMES.get(main, main) + (f" ({', '.join(others)})" if others else "")
+
+
+def regime_title(
+    regime: Regime, args: argparse.Namespace, data: dict[str, Any] | None = None
+) -> str:
     reps = args.memory_repeat if regime.load == "memory" else args.repeat
     runs = f"median of {reps}" if reps > 1 else "1 run"
     if regime.load == "memory":
         return f"== {regime.name}: {regime.describe(vars(args))}; {runs} =="
+    engines = engines_text((data or {}).get("engines") or {})
+    gen = f"; load generator: {engines}" if engines else ""
     return (
         f"== {regime.name}: {regime.describe(vars(args))}; {args.duration:g} s window after "
-        f"{args.warmup:g} s warm-up; {runs} =="
+        f"{args.warmup:g} s warm-up; {runs}{gen} =="
     )
 
 
 def table(regime: Regime, args: argparse.Namespace, data: dict[str, Any]) -> None:
     print()
-    print(regime_title(regime, args))
+    print(regime_title(regime, args, data))
     if regime.load == "memory":
         print(
             "   relays run as 2 processes sharing the port with SO_REUSEPORT (tlstrace"

@@ -5,8 +5,9 @@ Each regime (`--regime NAME`, repeatable; see `--help` for the list) runs its ta
 the tables give medians, and each line's ratio to HAProxy is the median of those paired ratios.
 
 - saturated: 50 TLS connections x 4 INVITEs in flight (closed loop) from `--generators` load
-  generator processes, nothing pinned; the relay's own CPU use ('relay core') shows whether it
-  is the bottleneck.
+  generator processes (the C engine, `--engine c`, falling back to Python when it cannot be
+  built; the WSS line always Python), nothing pinned; the relay's own CPU use ('relay core')
+  shows whether it is the bottleneck.
 - sparse: 400 and 1,000 connections x 1 in flight, nothing pinned.
 - paced: 5,000 connections, an open loop at a steady 2,000 requests/s in total, nothing
   pinned; and the same at the `--rates` of the sweep drawn by `python -m bench.plot`.
@@ -163,6 +164,30 @@ def jobs_for(regime: Regime, args: argparse.Namespace, rep: int = 0) -> list[Job
     raise ValueError(regime.name)
 
 
+#: the regimes whose load generator may run on the C engine (`--engine c`, tls: targets)
+C_ENGINE_REGIMES = ("saturated", "tracing")
+
+
+def engine_for(regime: Regime, job: Job, address: str, engine: str) -> str:
+    """Which load generator engine runs `job` against a target at `address`: the C one
+    (`bench/cgen/loadgen.c`) for the closed loop of the saturated and tracing regimes over TLS
+    when `--engine c` (and it built); the Python one for everything else (WSS among them)."""
+    if (
+        engine == "c"
+        and regime.name in C_ENGINE_REGIMES
+        and job.mode == "persistent"
+        and address.startswith("tls:")
+    ):
+        return "c"
+    return "python"
+
+
+def engine_label(run: dict[str, Any]) -> str:
+    """A run's engine for the tables: "python", "c" (batched sends) or "c-each"."""
+    engine = str(run.get("engine", "python"))
+    return "c-each" if engine == "c" and run.get("send") == "each" else engine
+
+
 def metric_key(regime: Regime) -> str:
     return "cpu_us_per_handshake" if regime.load == "handshake" else "cpu_us_per_msg"
 
@@ -244,6 +269,7 @@ class Bench:
         n = max(1, min(job.generators, job.conns))
         gens: list[Child] = []
         name = f"loadgen-{job.mode}-{target.variant.name}"
+        engine = engine_for(self.regime, job, target.address, a.engine)
         try:
             for i in range(n):
                 conns = job.conns // n + (1 if i < job.conns % n else 0)
@@ -264,6 +290,8 @@ class Bench:
                     str(i),
                     *job.extra,
                 ]
+                if engine != "python":
+                    argv += ["--engine", engine, "--send", a.c_send]
                 for r in job.rates:  # each process sends its share of the total
                     argv += ["--rate", f"{r / n:g}"]
                 if job.sync:
@@ -312,7 +340,9 @@ class Bench:
                 raise ProcessError(
                     f"{c.name} died during the run ({_exit_text(c)}):\n{c.log_tail()}"
                 )
-        return merge(results)
+        merged = merge(results)
+        merged["engine"] = engine
+        return merged
 
     def rate_regime(self) -> dict[str, Any]:
         tag = f"-{self.regime.name}"
@@ -320,6 +350,8 @@ class Bench:
         targets: list[Target] = []
         cases: dict[str, dict[str, list[dict[str, Any]]]] = {}
         errors: dict[str, list[str]] = {v.name: [] for v in self.variants}
+        #: the load generator engine each target's runs used ("c" or "python")
+        engines: dict[str, str] = {}
 
         def start(v: Variant) -> Target | None:
             try:
@@ -379,6 +411,7 @@ class Bench:
                                 one.update(per_operation(job.mode, one))
                                 cases.setdefault(case, {v.name: [] for v in self.variants})
                                 cases[case][name].append(one)
+                                engines[name] = engine_label(one)
                                 self.log(
                                     f"{self.regime.name} {case} {name} run {rep + 1}/"
                                     f"{self.args.repeat}: {report.brief(job.mode, one)}"
@@ -391,6 +424,7 @@ class Bench:
         return {
             "cases": {case: {"runs": runs} for case, runs in cases.items()},
             "errors": errors,
+            "engines": engines,
         }
 
     # -- memory ------------------------------------------------------------------------------
@@ -570,8 +604,13 @@ def per_operation(mode: str, raw: dict[str, Any]) -> dict[str, Any]:
             **_load_shares(raw),
         }
     n = raw["round_trips"]
+    gen, side = raw.get("loadgen_cpu_s"), raw.get("side_cpu_s")
     return {
         "cpu_us_per_round_trip": cpu / n * 1e6 if cpu is not None and n else None,
+        # what the load generators (all processes) and the side processes (responder, HEP
+        # sinks) spent per round trip: the cost of offering the load
+        "loadgen_us_per_round_trip": gen / n * 1e6 if gen is not None and n else None,
+        "side_us_per_round_trip": side / n * 1e6 if side is not None and n else None,
         # a round trip is two relayed messages: the request and its response
         "cpu_us_per_msg": cpu / (2 * n) * 1e6 if cpu is not None and n else None,
         **_load_shares(raw),
@@ -688,6 +727,8 @@ def summarize_case(
                 "cpu_us_per_handshake",
                 "relay_core_pct",
                 "load_core_pct",
+                "loadgen_us_per_round_trip",
+                "side_us_per_round_trip",
                 "other_pct",
                 "errors",
             ]
@@ -848,6 +889,22 @@ def build_parser() -> argparse.ArgumentParser:
         "only (default 1)",
     )
     p.add_argument("--size", type=int, default=600, help="INVITE size in bytes")
+    p.add_argument(
+        "--engine",
+        choices=["c", "python"],
+        default="c",
+        help="saturated/tracing over TLS: the load generator's engine; 'c' (default) is "
+        "bench/cgen/loadgen.c, built on demand with gcc and OpenSSL (falls back to 'python', "
+        "saying so, when it cannot be built); every other load runs on the Python engine",
+    )
+    p.add_argument(
+        "--c-send",
+        choices=["batch", "each"],
+        default="batch",
+        help="the C engine's sends: the requests one read's answers call for in one send() "
+        "('batch', default) or one send() per request ('each', the Python engine's pattern); "
+        "one TLS record per request either way",
+    )
     p.add_argument("--workers", type=int, default=50, help="handshake workers")
     p.add_argument("--no-haproxy", action="store_true", help="skip HAProxy even if installed")
     p.add_argument(
@@ -926,7 +983,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGHUP, _on_term)
     have_haproxy = haproxy_path() is not None and not args.no_haproxy
     started = dt.datetime.now(dt.UTC)
+    fallback = choose_engine(args, regimes)
     meta = machine_info(args, have_haproxy)
+    meta["engine"] = args.engine
+    if fallback:
+        meta["engine_fallback"] = fallback
     meta["fd_limit"] = limit
     report.header(meta)
     workdir = Path(tempfile.mkdtemp(prefix="tlstrace-bench-"))
@@ -967,6 +1028,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         except plot.PlotError as e:
             print(f"bench: no plot: {e}", file=sys.stderr)
     return 0
+
+
+def choose_engine(args: argparse.Namespace, regimes: Sequence[str]) -> str | None:
+    """Build the C engine when a regime that uses it runs; when it cannot be built, fall back
+    to the Python engine (`args.engine`), say so loudly and return why."""
+    if args.engine != "c" or not any(r in C_ENGINE_REGIMES for r in regimes):
+        return None
+    from bench import cengine
+
+    try:
+        path = cengine.build()
+    except cengine.BuildError as e:
+        args.engine = "python"
+        bar = "!" * 78
+        msg = (
+            f"{bar}\nbench: WARNING: the C load generator cannot be built, so the "
+            f"{' and '.join(C_ENGINE_REGIMES)} regimes run on the PYTHON generator, which "
+            "shares the 2 cores with the relay at several times the CPU per round trip: the "
+            "relay is not the bottleneck there and the figures are not comparable with "
+            f"C-engine runs.\n  why: {e}\n{bar}"
+        )
+        print(msg, file=sys.stderr, flush=True)
+        print(msg, flush=True)
+        return str(e)
+    print(f"bench: C load generator: {path}", file=sys.stderr, flush=True)
+    return None
 
 
 def stop_sink(procs: Procs, sink: Child) -> dict[str, Any]:
