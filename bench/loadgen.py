@@ -953,10 +953,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--send",
         choices=["batch", "each"],
-        default="batch",
-        help="--engine c: the requests that one read's answers call for (one TLS record each) "
-        "leave in one send() ('batch', the default), or one send() each ('each', as the Python "
-        "engine does)",
+        default="each",
+        help="--engine c: one send() per request ('each', the default, as the Python engine "
+        "does), or the requests that one read's answers call for (one TLS record each) in one "
+        "send() ('batch')",
     )
     p.add_argument(
         "--cpu-pid",

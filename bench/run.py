@@ -900,10 +900,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--c-send",
         choices=["batch", "each"],
-        default="batch",
-        help="the C engine's sends: the requests one read's answers call for in one send() "
-        "('batch', default) or one send() per request ('each', the Python engine's pattern); "
-        "one TLS record per request either way",
+        default="each",
+        help="the C engine's sends: one send() per request ('each', default: the Python "
+        "engine's pattern, so the relay sees the same reads), or the requests one read's "
+        "answers call for in one send() ('batch': fewer, larger reads, which favour a relay "
+        "that batches); one TLS record per request either way",
     )
     p.add_argument("--workers", type=int, default=50, help="handshake workers")
     p.add_argument("--no-haproxy", action="store_true", help="skip HAProxy even if installed")

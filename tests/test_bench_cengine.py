@@ -105,7 +105,7 @@ def test_c_engine_keeps_the_python_engines_contract_through_tlstrace(
     py, _ = run_loadgen(target, "--engine", "python", "--index", "4", *pids)
     # the same keys as the Python engine's result, and which engine ran
     assert set(c) - {"send"} == set(py)
-    assert (c["engine"], c["send"], py["engine"]) == ("c", "batch", "python")
+    assert (c["engine"], c["send"], py["engine"]) == ("c", "each", "python")
     assert (c["mode"], c["target"], c["conns"], c["inflight"]) == ("persistent", target, 3, 2)
     assert c["message_size"] == 700
     assert c["errors"] == 0 and c["bad_responses"] == 0 and c["error_samples"] == []
