@@ -113,8 +113,8 @@ class Connection:
     #: connection, which holds it open past tcp_connection_lifetime
     registered_until: float | None = None
     close_reason: CloseReason | None = None
-    #: NSS key-log lines, filled during the handshake when keys are enabled
-    keylog: list[str] = field(default_factory=list)
+    #: NSS key-log lines, filled during the handshake when keys are enabled (None: none)
+    keylog: list[str] | None = None
     transport: Transport = "tls"
     #: WebSocket connections: what the Upgrade request said (request target, Origin,
     #: User-Agent)
