@@ -6,14 +6,13 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
-import sys
 from typing import cast
 
 from tlstrace.config import Listener
 from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
 from tlstrace.relay.client_tls import ClientTls
-from tlstrace.relay.connection import CloseReason, Connection
+from tlstrace.relay.connection import CloseReason, Connection, SharedAddresses
 from tlstrace.relay.host import RelayHost
 from tlstrace.relay.leg import protocol_factory
 from tlstrace.relay.listening import Listening, bind_listening
@@ -37,18 +36,8 @@ class InboundListener:
         self.backend_name = str(listener.backend)
         #: the listener's address as the counters and logs name it (once, not per connection)
         self.name = str(listener.listen)
-        #: the local address of the last connection accepted: the next one shares the tuple
-        #: when it has the same (nearly always: 160 bytes less per connection)
-        self.last_local: tuple[str, int] = ("", 0)
+        self.addresses = SharedAddresses()
         self.prepare(contexts)
-
-    def local_address(self, sockname: tuple[str, int]) -> tuple[str, int]:
-        """`sockname` (host, port), as the tuple the last connection had when equal."""
-        last = self.last_local
-        if sockname[1] == last[1] and sockname[0] == last[0]:
-            return last
-        self.last_local = (sys.intern(sockname[0]), sockname[1])
-        return self.last_local
 
     def prepare(self, contexts: ServerContexts) -> None:
         """Hook new contexts into key logging, when keys are enabled."""
@@ -130,10 +119,7 @@ class InboundTls(TlsLeg):
             return
         relay.inbound_open += 1
         relay.stats.accepted[self.conn.listener] += 1
-        # (the client's address text is shared by its connections: clients behind one NAT
-        # or SBC, or one phone's reconnections, keep one copy)
-        self.conn.remote = (sys.intern(peer[0]), peer[1])
-        self.conn.local = self.listener.local_address(local)
+        self.listener.addresses.note(self.conn, peer, local)
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
