@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 if TYPE_CHECKING:
     from tlstrace.tls.certinfo import CertInfo
@@ -113,8 +114,8 @@ class Connection:
     #: connection, which holds it open past tcp_connection_lifetime
     registered_until: float | None = None
     close_reason: CloseReason | None = None
-    #: NSS key-log lines, filled during the handshake when keys are enabled
-    keylog: list[str] = field(default_factory=list)
+    #: NSS key-log lines, filled during the handshake when keys are enabled (None: none)
+    keylog: list[str] | None = None
     transport: Transport = "tls"
     #: WebSocket connections: what the Upgrade request said (request target, Origin,
     #: User-Agent)
@@ -129,3 +130,23 @@ class Connection:
         from tlstrace.tls.certinfo import from_der
 
         return from_der(self.peer_cert_der)
+
+
+class SharedAddresses:
+    """Sets the addresses of a listener's connections so that they share what they can: the
+    local address tuple of the last one (the next has the same, nearly always) and the
+    client's address text (clients behind one NAT or SBC, a phone's reconnections), interned.
+    Plain Python on purpose: compiled code would unbox each tuple and box a new one."""
+
+    __slots__ = ("_local",)
+
+    def __init__(self) -> None:
+        self._local: tuple[str, int] = ("", 0)
+
+    def note(self, conn: Connection, peername: tuple[Any, ...], sockname: tuple[Any, ...]) -> None:
+        """`conn`'s remote and local addresses from its transport's peername and sockname."""
+        conn.remote = (sys.intern(peername[0]), peername[1])
+        local = self._local
+        if sockname[1] != local[1] or sockname[0] != local[0]:
+            local = self._local = (sys.intern(sockname[0]), sockname[1])
+        conn.local = local

@@ -143,22 +143,24 @@ class TlsCore(LegState):
         self.ka_time = now
         #: messages in the last batch `receive` returned
         self.batch_msgs = 0
+        # (the lists below are None while empty: most connections never need them, and an
+        # empty list costs 64 bytes each)
         # messages from the TLS peer waiting for the partner to be ready
-        self.pending: list[bytes] = []
+        self.pending: list[bytes] | None = None
         self.pending_msgs = 0
         self.pending_size = 0
         #: the partner is being connected (messages wait in `pending` for it)
         self.partner_pending = False
         # messages for the TLS peer waiting for this end's handshake
-        self.outq: list[bytes] = []
+        self.outq: list[bytes] | None = None
         self.outq_msgs = 0
         self.outq_size = 0
         #: set when the partner closed while its last messages waited for our handshake
         self.close_after_flush: tuple[CloseReason, str] | None = None
         #: ciphertext due before what the session holds (the queue flushed at handshake)
-        self.wire: list[bytes] = []
+        self.wire: list[bytes] | None = None
         #: handshake completions for the adapter (at most one)
-        self.events: list[HandshakeDone] = []
+        self.events: list[HandshakeDone] | None = None
         self.closed = False
 
     # -- input ---------------------------------------------------------------------------------
@@ -186,7 +188,7 @@ class TlsCore(LegState):
                 ended.append(ev)
             else:
                 self._session_event(ev, now)
-        session.events = ended
+        session.events = ended or None
         if self.close_request is not None or not (chunks or ended):
             if session.state == OPEN and self.close_request is None and session.record_partial:
                 # the read that ended the handshake began the next record: its clock starts
@@ -363,7 +365,10 @@ class TlsCore(LegState):
         if self.closed:
             return b""
         if self.session.state != OPEN:
-            self.outq.extend(chunks)
+            if self.outq is None:
+                self.outq = list(chunks)
+            else:
+                self.outq.extend(chunks)
             self.outq_msgs += nmsgs
             self.outq_size += sum(map(len, chunks))
             return b""
@@ -399,31 +404,34 @@ class TlsCore(LegState):
     def drop_outq(self) -> int:
         """Forget what waits for the handshake (it will not happen); return its messages."""
         n = self.outq_msgs
-        self.outq, self.outq_msgs, self.outq_size = [], 0, 0
+        self.outq, self.outq_msgs, self.outq_size = None, 0, 0
         return n
 
     def data_to_send(self) -> bytes:
         """Ciphertext due now besides what `send` returned (handshake, alerts, pongs,
         close_notify, the queue flushed after the handshake)."""
         due = self.session.data_to_send()
-        if not self.wire:
-            return due
         wire = self.wire
-        self.wire = []
+        if not wire:
+            return due
+        self.wire = None
         if due:
             wire.append(due)
         return b"".join(wire)
 
     def hold(self, chunks: list[bytes], nmsgs: int) -> None:
         """Keep messages until the partner is ready; bounded by `backlog_in`."""
-        self.pending.extend(chunks)
+        if self.pending is None:
+            self.pending = list(chunks)
+        else:
+            self.pending.extend(chunks)
         self.pending_msgs += nmsgs
         self.pending_size += sum(map(len, chunks))
 
     def take_pending(self) -> tuple[list[bytes], int]:
         chunks, nmsgs = self.pending, self.pending_msgs
-        self.pending, self.pending_msgs, self.pending_size = [], 0, 0
-        return chunks, nmsgs
+        self.pending, self.pending_msgs, self.pending_size = None, 0, 0
+        return (chunks if chunks is not None else []), nmsgs
 
     def backlog_in(self) -> bool:
         return self.pending_size > self.ctx.config.conn_buffer_limit
@@ -433,8 +441,16 @@ class TlsCore(LegState):
 
     def pop_events(self) -> list[HandshakeDone]:
         events = self.events
-        self.events = []
+        if events is None:
+            return []
+        self.events = None
         return events
+
+    def _add_event(self, ev: HandshakeDone) -> None:
+        if self.events is None:
+            self.events = [ev]
+        else:
+            self.events.append(ev)
 
     def partner_closed(self, reason: CloseReason, detail: str) -> bool:
         """The partner ended: False when our close waits for the partner's last messages to
@@ -465,11 +481,15 @@ class TlsCore(LegState):
         conn = self.conn
         self.tracer = self.ctx.observer.handshake_done(conn)
         conn.traced = self.tracer is not None
-        self.events.append(ev)
+        self._add_event(ev)
         if self.outq:
             chunks, nmsgs = self.outq, self.outq_msgs
-            self.outq, self.outq_msgs, self.outq_size = [], 0, 0
-            self.wire.append(self.send(chunks, nmsgs, now))
+            self.outq, self.outq_msgs, self.outq_size = None, 0, 0
+            flushed = self.send(chunks, nmsgs, now)
+            if self.wire is None:
+                self.wire = [flushed]
+            else:
+                self.wire.append(flushed)
         if self.close_after_flush is not None:
             reason, detail = self.close_after_flush
             self._request_close(reason, detail)
@@ -477,6 +497,8 @@ class TlsCore(LegState):
     def _note_handshake(self, ev: HandshakeDone) -> None:
         """The handshake's facts on the connection, and its counters."""
         conn = self.conn
+        if self.session.keylog_lines is not None:
+            conn.keylog = self.session.keylog_lines
         conn.state = "open"
         conn.tls_version = ev.version
         conn.cipher = ev.cipher
@@ -501,6 +523,8 @@ class TlsCore(LegState):
 
     def _handshake_failed(self, ev: HandshakeFailed) -> None:
         conn = self.conn
+        if self.session.keylog_lines is not None:
+            conn.keylog = self.session.keylog_lines
         cert, domain = self.identity.local_cert(ev.context, ev.started)
         conn.local_cert = cert
         if domain is not None:
@@ -607,7 +631,7 @@ class TlsCore(LegState):
             self.session.close()
         else:
             self.session.abort()
-            self.wire = []
+            self.wire = None
         stats.closed[conn.listener, _LABELS[reason]] += 1
         # bytes are counted on the connection while it lives (cheaper on the message path)
         stats.bytes[conn.listener, "from_tls"] += conn.bytes_in

@@ -3,6 +3,8 @@ frames what it sends, leniently (it is trusted), and keeps its timeouts."""
 
 from __future__ import annotations
 
+import sys
+
 from tlstrace.relay.connection import CloseReason
 from tlstrace.relay.context import RelayContext
 from tlstrace.relay.core import Framer
@@ -12,7 +14,8 @@ from tlstrace.sip.framing import WHITESPACE, SipFramer
 
 class PlainCore(LegState):
     def __init__(self, ctx: RelayContext, name: str, framer: Framer | None = None) -> None:
-        super().__init__(ctx, name, f"{name}_message_timeout")
+        # (interned: one copy for every connection, not one each)
+        super().__init__(ctx, name, sys.intern(f"{name}_message_timeout"))
         # the SIP server side is trusted with keep-alives: relay them as they are
         self.framer: Framer = (
             framer

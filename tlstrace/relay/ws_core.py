@@ -47,12 +47,12 @@ class PlainSession(TlsSession):
         self.deadline = 0.0
         self.sniffed = True
         self.keylog = None
-        self.keylog_lines = []
+        self.keylog_lines = None
         self.rec_left = 0
         self.rec_head = b""
         self.records_in = self.records_seen = self.records_ended = 0
         self.urgent = False
-        self.events = []
+        self.events = None
         self.obj = None
         self.pending: list[bytes] = []
 
@@ -228,7 +228,7 @@ class WsCore(TlsCore):
         )
         self.tracer = self.ctx.observer.handshake_done(conn)
         conn.traced = self.tracer is not None
-        self.events.append(ev)
+        self._add_event(ev)
 
     # -- output ----------------------------------------------------------------------------------
 

@@ -28,6 +28,7 @@ What it keeps from the relay's history (see the README's TLS sections):
 from __future__ import annotations
 
 import ssl
+import sys
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
@@ -43,6 +44,10 @@ READ_SIZE: Final = 65536
 HANDSHAKE: Final = 0
 OPEN: Final = 1
 CLOSED: Final = 2
+
+
+def _shared(text: str | None) -> str | None:
+    return sys.intern(text) if text is not None else None
 
 
 class ContextChooser(Protocol):
@@ -115,7 +120,8 @@ class TlsSession:
         self.chooser = chooser
         #: the tap that takes OpenSSL's key-log lines (None: keys are not wanted)
         self.keylog = keylog
-        self.keylog_lines: list[str] = keylog_lines if keylog_lines is not None else []
+        #: the lines taken (None until the first is due: an empty list costs 64 bytes)
+        self.keylog_lines: list[str] | None = keylog_lines
         #: a session to resume (client side)
         self.ssl_session = ssl_session
         self.incoming = ssl.MemoryBIO()
@@ -142,7 +148,9 @@ class TlsSession:
         self.records_ended = 0
         #: bytes in `outgoing` are due now (not only deferred session tickets)
         self.urgent = False
-        self.events: list[SessionEvent] = []
+        #: state changes not yet popped (None while there are none: an empty list per
+        #: connection costs 64 bytes)
+        self.events: list[SessionEvent] | None = None
 
     # -- driving ---------------------------------------------------------------------------
 
@@ -198,10 +206,10 @@ class TlsSession:
             except ssl.SSLWantReadError:
                 break
             except ssl.SSLError as e:
-                self.events.append(PeerClosed(True, classify(e)[1]))
+                self._event(PeerClosed(True, classify(e)[1]))
                 break
             if not chunk:
-                self.events.append(PeerClosed(False, "close_notify received"))
+                self._event(PeerClosed(False, "close_notify received"))
                 break
             out.append(chunk)
         if self.outgoing.pending > queued:
@@ -273,8 +281,16 @@ class TlsSession:
 
     def pop_events(self) -> list[SessionEvent]:
         events = self.events
-        self.events = []
+        if events is None:
+            return []
+        self.events = None
         return events
+
+    def _event(self, ev: SessionEvent) -> None:
+        if self.events is None:
+            self.events = [ev]
+        else:
+            self.events.append(ev)
 
     # -- handshake -------------------------------------------------------------------------
 
@@ -357,7 +373,10 @@ class TlsSession:
         assert obj is not None
         tap = self.keylog
         if tap is not None:
-            tap.current = self.keylog_lines
+            lines = self.keylog_lines
+            if lines is None:
+                lines = self.keylog_lines = []
+            tap.current = lines
         try:
             # (the C object behind ssl.SSLObject: its wrapper adds a Python call)
             obj._sslobj.do_handshake()  # type: ignore[attr-defined]
@@ -411,13 +430,16 @@ class TlsSession:
             sni = self.server_hostname
         self.first_bytes, self.hello_facts = b"", None
         self.records_seen = self.records_in  # the handshake's records are not counted
-        self.events.append(
+        # (the texts every connection repeats are interned: the connection keeps them while it
+        # is open, one copy for all instead of one each)
+        alpn: str | None = sslobj.selected_alpn_protocol()
+        self._event(
             HandshakeDone(
-                version,
-                cipher[0] if cipher else None,
-                sslobj.selected_alpn_protocol(),
+                _shared(version),
+                _shared(cipher[0]) if cipher else None,
+                _shared(alpn),
                 resumed,
-                sni,
+                _shared(sni),
                 sslobj.getpeercert(True),
                 self.context,
                 now - self.created,
@@ -441,6 +463,4 @@ class TlsSession:
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
         self.state = CLOSED
         self.deadline = 0.0
-        self.events.append(
-            HandshakeFailed(kind, message, hello, self.context, self.obj is not None)
-        )
+        self._event(HandshakeFailed(kind, message, hello, self.context, self.obj is not None))

@@ -78,7 +78,7 @@ def handshake_event(
 ) -> list[tuple[str, str]]:
     event = "ACCEPTED" if conn.direction == "inbound" else "CONNECTED"
     parts = [("Protocol", protocol(conn)), *_cert_parts(conn)]
-    mk = master_key(conn.keylog) if keys else None
+    mk = master_key(conn.keylog) if keys and conn.keylog else None
     if mk:
         parts.append(("master-key", mk))
     parts += [
@@ -130,7 +130,7 @@ def session_record_prefix(conn: Connection, *, keys: bool) -> str:
         record["origin"] = conn.ws_origin
         record["user_agent"] = conn.user_agent
     if keys:
-        record["keylog"] = list(conn.keylog)
+        record["keylog"] = list(conn.keylog or ())
     return json.dumps(record, separators=(",", ":"))[:-1]
 
 

@@ -24,7 +24,7 @@ class KeyLogFile:
         self.errors = 0
         self._failed_at = 0.0
 
-    def write(self, lines: list[str]) -> None:
+    def write(self, lines: list[str] | None) -> None:
         if not lines:
             return
         if self.fd is None and not self._open():
