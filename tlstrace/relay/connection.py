@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import random
-import sys
 import time
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
     from tlstrace.tls.certinfo import CertInfo
@@ -130,23 +129,3 @@ class Connection:
         from tlstrace.tls.certinfo import from_der
 
         return from_der(self.peer_cert_der)
-
-
-class SharedAddresses:
-    """Sets the addresses of a listener's connections so that they share what they can: the
-    local address tuple of the last one (the next has the same, nearly always) and the
-    client's address text (clients behind one NAT or SBC, a phone's reconnections), interned.
-    Plain Python on purpose: compiled code would unbox each tuple and box a new one."""
-
-    __slots__ = ("_local",)
-
-    def __init__(self) -> None:
-        self._local: tuple[str, int] = ("", 0)
-
-    def note(self, conn: Connection, peername: tuple[Any, ...], sockname: tuple[Any, ...]) -> None:
-        """`conn`'s remote and local addresses from its transport's peername and sockname."""
-        conn.remote = (sys.intern(peername[0]), peername[1])
-        local = self._local
-        if sockname[1] != local[1] or sockname[0] != local[0]:
-            local = self._local = (sys.intern(sockname[0]), sockname[1])
-        conn.local = local

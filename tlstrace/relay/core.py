@@ -20,6 +20,7 @@ import logging
 import ssl
 from typing import Final, Protocol
 
+from tlstrace.config import Config
 from tlstrace.logs import conn_fields
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.context import RelayContext
@@ -94,9 +95,8 @@ class NoIdentity:
 NO_IDENTITY: Final = NoIdentity()
 
 
-def sip_framer(ctx: RelayContext) -> SipFramer:
+def sip_framer(cfg: Config) -> SipFramer:
     """The framer of what a TLS peer sends, from the configuration."""
-    cfg = ctx.config
     return SipFramer(
         max_msg_size=cfg.max_msg_size,
         pingpong=cfg.tls_crlf_pingpong,
@@ -124,7 +124,11 @@ class TlsCore(LegState):
         self.session = session
         self.identity = identity
         self.server_side = session.server_side
-        self.framer: Framer = framer if framer is not None else sip_framer(ctx)
+        #: made at the first bytes to frame, as HAProxy takes a buffer only when data comes:
+        #: an idle connection holds none (about 120 bytes), with the settings in force when
+        #: the connection opened (`framing`: a reload changes the framing of new ones only)
+        self.framer: Framer | None = framer
+        self.framing = ctx.config
         stats = ctx.stats
         # this connection's message counters, looked up once
         self.in_counts = stats.messages[conn.listener, direction_in]
@@ -196,9 +200,15 @@ class TlsCore(LegState):
             return self._note_in([], 0)
         return self._frame(chunks, now)
 
+    def _framer(self) -> Framer:
+        framer = self.framer
+        if framer is None:
+            framer = self.framer = sip_framer(self.framing)
+        return framer
+
     def _frame(self, chunks: list[bytes], now: float) -> list[bytes]:
         out: list[bytes] = []
-        framer = self.framer
+        framer = self._framer()
         for chunk in chunks:
             if framer.feed_into(chunk, out) < 0:
                 nmsgs = self._count(out, now) if out else 0
@@ -276,7 +286,7 @@ class TlsCore(LegState):
         return out
 
     def _framing_error(self) -> None:
-        framer = self.framer
+        framer = self._framer()
         error = framer.error
         assert error is not None
         stats = self.ctx.stats
@@ -290,7 +300,7 @@ class TlsCore(LegState):
         self, chunks: list[bytes], out: list[bytes], nmsgs: int, now: float
     ) -> list[bytes]:
         """`_frame` for a read with keep-alives, no SIP, or the peer's close after it."""
-        framer = self.framer
+        framer = self._framer()
         stats = self.ctx.stats
         keepalives = 0
         if framer.relayed or framer.dropped:

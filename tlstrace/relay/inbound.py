@@ -11,8 +11,9 @@ from typing import cast
 from tlstrace.config import Listener
 from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
+from tlstrace.relay.addresses import SharedAddresses
 from tlstrace.relay.client_tls import ClientTls
-from tlstrace.relay.connection import CloseReason, Connection, SharedAddresses
+from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.host import RelayHost
 from tlstrace.relay.leg import protocol_factory
 from tlstrace.relay.listening import Listening, bind_listening

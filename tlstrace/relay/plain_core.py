@@ -16,18 +16,10 @@ class PlainCore(LegState):
     def __init__(self, ctx: RelayContext, name: str, framer: Framer | None = None) -> None:
         # (interned: one copy for every connection, not one each)
         super().__init__(ctx, name, sys.intern(f"{name}_message_timeout"))
-        # the SIP server side is trusted with keep-alives: relay them as they are
-        self.framer: Framer = (
-            framer
-            if framer is not None
-            else SipFramer(
-                max_msg_size=ctx.config.max_msg_size,
-                pingpong=False,
-                crlf_drop=False,
-                max_chunks=None,
-                strict=False,
-            )
-        )
+        #: made at the first bytes (an idle connection holds none), with the max_msg_size in
+        #: force when the connection opened
+        self.framer: Framer | None = framer
+        self.max_msg_size = ctx.config.max_msg_size
         #: messages in the last batch `receive` returned
         self.batch_msgs = 0
 
@@ -36,6 +28,15 @@ class PlainCore(LegState):
         messages); a framing error sets `close_request` after them."""
         out: list[bytes] = []
         framer = self.framer
+        if framer is None:
+            # the SIP server side is trusted with keep-alives: relay them as they are
+            framer = self.framer = SipFramer(
+                max_msg_size=self.max_msg_size,
+                pingpong=False,
+                crlf_drop=False,
+                max_chunks=None,
+                strict=False,
+            )
         n = framer.feed_into(data, out)
         framer.relayed = 0
         if n < 0:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 import time
-from collections.abc import Coroutine, Iterable
+from collections.abc import Coroutine, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,6 +29,25 @@ class UpstreamStatus:
     ok: bool
     at: float
     error: str = ""
+
+
+class ConnectionsView(Mapping[int, Connection]):
+    """The open TLS connections by id, read from their legs: no second table (one entry less
+    per connection)."""
+
+    __slots__ = ("_legs",)
+
+    def __init__(self, legs: dict[int, TlsLegView]) -> None:
+        self._legs = legs
+
+    def __getitem__(self, conn_id: int) -> Connection:
+        return self._legs[conn_id].conn
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._legs)
+
+    def __len__(self) -> int:
+        return len(self._legs)
 
 
 def listener_directions(config: Config) -> list[tuple[str, tuple[str, ...]]]:
@@ -65,9 +84,9 @@ class Relay:
             observer=observer,
             keylog=KeyLogTap() if config.keys_wanted else None,
         )
-        #: open TLS connections by id, with their legs
-        self.connections: dict[int, Connection] = {}
+        #: open TLS connections by id: their legs, and (a view of the same table) themselves
         self.tls_legs: dict[int, TlsLegView] = {}
+        self.connections: Mapping[int, Connection] = ConnectionsView(self.tls_legs)
         #: every live leg, for the timeout sweep and shutdown (a dict used as a set: at 10,000
         #: legs its table is a third of a set's)
         self.legs: dict[LiveLeg, None] = {}
@@ -146,14 +165,12 @@ class Relay:
 
     def register_tls(self, leg: TlsLegView) -> None:
         self.legs[leg] = None
-        self.connections[leg.conn.id] = leg.conn
         self.tls_legs[leg.conn.id] = leg
 
     def unregister(self, leg: LiveLeg) -> None:
         self.legs.pop(leg, None)
 
     def connection_closed(self, conn: Connection) -> None:
-        self.connections.pop(conn.id, None)
         self.tls_legs.pop(conn.id, None)
         if conn.direction == "inbound":
             self.inbound_open -= 1
