@@ -52,7 +52,8 @@ UNIT = tests/test_framing.py tests/test_clienthello.py tests/test_registration.p
        tests/hep/test_codec.py tests/hep/test_codec_fuzz.py \
        tests/hardening/test_fuzz_framer.py tests/hardening/test_fuzz_hep.py \
        tests/test_layers.py tests/test_control_seam.py tests/core \
-       tests/test_bench_report.py tests/test_compiled.py
+       tests/test_bench_report.py tests/test_compiled.py tests/test_headscan.py \
+       tests/test_trace_fastpath.py
 
 unit: $(BIN)/.installed
 	$(BIN)/pytest $(UNIT)
