@@ -385,9 +385,9 @@ class TlsCore(LegState):
         data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
         # (TlsSession.send, inlined: this is the hot path)
         session = self.session
-        obj = session.obj
-        assert obj is not None
-        obj._sslobj.write(data)  # type: ignore[attr-defined]
+        sslobj = session.sslobj
+        assert sslobj is not None
+        sslobj.write(data)
         session.urgent = False
         wire = session.outgoing.read()
         conn = self.conn

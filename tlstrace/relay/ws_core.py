@@ -54,6 +54,9 @@ class PlainSession(TlsSession):
         self.urgent = False
         self.events = None
         self.obj = None
+        self.sslobj = None
+        self.sni_seen = None
+        self.sni_mismatch = False
         self.pending: list[bytes] = []
 
     def start(self, now: float) -> None:

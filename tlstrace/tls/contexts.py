@@ -29,6 +29,7 @@ from pathlib import Path
 
 from tlstrace.config import ClientDomain, Config, ConfigError, Listener, ServerDomain
 from tlstrace.tls import certgen, certinfo, groups
+from tlstrace.tls.sni import SNI_SEEN
 
 log = logging.getLogger("tlstrace.tls")
 
@@ -80,8 +81,9 @@ class ServerContexts:
     def _on_sni(
         self, obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext
     ) -> int | None:
-        obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
         ident = self._match(server_name)
+        # (read by the TLS session: tls/sni.py)
+        SNI_SEEN.note(obj, server_name, ident is not None and ident.context is not ctx)
         if ident is None:
             if server_name is None:
                 return None  # no SNI and no domain for it: continue on the initial one
@@ -89,7 +91,6 @@ class ServerContexts:
         if ident.context is not ctx:
             # never switch (see the module's docstring): the session, if any, was already
             # taken from `ctx`'s cache
-            obj.tlstrace_sni_mismatch = True  # type: ignore[union-attr]
             return ssl.ALERT_DESCRIPTION_HANDSHAKE_FAILURE
         return None
 
@@ -100,7 +101,7 @@ class ServerContexts:
 def _note_sni(
     obj: ssl.SSLObject | ssl.SSLSocket, server_name: str | None, ctx: ssl.SSLContext
 ) -> None:
-    obj.tlstrace_sni = server_name  # type: ignore[union-attr]  # read by the TLS leg
+    SNI_SEEN.note(obj, server_name)  # read by the TLS session (tls/sni.py)
 
 
 class ClientContexts:

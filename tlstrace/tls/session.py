@@ -36,6 +36,7 @@ from tlstrace.tls import records
 from tlstrace.tls.clienthello import MAX_HELLO_BYTES, TLS1_2, Hello, HelloKind, HelloReader, sniff
 from tlstrace.tls.failures import HandshakeFailure, classify
 from tlstrace.tls.keylog import KeyLogTap
+from tlstrace.tls.sni import SNI_SEEN, SniSeen
 
 #: the most plaintext asked of OpenSSL at once (a record holds at most 16 KiB)
 READ_SIZE: Final = 65536
@@ -126,7 +127,15 @@ class TlsSession:
         self.ssl_session = ssl_session
         self.incoming = ssl.MemoryBIO()
         self.outgoing = ssl.MemoryBIO()
+        #: the ssl.SSLObject, where one is made (a client, a context of a subclass); a server
+        #: runs on the C object alone (`sslobj`)
         self.obj: ssl.SSLObject | None = None
+        #: OpenSSL's object, the C one behind ssl.SSLObject (None until the hello is read)
+        self.sslobj: Any = None
+        #: what the SNI callback saw (tls/sni.py): the name, and whether OpenSSL read another
+        #: than tlstrace did
+        self.sni_seen: str | None = None
+        self.sni_mismatch = False
         self.state = HANDSHAKE
         self.created = now
         self.deadline = 0.0  # 0: none
@@ -157,7 +166,7 @@ class TlsSession:
     def start(self, now: float) -> None:
         """The transport is up: arm the handshake deadline; a client writes its hello."""
         self.deadline = now + self.handshake_timeout_ms / 1000
-        if self.hello is None and self.obj is None:
+        if self.hello is None and self.sslobj is None:
             self._start_tls(self.context)
         if not self.server_side:
             self._do_handshake(now)
@@ -189,10 +198,10 @@ class TlsSession:
         return self._read()
 
     def _read(self) -> list[bytes]:
-        obj = self.obj
-        assert obj is not None
-        # the C object behind ssl.SSLObject: one Python frame less per record
-        read = obj._sslobj.read  # type: ignore[attr-defined]
+        sslobj = self.sslobj
+        assert sslobj is not None
+        # the C object, not ssl.SSLObject: one Python frame less per record
+        read = sslobj.read
         incoming = self.incoming
         out: list[bytes] = []
         # what OpenSSL had to send before this read (TLS 1.3 session tickets wait for the
@@ -226,17 +235,17 @@ class TlsSession:
 
     def send(self, data: bytes) -> bytes:
         """Encrypt `data`; return every byte to write now (deferred ones included)."""
-        obj = self.obj
-        assert obj is not None and self.state == OPEN
-        obj._sslobj.write(data)  # type: ignore[attr-defined]
+        sslobj = self.sslobj
+        assert sslobj is not None and self.state == OPEN
+        sslobj.write(data)
         self.urgent = False
         return self.outgoing.read()
 
     def queue(self, data: bytes) -> None:
         """Encrypt `data` to go out with the next `data_to_send()`."""
-        obj = self.obj
-        assert obj is not None and self.state == OPEN
-        obj.write(data)
+        sslobj = self.sslobj
+        assert sslobj is not None and self.state == OPEN
+        sslobj.write(data)
         self.urgent = True
 
     def data_to_send(self) -> bytes:
@@ -248,10 +257,10 @@ class TlsSession:
 
     def close(self) -> None:
         """Send close_notify (an open session) and stop; what is due is in `data_to_send()`."""
-        if self.state == OPEN and self.obj is not None:
+        if self.state == OPEN and self.sslobj is not None:
             # (SSLObject.unwrap, and contextlib.suppress, without their Python frames)
             try:  # noqa: SIM105
-                self.obj._sslobj.shutdown()  # type: ignore[attr-defined]
+                self.sslobj.shutdown()
             except ssl.SSLError:
                 pass  # SSLWantReadError: our close_notify is out, theirs need not come
             self.urgent = True
@@ -297,27 +306,26 @@ class TlsSession:
     def _start_tls(self, context: ssl.SSLContext) -> None:
         self.context = context
         if self.server_hostname is not None or type(context) is not ssl.SSLContext:
-            self.obj = context.wrap_bio(
+            obj = self.obj = context.wrap_bio(
                 self.incoming,
                 self.outgoing,
                 server_side=self.server_side,
                 server_hostname=self.server_hostname,
                 session=self.ssl_session,
             )
+            self.sslobj = obj._sslobj  # type: ignore[attr-defined]
             return
-        # what SSLContext.wrap_bio and SSLObject._create do (two Python frames per
-        # connection), without a host name to encode: the SSLObject is the owner OpenSSL's
-        # callbacks (the SNI callback) are given
-        obj = ssl.SSLObject.__new__(ssl.SSLObject)
-        obj._sslobj = context._wrap_bio(  # type: ignore[attr-defined]
+        # what SSLContext.wrap_bio does, without a host name to encode and without the
+        # ssl.SSLObject wrapper and the weak reference OpenSSL's object keeps to it: the SNI
+        # callback's notes come back through tls/sni.py
+        self.sslobj = context._wrap_bio(  # type: ignore[attr-defined]
             self.incoming,
             self.outgoing,
             server_side=self.server_side,
             server_hostname=None,
-            owner=obj,
+            owner=None,
             session=self.ssl_session,
         )
-        self.obj = obj
 
     def _handshake_data(self, data: bytes, now: float) -> None:
         if not self.sniffed:
@@ -336,7 +344,7 @@ class TlsSession:
                 if hello.kind is HelloKind.SSLV2:
                     self._failed(HandshakeFailure.UNSUPPORTED_VERSION, "SSLv2-style ClientHello")
                     return
-        if self.obj is None:
+        if self.sslobj is None:
             # the whole ClientHello first: its SNI chooses the context (OpenSSL's session
             # cache, ticket keys and client-certificate policy are the domain's own)
             reader = self.hello
@@ -369,36 +377,41 @@ class TlsSession:
         self._do_handshake(now)
 
     def _do_handshake(self, now: float) -> None:
-        obj = self.obj
-        assert obj is not None
+        sslobj = self.sslobj
+        assert sslobj is not None
         tap = self.keylog
         if tap is not None:
             lines = self.keylog_lines
             if lines is None:
                 lines = self.keylog_lines = []
             tap.current = lines
+        # what the SNI callback sees in this step comes back here (tls/sni.py)
+        seen = SNI_SEEN
+        seen.active = True
+        seen.called = seen.mismatch = False
         try:
-            # (the C object behind ssl.SSLObject: its wrapper adds a Python call)
-            obj._sslobj.do_handshake()  # type: ignore[attr-defined]
+            # (the C object, not ssl.SSLObject: its wrapper adds a Python call)
+            sslobj.do_handshake()
         except ssl.SSLWantReadError:
             self.urgent = self.urgent or self.outgoing.pending > 0
             return
         except (ssl.SSLError, ssl.CertificateError, ValueError) as e:
             self.urgent = True  # the alert
-            if getattr(obj, "tlstrace_sni_mismatch", False):
+            self._note_sni(seen)
+            if self.sni_mismatch:
                 self._failed(
                     HandshakeFailure.SNI_MISMATCH,
-                    f"OpenSSL read the SNI {getattr(obj, 'tlstrace_sni', None)!r} where "
-                    "tlstrace read another: refused",
+                    f"OpenSSL read the SNI {self.sni_seen!r} where tlstrace read another: refused",
                 )
                 return
             kind, message = classify(e)
             self._failed(kind, message)
             return
         finally:
+            self._note_sni(seen)
+            seen.active = False
             if tap is not None:
                 tap.current = None
-        sslobj = obj._sslobj  # type: ignore[attr-defined]
         version: str | None = sslobj.version()
         if not self.server_side or version != "TLSv1.3":
             self.urgent = True
@@ -406,10 +419,16 @@ class TlsSession:
         # the first response instead of costing a send of their own
         self._completed(now, sslobj, version)
 
+    def _note_sni(self, seen: SniSeen) -> None:
+        """Keep what the SNI callback reported in this handshake step, if it ran."""
+        if seen.called:
+            seen.called = False
+            self.sni_seen = seen.name
+            self.sni_mismatch = self.sni_mismatch or seen.mismatch
+            seen.mismatch = False
+
     def _completed(self, now: float, sslobj: Any, version: str | None) -> None:
-        """The handshake completed on `sslobj` (the C object behind `self.obj`)."""
-        obj = self.obj
-        assert obj is not None
+        """The handshake completed on `sslobj` (OpenSSL's C object)."""
         self.state = OPEN
         self.deadline = 0.0
         cipher = sslobj.cipher()
@@ -424,7 +443,7 @@ class TlsSession:
             sni = (
                 facts.sni
                 if facts is not None and facts.client_random is not None
-                else getattr(obj, "tlstrace_sni", None)
+                else self.sni_seen
             )
         else:
             sni = self.server_hostname
@@ -463,4 +482,4 @@ class TlsSession:
                 kind = HandshakeFailure.UNSUPPORTED_VERSION
         self.state = CLOSED
         self.deadline = 0.0
-        self._event(HandshakeFailed(kind, message, hello, self.context, self.obj is not None))
+        self._event(HandshakeFailed(kind, message, hello, self.context, self.sslobj is not None))
