@@ -97,6 +97,9 @@ class Recorder:
         self.packets.append(data)
         return True
 
+    def send_packets(self, packets: list[bytes]) -> None:
+        self.packets += packets
+
 
 def tracer(conn: Connection, **settings: Any) -> tuple[ConnectionTracer, Recorder]:
     """A tracer with two destinations; the first's recorder (the second must get the same:

@@ -296,6 +296,9 @@ class Collect:
         self.packets.append(data)
         return True
 
+    def send_packets(self, packets: list[bytes]) -> None:
+        self.packets += packets
+
 
 def tracer_for(**settings: Any) -> tuple[TraceManager, ConnectionTracer, Collect, Any]:
     config = validate({"hep_id": ["[h]127.0.0.1:9"], "trace_on": True, **settings}, "test")

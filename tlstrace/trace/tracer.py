@@ -121,7 +121,7 @@ class TraceManager:
     def senders(self, senders: list[HepSender]) -> None:
         self._senders = list(senders)
         self.sends = tuple(s.send for s in self._senders)
-        self.send_batches = tuple(_send_packets(s) for s in self._senders)
+        self.send_batches = tuple(s.send_packets for s in self._senders)
 
     def apply_config(self, config: Config) -> None:
         session_changed = (self.config.trace_keys, self.config.trace_sessions) != (
@@ -328,21 +328,6 @@ class TraceManager:
         return suppressed
 
 
-def _send_packets(sender: HepSender) -> Callable[[list[bytes]], None]:
-    """The sender's `send_packets`; for a destination that has only `send` (a test's
-    recorder), one `send` per packet."""
-    batch: Callable[[list[bytes]], None] | None = getattr(sender, "send_packets", None)
-    if batch is not None:
-        return batch
-    send = sender.send
-
-    def one_by_one(packets: list[bytes]) -> None:
-        for packet in packets:
-            send(packet)
-
-    return one_by_one
-
-
 def _suppressed(n: int) -> str:
     return f" ({n} similar lines not logged before this one)" if n else ""
 
@@ -395,19 +380,25 @@ class ConnectionTracer:
         self.fixed = 0
         #: the largest message that fits whatever its Call-ID: one comparison per message
         self.room = 0
-        #: `encode_batch`'s templates for what is read (first, second, second first) and
-        #: what is written (set_room keeps them up to date)
-        self.fast_in: tuple[Parts, Parts | None, bool] = (self.tpl_in.parts, None, False)
-        self.fast_out: tuple[Parts, Parts | None, bool] = (self.tpl_out.parts, None, True)
         self.set_room()
 
     def set_room(self) -> None:
         templates = [self.tpl_in, self.tpl_out, self.backend_in, self.backend_out]
         self.fixed = max(MAX_PACKET - t.max_payload() for t in templates if t is not None)
         self.room = self.manager.max_packet - self.fixed - 6 - CALL_ID_MAX
+        # `encode_batch`'s templates for what is read and what is written: (first, second,
+        # second first)
         bin_, bout = self.backend_in, self.backend_out
-        self.fast_in = (self.tpl_in.parts, None if bout is None else bout.parts, False)
-        self.fast_out = (self.tpl_out.parts, None if bin_ is None else bin_.parts, True)
+        self.fast_in: tuple[Parts, Parts | None, bool] = (
+            self.tpl_in.parts,
+            None if bout is None else bout.parts,
+            False,
+        )
+        self.fast_out: tuple[Parts, Parts | None, bool] = (
+            self.tpl_out.parts,
+            None if bin_ is None else bin_.parts,
+            True,
+        )
 
     def build_session(self) -> None:
         """The per-connection part of the session record (keys in it only when asked)."""
@@ -459,9 +450,10 @@ class ConnectionTracer:
         try:
             sec = int(timestamp)
             ts = timestamp_chunks(sec, int((timestamp - sec) * 1e6))
-            if received and self.early is not None:
+            if received and self.early is not None:  # kept for the backend leg: `message`
                 for data in chunks:
-                    self._one(data, received, timestamp, ts)
+                    if data[0] not in WHITESPACE:
+                        self.message(data, received, timestamp)
                 return
             n = len(chunks)
             out: list[bytes] = []
@@ -494,14 +486,12 @@ class ConnectionTracer:
             manager._not_sent(first, e, self.conn)
 
     def _one(self, data: bytes, received: bool, timestamp: float, ts: bytes) -> None:
-        """A message of `messages` that the fast path did not take (ValueError: see there)."""
-        if data[0] in WHITESPACE:  # keep-alives are not traced
-            return
+        """A message of `messages` that the fast path did not take (ValueError: see there);
+        never a keep-alive (the fast path skips them)."""
         manager = self.manager
         cid = call_id(data)
         if (
-            (received and self.early is not None)
-            or len(data) > self.room
+            len(data) > self.room
             or data.find(MARK) >= 0
             or (cid is not None and len(cid) > CALL_ID_MAX)
         ):
