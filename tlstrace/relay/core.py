@@ -95,6 +95,15 @@ class NoIdentity:
 NO_IDENTITY: Final = NoIdentity()
 
 
+def _grown(items: list[bytes] | None, more: list[bytes]) -> list[bytes]:
+    """`items` with `more` after them; a new list when there were none (lists a connection
+    seldom needs are None while empty: an empty list costs 64 bytes)."""
+    if items is None:
+        return list(more)
+    items.extend(more)
+    return items
+
+
 def sip_framer(cfg: Config) -> SipFramer:
     """The framer of what a TLS peer sends, from the configuration."""
     return SipFramer(
@@ -375,10 +384,7 @@ class TlsCore(LegState):
         if self.closed:
             return b""
         if self.session.state != OPEN:
-            if self.outq is None:
-                self.outq = list(chunks)
-            else:
-                self.outq.extend(chunks)
+            self.outq = _grown(self.outq, chunks)
             self.outq_msgs += nmsgs
             self.outq_size += sum(map(len, chunks))
             return b""
@@ -431,10 +437,7 @@ class TlsCore(LegState):
 
     def hold(self, chunks: list[bytes], nmsgs: int) -> None:
         """Keep messages until the partner is ready; bounded by `backlog_in`."""
-        if self.pending is None:
-            self.pending = list(chunks)
-        else:
-            self.pending.extend(chunks)
+        self.pending = _grown(self.pending, chunks)
         self.pending_msgs += nmsgs
         self.pending_size += sum(map(len, chunks))
 
@@ -495,20 +498,26 @@ class TlsCore(LegState):
         if self.outq:
             chunks, nmsgs = self.outq, self.outq_msgs
             self.outq, self.outq_msgs, self.outq_size = None, 0, 0
-            flushed = self.send(chunks, nmsgs, now)
-            if self.wire is None:
-                self.wire = [flushed]
-            else:
-                self.wire.append(flushed)
+            self.wire = _grown(self.wire, [self.send(chunks, nmsgs, now)])
         if self.close_after_flush is not None:
             reason, detail = self.close_after_flush
             self._request_close(reason, detail)
 
-    def _note_handshake(self, ev: HandshakeDone) -> None:
-        """The handshake's facts on the connection, and its counters."""
+    def _note_session(self, context: ssl.SSLContext, started: bool) -> None:
+        """What the connection keeps of a handshake that ended, well or not: its key-log
+        lines, our certificate, and the domain it ran on (once it started)."""
         conn = self.conn
         if self.session.keylog_lines is not None:
             conn.keylog = self.session.keylog_lines
+        cert, domain = self.identity.local_cert(context, started)
+        conn.local_cert = cert
+        if domain is not None:
+            conn.server_domain = domain
+
+    def _note_handshake(self, ev: HandshakeDone) -> None:
+        """The handshake's facts on the connection, and its counters."""
+        conn = self.conn
+        self._note_session(ev.context, True)
         conn.state = "open"
         conn.tls_version = ev.version
         conn.cipher = ev.cipher
@@ -517,10 +526,6 @@ class TlsCore(LegState):
         conn.handshake_ms = ev.elapsed * 1000
         conn.peer_cert_der = ev.peer_cert_der
         conn.sni = ev.sni
-        cert, domain = self.identity.local_cert(ev.context, True)
-        conn.local_cert = cert
-        if domain is not None:
-            conn.server_domain = domain
         stats = self.ctx.stats
         stats.handshakes[
             conn.listener,
@@ -533,12 +538,7 @@ class TlsCore(LegState):
 
     def _handshake_failed(self, ev: HandshakeFailed) -> None:
         conn = self.conn
-        if self.session.keylog_lines is not None:
-            conn.keylog = self.session.keylog_lines
-        cert, domain = self.identity.local_cert(ev.context, ev.started)
-        conn.local_cert = cert
-        if domain is not None:
-            conn.server_domain = domain
+        self._note_session(ev.context, ev.started)
         kind = ev.kind
         hello = ev.hello
         if hello is not None:
