@@ -161,74 +161,77 @@ class InboundTls(TlsLeg):
 
     async def _connect_backend(self) -> None:
         try:
-            relay = self.relay
-            lst = self.listener.listener
-            backend = lst.backend
-            assert backend is not None
-            leg: PlainLeg | BackendTls
-            try:
-                preamble = (
-                    proxy_protocol.header(self.conn.remote, self.conn.local)
-                    if lst.proxy_protocol
-                    else b""
-                )
-                if backend.scheme == "tcp":
-                    leg = PlainLeg(relay, self, name="backend", preamble=preamble)
-                else:
-                    leg = BackendTls.open(
-                        relay, backend, lst.client_domain, self.conn.listener, preamble
-                    )
-                    leg.partner = self
-                try:
-                    await relay.loop.create_connection(
-                        protocol_factory(lambda: leg), backend.host, backend.port
-                    )
-                except asyncio.CancelledError:
-                    if not self.connect_expired:
-                        raise
-                    raise TimeoutError from None
-                finally:
-                    if self.connect_timer is not None:
-                        self.connect_timer.cancel()
-                        self.connect_timer = None
-            except Exception as e:  # any failure closes this client, never the relay
-                self.partner_pending = False
-                if self.closed and self.core.pending_msgs:
-                    relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += (
-                        self.core.pending_msgs
-                    )
-                relay.stats.backend_connect_failures += 1
-                why = str(e) or type(e).__name__
-                relay.upstream_result(self.listener.backend_name, "backend", False, why)
-                log.warning(
-                    "conn %d: backend %s unreachable: %s",
-                    self.conn.id,
-                    backend,
-                    why,
-                    extra={**conn_fields(self.conn), "backend": str(backend)},
-                )
-                self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
-                return
-            relay.upstream_result(self.listener.backend_name, "backend", True)
-            self.partner_pending = False
-            if self.closed:
-                # the client went away while we connected: what it sent before still goes to the
-                # backend, then the backend connection closes (after flushing it)
-                if self.core.pending:
-                    leg.send(*self.core.take_pending())
-                leg.partner_closed(
-                    CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
-                    "the client closed first",
-                )
-                return
-            self.partner = leg
-            if self.tracer is not None:
-                self.tracer.backend_leg(self.backend_addresses())
-            self.flush_pending()
+            await self._open_backend()
         finally:
             # a finished task would stay with the connection while it is open (with its
             # coroutine and context): ~0.5 KiB each
             self.connecting = None
+
+    async def _open_backend(self) -> None:
+        relay = self.relay
+        lst = self.listener.listener
+        backend = lst.backend
+        assert backend is not None
+        leg: PlainLeg | BackendTls
+        try:
+            preamble = (
+                proxy_protocol.header(self.conn.remote, self.conn.local)
+                if lst.proxy_protocol
+                else b""
+            )
+            if backend.scheme == "tcp":
+                leg = PlainLeg(relay, self, name="backend", preamble=preamble)
+            else:
+                leg = BackendTls.open(
+                    relay, backend, lst.client_domain, self.conn.listener, preamble
+                )
+                leg.partner = self
+            try:
+                await relay.loop.create_connection(
+                    protocol_factory(lambda: leg), backend.host, backend.port
+                )
+            except asyncio.CancelledError:
+                if not self.connect_expired:
+                    raise
+                raise TimeoutError from None
+            finally:
+                if self.connect_timer is not None:
+                    self.connect_timer.cancel()
+                    self.connect_timer = None
+        except Exception as e:  # any failure closes this client, never the relay
+            self.partner_pending = False
+            if self.closed and self.core.pending_msgs:
+                relay.stats.dropped_messages[CloseReason.BACKEND_UNREACHABLE.label] += (
+                    self.core.pending_msgs
+                )
+            relay.stats.backend_connect_failures += 1
+            why = str(e) or type(e).__name__
+            relay.upstream_result(self.listener.backend_name, "backend", False, why)
+            log.warning(
+                "conn %d: backend %s unreachable: %s",
+                self.conn.id,
+                backend,
+                why,
+                extra={**conn_fields(self.conn), "backend": str(backend)},
+            )
+            self.close(CloseReason.BACKEND_UNREACHABLE, f"{backend}: {why}")
+            return
+        relay.upstream_result(self.listener.backend_name, "backend", True)
+        self.partner_pending = False
+        if self.closed:
+            # the client went away while we connected: what it sent before still goes to the
+            # backend, then the backend connection closes (after flushing it)
+            if self.core.pending:
+                leg.send(*self.core.take_pending())
+            leg.partner_closed(
+                CloseReason.SHUTDOWN if relay.shutting_down else CloseReason.EOF,
+                "the client closed first",
+            )
+            return
+        self.partner = leg
+        if self.tracer is not None:
+            self.tracer.backend_leg(self.backend_addresses())
+        self.flush_pending()
 
     def backend_addresses(self) -> tuple[tuple[str, int], tuple[str, int]] | None:
         """(local, remote) of the plain backend connection, once it is up."""
