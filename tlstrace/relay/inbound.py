@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import ssl
+import sys
 from typing import cast
 
 from tlstrace.config import Listener
 from tlstrace.logs import conn_fields
 from tlstrace.relay import proxy_protocol
-from tlstrace.relay.addresses import SharedAddresses
 from tlstrace.relay.client_tls import ClientTls
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.host import RelayHost
@@ -37,7 +37,6 @@ class InboundListener:
         self.backend_name = str(listener.backend)
         #: the listener's address as the counters and logs name it (once, not per connection)
         self.name = str(listener.listen)
-        self.addresses = SharedAddresses()
         self.prepare(contexts)
 
     def prepare(self, contexts: ServerContexts) -> None:
@@ -121,7 +120,10 @@ class InboundTls(TlsLeg):
             return
         relay.inbound_open += 1
         ctx.stats.accepted[self.conn.listener] += 1
-        self.listener.addresses.note(self.conn, peer, local)
+        # (the address texts interned: one copy for every connection from one client, and
+        # to one listener address; Connection stores the tuples unboxed)
+        self.conn.remote = (sys.intern(peer[0]), peer[1])
+        self.conn.local = (sys.intern(local[0]), local[1])
         super().connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
