@@ -58,6 +58,27 @@ def test_graceful_shutdown_flushes_in_flight_messages(
     assert "shutting down" in relay.log
 
 
+def test_shutdown_relays_what_a_slow_backend_had_not_taken(
+    relay: RelayProcess, backend: SipBackend
+) -> None:
+    """At the signal, messages are still unread in the client's socket (the relay stopped
+    reading it: the backend does not read); they are relayed before the connection closes."""
+    backend.answer = False
+    backend.pause_all()
+    client = TlsClient(relay.port())
+    msgs = [request("MESSAGE", f"s{i}@t", i + 1, b"x" * 2000) for i in range(200)]
+    client.send(b"".join(msgs))
+    time.sleep(0.3)
+    relay.signal(signal.SIGTERM)
+    time.sleep(0.5)
+    assert relay.proc.poll() is None  # still handing over what the client sent
+    backend.resume_all()
+    assert relay.proc.wait(15) == 0
+    assert backend.wait_messages(200) == msgs
+    assert client.wait_closed()
+    assert "still had data on the way" not in relay.log
+
+
 def test_shutdown_is_bounded(relay_factory: Factory, backend: SipBackend) -> None:
     """A client that reads nothing cannot hold the process past shutdown_timeout."""
     relay = relay_factory(

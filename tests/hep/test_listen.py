@@ -26,7 +26,7 @@ from hep.codec import HepChunk, HepPacket, encode
 from hep.destination import HepDestination
 from hep.listen import Collector, packet_json, parse_listen_address, serve
 from hep.sender import HepSender
-from tests.support.net import free_port
+from tests.support.net import free_port, udp_bound
 
 TLSTRACE = Path(sys.executable).parent / "tlstrace"
 
@@ -165,19 +165,13 @@ def listener(address: str, pcap: Path | None = None) -> Iterator[Listener]:
 
 
 def bound(host: str, port: int, transport: str) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
     if transport == "tcp":
         try:
             with socket.create_connection((host, port), timeout=0.5):
                 return True
         except OSError:
             return False
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
+    return udp_bound(host, port)
 
 
 def test_udp_json_lines_and_pcap(tmp_path: Path) -> None:

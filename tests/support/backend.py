@@ -122,6 +122,12 @@ class SipBackend:
         for c in list(self.conns):
             self.call(c.transport.pause_reading)
 
+    def resume_all(self) -> None:
+        """Read again, after `pause_all`."""
+        self.paused = False
+        for c in list(self.conns):
+            self.call(c.transport.resume_reading)
+
     def wait_conns(self, n: int, timeout: float = 10.0) -> list[BackendConn]:
         deadline = time.monotonic() + timeout
         while len(self.conns) < n:

@@ -38,7 +38,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from tests.support.net import free_port
+from tests.support.net import free_port, udp_bound
 from tests.support.procs import stop_group
 
 MODULES = next(
@@ -150,16 +150,6 @@ def pick_port(kinds: Iterable[int] = (socket.SOCK_DGRAM, socket.SOCK_STREAM)) ->
     raise RuntimeError("no port free on both 127.0.0.1 and ::1")
 
 
-def _udp_bound(host: str, port: int) -> bool:
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_DGRAM) as s:
-        try:
-            s.bind((host, port))
-        except OSError:
-            return True
-    return False
-
-
 def _tcp_accepts(host: str, port: int) -> bool:
     try:
         with socket.create_connection((host, port), timeout=0.5):
@@ -179,7 +169,7 @@ class _Instance:
 
     def ready(self) -> bool:
         for kind, host, port in self.checks:
-            ok = _udp_bound(host, port) if kind == "udp" else _tcp_accepts(host, port)
+            ok = udp_bound(host, port) if kind == "udp" else _tcp_accepts(host, port)
             if not ok:
                 return False
         return True
