@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import shutil
 import signal
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -59,22 +61,30 @@ def test_graceful_shutdown_flushes_in_flight_messages(
 
 
 def test_shutdown_relays_what_a_slow_backend_had_not_taken(
-    relay: RelayProcess, backend: SipBackend
+    relay_factory: Factory, backend: SipBackend
 ) -> None:
-    """At the signal, messages are still unread in the client's socket (the relay stopped
-    reading it: the backend does not read); they are relayed before the connection closes."""
+    """At the signal the relay has stopped reading the client (the backend does not read):
+    what the client sent is still in the relay's socket or the client's. It is relayed before
+    the connection closes."""
+    relay = relay_factory(
+        {"conn_buffer_limit": 4096, "listener": [RelayProcess.tls_listener(backend.port)]}
+    )
     backend.answer = False
+    backend.server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     backend.pause_all()
     client = TlsClient(relay.port())
-    msgs = [request("MESSAGE", f"s{i}@t", i + 1, b"x" * 2000) for i in range(200)]
-    client.send(b"".join(msgs))
+    # 4 MB: more than the kernel's socket buffers between the client and the backend hold
+    msgs = [request("MESSAGE", f"s{i}@t", i + 1, b"x" * 2000) for i in range(2000)]
+    sender = threading.Thread(target=client.send, args=(b"".join(msgs),))
+    sender.start()
     time.sleep(0.3)
     relay.signal(signal.SIGTERM)
     time.sleep(0.5)
     assert relay.proc.poll() is None  # still handing over what the client sent
     backend.resume_all()
+    sender.join()
     assert relay.proc.wait(15) == 0
-    assert backend.wait_messages(200) == msgs
+    assert backend.wait_messages(2000) == msgs
     assert client.wait_closed()
     assert "still had data on the way" not in relay.log
 

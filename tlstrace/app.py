@@ -447,6 +447,32 @@ class Sidecar:
         for out in self.outbound:
             out.close()
 
+    async def _drain(self, deadline: float) -> None:
+        """Close each connection as soon as nothing its ends sent is on its way: what a peer
+        sent before the signal (still in the socket, half-read, or held for a backend that is
+        connecting) is relayed first. Those still busy at `deadline` are closed by the caller."""
+        relay = self.relay
+        while True:
+            busy = 0
+            for leg in list(relay.legs):
+                if leg.closed:
+                    continue
+                if leg.settled():
+                    leg.close(CloseReason.SHUTDOWN)
+                else:
+                    busy += 1
+            if not busy:
+                return
+            if self.loop.time() >= deadline:
+                log.warning(
+                    "shutdown: %d connection end(s) still had data on the way after "
+                    "shutdown_timeout (%g s): closing them",
+                    busy,
+                    self.config.shutdown_timeout,
+                )
+                return
+            await asyncio.sleep(0.02)
+
     async def shutdown(self) -> None:
         """Stop accepting, close every connection after flushing what it has, then stop."""
         relay = self.relay
@@ -456,15 +482,23 @@ class Sidecar:
         log.info("shutting down: %d connection(s) open", len(relay.connections))
         self.close_listeners()
         self.feed.close()
+        deadline = self.loop.time() + self.config.shutdown_timeout
+        await self._drain(deadline)
         for leg in list(relay.legs):
             leg.close(CloseReason.SHUTDOWN)
-        deadline = self.loop.time() + self.config.shutdown_timeout
         while relay.legs and self.loop.time() < deadline:
             await asyncio.sleep(0.05)
-        for leg in list(relay.legs):
-            transport = getattr(leg, "transport", None)
-            if transport is not None:
-                transport.abort()
+        left = [t for leg in relay.legs if (t := getattr(leg, "transport", None)) is not None]
+        if left:
+            log.warning(
+                "shutdown: %d connection end(s) not flushed after shutdown_timeout (%g s): "
+                "aborted, %d byte(s) unsent",
+                len(left),
+                self.config.shutdown_timeout,
+                sum(t.get_write_buffer_size() for t in left),
+            )
+        for transport in left:
+            transport.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self._prober is not None:

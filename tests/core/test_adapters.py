@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import socket
 import ssl
 from collections.abc import Iterator
 from typing import Any
@@ -16,6 +17,7 @@ from tests.core.harness import Pki
 from tlstrace.config import Config
 from tlstrace.relay.connection import CloseReason, Connection
 from tlstrace.relay.hooks import NullObserver
+from tlstrace.relay.leg import unread_bytes
 from tlstrace.relay.plain_leg import PlainLeg
 from tlstrace.relay.runtime import Relay
 from tlstrace.relay.tls_leg import TlsLeg
@@ -125,6 +127,39 @@ def test_backpressure_between_partners(pki: Pki, relay: Relay) -> None:
     assert relay.stats.bytes_dropped["send_timeout"] == 123
     assert backend.closed and bt.closed  # the partner ends after flushing
     assert relay.connections == {}
+
+
+def test_shutdown_waits_for_what_is_on_its_way(pki: Pki, relay: Relay) -> None:
+    leg, _, backend, bt, (client, _, outgoing) = tls_pair(pki, relay)
+    assert leg.settled() and backend.settled()  # (a mock transport has no socket)
+    client.write(OPTIONS[:30])
+    leg.data_received(outgoing.read())
+    assert not leg.drained() and not leg.settled() and not backend.settled()
+    client.write(OPTIONS[30:])
+    leg.data_received(outgoing.read())
+    assert bt.take() == OPTIONS and leg.settled() and backend.settled()
+    leg.close(CloseReason.SHUTDOWN)
+    assert backend.closed and leg.drained() and backend.drained()  # closed: nothing to wait for
+
+
+def test_unread_bytes_are_the_sockets() -> None:
+    class SocketTransport(asyncio.Transport):
+        def __init__(self, sock: socket.socket) -> None:
+            super().__init__()
+            self.sock = sock
+
+        def get_extra_info(self, name: str, default: Any = None) -> Any:
+            return self.sock if name == "socket" else default
+
+    a, b = socket.socketpair()
+    with a, b:
+        t = SocketTransport(b)
+        assert unread_bytes(t) == 0
+        a.sendall(b"x" * 1000)
+        assert unread_bytes(t) == 1000
+        b.recv(600)
+        assert unread_bytes(t) == 400
+    assert unread_bytes(t) == 0  # closed: nothing more to read
 
 
 def test_closing_sends_close_notify(pki: Pki, relay: Relay) -> None:

@@ -183,6 +183,34 @@ def test_the_partner_closing_first_waits_for_the_handshake(pki: Pki, clock: Fake
     assert wire.close_reason is CloseReason.BACKEND_GONE
 
 
+def test_what_a_shutdown_waits_for(pki: Pki, clock: FakeClock) -> None:
+    """Drained: nothing read waits in the core (at shutdown a connection closes once drained)."""
+    wire = open_wire(pki, clock)
+    assert wire.core.drained()
+    msg = sip("MESSAGE", b"x" * 300)
+    send(wire, msg[:100])
+    assert not wire.core.drained()  # half a message
+    assert send(wire, msg[100:]) == [msg] and wire.core.drained()
+    wire.core.partner_pending = True  # its backend is connecting
+    assert not wire.core.drained()
+    wire.core.partner_pending = False
+    wire.core.hold([msg], 1)
+    assert not wire.core.drained()
+    wire.core.take_pending()
+    assert wire.core.drained()
+    waiting = Wire(
+        make_ctx(clock),
+        pki.server_contexts(pki.domain("a")),
+        pki.client_context(),
+        start_client=False,
+    )
+    waiting.relay_send([ok()], 1)  # queued for the handshake
+    assert not waiting.core.drained()
+    waiting.client.start(clock())
+    waiting.pump()
+    assert waiting.client_got == ok() and waiting.core.drained()
+
+
 def test_queues_are_bounded(pki: Pki, clock: FakeClock) -> None:
     wire = open_wire(pki, clock, conn_buffer_limit=4096)
     big = sip("MESSAGE", b"z" * 1000)

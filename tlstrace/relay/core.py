@@ -446,6 +446,16 @@ class TlsCore(LegState):
         self.pending, self.pending_msgs, self.pending_size = None, 0, 0
         return (chunks if chunks is not None else []), nmsgs
 
+    def drained(self) -> bool:
+        """Nothing read waits here: no half-read message, nothing held for a partner that is
+        connecting, nothing queued for our own handshake."""
+        return (
+            not self.partial_since
+            and self.pending is None
+            and not self.partner_pending
+            and self.outq is None
+        )
+
     def backlog_in(self) -> bool:
         return self.pending_size > self.ctx.config.conn_buffer_limit
 

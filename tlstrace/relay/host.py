@@ -25,6 +25,10 @@ class LiveLeg(Protocol):
 
     def check_timeouts(self, now: float) -> None: ...
 
+    def settled(self) -> bool:
+        """Nothing its ends sent is on its way: shutdown may close it without a loss."""
+        ...
+
 
 class TlsLegView(LiveLeg, Protocol):
     """A TLS leg as tracing and the API see it."""

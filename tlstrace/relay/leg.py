@@ -5,6 +5,9 @@ subclasses); a leg moves bytes and calls the clock."""
 from __future__ import annotations
 
 import asyncio
+import fcntl
+import sys
+import termios
 from collections.abc import Callable
 from typing import cast
 
@@ -19,6 +22,18 @@ def protocol_factory(factory: Callable[[], BaseLeg]) -> Callable[[], asyncio.Bas
     but does not derive from it: mypyc compiles a class with a Python base class into a
     plain Python class, and the legs are the hot path."""
     return factory  # type: ignore[return-value]
+
+
+def unread_bytes(transport: asyncio.BaseTransport) -> int:
+    """Bytes the peer sent that the kernel holds for this socket, not read yet (FIONREAD)."""
+    sock = transport.get_extra_info("socket")
+    if sock is None:
+        return 0
+    try:
+        got = fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0\0\0\0")
+    except (OSError, ValueError):  # closed meanwhile: nothing more can be read
+        return 0
+    return int.from_bytes(got, sys.byteorder, signed=True)
 
 
 class BaseLeg:
@@ -77,6 +92,22 @@ class BaseLeg:
     def backlog_in(self) -> bool:
         """Too much read from this end, waiting for the partner (none by default)."""
         return False
+
+    # -- shutdown: a connection closes once nothing its ends sent is still on its way
+
+    def drained(self) -> bool:
+        """Nothing its peer sent is on its way through this leg: no bytes unread in the socket,
+        nothing half-read or held in the core. A leg still connecting is not drained."""
+        if self.closed:
+            return True
+        if not self.live:
+            return False
+        return self.leg_state.drained() and unread_bytes(self.transport) == 0
+
+    def settled(self) -> bool:
+        """This leg and its partner are drained: closing it now loses nothing in flight."""
+        partner = self.partner
+        return self.drained() and (partner is None or partner.drained())
 
     def update_reading(self) -> None:
         if not self.live or self.closed:

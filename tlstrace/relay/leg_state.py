@@ -29,6 +29,11 @@ class LegState:
         elif not self.partial_since:
             self.partial_since = now
 
+    def drained(self) -> bool:
+        """Nothing read from this end waits here: no half-read message (at shutdown, a
+        connection closes once both its ends are drained)."""
+        return not self.partial_since
+
     def writing_paused(self, now: float) -> None:
         self.blocked_since = now
 

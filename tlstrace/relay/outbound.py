@@ -337,6 +337,12 @@ class PeerLink:
         # what the peer sends may go to any of them
         return any(local.is_blocked() for local in self.locals)
 
+    def drained(self) -> bool:
+        target = self.target
+        return all(local.drained() for local in self.locals) and (
+            target is None or target.drained()
+        )
+
     def update_reading(self) -> None:
         self._locals_update()
 
@@ -358,6 +364,10 @@ class LocalEnd:
     def is_blocked(self) -> bool:
         tls = self.link.tls
         return tls is not None and not tls.closed and tls.is_blocked()
+
+    def drained(self) -> bool:
+        tls = self.link.tls
+        return tls is None or tls.drained()
 
     def update_reading(self) -> None:
         self.link._tls_update()

@@ -21,3 +21,6 @@ class Partner(Protocol):
 
     def update_reading(self) -> None:
         """The other leg's blocked state changed: decide again whether to read."""
+
+    def drained(self) -> bool:
+        """Nothing its peer sent is still on its way through it (checked at shutdown)."""
