@@ -73,8 +73,9 @@ def test_shutdown_relays_what_a_slow_backend_had_not_taken(
     backend.server.sockets[0].setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
     backend.pause_all()
     client = TlsClient(relay.port())
-    # 4 MB: more than the kernel's socket buffers between the client and the backend hold
-    msgs = [request("MESSAGE", f"s{i}@t", i + 1, b"x" * 2000) for i in range(2000)]
+    # 10 MB: more than the relay's socket buffers towards the backend hold (at most 4 MB
+    # with Linux's default tcp_wmem), so that part of it cannot leave the client's socket
+    msgs = [request("MESSAGE", f"s{i}@t", i + 1, b"x" * 2000) for i in range(5000)]
     sender = threading.Thread(target=client.send, args=(b"".join(msgs),))
     sender.start()
     time.sleep(0.3)
@@ -84,7 +85,7 @@ def test_shutdown_relays_what_a_slow_backend_had_not_taken(
     backend.resume_all()
     sender.join()
     assert relay.proc.wait(15) == 0
-    assert backend.wait_messages(2000) == msgs
+    assert backend.wait_messages(5000) == msgs
     assert client.wait_closed()
     assert "still had data on the way" not in relay.log
 
