@@ -5,13 +5,23 @@ from __future__ import annotations
 import socket
 import time
 
+#: ports free_port handed out in this process: the kernel may offer a port just released again,
+#: and two addresses of one configuration (a listener and api_listen) must differ
+_handed_out: set[int] = set()
+
 
 def free_port(family: int = socket.AF_INET, kind: int = socket.SOCK_STREAM) -> int:
-    """A port that is free on loopback for `kind` right now."""
+    """A port that is free on loopback for `kind` right now, and that this process was not
+    given before."""
     host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
-    with socket.socket(family, kind) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+    for _ in range(1000):
+        with socket.socket(family, kind) as s:
+            s.bind((host, 0))
+            port = int(s.getsockname()[1])
+        if port not in _handed_out:
+            _handed_out.add(port)
+            return port
+    raise RuntimeError("no loopback port left that was not handed out before")
 
 
 def _proc_address(family: int, host: str) -> str:
