@@ -4,6 +4,7 @@ and a well-behaved client on the same relay carries on."""
 from __future__ import annotations
 
 import contextlib
+import ssl
 import time
 from collections.abc import Callable
 
@@ -107,7 +108,9 @@ def test_too_many_chunks(relay_factory: Factory, backend: SipBackend) -> None:
     with TlsClient(relay.port()) as good, TlsClient(relay.port()) as bad:
         check_bystander(relay, good, 1)
         step = len(msg) // 6 + 1
-        bad.send_records([msg[i : i + step] for i in range(0, len(msg), step)])
+        # the relay closes after the fifth record: sending the sixth may already fail
+        with contextlib.suppress(OSError, ssl.SSLError):
+            bad.send_records([msg[i : i + step] for i in range(0, len(msg), step)])
         assert bad.wait_closed()
         relay.wait_log("closed: Framing error (too_many_chunks")
         check_bystander(relay, good, 2)
