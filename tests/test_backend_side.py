@@ -9,6 +9,8 @@ import ssl
 import time
 from collections.abc import Callable
 
+import pytest
+
 from tests.support.backend import SipBackend
 from tests.support.net import free_port
 from tests.support.pki import Pki
@@ -143,6 +145,65 @@ def test_connection_limit(relay_factory: Factory) -> None:
             c.send(request(call_id="still@t", cseq=2))
             c.recv_messages(1)
             c.close()
+
+
+def refused_by(relay: RelayProcess) -> bool:
+    """Whether the relay resets a new connection at once (tcp_max_connections reached)."""
+    with socket.create_connection(("127.0.0.1", relay.port()), timeout=5) as s:
+        s.settimeout(1.0)
+        try:
+            s.sendall(b"\x16\x03\x01\x00\x05hello")
+            return s.recv(10) == b""
+        except (ConnectionResetError, BrokenPipeError):
+            return True
+        except TimeoutError:
+            return False  # accepted: the relay waits for the rest of the hello
+
+
+def test_a_client_gone_while_its_backend_connects_keeps_its_place(
+    relay_factory: Factory,
+) -> None:
+    """A client that sends and leaves while its backend connects still counts against
+    tcp_max_connections until the connect ends: what it sent is held until then, and clients
+    that send and leave must not make the relay hold buffers beyond the limit."""
+    with socket.socket() as stuck:
+        stuck.bind(("127.0.0.1", 0))
+        stuck.listen(0)
+        port = stuck.getsockname()[1]
+        # fill the accept queue that is never read: connects to it now hang (SYNs dropped)
+        filler = socket.create_connection(("127.0.0.1", port), timeout=2)
+        with socket.socket() as probe:
+            probe.settimeout(0.5)
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                filler.close()
+                pytest.skip("this kernel completes connects to a full accept queue")
+        relay = relay_factory(
+            {
+                "tcp_max_connections": 1,
+                "tls_handshake_timeout": 4000,
+                "backend_probe_interval": 0,
+                "listener": [RelayProcess.tls_listener(port)],
+            }
+        )
+        # (the start-up check's probe connection may still hold the one place for a moment)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                leaving = TlsClient(relay.port())
+                break
+            except ConnectionResetError:
+                assert time.monotonic() < deadline
+                time.sleep(0.1)
+        with leaving:
+            leaving.send(request("MESSAGE", "left@t", body=b"m" * 1000))
+            leaving.close_notify()
+            assert leaving.wait_closed()
+        time.sleep(0.3)
+        assert refused_by(relay)  # its place is still taken
+        relay.wait_log(f"backend tcp:127.0.0.1:{port} unreachable", timeout=15)
+        time.sleep(0.3)
+        assert not refused_by(relay)  # the connect ended: the place is free again
+        filler.close()
 
 
 def test_client_closing_while_the_tls_backend_connects_loses_nothing(

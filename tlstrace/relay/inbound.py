@@ -88,6 +88,9 @@ class InboundTls(TlsLeg):
         self.connect_timer: asyncio.TimerHandle | None = None
         #: the backend connect's deadline passed (its task was cancelled for it)
         self.connect_expired = False
+        #: closed while its backend connects, holding what it sent: it keeps its place in
+        #: tcp_max_connections until the connect ends
+        self.slot_kept = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         relay = self.relay
@@ -168,6 +171,17 @@ class InboundTls(TlsLeg):
             # a finished task would stay with the connection while it is open (with its
             # coroutine and context): ~0.5 KiB each
             self.connecting = None
+            if self.slot_kept:
+                self.slot_kept = False
+                self.relay.inbound_open -= 1
+
+    def on_closed(self, reason: CloseReason) -> None:
+        # the client left while its backend connects: what it sent waits for the backend
+        # (relayed when it is up). Until then it counts against tcp_max_connections, or clients
+        # that send and leave would make the relay hold buffers beyond the limit.
+        if self.connecting is not None and self.core.pending is not None:
+            self.slot_kept = True
+            self.relay.inbound_open += 1
 
     async def _open_backend(self) -> None:
         relay = self.relay
