@@ -474,7 +474,8 @@ class Sidecar:
             await asyncio.sleep(0.02)
 
     async def shutdown(self) -> None:
-        """Stop accepting, close every connection after flushing what it has, then stop."""
+        """Stop accepting; close each connection once what its ends sent has been relayed
+        (`_drain`), flushing what it has; abort what is left at shutdown_timeout; stop."""
         relay = self.relay
         if relay.shutting_down:
             return

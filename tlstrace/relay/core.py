@@ -450,7 +450,7 @@ class TlsCore(LegState):
         """Nothing read waits here: no half-read message, nothing held for a partner that is
         connecting, nothing queued for our own handshake."""
         return (
-            not self.partial_since
+            super().drained()
             and self.pending is None
             and not self.partner_pending
             and self.outq is None
