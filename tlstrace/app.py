@@ -465,8 +465,8 @@ class Sidecar:
                 return
             if self.loop.time() >= deadline:
                 log.warning(
-                    "shutdown: %d connection end(s) still had data on the way after "
-                    "shutdown_timeout (%g s): closing them",
+                    "shutdown: %d connection end(s) still had data on the way after half "
+                    "of shutdown_timeout (%g s): closing them",
                     busy,
                     self.config.shutdown_timeout,
                 )
@@ -483,8 +483,11 @@ class Sidecar:
         log.info("shutting down: %d connection(s) open", len(relay.connections))
         self.close_listeners()
         self.feed.close()
-        deadline = self.loop.time() + self.config.shutdown_timeout
-        await self._drain(deadline)
+        timeout = self.config.shutdown_timeout
+        deadline = self.loop.time() + timeout
+        # half of it at most for what is on its way, so that what was relayed by then still
+        # has the other half to be flushed (a client that never stops sending never settles)
+        await self._drain(deadline - timeout / 2)
         for leg in list(relay.legs):
             leg.close(CloseReason.SHUTDOWN)
         while relay.legs and self.loop.time() < deadline:
